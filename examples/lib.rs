@@ -1,0 +1,1 @@
+//! Runnable examples of the Ameide Rust SDK; see the `[[example]]` targets.

@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests: workspace paths and bundle copies.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+        .to_owned()
+}
+
+/// The `ameide-proto` crate directory.
+pub fn proto_crate_dir() -> PathBuf {
+    workspace_root().join("ameide-proto")
+}
+
+/// Copies the proto crate's bundle, roster and manifest into a fresh temp dir
+/// laid out like the crate, so a test can edit it freely.
+pub fn copy_proto_crate() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = proto_crate_dir();
+    for sub in ["proto", "manifest"] {
+        copy_dir(&src.join(sub), &dir.path().join(sub));
+    }
+    std::fs::copy(src.join("buf.yaml"), dir.path().join("buf.yaml")).expect("copy buf.yaml");
+    dir
+}
+
+/// Recursively copies a directory.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create dir");
+    for entry in std::fs::read_dir(src).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = dst.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
