@@ -42,6 +42,9 @@ pub use method_table::METHODS;
 /// The roster: client keys and their services, in manifest order.
 pub use method_table::ROSTER;
 
+// The `__ameide_client_set!` macro: typed client accessors for the roster.
+include!(concat!(env!("OUT_DIR"), "/client_set.rs"));
+
 /// The parity constants of the contract, generated from `ameide-build`'s `contract` module.
 pub mod contract {
     include!(concat!(env!("OUT_DIR"), "/contract.rs"));

@@ -1,22 +1,68 @@
 //! The Ameide platform SDK for Rust.
 //!
-//! This crate is the one dependency a Rust program needs to talk to Ameide or
-//! to implement an Ameide service:
+//! One dependency gives a Rust program everything it needs to call Ameide, or
+//! to be an Ameide service:
 //!
-//! - [`proto`]: every generated message, client stub and server trait of the
-//!   Ameide core proto bundle, re-exported verbatim (`ameide_sdk::proto::graph::v1::…`);
-//! - [`methods`]: the streaming kind and idempotency level of every method;
-//! - `AmeideClient` and its tower layers (coming with the client issue).
+//! - [`AmeideClient`]: a typed client per roster service (`client.graph()`,
+//!   `client.platform().organizations()`, …) over one layered channel whose
+//!   metadata, auth, timeout, retry and tracing behaviour match the
+//!   TypeScript, Go and Python SDKs (the contract's parity rules);
+//! - [`layers`]: each of those behaviours as a public `tower::Layer`;
+//! - [`Error`]: the one error type of a failed call;
+//! - [`proto`]: every generated message, client and server trait, verbatim.
 //!
-//! ```
-//! use ameide_sdk::proto::graph::v1::{GetElementRequest, graph_service_client::GraphServiceClient};
+//! # The client stack
 //!
-//! let request = GetElementRequest { element_id: "el-1".into(), ..Default::default() };
-//! assert_eq!(request.element_id, "el-1");
-//! # let _ = std::marker::PhantomData::<GraphServiceClient<()>>;
+//! Outermost first — the order is part of the contract:
+//!
+//! | # | Layer | Runs |
+//! |---|---|---|
+//! | 1 | metadata: `x-tenant-id`, `x-user-id`, extra headers, `x-request-id` | once per call |
+//! | 2 | auth: `authorization: Bearer …` from the token provider | once per call |
+//! | 3 | timeout: whole-call deadline, `DEADLINE_EXCEEDED` | once per call |
+//! | 4 | retry: backoff with jitter on retryable codes, `grpc-timeout` per attempt | once per call |
+//! | 5 | tracing: a CLIENT span per attempt, `traceparent`/`tracestate`/`baggage` | per attempt |
+//! | 6 | user layers ([`AmeideClientBuilder::layer`]) | per attempt |
+//! | 7 | transport: tonic `Channel` (rustls) or [`AmeideClientBuilder::transport`] | per attempt |
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ameide_sdk::{AmeideClient, AmeideConfig, CallOptions, IntoAmeideResult};
+//! use ameide_sdk::proto::graph::v1::GetRepositoryRequest;
+//!
+//! let client = AmeideClient::builder().config(AmeideConfig::from_env()?).build()?;
+//! let request = CallOptions::new()
+//!     .timeout(std::time::Duration::from_secs(1))
+//!     .into_request(GetRepositoryRequest { repository_id: "repo-1".into(), ..Default::default() })?;
+//! match client.graph().get_repository(request).await.into_ameide() {
+//!     Ok(response) => println!("{:?}", response.get_ref().repository),
+//!     Err(err) => eprintln!("{err}"), // CODE: message [request_id=…, attempts=N, …]
+//! }
+//! # Ok(()) }
 //! ```
 
 #![deny(missing_docs)]
+
+pub mod auth;
+mod call;
+mod client;
+pub mod config;
+mod error;
+pub mod layers;
+mod transport;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use call::{CallInfo, CallOptions};
+pub use client::{
+    ACCESSOR_KEYS, AmeideChannel, AmeideClient, AmeideClientBuilder, PlatformClients,
+};
+pub use config::{AmeideConfig, ConfigError, ConfigErrorKind};
+pub use error::{Error, IntoAmeideResult, canonical_code_name};
+pub use transport::{BoxTransport, TransportOptions};
 
 /// The generated protobuf types of the Ameide core bundle, re-exported verbatim.
 ///

@@ -49,6 +49,10 @@ pub fn generate(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
         codegen::render_contract(&inputs.bundle.digest()).as_bytes(),
     )?;
     write(
+        &out_dir.join(codegen::CLIENT_SET_FILE),
+        codegen::render_client_set(&inputs.roster)?.as_bytes(),
+    )?;
+    write(
         &out_dir.join(codegen::DESCRIPTOR_SET_FILE),
         inputs.bundle.reflection_descriptor_set(),
     )?;

@@ -26,6 +26,10 @@ pub fn generate_stubs(bundle: &Bundle, out_dir: &Path) -> io::Result<()> {
         .build_server(true)
         // Clients are built over the SDK's layered channel, never `connect()`ed by hand.
         .build_transport(false)
+        // Unimplemented methods answer UNIMPLEMENTED, as grpc-go's embedded
+        // Unimplemented servers do: adding a method to the bundle does not
+        // break every service that does not serve it yet.
+        .generate_default_stubs(true)
         .include_file(INCLUDE_FILE)
         .out_dir(out_dir)
         .compile_fds(bundle.descriptors_with_imports().clone())
@@ -144,4 +148,143 @@ pub fn render_contract(bundle_digest: &str) -> String {
         contract::LAYERS
     );
     out
+}
+
+/// File holding the `__ameide_client_set!` macro.
+pub const CLIENT_SET_FILE: &str = "client_set.rs";
+
+/// `lowerCamel` or `PascalCase` → `snake_case`, the way prost/tonic name modules and methods.
+pub fn to_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
+            if prev_lower || (prev_upper && next_lower) {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pascal(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
+}
+
+/// Renders `__ameide_client_set!($client, $channel)`: one accessor per roster
+/// key (`agents()`, `agents_runtime()`, `platform().organizations()`, …), each
+/// returning the generated tonic client over `$channel`, plus `ACCESSOR_KEYS`.
+///
+/// Keys have one or two dot-separated segments; a two-segment key groups its
+/// accessor under a `<Group>Clients` handle.
+pub fn render_client_set(roster: &Roster) -> Result<String, String> {
+    let mut top = String::new();
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for entry in roster.entries() {
+        let (package, service) = entry
+            .service
+            .rsplit_once('.')
+            .ok_or_else(|| format!("roster service {:?} has no package", entry.service))?;
+        let client_type = format!(
+            "$crate::{}::{}_client::{}Client<$channel>",
+            package.replace('.', "::"),
+            to_snake(service),
+            service
+        );
+        let client_ctor = client_type.replace("<$channel>", "");
+        let segments: Vec<&str> = entry.key.split('.').collect();
+        let (group, leaf) = match segments.as_slice() {
+            [leaf] => (None, *leaf),
+            [group, leaf] => (Some(*group), *leaf),
+            _ => {
+                return Err(format!(
+                    "roster key {:?} has more than two segments; the client set supports `name` and `group.name`",
+                    entry.key
+                ));
+            }
+        };
+        let doc = format!(
+            "Client of `{}` (manifest key `{}`), over the client's layered channel. Cheap to create and to clone.",
+            entry.service, entry.key
+        );
+        let accessor = to_snake(leaf);
+        match group {
+            None => {
+                let _ = writeln!(
+                    top,
+                    "            #[doc = {doc:?}]\n            pub fn {accessor}(&self) -> {client_type} {{\n                {client_ctor}::new(self.channel())\n            }}"
+                );
+            }
+            Some(group) => {
+                let body = format!(
+                    "            #[doc = {doc:?}]\n            pub fn {accessor}(&self) -> {client_type} {{\n                {client_ctor}::new(self.channel.clone())\n            }}\n"
+                );
+                match groups.iter_mut().find(|(g, _)| g == group) {
+                    Some((_, methods)) => methods.push_str(&body),
+                    None => groups.push((group.to_owned(), body)),
+                }
+            }
+        }
+    }
+    let mut group_items = String::new();
+    for (group, methods) in &groups {
+        let ty = format!("{}Clients", pascal(group));
+        let accessor = to_snake(group);
+        let _ = writeln!(
+            top,
+            "            #[doc = \"Clients of the `{group}.*` services.\"]\n            pub fn {accessor}(&self) -> {ty} {{\n                {ty} {{ channel: self.channel() }}\n            }}"
+        );
+        let _ = writeln!(
+            group_items,
+            "        #[doc = \"Clients of the `{group}.*` services, from `AmeideClient::{accessor}()`.\"]\n        #[derive(Debug, Clone)]\n        pub struct {ty} {{\n            channel: $channel,\n        }}\n\n        impl {ty} {{\n{methods}        }}\n"
+        );
+    }
+    let keys: Vec<String> = roster
+        .entries()
+        .iter()
+        .map(|e| format!("{:?}", e.key))
+        .collect();
+    Ok(format!(
+        "// @generated by ameide-build from manifest/roster.json. Do not edit.\n\n\
+         /// Expands to the typed client accessors of the roster for `$client`, whose\n\
+         /// `channel()` returns `$channel`. Used by `ameide-sdk`.\n\
+         #[doc(hidden)]\n\
+         #[macro_export]\n\
+         macro_rules! __ameide_client_set {{\n\
+         \x20   ($client:ident, $channel:ty) => {{\n\
+         \x20       impl $client {{\n{top}        }}\n\n{group_items}\
+         \x20       /// The roster keys the accessors expose, in manifest order.\n\
+         \x20       pub const ACCESSOR_KEYS: &[&str] = &[{}];\n\
+         \x20   }};\n\
+         }}\n",
+        keys.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_snake;
+
+    #[test]
+    fn snake_case_matches_prost_naming() {
+        assert_eq!(to_snake("AgentsRuntimeService"), "agents_runtime_service");
+        assert_eq!(to_snake("agentsRuntime"), "agents_runtime");
+        assert_eq!(to_snake("organizationRoles"), "organization_roles");
+        assert_eq!(
+            to_snake("WasmExtensionRuntimeService"),
+            "wasm_extension_runtime_service"
+        );
+        assert_eq!(to_snake("graph"), "graph");
+    }
 }

@@ -40,3 +40,23 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+use ameide_sdk::AmeideClientBuilder;
+use ameide_sdk::testkit::{MockServer, duplex_transport};
+
+/// Paths used across the client tests.
+pub mod paths {
+    /// Unary, `NO_SIDE_EFFECTS`.
+    pub const LIST_REPOSITORIES: &str = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+    /// Unary, `IDEMPOTENCY_UNKNOWN`.
+    pub const CREATE_ELEMENT: &str = "/ameide_core_proto.graph.v1.GraphService/CreateElement";
+    /// Server streaming.
+    pub const GENERATE: &str = "/ameide_core_proto.inference.v1.InferenceService/Generate";
+}
+
+/// A builder wired to `server` over the in-memory HTTP/2 transport.
+pub fn mock_client(server: &MockServer) -> AmeideClientBuilder {
+    ameide_sdk::AmeideClient::builder()
+        .endpoint("http://mock.test:9000")
+        .transport(duplex_transport(server.clone()))
+}

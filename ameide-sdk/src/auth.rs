@@ -1,0 +1,217 @@
+//! Bearer tokens: the async [`TokenProvider`] trait and the providers the SDK ships.
+//!
+//! The auth layer asks the provider once per call (not per attempt) and sends
+//! `authorization: Bearer <token>` when it returns a token, nothing when it
+//! returns `None`. A provider error fails the call with `UNAUTHENTICATED` and
+//! the provider's message. Tokens never appear in `Debug` output or logs, and
+//! the header is marked sensitive so HTTP/2 never indexes it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, ConfigErrorKind};
+
+/// A boxed, `Send` future, as returned by [`TokenProvider::token`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A bearer token and, optionally, when it stops being valid.
+///
+/// ```
+/// let token = ameide_sdk::auth::AccessToken::new("s3cr3t");
+/// assert_eq!(token.secret(), "s3cr3t");
+/// assert_eq!(format!("{token:?}"), "AccessToken(<redacted>)");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    secret: Arc<str>,
+    expires_at: Option<Instant>,
+}
+
+impl AccessToken {
+    /// A token without a known expiry.
+    pub fn new(secret: impl Into<String>) -> Self {
+        AccessToken {
+            secret: Arc::from(secret.into()),
+            expires_at: None,
+        }
+    }
+
+    /// The same token, valid until `expires_at`.
+    pub fn with_expiry(mut self, expires_at: Instant) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// The token itself. Handle with care: never log it.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// When the token expires, if known.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.expires_at
+    }
+
+    /// `Bearer <token>` as a sensitive header value; an error when the token
+    /// holds characters a header cannot carry.
+    pub fn header_value(&self) -> Result<HeaderValue, ConfigError> {
+        let valid =
+            !self.secret.is_empty() && self.secret.bytes().all(|b| (0x21..0x7f).contains(&b));
+        if !valid {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Header,
+                "bearer token is empty or holds characters other than visible ASCII",
+            ));
+        }
+        let mut value = HeaderValue::try_from(format!("Bearer {}", self.secret)).map_err(|_| {
+            ConfigError::new(
+                ConfigErrorKind::Header,
+                "bearer token is not a valid header value",
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// A token provider failed; its message reaches the caller in the `UNAUTHENTICATED` status.
+///
+/// ```
+/// let err = ameide_sdk::auth::TokenError::new("identity provider unreachable");
+/// assert_eq!(err.to_string(), "identity provider unreachable");
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokenError {
+    message: String,
+}
+
+impl TokenError {
+    /// A failure with a message for the caller (never include the token itself).
+    pub fn new(message: impl Into<String>) -> Self {
+        TokenError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Supplies the bearer token for each call.
+///
+/// Implement it for your identity source, or pass an async closure:
+///
+/// ```
+/// use ameide_sdk::auth::{AccessToken, TokenProvider};
+/// let provider = || async { Ok(Some(AccessToken::new("from-my-idp"))) };
+/// # fn takes(_: impl TokenProvider) {}
+/// takes(provider);
+/// ```
+pub trait TokenProvider: Send + Sync + 'static {
+    /// The token for the next call; `Ok(None)` sends no `authorization` header.
+    fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>>;
+}
+
+impl<F, Fut> TokenProvider for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<AccessToken>, TokenError>> + Send + 'static,
+{
+    fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
+        Box::pin(self())
+    }
+}
+
+/// Always returns the same token.
+///
+/// ```
+/// # tokio_test_block(async {
+/// use ameide_sdk::auth::{StaticTokenProvider, TokenProvider};
+/// let provider = StaticTokenProvider::new("abc");
+/// assert_eq!(provider.token().await.unwrap().unwrap().secret(), "abc");
+/// # });
+/// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct StaticTokenProvider {
+    token: AccessToken,
+}
+
+impl StaticTokenProvider {
+    /// A provider of `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        StaticTokenProvider {
+            token: AccessToken::new(secret),
+        }
+    }
+}
+
+impl TokenProvider for StaticTokenProvider {
+    fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
+        let token = self.token.clone();
+        Box::pin(async move { Ok(Some(token)) })
+    }
+}
+
+/// Reads the token from an environment variable on every call, so a rotated
+/// value is picked up without rebuilding the client. Unset means no token;
+/// set but empty or non-UTF-8 is an error.
+///
+/// ```
+/// let provider = ameide_sdk::auth::EnvTokenProvider::new("AMEIDE_AUTH_TOKEN");
+/// assert_eq!(provider.variable(), "AMEIDE_AUTH_TOKEN");
+/// ```
+#[derive(Debug, Clone)]
+pub struct EnvTokenProvider {
+    variable: String,
+}
+
+impl EnvTokenProvider {
+    /// A provider reading `variable`.
+    pub fn new(variable: impl Into<String>) -> Self {
+        EnvTokenProvider {
+            variable: variable.into(),
+        }
+    }
+
+    /// The variable it reads.
+    pub fn variable(&self) -> &str {
+        &self.variable
+    }
+}
+
+impl TokenProvider for EnvTokenProvider {
+    fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
+        let result = match std::env::var(&self.variable) {
+            Ok(value) if value.is_empty() => Err(TokenError::new(format!(
+                "{} is set but empty",
+                self.variable
+            ))),
+            Ok(value) => Ok(Some(AccessToken::new(value))),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(TokenError::new(format!(
+                "{} is not valid UTF-8",
+                self.variable
+            ))),
+        };
+        Box::pin(async move { result })
+    }
+}

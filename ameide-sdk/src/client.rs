@@ -1,0 +1,410 @@
+//! [`AmeideClient`]: the layered channel and one typed client per roster service.
+//!
+//! The stack, outermost first (contract §4; the table in [`crate::layers`] says what each does):
+//!
+//! ```text
+//! AmeideChannel ─ closed? ─ metadata → auth → timeout → retry → tracing → user layers… → transport
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use opentelemetry::trace::{Tracer, TracerProvider};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use crate::auth::{BoxFuture, StaticTokenProvider, TokenProvider};
+use crate::config::{AmeideConfig, ConfigError, validate_endpoint, validate_timeout};
+use crate::layers::{
+    AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, RequestIdGenerator, RetryLayer,
+    RetryPolicy, SemconvMode, TimeoutLayer, TracingLayer,
+};
+use crate::transport::{
+    BoxTransport, TransportOptions, TransportSlot, closed_status, tonic_channel,
+};
+
+/// The layered channel every typed client runs on. Cheap to clone.
+///
+/// It is a `tower::Service` speaking tonic's body type, so any generated tonic
+/// client can be built on it: `SomeServiceClient::new(client.channel())`.
+#[derive(Clone)]
+pub struct AmeideChannel {
+    service: BoxTransport,
+    closed: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for AmeideChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmeideChannel")
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<HttpRequest> for AmeideChannel {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        if self.closed.load(Ordering::Acquire) {
+            return Box::pin(async { Err(Box::new(closed_status()) as BoxError) });
+        }
+        self.service.call(request)
+    }
+}
+
+/// The Ameide client: one layered channel, a typed client per roster service.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use ameide_sdk::{AmeideClient, IntoAmeideResult};
+/// use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
+///
+/// let client = AmeideClient::builder()
+///     .endpoint("http://envoy-grpc:9000")
+///     .user_id("user-1")
+///     .bearer_token("t0k3n")
+///     .build()?;
+/// let repos = client.graph().list_repositories(ListRepositoriesRequest::default()).await.into_ameide()?;
+/// println!("{} repositories", repos.get_ref().repositories.len());
+/// client.close();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AmeideClient {
+    channel: AmeideChannel,
+    slot: TransportSlot,
+    endpoint: Arc<str>,
+}
+
+impl fmt::Debug for AmeideClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmeideClient")
+            .field("endpoint", &self.endpoint)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+ameide_proto::__ameide_client_set!(AmeideClient, AmeideChannel);
+
+impl AmeideClient {
+    /// Starts a builder with the contract's defaults.
+    pub fn builder() -> AmeideClientBuilder {
+        AmeideClientBuilder::new()
+    }
+
+    /// The layered channel, for building other tonic clients on the same stack.
+    pub fn channel(&self) -> AmeideChannel {
+        self.channel.clone()
+    }
+
+    /// The endpoint the client was built for.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Releases the transport. Every later call, through any clone of this
+    /// client or of its typed clients, fails at once with `CANCELLED`
+    /// ("AmeideClient is closed…"). Calls already in flight finish.
+    pub fn close(&self) {
+        self.channel.closed.store(true, Ordering::Release);
+        self.slot.close();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.channel.closed.load(Ordering::Acquire)
+    }
+}
+
+type UserLayer = Box<dyn FnOnce(BoxTransport) -> BoxTransport + Send>;
+
+/// Builds an [`AmeideClient`]. Setters never fail; [`build`](Self::build)
+/// validates everything and names the first bad value.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use ameide_sdk::AmeideClient;
+///
+/// let err = AmeideClient::builder().endpoint("localhost:50051").build().unwrap_err();
+/// assert!(err.to_string().contains("localhost:50051"));
+///
+/// let client = AmeideClient::builder()
+///     .endpoint("http://127.0.0.1:50051")
+///     .tenant_id("tenant-a")
+///     .timeout(Duration::from_secs(2))
+///     .header("x-team", "core")
+///     .build()
+///     .unwrap();
+/// assert_eq!(client.endpoint(), "http://127.0.0.1:50051");
+/// # }
+/// ```
+pub struct AmeideClientBuilder {
+    config: AmeideConfig,
+    token_provider: Option<Arc<dyn TokenProvider>>,
+    retry: RetryPolicy,
+    retry_layer: Option<RetryLayer>,
+    generator: Option<RequestIdGenerator>,
+    tracing: Option<TracingLayer>,
+    semconv: Option<SemconvMode>,
+    user_layers: Vec<UserLayer>,
+    transport: Option<BoxTransport>,
+    transport_options: TransportOptions,
+}
+
+impl fmt::Debug for AmeideClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmeideClientBuilder")
+            .field("config", &self.config)
+            .field("retry", &self.retry)
+            .field("user_layers", &self.user_layers.len())
+            .field("custom_transport", &self.transport.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AmeideClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AmeideClientBuilder {
+    /// The contract's defaults: `https://api.ameide.io:443`, 5 s, 3 attempts, no tenant/user/session.
+    pub fn new() -> Self {
+        AmeideClientBuilder {
+            config: AmeideConfig::default(),
+            token_provider: None,
+            retry: RetryPolicy::default(),
+            retry_layer: None,
+            generator: None,
+            tracing: None,
+            semconv: None,
+            user_layers: Vec::new(),
+            transport: None,
+            transport_options: TransportOptions::default(),
+        }
+    }
+
+    /// Replaces the whole configuration, e.g. with [`AmeideConfig::from_env`].
+    pub fn config(mut self, config: AmeideConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the endpoint: `https://host[:port]` (TLS) or `http://host[:port]` (h2c).
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.config.endpoint = endpoint.into();
+        self
+    }
+
+    /// Sends `x-tenant-id` on every call (system/bootstrap callers only).
+    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.config.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Sends `x-user-id` on every call.
+    pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.config.user_id = Some(user_id.into());
+        self
+    }
+
+    /// Sends `ameide.session_id` in `baggage` on every call.
+    pub fn session_id(mut self, session_id: impl Into<String>) -> Self {
+        self.config.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Sets the whole-call timeout (all attempts, streams included).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// Sends an extra header on every call; the name is lower-cased.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with a fixed token.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.config.auth_token = Some(crate::auth::AccessToken::new(token));
+        self
+    }
+
+    /// Asks `provider` for the token of every call (wins over a static token).
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.token_provider = Some(Arc::new(provider));
+        self
+    }
+
+    /// Replaces the retry policy.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Replaces the retry layer itself (for an injected sleeper or jitter source).
+    pub fn retry_layer(mut self, layer: RetryLayer) -> Self {
+        self.retry_layer = Some(layer);
+        self
+    }
+
+    /// Generates request ids with `generator` instead of UUID v4.
+    pub fn request_id_generator(mut self, generator: RequestIdGenerator) -> Self {
+        self.generator = Some(generator);
+        self
+    }
+
+    /// Creates spans with `provider` instead of the global tracer provider.
+    pub fn tracer_provider<P, T, S>(mut self, provider: &P) -> Self
+    where
+        P: TracerProvider<Tracer = T>,
+        T: Tracer<Span = S> + Send + Sync + 'static,
+        S: opentelemetry::trace::Span + Send + Sync + 'static,
+    {
+        self.tracing = Some(TracingLayer::new().with_tracer_provider(provider));
+        self
+    }
+
+    /// Overrides `OTEL_SEMCONV_STABILITY_OPT_IN` for this client.
+    pub fn semconv(mut self, mode: SemconvMode) -> Self {
+        self.semconv = Some(mode);
+        self
+    }
+
+    /// Changes how the default transport connects (keepalive, CA certificate, …).
+    pub fn transport_options(mut self, options: TransportOptions) -> Self {
+        self.transport_options = options;
+        self
+    }
+
+    /// Appends a user layer after the built-in ones (before the transport).
+    /// Layers run in the order they are added, once per attempt.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxTransport> + Send + 'static,
+        L::Service: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
+        <L::Service as Service<HttpRequest>>::Error: Into<BoxError>,
+        <L::Service as Service<HttpRequest>>::Future: Send + 'static,
+    {
+        self.user_layers.push(Box::new(move |inner: BoxTransport| {
+            BoxCloneSyncService::new(layer.layer(inner).map_err(Into::into))
+        }));
+        self
+    }
+
+    /// Uses `transport` instead of a tonic `Channel`: any tower service speaking
+    /// tonic's body type (an in-memory duplex connection, a custom or
+    /// load-balanced channel). The endpoint is then only used for span attributes.
+    pub fn transport<T>(mut self, transport: T) -> Self
+    where
+        T: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
+        T::Error: Into<BoxError>,
+        T::Future: Send + 'static,
+    {
+        self.transport = Some(BoxCloneSyncService::new(transport.map_err(Into::into)));
+        self
+    }
+
+    /// Validates the configuration and builds the client. Must run inside a
+    /// Tokio runtime when the default transport is used.
+    pub fn build(self) -> Result<AmeideClient, ConfigError> {
+        let config = self.config;
+        let uri = validate_endpoint(&config.endpoint)?;
+        validate_timeout("timeout", config.timeout)?;
+        self.retry.validate()?;
+
+        let mut metadata = MetadataLayer::builder();
+        if let Some(tenant) = &config.tenant_id {
+            metadata = metadata.tenant_id(tenant);
+        }
+        if let Some(user) = &config.user_id {
+            metadata = metadata.user_id(user);
+        }
+        for (name, value) in &config.headers {
+            metadata = metadata.header(name, value);
+        }
+        if let Some(generator) = self.generator {
+            metadata = metadata.request_id_generator(generator);
+        }
+        let metadata = metadata.build()?;
+
+        let provider: Option<Arc<dyn TokenProvider>> =
+            match (self.token_provider, &config.auth_token) {
+                (Some(provider), _) => Some(provider),
+                (None, Some(token)) => {
+                    token.header_value()?;
+                    Some(Arc::new(StaticTokenProvider::new(token.secret())))
+                }
+                (None, None) => None,
+            };
+        let auth = provider.map(|p| AuthLayer::from_arc(p).max_wait(config.timeout));
+
+        let retry = match self.retry_layer {
+            Some(layer) => layer,
+            None => RetryLayer::new(self.retry)?,
+        };
+
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let mut tracing = self
+            .tracing
+            .unwrap_or_default()
+            .with_server(uri.host().unwrap_or_default(), port);
+        if let Some(mode) = self.semconv {
+            tracing = tracing.with_semconv(mode);
+        }
+        if let Some(session) = &config.session_id {
+            crate::config::header_value("session id", session)?;
+            tracing = tracing.with_session_id(session);
+        }
+
+        let transport = match self.transport {
+            Some(transport) => transport,
+            None => tonic_channel(&config.endpoint, &self.transport_options)?,
+        };
+        let slot = TransportSlot::new(transport);
+        let mut below: BoxTransport = BoxCloneSyncService::new(slot.clone());
+        for wrap in self.user_layers.into_iter().rev() {
+            below = wrap(below);
+        }
+
+        let stack = ServiceBuilder::new()
+            .layer(metadata)
+            .option_layer(auth)
+            .layer(TimeoutLayer::new(config.timeout))
+            .layer(retry)
+            .layer(tracing)
+            .service(below);
+        let channel = AmeideChannel {
+            service: BoxCloneSyncService::new(stack.map_err(Into::<BoxError>::into)),
+            closed: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(AmeideClient {
+            channel,
+            slot,
+            endpoint: Arc::from(config.endpoint.as_str()),
+        })
+    }
+}

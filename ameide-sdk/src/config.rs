@@ -1,0 +1,449 @@
+//! Client configuration: the contract's defaults, explicit loading from the
+//! environment, and the validation every value goes through.
+//!
+//! | Variable | Field | Valid values |
+//! |---|---|---|
+//! | `AMEIDE_GRPC_BASE_URL` | [`AmeideConfig::endpoint`] | `http://host[:port]` (h2c) or `https://host[:port]` |
+//! | `AMEIDE_TENANT_ID` | [`AmeideConfig::tenant_id`] | visible ASCII; system/bootstrap callers only |
+//! | `AMEIDE_USER_ID` | [`AmeideConfig::user_id`] | visible ASCII |
+//! | `AMEIDE_TIMEOUT_MS` | [`AmeideConfig::timeout`] | integer milliseconds, 1 ..= 8640000000 (100 days) |
+//! | `AMEIDE_AUTH_TOKEN` | [`AmeideConfig::auth_token`] | visible ASCII bearer token |
+//!
+//! Reading the environment is explicit ([`AmeideConfig::from_env`]); building a
+//! client never reads it. A variable that is set but malformed (or empty) is an
+//! error naming the variable, never a silent fallback.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+use crate::auth::AccessToken;
+
+/// The longest timeout accepted: 100 days. Longer values are almost always a
+/// unit mistake, and `grpc-timeout` cannot carry arbitrary values.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(100 * 24 * 3600);
+
+/// Plain client configuration with the contract's defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = ameide_sdk::AmeideConfig::default();
+/// assert_eq!(config.endpoint, "https://api.ameide.io:443");
+/// assert_eq!(config.timeout, Duration::from_secs(5));
+/// assert!(config.tenant_id.is_none() && config.user_id.is_none() && config.session_id.is_none());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmeideConfig {
+    /// Where to connect: `https://…` (TLS with rustls) or `http://…` (plaintext h2c).
+    pub endpoint: String,
+    /// Tenant sent as `x-tenant-id`; only for system/bootstrap callers.
+    pub tenant_id: Option<String>,
+    /// User sent as `x-user-id`.
+    pub user_id: Option<String>,
+    /// Session id sent as `ameide.session_id` in `baggage`.
+    pub session_id: Option<String>,
+    /// Whole-call timeout, all attempts included.
+    pub timeout: Duration,
+    /// A static bearer token; `None` sends no `authorization` header.
+    pub auth_token: Option<AccessToken>,
+    /// Extra metadata sent on every call (names are lower-cased when the client is built).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Default for AmeideConfig {
+    fn default() -> Self {
+        AmeideConfig {
+            endpoint: crate::contract::DEFAULT_ENDPOINT.to_owned(),
+            tenant_id: None,
+            user_id: None,
+            session_id: None,
+            timeout: Duration::from_millis(crate::contract::DEFAULT_TIMEOUT_MS),
+            auth_token: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for AmeideConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmeideConfig")
+            .field("endpoint", &self.endpoint)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("session_id", &self.session_id)
+            .field("timeout", &self.timeout)
+            .field("auth_token", &self.auth_token)
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+/// Environment variable names read by [`AmeideConfig::from_env`].
+pub mod env {
+    /// Endpoint, e.g. `http://envoy-grpc:9000` in cluster.
+    pub const BASE_URL: &str = "AMEIDE_GRPC_BASE_URL";
+    /// Tenant id (system contexts only).
+    pub const TENANT_ID: &str = "AMEIDE_TENANT_ID";
+    /// User id.
+    pub const USER_ID: &str = "AMEIDE_USER_ID";
+    /// Whole-call timeout in milliseconds.
+    pub const TIMEOUT_MS: &str = "AMEIDE_TIMEOUT_MS";
+    /// Static bearer token.
+    pub const AUTH_TOKEN: &str = "AMEIDE_AUTH_TOKEN";
+}
+
+impl AmeideConfig {
+    /// The defaults, overridden by whichever `AMEIDE_*` variables are set.
+    ///
+    /// ```
+    /// // SAFETY of the example: single-threaded doctest.
+    /// let config = ameide_sdk::AmeideConfig::from_env()?;
+    /// # Ok::<(), ameide_sdk::ConfigError>(())
+    /// ```
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(
+                ConfigErrorKind::Environment,
+                format!("{name} is not valid UTF-8"),
+            )),
+        })
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`
+    /// (for tests and for configuration systems other than the process environment).
+    ///
+    /// ```
+    /// use ameide_sdk::AmeideConfig;
+    /// let vars = [("AMEIDE_TIMEOUT_MS", "250"), ("AMEIDE_GRPC_BASE_URL", "http://envoy-grpc:9000")];
+    /// let lookup = |name: &str| Ok(vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()));
+    /// let config = AmeideConfig::from_lookup(lookup)?;
+    /// assert_eq!(config.timeout.as_millis(), 250);
+    ///
+    /// let bad = [("AMEIDE_TIMEOUT_MS", "5s")];
+    /// let err = AmeideConfig::from_lookup(|n: &str| Ok(bad.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("AMEIDE_TIMEOUT_MS"));
+    /// # Ok::<(), ameide_sdk::ConfigError>(())
+    /// ```
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        let read = |name: &str| -> Result<Option<String>, ConfigError> {
+            match lookup(name)? {
+                Some(value) if value.trim().is_empty() => Err(ConfigError::new(
+                    ConfigErrorKind::Environment,
+                    format!("{name} is set but empty: unset it or give it a value"),
+                )),
+                other => Ok(other),
+            }
+        };
+        let env_err = |name: &str, e: ConfigError| {
+            ConfigError::new(
+                ConfigErrorKind::Environment,
+                format!("{name}: {}", e.message),
+            )
+        };
+        let mut config = AmeideConfig::default();
+        if let Some(url) = read(env::BASE_URL)? {
+            validate_endpoint(&url).map_err(|e| env_err(env::BASE_URL, e))?;
+            config.endpoint = url;
+        }
+        if let Some(tenant) = read(env::TENANT_ID)? {
+            header_value("tenant id", &tenant).map_err(|e| env_err(env::TENANT_ID, e))?;
+            config.tenant_id = Some(tenant);
+        }
+        if let Some(user) = read(env::USER_ID)? {
+            header_value("user id", &user).map_err(|e| env_err(env::USER_ID, e))?;
+            config.user_id = Some(user);
+        }
+        if let Some(ms) = read(env::TIMEOUT_MS)? {
+            let millis: u64 = ms.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    ConfigErrorKind::Environment,
+                    format!(
+                        "{}={ms:?} is not a whole number of milliseconds (e.g. 5000)",
+                        env::TIMEOUT_MS
+                    ),
+                )
+            })?;
+            let timeout = Duration::from_millis(millis);
+            validate_timeout("timeout", timeout).map_err(|e| env_err(env::TIMEOUT_MS, e))?;
+            config.timeout = timeout;
+        }
+        if let Some(token) = read(env::AUTH_TOKEN)? {
+            let token = AccessToken::new(token);
+            token
+                .header_value()
+                .map_err(|e| env_err(env::AUTH_TOKEN, e))?;
+            config.auth_token = Some(token);
+        }
+        Ok(config)
+    }
+}
+
+/// Why a configuration value was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// The endpoint is not `http(s)://host[:port]`.
+    Endpoint,
+    /// A header name or value (including tenant, user, session and request ids) is invalid.
+    Header,
+    /// A timeout is zero or too long.
+    Timeout,
+    /// An environment variable is malformed.
+    Environment,
+    /// A retry policy parameter is out of range.
+    Retry,
+    /// TLS could not be configured.
+    Tls,
+    /// The client was built outside a Tokio runtime.
+    Runtime,
+}
+
+/// A configuration value was rejected; the message names the value and what would be valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    kind: ConfigErrorKind,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(kind: ConfigErrorKind, message: impl Into<String>) -> Self {
+        ConfigError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// What kind of value was rejected.
+    pub fn kind(&self) -> ConfigErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Validates an endpoint: `http` or `https`, a host, an optional port, no path or query.
+pub(crate) fn validate_endpoint(endpoint: &str) -> Result<Uri, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!(
+                "invalid endpoint {endpoint:?}: {why}; expected http://host[:port] (h2c) or https://host[:port] (TLS)"
+            ),
+        )
+    };
+    let uri: Uri = endpoint.parse().map_err(|_| bad("not a URI"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(bad(&format!("scheme {other:?} is not supported"))),
+        None => return Err(bad("no scheme")),
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() => {}
+        _ => return Err(bad("no host")),
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(bad("endpoints take no path"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("endpoints take no query"));
+    }
+    Ok(uri)
+}
+
+/// Validates a metadata value: non-empty visible ASCII.
+pub(crate) fn header_value(what: &str, value: &str) -> Result<HeaderValue, ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Header,
+            format!("{what} is empty"),
+        ));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Header,
+            format!(
+                "{what} {value:?} is not valid metadata: use visible ASCII characters and spaces only"
+            ),
+        ));
+    }
+    HeaderValue::from_str(value).map_err(|_| {
+        ConfigError::new(
+            ConfigErrorKind::Header,
+            format!("{what} {value:?} is not a valid header value"),
+        )
+    })
+}
+
+/// Validates an extra header: a lower-cased, non-reserved name and an ASCII value
+/// (base64 for `-bin` names).
+pub(crate) fn validate_header(
+    name: &str,
+    value: &str,
+) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let header = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
+        ConfigError::new(
+            ConfigErrorKind::Header,
+            format!(
+                "invalid header name {name:?}: use lower-case letters, digits, '-', '_' and '.'"
+            ),
+        )
+    })?;
+    if lower.starts_with("grpc-") || matches!(lower.as_str(), "content-type" | "te" | "host") {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Header,
+            format!("header name {name:?} is reserved by gRPC/HTTP2 and cannot be set"),
+        ));
+    }
+    let value = if lower.ends_with("-bin") {
+        use base64_check::is_base64;
+        if !is_base64(value) {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Header,
+                format!("value of binary header {name:?} must be base64"),
+            ));
+        }
+        header_value(&format!("value of header {name:?}"), value)?
+    } else {
+        header_value(&format!("value of header {name:?}"), value)?
+    };
+    Ok((header, value))
+}
+
+mod base64_check {
+    pub(super) fn is_base64(value: &str) -> bool {
+        !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    }
+}
+
+/// Validates a timeout: at least 1 ms, at most [`MAX_TIMEOUT`].
+pub(crate) fn validate_timeout(what: &str, timeout: Duration) -> Result<(), ConfigError> {
+    if timeout < Duration::from_millis(1) {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Timeout,
+            format!("{what} {timeout:?} is too short: use at least 1 ms"),
+        ));
+    }
+    if timeout > MAX_TIMEOUT {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Timeout,
+            format!("{what} {timeout:?} is longer than the maximum of 100 days"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(
+        vars: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Result<Option<String>, ConfigError> {
+        move |name| {
+            Ok(vars
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string()))
+        }
+    }
+
+    #[test]
+    fn from_lookup_without_variables_gives_the_contract_defaults() {
+        assert_eq!(
+            AmeideConfig::from_lookup(lookup(&[])).unwrap(),
+            AmeideConfig::default()
+        );
+    }
+
+    #[test]
+    fn from_lookup_reads_every_variable() {
+        let config = AmeideConfig::from_lookup(lookup(&[
+            ("AMEIDE_GRPC_BASE_URL", "http://envoy-grpc:9000"),
+            ("AMEIDE_TENANT_ID", "tenant-a"),
+            ("AMEIDE_USER_ID", "user-b"),
+            ("AMEIDE_TIMEOUT_MS", "1500"),
+            ("AMEIDE_AUTH_TOKEN", "tok-123"),
+        ]))
+        .unwrap();
+        assert_eq!(config.endpoint, "http://envoy-grpc:9000");
+        assert_eq!(config.tenant_id.as_deref(), Some("tenant-a"));
+        assert_eq!(config.user_id.as_deref(), Some("user-b"));
+        assert_eq!(config.timeout, Duration::from_millis(1500));
+        assert_eq!(config.auth_token.unwrap().secret(), "tok-123");
+    }
+
+    #[test]
+    fn malformed_variables_are_errors_naming_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("AMEIDE_TIMEOUT_MS", "5s")], "AMEIDE_TIMEOUT_MS"),
+            (&[("AMEIDE_TIMEOUT_MS", "0")], "AMEIDE_TIMEOUT_MS"),
+            (&[("AMEIDE_TIMEOUT_MS", "-1")], "AMEIDE_TIMEOUT_MS"),
+            (&[("AMEIDE_TIMEOUT_MS", "")], "AMEIDE_TIMEOUT_MS"),
+            (
+                &[("AMEIDE_GRPC_BASE_URL", "envoy:9000")],
+                "AMEIDE_GRPC_BASE_URL",
+            ),
+            (
+                &[("AMEIDE_GRPC_BASE_URL", "ftp://envoy:9000")],
+                "AMEIDE_GRPC_BASE_URL",
+            ),
+            (
+                &[("AMEIDE_GRPC_BASE_URL", "http://envoy:9000/api")],
+                "AMEIDE_GRPC_BASE_URL",
+            ),
+            (&[("AMEIDE_TENANT_ID", "t\n1")], "AMEIDE_TENANT_ID"),
+            (&[("AMEIDE_USER_ID", " ")], "AMEIDE_USER_ID"),
+            (&[("AMEIDE_AUTH_TOKEN", "tök")], "AMEIDE_AUTH_TOKEN"),
+        ];
+        for (vars, name) in cases {
+            let vars: &'static [(&'static str, &'static str)] =
+                Box::leak(vars.to_vec().into_boxed_slice());
+            let err = AmeideConfig::from_lookup(lookup(vars)).unwrap_err();
+            assert_eq!(err.kind(), ConfigErrorKind::Environment, "{err}");
+            assert!(err.to_string().contains(name), "{err} should name {name}");
+        }
+    }
+
+    #[test]
+    fn token_never_appears_in_debug_output() {
+        let config = AmeideConfig {
+            auth_token: Some(AccessToken::new("super-secret")),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn header_validation_lowercases_and_rejects_reserved_and_invalid() {
+        let (name, value) = validate_header("X-Trace-Me", "yes").unwrap();
+        assert_eq!(name.as_str(), "x-trace-me");
+        assert_eq!(value, "yes");
+        for (name, value, needle) in [
+            ("bad name", "v", "invalid header name"),
+            ("grpc-timeout", "1S", "reserved"),
+            ("content-type", "x", "reserved"),
+            ("x-ok", "line\nbreak", "visible ASCII"),
+            ("x-ok", "", "empty"),
+            ("x-data-bin", "not base64!", "base64"),
+        ] {
+            let err = validate_header(name, value).unwrap_err().to_string();
+            assert!(err.contains(needle), "{name}={value:?}: {err}");
+        }
+    }
+}

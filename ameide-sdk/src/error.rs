@@ -1,0 +1,375 @@
+//! The one error type of a failed call.
+//!
+//! Every call through [`AmeideClient`](crate::AmeideClient) fails with a
+//! `tonic::Status` whose metadata the SDK has stamped with the request id, the
+//! attempt count, the elapsed time and the retry verdict. [`Error`] rebuilds
+//! all of that, plus the decoded `google.rpc` details from
+//! `grpc-status-details-bin`, and says it in one readable line.
+
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetail, StatusExt};
+
+use crate::call::stamp;
+
+/// A failed call: the original `tonic::Status` and what the SDK knows about the call.
+///
+/// ```
+/// use ameide_sdk::Error;
+/// let status = tonic::Status::unavailable("backend down");
+/// let err = Error::from(status);
+/// assert_eq!(err.code(), tonic::Code::Unavailable);
+/// assert!(err.is_retryable());
+/// assert_eq!(err.to_string(), "UNAVAILABLE: backend down [attempts=1, retryable]");
+/// ```
+pub struct Error {
+    status: Status,
+    request_id: Option<String>,
+    attempts: u32,
+    elapsed: Option<Duration>,
+    retryable: bool,
+    details: Vec<ErrorDetail>,
+    details_error: Option<String>,
+}
+
+impl Error {
+    /// The status code.
+    pub fn code(&self) -> Code {
+        self.status.code()
+    }
+
+    /// The status message, as the server (or the SDK) wrote it.
+    pub fn message(&self) -> &str {
+        self.status.message()
+    }
+
+    /// The original status: code, message, details and metadata.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// Gives back the original status.
+    pub fn into_status(self) -> Status {
+        self.status
+    }
+
+    /// The `x-request-id` the call carried, when the SDK sent it.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// Attempts made, the first one included.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Time from the call's start until it failed, when the SDK measured it.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.elapsed
+    }
+
+    /// Whether the code is one the retry policy retries: the call may succeed
+    /// if made again later.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The decoded `google.rpc` details (`ErrorInfo`, `RetryInfo`, `BadRequest`, …).
+    pub fn details(&self) -> &[ErrorDetail] {
+        &self.details
+    }
+
+    /// Why `grpc-status-details-bin` could not be decoded, if the server sent
+    /// malformed details (the raw bytes stay in [`status`](Self::status)).
+    pub fn details_error(&self) -> Option<&str> {
+        self.details_error.as_deref()
+    }
+
+    /// The `google.rpc.ErrorInfo` detail, if the server sent one.
+    pub fn error_info(&self) -> Option<&tonic_types::ErrorInfo> {
+        self.details.iter().find_map(|d| match d {
+            ErrorDetail::ErrorInfo(info) => Some(info),
+            _ => None,
+        })
+    }
+
+    /// The `google.rpc.RetryInfo` detail, if the server sent one.
+    pub fn retry_info(&self) -> Option<&tonic_types::RetryInfo> {
+        self.details.iter().find_map(|d| match d {
+            ErrorDetail::RetryInfo(info) => Some(info),
+            _ => None,
+        })
+    }
+
+    /// The `google.rpc.BadRequest` detail, if the server sent one.
+    pub fn bad_request(&self) -> Option<&tonic_types::BadRequest> {
+        self.details.iter().find_map(|d| match d {
+            ErrorDetail::BadRequest(info) => Some(info),
+            _ => None,
+        })
+    }
+}
+
+/// The codes the contract retries by default.
+pub(crate) fn default_retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted
+    )
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        let meta = status.metadata();
+        let text = |key: &str| {
+            meta.get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let attempts = text(stamp::ATTEMPTS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let elapsed = text(stamp::ELAPSED_US)
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros);
+        let retryable = match text(stamp::RETRYABLE).as_deref() {
+            Some("true") => true,
+            Some("false") => false,
+            _ => default_retryable(status.code()),
+        };
+        let (details, details_error) = match status.check_error_details_vec() {
+            Ok(details) => (details, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        Error {
+            request_id: text(stamp::REQUEST_ID),
+            attempts,
+            elapsed,
+            retryable,
+            details,
+            details_error,
+            status,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        err.status
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The canonical upper-case name of a code, e.g. `UNAVAILABLE`.
+///
+/// ```
+/// assert_eq!(ameide_sdk::canonical_code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+/// ```
+pub fn canonical_code_name(code: Code) -> &'static str {
+    code_name(code)
+}
+
+fn fmt_detail(detail: &ErrorDetail, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match detail {
+        ErrorDetail::ErrorInfo(i) => {
+            write!(f, "ErrorInfo(reason={}, domain={}", i.reason, i.domain)?;
+            let mut meta: Vec<_> = i.metadata.iter().collect();
+            meta.sort();
+            for (k, v) in meta {
+                write!(f, ", {k}={v}")?;
+            }
+            f.write_str(")")
+        }
+        ErrorDetail::RetryInfo(i) => match i.retry_delay {
+            Some(d) => write!(f, "RetryInfo(retry_delay={d:?})"),
+            None => f.write_str("RetryInfo()"),
+        },
+        ErrorDetail::BadRequest(b) => {
+            f.write_str("BadRequest(")?;
+            for (n, v) in b.field_violations.iter().enumerate() {
+                if n > 0 {
+                    f.write_str("; ")?;
+                }
+                write!(f, "{}: {}", v.field, v.description)?;
+            }
+            f.write_str(")")
+        }
+        ErrorDetail::DebugInfo(d) => write!(f, "DebugInfo(detail={})", d.detail),
+        ErrorDetail::QuotaFailure(q) => {
+            write!(f, "QuotaFailure({} violation(s))", q.violations.len())
+        }
+        ErrorDetail::PreconditionFailure(p) => {
+            write!(
+                f,
+                "PreconditionFailure({} violation(s))",
+                p.violations.len()
+            )
+        }
+        ErrorDetail::RequestInfo(r) => write!(f, "RequestInfo(request_id={})", r.request_id),
+        ErrorDetail::ResourceInfo(r) => write!(
+            f,
+            "ResourceInfo(type={}, name={})",
+            r.resource_type, r.resource_name
+        ),
+        ErrorDetail::Help(h) => write!(f, "Help({} link(s))", h.links.len()),
+        ErrorDetail::LocalizedMessage(m) => {
+            write!(f, "LocalizedMessage({}: {})", m.locale, m.message)
+        }
+        other => write!(f, "{other:?}"),
+    }
+}
+
+impl fmt::Display for Error {
+    /// One line: `CODE: message [request_id=…, attempts=N, elapsed=…, retryable] details: …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            code_name(self.code()),
+            self.message().escape_debug()
+        )?;
+        f.write_str(" [")?;
+        if let Some(id) = &self.request_id {
+            write!(f, "request_id={id}, ")?;
+        }
+        write!(f, "attempts={}", self.attempts)?;
+        if let Some(elapsed) = self.elapsed {
+            write!(f, ", elapsed={}ms", elapsed.as_millis())?;
+        }
+        f.write_str(if self.retryable {
+            ", retryable]"
+        } else {
+            ", not retryable]"
+        })?;
+        if !self.details.is_empty() {
+            f.write_str(" details: ")?;
+            for (n, d) in self.details.iter().enumerate() {
+                if n > 0 {
+                    f.write_str(", ")?;
+                }
+                fmt_detail(d, f)?;
+            }
+        }
+        if let Some(e) = &self.details_error {
+            write!(f, " details: <undecodable grpc-status-details-bin: {e}>")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("code", &self.code())
+            .field("message", &self.message())
+            .field("request_id", &self.request_id)
+            .field("attempts", &self.attempts)
+            .field("elapsed", &self.elapsed)
+            .field("retryable", &self.retryable)
+            .field("details", &self.details)
+            .field("details_error", &self.details_error)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.status)
+    }
+}
+
+/// Turns the `Result<_, tonic::Status>` of a generated client into `Result<_, ameide_sdk::Error>`.
+///
+/// ```no_run
+/// # async fn demo(client: ameide_sdk::AmeideClient) -> Result<(), ameide_sdk::Error> {
+/// use ameide_sdk::IntoAmeideResult;
+/// let repos = client.graph().list_repositories(Default::default()).await.into_ameide()?;
+/// # Ok(()) }
+/// ```
+pub trait IntoAmeideResult<T> {
+    /// Maps the error into [`Error`].
+    fn into_ameide(self) -> Result<T, Error>;
+}
+
+impl<T> IntoAmeideResult<T> for Result<T, Status> {
+    fn into_ameide(self) -> Result<T, Error> {
+        self.map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn display_is_one_line_with_everything() {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            "QUOTA",
+            "ameide.io",
+            [("tenant".to_string(), "t1".to_string())],
+        );
+        details.set_retry_info(Some(Duration::from_secs(2)));
+        let mut status =
+            Status::with_error_details(Code::ResourceExhausted, "slow\tdown\nplease", details);
+        status
+            .metadata_mut()
+            .insert(stamp::REQUEST_ID, MetadataValue::from_static("req-1"));
+        status
+            .metadata_mut()
+            .insert(stamp::ATTEMPTS, MetadataValue::from_static("3"));
+        status
+            .metadata_mut()
+            .insert(stamp::ELAPSED_US, MetadataValue::from_static("812000"));
+        status
+            .metadata_mut()
+            .insert(stamp::RETRYABLE, MetadataValue::from_static("true"));
+        let err = Error::from(status);
+        let shown = err.to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert_eq!(
+            shown,
+            "RESOURCE_EXHAUSTED: slow\\tdown\\nplease [request_id=req-1, attempts=3, elapsed=812ms, retryable] \
+             details: ErrorInfo(reason=QUOTA, domain=ameide.io, tenant=t1), RetryInfo(retry_delay=2s)"
+        );
+        assert_eq!(err.error_info().unwrap().reason, "QUOTA");
+        assert_eq!(
+            err.retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(err.attempts(), 3);
+        assert_eq!(err.request_id(), Some("req-1"));
+    }
+
+    #[test]
+    fn plain_status_gets_contract_retryability() {
+        assert!(!Error::from(Status::invalid_argument("x")).is_retryable());
+        assert!(Error::from(Status::aborted("x")).is_retryable());
+        assert_eq!(Error::from(Status::internal("x")).attempts(), 1);
+    }
+}

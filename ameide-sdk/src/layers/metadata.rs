@@ -1,0 +1,316 @@
+//! Metadata layer: the outermost layer, once per call.
+//!
+//! On the way in it sets `x-tenant-id` and `x-user-id` (only when configured),
+//! the extra headers (lower-cased, validated when the layer is built), and
+//! `x-request-id`: kept when the caller set one, generated otherwise. Being
+//! outside the retry layer, every attempt carries the same values.
+//!
+//! On the way out it stamps a failed call's status with the request id, the
+//! attempt count, the elapsed time and the retry verdict (see [`crate::Error`]),
+//! and puts a [`CallInfo`](crate::CallInfo) into a successful response's extensions.
+//! A value the caller set per call (same header name) wins over the layer's.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+use tower::{Layer, Service};
+
+use super::{BoxError, HttpRequest, HttpResponse, trailers_only_status};
+use crate::auth::BoxFuture;
+use crate::call::{CallInfo, CallState, stamp};
+use crate::config::{ConfigError, header_value, validate_header};
+
+/// Makes request ids for calls that arrive without one.
+///
+/// ```
+/// let generator = ameide_sdk::layers::RequestIdGenerator::new(|| "fixed-id".to_string());
+/// assert_eq!(generator.generate(), "fixed-id");
+/// assert_eq!(ameide_sdk::layers::RequestIdGenerator::uuid_v4().generate().len(), 36);
+/// ```
+#[derive(Clone)]
+pub struct RequestIdGenerator(Arc<dyn Fn() -> String + Send + Sync>);
+
+impl RequestIdGenerator {
+    /// A generator from a function.
+    pub fn new(generate: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        RequestIdGenerator(Arc::new(generate))
+    }
+
+    /// Random UUID v4 ids, the default.
+    pub fn uuid_v4() -> Self {
+        Self::new(|| uuid::Uuid::new_v4().to_string())
+    }
+
+    /// A new id.
+    pub fn generate(&self) -> String {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for RequestIdGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestIdGenerator")
+    }
+}
+
+/// Builds a [`MetadataLayer`]; every value is validated by [`build`](Self::build).
+#[derive(Debug, Default)]
+pub struct MetadataLayerBuilder {
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    headers: Vec<(String, String)>,
+    generator: Option<RequestIdGenerator>,
+}
+
+impl MetadataLayerBuilder {
+    /// Sends `x-tenant-id` (system/bootstrap callers only; user traffic is routed by token).
+    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Sends `x-user-id`.
+    pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self
+    }
+
+    /// Sends an extra header on every call; the name is lower-cased.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Generates request ids with `generator` instead of UUID v4.
+    pub fn request_id_generator(mut self, generator: RequestIdGenerator) -> Self {
+        self.generator = Some(generator);
+        self
+    }
+
+    /// Validates everything; an invalid name or value is an error naming it.
+    ///
+    /// ```
+    /// use ameide_sdk::layers::MetadataLayer;
+    /// assert!(MetadataLayer::builder().header("X-Team", "core").build().is_ok());
+    /// let err = MetadataLayer::builder().tenant_id("bad\nvalue").build().unwrap_err();
+    /// assert!(err.to_string().contains("tenant id"));
+    /// ```
+    pub fn build(self) -> Result<MetadataLayer, ConfigError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let (name, value) = validate_header(name, value)?;
+            headers.insert(name, value);
+        }
+        let tenant = self
+            .tenant_id
+            .map(|t| header_value("tenant id", &t))
+            .transpose()?;
+        let user = self
+            .user_id
+            .map(|u| header_value("user id", &u))
+            .transpose()?;
+        Ok(MetadataLayer {
+            config: Arc::new(MetadataConfig {
+                tenant,
+                user,
+                headers,
+                generator: self.generator.unwrap_or_else(RequestIdGenerator::uuid_v4),
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct MetadataConfig {
+    tenant: Option<HeaderValue>,
+    user: Option<HeaderValue>,
+    headers: HeaderMap,
+    generator: RequestIdGenerator,
+}
+
+/// Sets tenant, user, extra headers and the request id; stamps errors.
+#[derive(Debug, Clone)]
+pub struct MetadataLayer {
+    config: Arc<MetadataConfig>,
+}
+
+impl MetadataLayer {
+    /// Starts a builder.
+    pub fn builder() -> MetadataLayerBuilder {
+        MetadataLayerBuilder::default()
+    }
+}
+
+impl<S> Layer<S> for MetadataLayer {
+    type Service = MetadataService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetadataService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service produced by [`MetadataLayer`].
+#[derive(Debug, Clone)]
+pub struct MetadataService<S> {
+    inner: S,
+    config: Arc<MetadataConfig>,
+}
+
+const TENANT: HeaderName = HeaderName::from_static(crate::contract::HEADER_TENANT);
+const USER: HeaderName = HeaderName::from_static(crate::contract::HEADER_USER);
+const REQUEST_ID: HeaderName = HeaderName::from_static(crate::contract::HEADER_REQUEST_ID);
+
+impl<S> MetadataService<S> {
+    fn prepare(&self, request: &mut HttpRequest) -> CallState {
+        let config = &self.config;
+        let headers = request.headers_mut();
+        if let Some(tenant) = &config.tenant {
+            headers.entry(TENANT).or_insert_with(|| tenant.clone());
+        }
+        if let Some(user) = &config.user {
+            headers.entry(USER).or_insert_with(|| user.clone());
+        }
+        for (name, value) in &config.headers {
+            headers.entry(name).or_insert_with(|| value.clone());
+        }
+        let existing = headers
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let request_id = match existing {
+            Some(id) => id,
+            None => {
+                let mut id = config.generator.generate();
+                let value = match HeaderValue::from_str(&id) {
+                    Ok(value) if !id.is_empty() => value,
+                    _ => {
+                        ::tracing::warn!(generated = ?id, "request id generator returned an invalid header value; using a UUID v4 instead");
+                        id = uuid::Uuid::new_v4().to_string();
+                        HeaderValue::from_str(&id).expect("a UUID is a valid header value")
+                    }
+                };
+                headers.insert(REQUEST_ID, value);
+                id
+            }
+        };
+        let state = CallState::new(Instant::now(), request_id);
+        request.extensions_mut().insert(state.clone());
+        state
+    }
+}
+
+impl<S> Service<HttpRequest> for MetadataService<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: HttpRequest) -> Self::Future {
+        let state = self.prepare(&mut request);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match future.await {
+                Ok(response) => finish(response, state),
+                Err(error) => Err(
+                    Box::new(stamp_status(Status::from_error(error.into()), &state)) as BoxError,
+                ),
+            }
+        })
+    }
+}
+
+fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, BoxError> {
+    if let Some(status) = trailers_only_status(&response) {
+        if status.code() != tonic::Code::Ok {
+            return Err(Box::new(stamp_status(status, &state)));
+        }
+    }
+    response.extensions_mut().insert(CallInfo {
+        request_id: state.request_id().to_owned(),
+        attempts: state.attempts(),
+        elapsed: state.start().elapsed(),
+    });
+    Ok(response.map(|body| tonic::body::Body::new(StampBody { inner: body, state })))
+}
+
+/// Adds the call facts to an error status's metadata.
+pub(crate) fn stamp_status(mut status: Status, state: &CallState) -> Status {
+    let metadata = status.metadata_mut();
+    if let Ok(value) = MetadataValue::try_from(state.request_id()) {
+        metadata.insert(stamp::REQUEST_ID, value);
+    }
+    metadata.insert(stamp::ATTEMPTS, MetadataValue::from(state.attempts()));
+    let elapsed = u64::try_from(state.start().elapsed().as_micros()).unwrap_or(u64::MAX);
+    metadata.insert(stamp::ELAPSED_US, MetadataValue::from(elapsed));
+    if let Some(retryable) = state.retryable() {
+        metadata.insert(
+            stamp::RETRYABLE,
+            MetadataValue::from_static(if retryable { "true" } else { "false" }),
+        );
+    }
+    status
+}
+
+pin_project! {
+    /// Turns error trailers (and body errors) into a stamped status.
+    struct StampBody {
+        #[pin]
+        inner: tonic::body::Body,
+        state: CallState,
+    }
+}
+
+impl http_body::Body for StampBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(status) = Status::from_header_map(trailers)
+                    && status.code() != tonic::Code::Ok
+                {
+                    return Poll::Ready(Some(Err(stamp_status(status, this.state))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                Poll::Ready(Some(Err(stamp_status(status, this.state))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

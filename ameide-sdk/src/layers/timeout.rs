@@ -1,0 +1,263 @@
+//! Timeout layer: one deadline for the whole call, every attempt and the whole
+//! response stream included.
+//!
+//! | Question | Answer |
+//! |---|---|
+//! | Which timeout? | the per-call one ([`CallOptions::timeout`](crate::CallOptions::timeout), or a `grpc-timeout` the caller set with `tonic::Request::set_timeout`), else the layer's |
+//! | Counted from? | the call's start (the metadata layer's clock), so token fetching counts too |
+//! | On the wire? | `grpc-timeout` with the remaining budget; the retry layer refreshes it on every attempt |
+//! | On expiry? | `DEADLINE_EXCEEDED` from the SDK itself, before or after the response headers (a stream is cut with that status) — never tonic's `CANCELLED` |
+//! | Not covered | nothing after the response stream has ended |
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::{BoxError, HttpRequest, HttpResponse, status_response};
+use crate::auth::BoxFuture;
+use crate::call::{CallState, CallTimeout, Deadline};
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Enforces a whole-call deadline and sends it as `grpc-timeout`.
+///
+/// ```
+/// use std::time::Duration;
+/// let layer = ameide_sdk::layers::TimeoutLayer::new(Duration::from_secs(5));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// A layer with `timeout` as the default whole-call timeout.
+    pub fn new(timeout: Duration) -> Self {
+        TimeoutLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = TimeoutService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TimeoutService {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service produced by [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct TimeoutService<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+/// A deadline that an enclosing context (an inbound request) imposes on calls
+/// made while handling it; the timeout layer never exceeds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OuterDeadline(pub(crate) Instant);
+
+fn deadline_exceeded(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "deadline exceeded: the call's {timeout:?} budget (all attempts included) ran out"
+    ))
+}
+
+impl<S> Service<HttpRequest> for TimeoutService<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: HttpRequest) -> Self::Future {
+        let now = Instant::now();
+        let start = request
+            .extensions()
+            .get::<CallState>()
+            .map_or(now, CallState::start);
+        let timeout = request
+            .extensions()
+            .get::<CallTimeout>()
+            .map(|t| t.0)
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(GRPC_TIMEOUT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(decode_grpc_timeout)
+            })
+            .unwrap_or(self.timeout);
+        let mut deadline = start.checked_add(timeout).unwrap_or_else(far_future);
+        if let Some(OuterDeadline(outer)) = request.extensions().get::<OuterDeadline>() {
+            deadline = deadline.min(*outer);
+        }
+        request.extensions_mut().insert(Deadline(deadline));
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Box::pin(async move { Ok(status_response(deadline_exceeded(timeout))) });
+        }
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, future).await {
+                Ok(Ok(response)) => Ok(response.map(|body| {
+                    tonic::body::Body::new(DeadlineBody {
+                        inner: body,
+                        sleep: tokio::time::sleep_until(deadline),
+                        timeout,
+                        done: false,
+                    })
+                })),
+                Ok(Err(error)) => Err(error.into()),
+                Err(_) => Ok(status_response(deadline_exceeded(timeout))),
+            }
+        })
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+pin_project! {
+    /// Cuts a response stream with DEADLINE_EXCEEDED when the deadline passes.
+    struct DeadlineBody {
+        #[pin]
+        inner: tonic::body::Body,
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+        done: bool,
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if frame.is_none() {
+                    *this.done = true;
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => {
+                    *this.done = true;
+                    Poll::Ready(Some(Err(deadline_exceeded(*this.timeout))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+}
+
+/// Encodes a duration as a `grpc-timeout` value: at most 8 digits and a unit,
+/// rounded up so that a tiny remaining budget is never sent as zero.
+pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos().max(1);
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    for (size, unit) in units {
+        let value = nanos.div_ceil(size);
+        if value <= MAX {
+            return HeaderValue::try_from(format!("{value}{unit}"))
+                .expect("digits and a unit letter form a valid header value");
+        }
+    }
+    HeaderValue::from_static("99999999H")
+}
+
+/// Decodes a `grpc-timeout` value; `None` when malformed.
+pub(crate) fn decode_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "n" => Duration::from_nanos(n),
+        "u" => Duration::from_micros(n),
+        "m" => Duration::from_millis(n),
+        "S" => Duration::from_secs(n),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trips_within_one_unit() {
+        for d in [
+            Duration::from_nanos(1),
+            Duration::from_micros(1500),
+            Duration::from_millis(250),
+            Duration::from_secs(5),
+            Duration::from_secs(4 * 3600),
+            Duration::from_secs(100 * 24 * 3600),
+        ] {
+            let encoded = encode_grpc_timeout(d);
+            let text = encoded.to_str().unwrap();
+            assert!(text.len() <= 9, "{text}");
+            let decoded = decode_grpc_timeout(text).unwrap();
+            assert!(decoded >= d, "{d:?} -> {text} -> {decoded:?}");
+        }
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(5000)), "5000000u");
+        assert_eq!(encode_grpc_timeout(Duration::ZERO), "1n");
+    }
+
+    #[test]
+    fn malformed_grpc_timeout_is_rejected() {
+        for bad in ["", "5", "S", "1x", "-1S", "123456789S", "1.5S", "１S"] {
+            assert_eq!(decode_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The scripted, recording gRPC server behind [`MockServer`].
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// What the server does for one attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use ameide_sdk::testkit::Reply;
+/// let unary = Reply::ok();
+/// let failure = Reply::status(tonic::Status::unavailable("down")).after(Duration::from_millis(50));
+/// let stream = Reply::messages(vec![bytes::Bytes::new(); 3]).then_status(tonic::Status::internal("cut"));
+/// # let _ = (unary, failure, stream);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reply {
+    delay: Duration,
+    messages: Vec<Bytes>,
+    message_interval: Duration,
+    status: Option<Status>,
+    trailers_only: bool,
+    headers: HeaderMap,
+}
+
+impl Reply {
+    /// Headers, one empty message (a valid response of every method), `OK`.
+    pub fn ok() -> Self {
+        Self::messages(vec![Bytes::new()])
+    }
+
+    /// Headers, one encoded message, `OK`.
+    pub fn message(message: &impl prost::Message) -> Self {
+        Self::messages(vec![Bytes::from(message.encode_to_vec())])
+    }
+
+    /// Headers, these encoded messages, `OK`.
+    pub fn messages(messages: Vec<Bytes>) -> Self {
+        Reply {
+            delay: Duration::ZERO,
+            messages,
+            message_interval: Duration::ZERO,
+            status: None,
+            trailers_only: false,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// A trailers-only response carrying `status` (how servers fail before any message).
+    pub fn status(status: Status) -> Self {
+        Reply {
+            delay: Duration::ZERO,
+            messages: Vec::new(),
+            message_interval: Duration::ZERO,
+            status: Some(status),
+            trailers_only: true,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Ends the message stream with `status` instead of `OK` (after headers).
+    pub fn then_status(mut self, status: Status) -> Self {
+        self.status = Some(status);
+        self.trailers_only = false;
+        self
+    }
+
+    /// Waits `delay` before answering.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Waits `interval` before each message after the first.
+    pub fn every(mut self, interval: Duration) -> Self {
+        self.message_interval = interval;
+        self
+    }
+
+    /// Adds a response header (or, for a trailers-only reply, a trailer).
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.insert(name, value);
+        }
+        self
+    }
+}
+
+/// One attempt as the server saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedAttempt {
+    /// `/package.Service/Method`.
+    pub path: String,
+    /// Every header that arrived.
+    pub headers: HeaderMap,
+    /// Arrival time on tokio's clock.
+    pub at: Instant,
+    /// The request messages, without gRPC framing.
+    pub messages: Vec<Bytes>,
+}
+
+impl RecordedAttempt {
+    /// A header as text, if present and ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    scripts: HashMap<String, VecDeque<Reply>>,
+    fallback: Option<Reply>,
+    attempts: Vec<RecordedAttempt>,
+}
+
+/// A gRPC server for any method path: answers from a per-path script and
+/// records every attempt. Cheap to clone; clones share the script and the record.
+#[derive(Debug, Clone, Default)]
+pub struct MockServer {
+    state: Arc<Mutex<State>>,
+}
+
+impl MockServer {
+    /// A server that answers [`Reply::ok`] to anything not scripted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `reply` for the next unanswered attempt on `path`.
+    pub fn push(&self, path: &str, reply: Reply) -> &Self {
+        self.lock()
+            .scripts
+            .entry(path.to_owned())
+            .or_default()
+            .push_back(reply);
+        self
+    }
+
+    /// What to answer when a path's script is empty (default: [`Reply::ok`]).
+    pub fn fallback(&self, reply: Reply) -> &Self {
+        self.lock().fallback = Some(reply);
+        self
+    }
+
+    /// Every attempt so far, in arrival order.
+    pub fn attempts(&self) -> Vec<RecordedAttempt> {
+        self.lock().attempts.clone()
+    }
+
+    /// The attempts on one path.
+    pub fn attempts_for(&self, path: &str) -> Vec<RecordedAttempt> {
+        self.lock()
+            .attempts
+            .iter()
+            .filter(|a| a.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets recorded attempts (the script stays).
+    pub fn clear_attempts(&self) {
+        self.lock().attempts.clear();
+    }
+
+    async fn handle<B>(self, request: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let at = Instant::now();
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        let messages = match body.collect().await {
+            Ok(collected) => unframe(collected.to_bytes()),
+            Err(e) => {
+                return Status::internal(format!("mock server could not read the request: {e}"))
+                    .into_http();
+            }
+        };
+        let reply = {
+            let mut state = self.lock();
+            state.attempts.push(RecordedAttempt {
+                path: path.clone(),
+                headers: parts.headers,
+                at,
+                messages,
+            });
+            let scripted = state.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+            scripted
+                .or_else(|| state.fallback.clone())
+                .unwrap_or_else(Reply::ok)
+        };
+        respond(reply).await
+    }
+}
+
+fn unframe(mut bytes: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let _compressed = bytes.get_u8();
+        let len = bytes.get_u32() as usize;
+        if bytes.len() < len {
+            break;
+        }
+        out.push(bytes.split_to(len));
+    }
+    out
+}
+
+fn frame(message: &Bytes) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.len() + 5);
+    out.put_u8(0);
+    out.put_u32(message.len() as u32);
+    out.extend_from_slice(message);
+    out.freeze()
+}
+
+async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    if reply.trailers_only {
+        let status = reply.status.unwrap_or_else(|| Status::ok(""));
+        let mut response = status.into_http::<tonic::body::Body>();
+        for (name, value) in &reply.headers {
+            response.headers_mut().insert(name, value.clone());
+        }
+        return response;
+    }
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for (n, message) in reply.messages.iter().enumerate() {
+            if n > 0 && !reply.message_interval.is_zero() {
+                tokio::time::sleep(reply.message_interval).await;
+            }
+            if tx.send(Frame::data(frame(message))).await.is_err() {
+                return;
+            }
+        }
+        let status = reply.status.unwrap_or_else(|| Status::ok(""));
+        let mut trailers = HeaderMap::new();
+        if status.add_header(&mut trailers).is_ok() {
+            let _ = tx.send(Frame::trailers(trailers)).await;
+        }
+    });
+    let mut response = http::Response::new(tonic::body::Body::new(ChannelBody { rx }));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    for (name, value) in &reply.headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    response
+}
+
+struct ChannelBody {
+    rx: mpsc::Receiver<Frame<Bytes>>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for MockServer
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = crate::auth::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let server = self.clone();
+        Box::pin(async move { Ok(server.handle(request).await) })
+    }
+}
+
+fn serve_connection<IO>(server: MockServer, io: IO)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+{
+    tokio::spawn(async move {
+        let service = TowerToHyperService::new(server);
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    });
+}
+
+/// A tonic `Channel` connected to `server` over HTTP/2 in memory: every
+/// connection is a fresh `tokio::io::duplex` pair served by hyper. Use it as
+/// [`AmeideClientBuilder::transport`](crate::AmeideClientBuilder::transport).
+pub fn duplex_transport(server: MockServer) -> Channel {
+    Endpoint::from_static("http://in-memory.mock").connect_with_connector_lazy(tower::service_fn(
+        move |_: Uri| {
+            let server = server.clone();
+            async move {
+                let (client, server_io) = tokio::io::duplex(1 << 16);
+                serve_connection(server, TokioIo::new(server_io));
+                Ok::<_, std::io::Error>(TokioIo::new(client))
+            }
+        },
+    ))
+}
+
+/// Serves `server` on `127.0.0.1` (a free port) until the runtime shuts down;
+/// returns the address.
+pub async fn serve_tcp(server: MockServer) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            serve_connection(server.clone(), TokioIo::new(stream));
+        }
+    });
+    Ok(addr)
+}

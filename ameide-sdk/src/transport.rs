@@ -1,0 +1,146 @@
+//! The transport under the layers: a lazily connecting tonic `Channel` over
+//! rustls (ring provider, webpki roots unless a CA is given), or any tower
+//! service the caller provides. Wrapped in a slot that [`AmeideClient::close`](crate::AmeideClient::close) empties.
+
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::auth::BoxFuture;
+use crate::config::{ConfigError, ConfigErrorKind, validate_endpoint};
+use crate::layers::{BoxError, HttpRequest, HttpResponse};
+
+/// A type-erased transport (or transport plus user layers).
+pub type BoxTransport = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
+
+/// How the default tonic transport connects.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = ameide_sdk::TransportOptions::default();
+/// assert_eq!(options.keepalive_interval, Some(Duration::from_secs(60)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct TransportOptions {
+    /// HTTP/2 PING interval while calls are in flight; `None` disables keepalive.
+    /// 60 s stays clear of gRPC servers' default ping-abuse policy while data flows.
+    pub keepalive_interval: Option<Duration>,
+    /// How long to wait for a PING acknowledgement before closing the connection.
+    pub keepalive_timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Extra CA certificate (PEM) trusted for `https` endpoints, e.g. a cluster CA.
+    pub ca_certificate_pem: Option<Vec<u8>>,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+            ca_certificate_pem: None,
+        }
+    }
+}
+
+/// Builds the default transport: a lazy tonic `Channel` to `endpoint`.
+pub(crate) fn tonic_channel(
+    endpoint: &str,
+    options: &TransportOptions,
+) -> Result<BoxTransport, ConfigError> {
+    let uri = validate_endpoint(endpoint)?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Runtime,
+            "AmeideClient::build() must be called inside a Tokio runtime (the transport spawns its connection task there)",
+        ));
+    }
+    let tls_error = |e: tonic::transport::Error| {
+        ConfigError::new(
+            ConfigErrorKind::Tls,
+            format!("cannot configure TLS for {endpoint:?}: {e}"),
+        )
+    };
+    let mut ep = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| {
+            ConfigError::new(
+                ConfigErrorKind::Endpoint,
+                format!("invalid endpoint {endpoint:?}: {e}"),
+            )
+        })?
+        .user_agent(concat!("ameide-sdk-rust/", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| ConfigError::new(ConfigErrorKind::Header, format!("invalid user agent: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(options.connect_timeout)
+        .keep_alive_while_idle(false)
+        .keep_alive_timeout(options.keepalive_timeout);
+    if let Some(interval) = options.keepalive_interval {
+        ep = ep.http2_keep_alive_interval(interval);
+    }
+    if uri.scheme_str() == Some("https") {
+        let mut tls = ClientTlsConfig::new()
+            .with_webpki_roots()
+            .domain_name(uri.host().unwrap_or_default().to_owned());
+        if let Some(pem) = &options.ca_certificate_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        ep = ep.tls_config(tls).map_err(tls_error)?;
+    }
+    let channel = ep.connect_lazy();
+    Ok(BoxCloneSyncService::new(channel.map_err(BoxError::from)))
+}
+
+/// The transport behind a lock, so that closing the client releases it for
+/// every clone of every typed client at once.
+#[derive(Clone)]
+pub(crate) struct TransportSlot {
+    slot: Arc<RwLock<Option<BoxTransport>>>,
+}
+
+impl TransportSlot {
+    pub(crate) fn new(transport: BoxTransport) -> Self {
+        TransportSlot {
+            slot: Arc::new(RwLock::new(Some(transport))),
+        }
+    }
+
+    /// Drops the transport; later calls fail with `CANCELLED`.
+    pub(crate) fn close(&self) {
+        let taken = match self.slot.write() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(taken);
+    }
+}
+
+pub(crate) fn closed_status() -> Status {
+    Status::cancelled("AmeideClient is closed: calls after close() are refused; build a new client")
+}
+
+impl Service<HttpRequest> for TransportSlot {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let transport = match self.slot.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match transport {
+            Some(transport) => Box::pin(transport.oneshot(request)),
+            None => Box::pin(async { Err(Box::new(closed_status()) as BoxError) }),
+        }
+    }
+}
