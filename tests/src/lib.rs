@@ -60,3 +60,25 @@ pub fn mock_client(server: &MockServer) -> AmeideClientBuilder {
         .endpoint("http://mock.test:9000")
         .transport(duplex_transport(server.clone()))
 }
+
+/// Decodes a `grpc-timeout` header value as a server would.
+pub fn grpc_timeout(value: &str) -> std::time::Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().expect("grpc-timeout digits");
+    match unit {
+        "n" => std::time::Duration::from_nanos(n),
+        "u" => std::time::Duration::from_micros(n),
+        "m" => std::time::Duration::from_millis(n),
+        "S" => std::time::Duration::from_secs(n),
+        "M" => std::time::Duration::from_secs(n * 60),
+        "H" => std::time::Duration::from_secs(n * 3600),
+        other => panic!("bad grpc-timeout unit {other}"),
+    }
+}
+
+/// A retry layer whose jitter factor is always `factor`.
+pub fn fixed_jitter(factor: f64) -> ameide_sdk::layers::RetryLayer {
+    ameide_sdk::layers::RetryLayer::new(ameide_sdk::layers::RetryPolicy::default())
+        .expect("default policy is valid")
+        .with_jitter(move |_min: f64, _max: f64| factor)
+}

@@ -23,7 +23,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tower::{Layer, Service};
 
-use super::{BoxError, HttpRequest, HttpResponse, trailers_only_status};
+use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_only_status};
 use crate::auth::BoxFuture;
 use crate::call::{CallInfo, CallState, stamp};
 use crate::config::{ConfigError, header_value, validate_header};
@@ -231,9 +231,9 @@ where
         Box::pin(async move {
             match future.await {
                 Ok(response) => finish(response, state),
-                Err(error) => Err(
-                    Box::new(stamp_status(Status::from_error(error.into()), &state)) as BoxError,
-                ),
+                Err(error) => {
+                    Err(Box::new(stamp_status(status_from_error(error.into()), &state)) as BoxError)
+                }
             }
         })
     }

@@ -64,3 +64,20 @@ pub(crate) fn trailers_only_status(response: &HttpResponse) -> Option<Status> {
         None
     }
 }
+
+/// The status of a transport error. tonic's channel runs its own timer from
+/// the `grpc-timeout` header we send and reports its expiry as `CANCELLED`
+/// ("Timeout expired"); the contract wants `DEADLINE_EXCEEDED`, so that error
+/// is mapped here, wherever it sits in the source chain.
+pub(crate) fn status_from_error(error: BoxError) -> Status {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return Status::deadline_exceeded(
+                "deadline exceeded: the call's budget ran out while waiting for the server",
+            );
+        }
+        source = err.source();
+    }
+    Status::from_error(error)
+}

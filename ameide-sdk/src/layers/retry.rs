@@ -30,7 +30,9 @@ use tonic::{Code, Status};
 use tower::{Layer, Service, ServiceExt};
 
 use super::timeout::encode_grpc_timeout;
-use super::{BoxError, HttpRequest, HttpResponse, status_response, trailers_only_status};
+use super::{
+    BoxError, HttpRequest, HttpResponse, status_from_error, status_response, trailers_only_status,
+};
 use crate::auth::BoxFuture;
 use crate::call::{CallState, Deadline};
 use crate::config::{ConfigError, ConfigErrorKind};
@@ -421,7 +423,7 @@ where
                 Some(status) if status.code() == Code::Ok => return Ok(response),
                 Some(status) => (status, Some(response)),
             },
-            Err(error) => (Status::from_error(error.into()), None),
+            Err(error) => (status_from_error(error.into()), None),
         };
         let (status, response) = outcome;
         let retryable = policy.retries(status.code());

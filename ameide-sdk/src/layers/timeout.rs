@@ -129,7 +129,13 @@ where
                         done: false,
                     })
                 })),
-                Ok(Err(error)) => Err(error.into()),
+                Ok(Err(error)) => {
+                    if Instant::now() >= deadline {
+                        // tonic's own grpc-timeout timer fired together with ours.
+                        return Ok(status_response(deadline_exceeded(timeout)));
+                    }
+                    Err(error.into())
+                }
                 Err(_) => Ok(status_response(deadline_exceeded(timeout))),
             }
         })

@@ -37,7 +37,7 @@ use pin_project_lite::pin_project;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::{BoxError, HttpRequest, HttpResponse, trailers_only_status};
+use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_only_status};
 use crate::auth::BoxFuture;
 use crate::call::SessionId;
 use crate::error::canonical_code_name;
@@ -409,7 +409,7 @@ where
                 }
                 Err(error) => {
                     let error = error.into();
-                    let status = Status::from_error(error);
+                    let status = status_from_error(error);
                     end_span(&cx, semconv, status.code(), status.message());
                     Err(Box::new(status) as BoxError)
                 }

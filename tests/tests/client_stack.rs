@@ -1,0 +1,360 @@
+//! The client as a whole: bad config, the accessor set vs the manifest, layer
+//! order proven by effects, close(), a real loopback connection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ameide_sdk::auth::AccessToken;
+use ameide_sdk::layers::{BoxError, HttpRequest, HttpResponse};
+use ameide_sdk::testkit::{MockServer, Reply, serve_tcp};
+use ameide_sdk::{ACCESSOR_KEYS, AmeideClient, ConfigErrorKind, IntoAmeideResult};
+use ameide_tests::{mock_client, paths, proto_crate_dir};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tonic::{Code, Status};
+
+fn list() -> ameide_sdk::proto::graph::v1::ListRepositoriesRequest {
+    Default::default()
+}
+
+#[tokio::test]
+async fn bad_configuration_is_rejected_at_build_with_a_clear_error() {
+    let cases: Vec<(ameide_sdk::AmeideClientBuilder, ConfigErrorKind, &str)> = vec![
+        (
+            AmeideClient::builder().endpoint("localhost:50051"),
+            ConfigErrorKind::Endpoint,
+            "localhost:50051",
+        ),
+        (
+            AmeideClient::builder().endpoint("grpc://x:1"),
+            ConfigErrorKind::Endpoint,
+            "grpc",
+        ),
+        (
+            AmeideClient::builder().endpoint("http://x:1/prefix"),
+            ConfigErrorKind::Endpoint,
+            "no path",
+        ),
+        (
+            AmeideClient::builder().endpoint(""),
+            ConfigErrorKind::Endpoint,
+            "expected http",
+        ),
+        (
+            AmeideClient::builder().header("bad header", "v"),
+            ConfigErrorKind::Header,
+            "bad header",
+        ),
+        (
+            AmeideClient::builder().header("x-ok", "new\nline"),
+            ConfigErrorKind::Header,
+            "x-ok",
+        ),
+        (
+            AmeideClient::builder().header("grpc-status", "0"),
+            ConfigErrorKind::Header,
+            "reserved",
+        ),
+        (
+            AmeideClient::builder().tenant_id(""),
+            ConfigErrorKind::Header,
+            "tenant id",
+        ),
+        (
+            AmeideClient::builder().user_id("üser"),
+            ConfigErrorKind::Header,
+            "user id",
+        ),
+        (
+            AmeideClient::builder().session_id("a\tb"),
+            ConfigErrorKind::Header,
+            "session id",
+        ),
+        (
+            AmeideClient::builder().bearer_token("two words\n"),
+            ConfigErrorKind::Header,
+            "bearer token",
+        ),
+        (
+            AmeideClient::builder().timeout(Duration::ZERO),
+            ConfigErrorKind::Timeout,
+            "at least 1 ms",
+        ),
+        (
+            AmeideClient::builder().timeout(Duration::from_secs(1 << 40)),
+            ConfigErrorKind::Timeout,
+            "100 days",
+        ),
+        (
+            AmeideClient::builder()
+                .retry_policy(ameide_sdk::layers::RetryPolicy::default().with_jitter(1.5, 0.5)),
+            ConfigErrorKind::Retry,
+            "jitter",
+        ),
+    ];
+    for (builder, kind, needle) in cases {
+        let err = builder.build().unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err:?} should mention {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    let err = AmeideClient::builder()
+        .endpoint("http://127.0.0.1:1")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::Runtime);
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+}
+
+#[tokio::test]
+async fn default_endpoint_is_tls_and_not_localhost() {
+    let client = AmeideClient::builder().build().unwrap();
+    assert_eq!(client.endpoint(), "https://api.ameide.io:443");
+}
+
+#[tokio::test]
+async fn accessors_match_the_manifest_no_missing_no_extra() {
+    let text =
+        std::fs::read_to_string(proto_crate_dir().join(ameide_build::MANIFEST_PATH)).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let services = manifest["services"].as_object().unwrap();
+    let manifest_keys: Vec<&str> = services.keys().map(String::as_str).collect();
+    assert_eq!(
+        ACCESSOR_KEYS,
+        manifest_keys.as_slice(),
+        "generated accessors vs manifest"
+    );
+
+    // Call every accessor once and check, on the wire, which service it reaches.
+    let server = MockServer::new();
+    let c = mock_client(&server).build().unwrap();
+    let p = c.platform();
+    macro_rules! call {
+        ($client:expr, $method:ident) => {
+            $client
+                .$method(tonic::Request::new(Default::default()))
+                .await
+                .unwrap()
+        };
+    }
+    let mut reached: Vec<(&str, String)> = Vec::new();
+    let mut note = |key: &'static str| {
+        let path = server.attempts().last().unwrap().path.clone();
+        reached.push((key, path));
+    };
+    call!(c.agents(), get_agent);
+    note("agents");
+    call!(c.agents_runtime(), list_agents);
+    note("agentsRuntime");
+    call!(c.graph(), get_repository);
+    note("graph");
+    call!(c.inference(), list_agents);
+    note("inference");
+    call!(c.governance(), get_policy);
+    note("governance");
+    call!(p.organizations(), get_organization);
+    note("platform.organizations");
+    call!(p.organization_roles(), get_organization_role);
+    note("platform.organizationRoles");
+    call!(p.teams(), get_team);
+    note("platform.teams");
+    call!(p.users(), get_user);
+    note("platform.users");
+    call!(p.invitations(), list_invitations);
+    note("platform.invitations");
+    call!(p.tenants(), get_tenant);
+    note("platform.tenants");
+    call!(c.transformation(), get_transformation);
+    note("transformation");
+    call!(c.threads(), get_thread);
+    note("threads");
+    call!(c.workflows(), get_workflow_run);
+    note("workflows");
+    call!(c.extensions(), invoke_extension);
+    note("extensions");
+
+    let called: Vec<&str> = reached.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        called, manifest_keys,
+        "every manifest key has exactly one accessor"
+    );
+    for (key, path) in reached {
+        let service = services[key]["service"].as_str().unwrap();
+        assert!(
+            path.starts_with(&format!("/{service}/")),
+            "{key} reached {path}, expected {service}"
+        );
+    }
+}
+
+/// A user layer that records what it sees on each attempt.
+#[derive(Clone, Default)]
+struct Spy {
+    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+}
+
+impl<S> tower::Layer<S> for Spy {
+    type Service = SpyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SpyService {
+            inner,
+            seen: self.seen.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SpyService<S> {
+    inner: S,
+    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+}
+
+impl<S> tower::Service<HttpRequest> for SpyService<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = BoxError>,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        self.seen.lock().unwrap().push(request.headers().clone());
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_order_is_proven_by_effects() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("1")),
+    );
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::aborted("2")),
+    );
+    server.push(paths::LIST_REPOSITORIES, Reply::ok());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let spy = Spy::default();
+    let client = mock_client(&server)
+        .tenant_id("t-1")
+        .tracer_provider(&provider)
+        .token_provider(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(Some(AccessToken::new(format!("tok-{n}")))) }
+        })
+        .layer(spy.clone())
+        .build()
+        .unwrap();
+    client.graph().list_repositories(list()).await.unwrap();
+
+    // Metadata and auth are outside retry: asked once, identical on every attempt.
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "token provider asked once for three attempts"
+    );
+    // Tracing is inside retry: one span per attempt.
+    assert_eq!(exporter.get_finished_spans().unwrap().len(), 3);
+    // The user layer sits below tracing: it sees every attempt with all built-in headers.
+    let seen = spy.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "user layers run per attempt");
+    let first_id = seen[0]["x-request-id"].clone();
+    for headers in &seen {
+        assert_eq!(headers["x-request-id"], first_id);
+        assert_eq!(headers["authorization"], "Bearer tok-0");
+        assert_eq!(headers["x-tenant-id"], "t-1");
+        assert!(
+            headers.contains_key("traceparent"),
+            "tracing runs before user layers"
+        );
+        assert!(headers.contains_key("grpc-timeout"));
+    }
+    let spans = exporter.get_finished_spans().unwrap();
+    for (headers, span) in seen.iter().zip(&spans) {
+        let tp = headers["traceparent"].to_str().unwrap();
+        assert!(tp.contains(&span.span_context.span_id().to_string()));
+    }
+}
+
+#[tokio::test]
+async fn calls_after_close_fail_with_a_clear_error() {
+    let server = MockServer::new();
+    let client = mock_client(&server).build().unwrap();
+    let graph = client.graph(); // a typed client made before close
+    graph.clone().list_repositories(list()).await.unwrap();
+    client.close();
+    assert!(client.is_closed());
+    for result in [
+        graph.clone().list_repositories(list()).await,
+        client.graph().list_repositories(list()).await,
+    ] {
+        let err = result.into_ameide().unwrap_err();
+        assert_eq!(err.code(), Code::Cancelled);
+        assert!(err.message().contains("AmeideClient is closed"), "{err}");
+    }
+    assert_eq!(server.attempts().len(), 1);
+}
+
+#[tokio::test]
+async fn real_loopback_connection_carries_the_same_metadata() {
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("first")),
+    );
+    let addr = serve_tcp(server.clone()).await.unwrap();
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .tenant_id("tenant-tcp")
+        .user_id("user-tcp")
+        .bearer_token("tcp-token")
+        .header("X-Extra", "yes")
+        .build()
+        .unwrap();
+    let response = client
+        .graph()
+        .list_repositories(list())
+        .await
+        .into_ameide()
+        .unwrap();
+    assert_eq!(
+        response
+            .extensions()
+            .get::<ameide_sdk::CallInfo>()
+            .unwrap()
+            .attempts,
+        2
+    );
+    let attempts = server.attempts();
+    assert_eq!(attempts.len(), 2);
+    for a in &attempts {
+        assert_eq!(a.header("x-tenant-id"), Some("tenant-tcp"));
+        assert_eq!(a.header("x-user-id"), Some("user-tcp"));
+        assert_eq!(a.header("authorization"), Some("Bearer tcp-token"));
+        assert_eq!(a.header("x-extra"), Some("yes"));
+        assert_eq!(a.header("content-type"), Some("application/grpc"));
+        assert!(a.header("user-agent").unwrap().contains("ameide-sdk-rust/"));
+    }
+    assert_eq!(
+        attempts[0].header("x-request-id"),
+        attempts[1].header("x-request-id")
+    );
+}

@@ -1,0 +1,214 @@
+//! Contract §4 tracing: one CLIENT span per attempt with the parity attributes,
+//! W3C context on the wire carrying the exported span's ids.
+
+use std::collections::HashMap;
+
+use ameide_sdk::layers::SemconvMode;
+use ameide_sdk::testkit::{MockServer, Reply};
+use ameide_tests::{mock_client, paths};
+use opentelemetry::trace::{
+    SpanKind, Status as SpanStatus, TraceContextExt, Tracer, TracerProvider,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tonic::{Code, Status};
+
+fn provider() -> (SdkTracerProvider, InMemorySpanExporter) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    (provider, exporter)
+}
+
+fn attrs(span: &SpanData) -> HashMap<String, Value> {
+    span.attributes
+        .iter()
+        .map(|KeyValue { key, value, .. }| (key.to_string(), value.clone()))
+        .collect()
+}
+
+fn list() -> ameide_sdk::proto::graph::v1::ListRepositoriesRequest {
+    Default::default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_client_span_per_attempt_with_parity_attributes_and_matching_traceparent() {
+    let (provider, exporter) = provider();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("warming up")),
+    );
+    server.push(paths::LIST_REPOSITORIES, Reply::ok());
+    let client = mock_client(&server)
+        .tracer_provider(&provider)
+        .semconv(SemconvMode::Legacy)
+        .build()
+        .unwrap();
+    client.graph().list_repositories(list()).await.unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let attempts = server.attempts();
+    assert_eq!(spans.len(), 2, "one span per attempt");
+    for (span, attempt) in spans.iter().zip(&attempts) {
+        assert_eq!(
+            span.name,
+            "ameide_core_proto.graph.v1.GraphService/ListRepositories"
+        );
+        assert_eq!(span.span_kind, SpanKind::Client);
+        let a = attrs(span);
+        assert_eq!(a["rpc.system"], Value::from("grpc"));
+        assert_eq!(
+            a["rpc.service"],
+            Value::from("ameide_core_proto.graph.v1.GraphService")
+        );
+        assert_eq!(a["rpc.method"], Value::from("ListRepositories"));
+        assert_eq!(a["server.address"], Value::from("mock.test"));
+        assert_eq!(a["server.port"], Value::I64(9000));
+        assert_eq!(
+            a["ameide.request_id"],
+            Value::from(attempt.header("x-request-id").unwrap().to_owned())
+        );
+        let traceparent = attempt.header("traceparent").unwrap();
+        let expected = format!(
+            "00-{}-{}-01",
+            span.span_context.trace_id(),
+            span.span_context.span_id()
+        );
+        assert_eq!(
+            traceparent, expected,
+            "the server sees the exported attempt span"
+        );
+    }
+    let (first, second) = (attrs(&spans[0]), attrs(&spans[1]));
+    assert_eq!(
+        first["rpc.grpc.status_code"],
+        Value::I64(Code::Unavailable as i64)
+    );
+    assert!(matches!(spans[0].status, SpanStatus::Error { .. }));
+    assert_eq!(second["rpc.grpc.status_code"], Value::I64(0));
+    assert_eq!(spans[1].status, SpanStatus::Unset);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_spans_are_children_of_the_callers_span() {
+    let (provider, exporter) = provider();
+    let server = MockServer::new();
+    let client = mock_client(&server)
+        .tracer_provider(&provider)
+        .build()
+        .unwrap();
+    let tracer = provider.tracer("app");
+    let parent = tracer.start("handle-request");
+    let parent_cx = Context::current_with_span(parent);
+    let parent_span_id = parent_cx.span().span_context().span_id();
+    let trace_id = parent_cx.span().span_context().trace_id();
+    {
+        let _guard = parent_cx.clone().attach();
+        client.graph().list_repositories(list()).await.unwrap();
+    }
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans[0].parent_span_id, parent_span_id);
+    assert_eq!(spans[0].span_context.trace_id(), trace_id);
+    assert!(
+        server.attempts()[0]
+            .header("traceparent")
+            .unwrap()
+            .contains(&trace_id.to_string())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stable_and_duplicate_semconv_modes_emit_the_newer_names() {
+    let (provider, exporter) = provider();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::not_found("nope")),
+    );
+    let stable = mock_client(&server)
+        .tracer_provider(&provider)
+        .semconv(SemconvMode::Stable)
+        .build()
+        .unwrap();
+    let _ = stable.graph().list_repositories(list()).await;
+    let dup = mock_client(&server)
+        .tracer_provider(&provider)
+        .semconv(SemconvMode::Duplicate)
+        .build()
+        .unwrap();
+    dup.graph().list_repositories(list()).await.unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+
+    let s = attrs(&spans[0]);
+    assert_eq!(s["rpc.system.name"], Value::from("grpc"));
+    assert_eq!(
+        s["rpc.method"],
+        Value::from("ameide_core_proto.graph.v1.GraphService/ListRepositories")
+    );
+    assert_eq!(s["rpc.response.status_code"], Value::from("NOT_FOUND"));
+    assert_eq!(s["error.type"], Value::from("NOT_FOUND"));
+    assert!(!s.contains_key("rpc.system") && !s.contains_key("rpc.grpc.status_code"));
+
+    let d = attrs(&spans[1]);
+    assert_eq!(d["rpc.system"], Value::from("grpc"));
+    assert_eq!(d["rpc.system.name"], Value::from("grpc"));
+    assert_eq!(
+        d["rpc.service"],
+        Value::from("ameide_core_proto.graph.v1.GraphService")
+    );
+    assert_eq!(d["rpc.grpc.status_code"], Value::I64(0));
+    assert_eq!(d["rpc.response.status_code"], Value::from("OK"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn streaming_span_ends_when_the_stream_ends() {
+    use futures_util::StreamExt;
+    let (provider, exporter) = provider();
+    let server = MockServer::new();
+    server.push(
+        paths::GENERATE,
+        Reply::messages(vec![bytes::Bytes::new(); 3]),
+    );
+    let client = mock_client(&server)
+        .tracer_provider(&provider)
+        .build()
+        .unwrap();
+    let mut stream = client
+        .inference()
+        .generate(ameide_sdk::proto::inference::v1::GenerateRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        exporter.get_finished_spans().unwrap().is_empty(),
+        "still open while streaming"
+    );
+    while let Some(item) = stream.next().await {
+        item.unwrap();
+    }
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        spans[0].name,
+        "ameide_core_proto.inference.v1.InferenceService/Generate"
+    );
+    assert_eq!(spans[0].status, SpanStatus::Unset);
+}
+
+#[tokio::test(start_paused = true)]
+async fn baggage_from_the_callers_context_travels_with_the_session_id() {
+    use opentelemetry::baggage::BaggageExt;
+    let server = MockServer::new();
+    let client = mock_client(&server).session_id("s-9").build().unwrap();
+    let cx = Context::current().with_baggage([KeyValue::new("team", "core ai")]);
+    {
+        let _guard = cx.attach();
+        client.graph().list_repositories(list()).await.unwrap();
+    }
+    let baggage = server.attempts()[0].header("baggage").unwrap().to_owned();
+    let mut items: Vec<&str> = baggage.split(',').collect();
+    items.sort();
+    assert_eq!(items, ["ameide.session_id=s-9", "team=core%20ai"]);
+}
