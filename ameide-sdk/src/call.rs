@@ -121,7 +121,7 @@ pub(crate) struct Deadline(pub(crate) Instant);
 /// ```no_run
 /// # async fn demo(client: ameide_sdk::AmeideClient) -> Result<(), ameide_sdk::Error> {
 /// use ameide_sdk::{CallInfo, IntoAmeideResult};
-/// let response = client.graph().list_repositories(Default::default()).await.into_ameide()?;
+/// let response = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await.into_ameide()?;
 /// let info = response.extensions().get::<CallInfo>().unwrap();
 /// println!("request {} took {} attempt(s)", info.request_id, info.attempts);
 /// # Ok(()) }

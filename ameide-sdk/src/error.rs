@@ -192,6 +192,20 @@ pub fn canonical_code_name(code: Code) -> &'static str {
     code_name(code)
 }
 
+/// Writes `text` with control characters (tabs, line breaks, …) escaped so
+/// the whole error stays on one line; everything else is kept as it is.
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    use fmt::Write as _;
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            f.write_char(c)?;
+        }
+    }
+    Ok(())
+}
+
 fn fmt_detail(detail: &ErrorDetail, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     match detail {
         ErrorDetail::ErrorInfo(i) => {
@@ -245,12 +259,8 @@ fn fmt_detail(detail: &ErrorDetail, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 impl fmt::Display for Error {
     /// One line: `CODE: message [request_id=…, attempts=N, elapsed=…, retryable] details: …`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            code_name(self.code()),
-            self.message().escape_debug()
-        )?;
+        write!(f, "{}: ", code_name(self.code()))?;
+        write_one_line(f, self.message())?;
         f.write_str(" [")?;
         if let Some(id) = &self.request_id {
             write!(f, "request_id={id}, ")?;
@@ -306,7 +316,7 @@ impl std::error::Error for Error {
 /// ```no_run
 /// # async fn demo(client: ameide_sdk::AmeideClient) -> Result<(), ameide_sdk::Error> {
 /// use ameide_sdk::IntoAmeideResult;
-/// let repos = client.graph().list_repositories(Default::default()).await.into_ameide()?;
+/// let repos = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await.into_ameide()?;
 /// # Ok(()) }
 /// ```
 pub trait IntoAmeideResult<T> {
@@ -355,7 +365,7 @@ mod tests {
         assert_eq!(
             shown,
             "RESOURCE_EXHAUSTED: slow\\tdown\\nplease [request_id=req-1, attempts=3, elapsed=812ms, retryable] \
-             details: ErrorInfo(reason=QUOTA, domain=ameide.io, tenant=t1), RetryInfo(retry_delay=2s)"
+             details: RetryInfo(retry_delay=2s), ErrorInfo(reason=QUOTA, domain=ameide.io, tenant=t1)"
         );
         assert_eq!(err.error_info().unwrap().reason, "QUOTA");
         assert_eq!(

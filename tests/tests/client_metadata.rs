@@ -67,10 +67,32 @@ async fn caller_request_id_is_kept_and_configured_generator_is_used() {
         .request_id("caller-42")
         .into_request(list())
         .unwrap();
-    client.graph().list_repositories(request).await.unwrap();
+    let response = client.graph().list_repositories(request).await.unwrap();
+    let info = response.extensions().get::<ameide_sdk::CallInfo>().unwrap();
+    assert_eq!(info.request_id, "caller-42");
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(tonic::Status::not_found("gone")),
+    );
+    let request = CallOptions::new()
+        .request_id("caller-43")
+        .into_request(list())
+        .unwrap();
+    let err = client
+        .graph()
+        .list_repositories(request)
+        .await
+        .into_ameide()
+        .unwrap_err();
+    assert_eq!(
+        err.request_id(),
+        Some("caller-43"),
+        "the error reports the caller's id"
+    );
     let attempts = server.attempts();
     assert_eq!(attempts[0].header("x-request-id"), Some("gen-0"));
     assert_eq!(attempts[1].header("x-request-id"), Some("caller-42"));
+    assert_eq!(attempts[2].header("x-request-id"), Some("caller-43"));
     assert_eq!(
         counter.load(Ordering::SeqCst),
         1,

@@ -240,10 +240,10 @@ where
 }
 
 fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, BoxError> {
-    if let Some(status) = trailers_only_status(&response) {
-        if status.code() != tonic::Code::Ok {
-            return Err(Box::new(stamp_status(status, &state)));
-        }
+    if let Some(status) = trailers_only_status(&response)
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(Box::new(stamp_status(status, &state)));
     }
     response.extensions_mut().insert(CallInfo {
         request_id: state.request_id().to_owned(),
