@@ -2,7 +2,7 @@
 //! layers share through request extensions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -111,7 +111,8 @@ pub(crate) struct CallTimeout(pub(crate) Duration);
 #[derive(Debug, Clone)]
 pub(crate) struct SessionId(pub(crate) Arc<str>);
 
-/// The absolute deadline of the call, set by the timeout layer for the retry layer.
+/// The absolute deadline of the call, set by the timeout layer for the retry
+/// layer when no [`CallState`] travels with the request (layers used alone).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadline(pub(crate) Instant);
 
@@ -129,7 +130,7 @@ pub(crate) struct Deadline(pub(crate) Instant);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallInfo {
     /// The `x-request-id` the call carried on every attempt.
-    pub request_id: String,
+    pub request_id: Arc<str>,
     /// How many attempts were made, the first one included.
     pub attempts: u32,
     /// Time from the call's start until its response headers arrived.
@@ -144,9 +145,11 @@ pub(crate) struct CallState(Arc<CallStateInner>);
 #[derive(Debug)]
 struct CallStateInner {
     start: Instant,
-    request_id: String,
+    request_id: Arc<str>,
     attempts: AtomicU32,
     retryable: AtomicU8,
+    /// The call's deadline as nanoseconds after `start`; `u64::MAX` when unset.
+    deadline_nanos: AtomicU64,
 }
 
 const RETRYABLE_UNKNOWN: u8 = 0;
@@ -154,12 +157,13 @@ const RETRYABLE_NO: u8 = 1;
 const RETRYABLE_YES: u8 = 2;
 
 impl CallState {
-    pub(crate) fn new(start: Instant, request_id: String) -> Self {
+    pub(crate) fn new(start: Instant, request_id: Arc<str>) -> Self {
         CallState(Arc::new(CallStateInner {
             start,
             request_id,
             attempts: AtomicU32::new(0),
             retryable: AtomicU8::new(RETRYABLE_UNKNOWN),
+            deadline_nanos: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -169,6 +173,29 @@ impl CallState {
 
     pub(crate) fn request_id(&self) -> &str {
         &self.0.request_id
+    }
+
+    /// The request id, shared (no copy).
+    pub(crate) fn request_id_arc(&self) -> Arc<str> {
+        self.0.request_id.clone()
+    }
+
+    /// Records the call's deadline (set by the timeout layer, read by retry).
+    pub(crate) fn set_deadline(&self, deadline: Instant) {
+        let nanos = deadline.saturating_duration_since(self.0.start).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.0.deadline_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The call's deadline, if the timeout layer set one.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self.0.deadline_nanos.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            nanos => self
+                .0
+                .start
+                .checked_add(std::time::Duration::from_nanos(nanos)),
+        }
     }
 
     /// Records that attempt `n` (1-based) is being made.

@@ -16,7 +16,7 @@ use opentelemetry::trace::{Tracer, TracerProvider};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use crate::auth::{BoxFuture, StaticTokenProvider, TokenProvider};
+use crate::auth::{BoxFuture, TokenProvider};
 use crate::config::{AmeideConfig, ConfigError, validate_endpoint, validate_timeout};
 use crate::layers::{
     AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, RequestIdGenerator, RetryLayer,
@@ -345,16 +345,11 @@ impl AmeideClientBuilder {
         }
         let metadata = metadata.build()?;
 
-        let provider: Option<Arc<dyn TokenProvider>> =
-            match (self.token_provider, &config.auth_token) {
-                (Some(provider), _) => Some(provider),
-                (None, Some(token)) => {
-                    token.header_value()?;
-                    Some(Arc::new(StaticTokenProvider::new(token.secret())))
-                }
-                (None, None) => None,
-            };
-        let auth = provider.map(|p| AuthLayer::from_arc(p).max_wait(config.timeout));
+        let auth = match (self.token_provider, &config.auth_token) {
+            (Some(provider), _) => Some(AuthLayer::from_arc(provider).max_wait(config.timeout)),
+            (None, Some(token)) => Some(AuthLayer::static_token(token)?),
+            (None, None) => None,
+        };
 
         let retry = match self.retry_layer {
             Some(layer) => layer,

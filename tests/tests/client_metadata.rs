@@ -69,7 +69,7 @@ async fn caller_request_id_is_kept_and_configured_generator_is_used() {
         .unwrap();
     let response = client.graph().list_repositories(request).await.unwrap();
     let info = response.extensions().get::<ameide_sdk::CallInfo>().unwrap();
-    assert_eq!(info.request_id, "caller-42");
+    assert_eq!(&*info.request_id, "caller-42");
     server.push(
         paths::LIST_REPOSITORIES,
         Reply::status(tonic::Status::not_found("gone")),

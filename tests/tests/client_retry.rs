@@ -40,7 +40,7 @@ async fn each_retryable_code_is_retried_then_succeeds_with_the_same_request_id()
             Some(id),
             "{code:?}: same id on every attempt"
         );
-        assert_eq!(info.request_id, id);
+        assert_eq!(&*info.request_id, id);
         assert_eq!(attempts[0].header("grpc-previous-rpc-attempts"), None);
         assert_eq!(attempts[1].header("grpc-previous-rpc-attempts"), Some("1"));
     }

@@ -5,7 +5,8 @@
 //! | `manifest` | regenerates `ameide-proto/manifest/ameide-client.json` from the bundle and roster |
 //! | `manifest --check` | fails with a diff when the committed manifest is stale, or the roster and bundle disagree |
 //! | `buf-lint` | runs `buf lint` on the bundle (installs `@bufbuild/buf` from npm into `.cache/buf` on first use) |
-//! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, buf lint |
+//! | `bench [--smoke] [args…]` | unary throughput of raw tonic vs `AmeideClient` (release build); `--smoke` runs a short debug pass that proves the harness works |
+//! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, buf lint, bench smoke |
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         ["manifest", "--check"] => manifest(true),
         ["buf-lint"] => buf_lint(),
         ["ci"] => ci(),
+        ["bench", rest @ ..] => bench(rest),
         [] | ["help"] | ["--help"] | ["-h"] => {
             print_help();
             Ok(())
@@ -47,7 +49,8 @@ fn print_help() {
          manifest            regenerate ameide-proto/manifest/ameide-client.json\n\
          manifest --check    fail with a diff when the manifest is stale or unwired\n\
          buf-lint            buf lint the proto bundle (installs buf from npm into .cache/buf)\n\
-         ci                  fmt, clippy, tests, manifest --check, buf-lint"
+         bench [--smoke] [args]  unary calls/s: raw tonic vs AmeideClient (release build; see bench/)\n\
+         ci                  fmt, clippy, tests, manifest --check, buf-lint, bench --smoke"
     );
 }
 
@@ -135,6 +138,38 @@ fn buf_lint() -> Result<(), String> {
     Ok(())
 }
 
+/// Builds and runs `ameide-bench run`. Reports, never gates: timing is not
+/// asserted anywhere. `--smoke` uses a debug build and a tiny duration.
+fn bench(args: &[&str]) -> Result<(), String> {
+    let root = workspace_root();
+    let smoke = args.first() == Some(&"--smoke");
+    let profile = if smoke { "debug" } else { "release" };
+    let mut build = cargo();
+    build
+        .args(["build", "--locked", "-p", "ameide-bench"])
+        .current_dir(&root);
+    if !smoke {
+        build.arg("--release");
+    }
+    run(&mut build, "cargo build -p ameide-bench")?;
+    let binary = root.join("target").join(profile).join("ameide-bench");
+    let mut command = Command::new(binary);
+    command.arg("run").current_dir(&root);
+    if smoke {
+        command.args([
+            "--duration-ms",
+            "100",
+            "--rounds",
+            "1",
+            "--out",
+            "target/bench-smoke",
+        ]);
+    } else {
+        command.args(args);
+    }
+    run(&mut command, "ameide-bench run")
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -186,6 +221,7 @@ fn ci() -> Result<(), String> {
         ),
         ("manifest --check", Box::new(|| manifest(true))),
         ("buf-lint", Box::new(buf_lint)),
+        ("bench --smoke", Box::new(|| bench(&["--smoke"]))),
     ];
     let started = Instant::now();
     let mut report = Vec::new();

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderValue;
 use http::header::AUTHORIZATION;
+use pin_project_lite::pin_project;
 use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{BoxError, HttpRequest, HttpResponse, status_response};
-use crate::auth::{BoxFuture, TokenProvider};
+use crate::auth::{AccessToken, BoxFuture, TokenProvider};
+use crate::config::ConfigError;
 
 /// Adds `authorization: Bearer …` from a [`TokenProvider`].
 ///
@@ -30,8 +33,15 @@ use crate::auth::{BoxFuture, TokenProvider};
 /// ```
 #[derive(Clone)]
 pub struct AuthLayer {
-    provider: Arc<dyn TokenProvider>,
+    source: TokenSource,
     max_wait: Duration,
+}
+
+/// Where the token comes from: a fixed header value (no per-call work) or a provider.
+#[derive(Clone)]
+enum TokenSource {
+    Static(HeaderValue),
+    Provider(Arc<dyn TokenProvider>),
 }
 
 impl std::fmt::Debug for AuthLayer {
@@ -51,9 +61,24 @@ impl AuthLayer {
     /// A layer asking a shared provider.
     pub fn from_arc(provider: Arc<dyn TokenProvider>) -> Self {
         AuthLayer {
-            provider,
+            source: TokenSource::Provider(provider),
             max_wait: Duration::from_millis(crate::contract::DEFAULT_TIMEOUT_MS),
         }
+    }
+
+    /// A layer sending one fixed token; the header is built once, here, and an
+    /// unusable token is rejected here rather than on every call.
+    ///
+    /// ```
+    /// use ameide_sdk::{auth::AccessToken, layers::AuthLayer};
+    /// assert!(AuthLayer::static_token(&AccessToken::new("abc")).is_ok());
+    /// assert!(AuthLayer::static_token(&AccessToken::new("a\nb")).is_err());
+    /// ```
+    pub fn static_token(token: &AccessToken) -> Result<Self, ConfigError> {
+        Ok(AuthLayer {
+            source: TokenSource::Static(token.header_value()?),
+            max_wait: Duration::from_millis(crate::contract::DEFAULT_TIMEOUT_MS),
+        })
     }
 
     /// How long to wait for the provider before failing the call (the client
@@ -70,7 +95,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            provider: self.provider.clone(),
+            source: self.source.clone(),
             max_wait: self.max_wait,
         }
     }
@@ -80,7 +105,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    provider: Arc<dyn TokenProvider>,
+    source: TokenSource,
     max_wait: Duration,
 }
 
@@ -100,45 +125,93 @@ where
 {
     type Response = HttpResponse;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+    type Future = AuthFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
+        let provider = match &self.source {
+            _ if request.headers().contains_key(AUTHORIZATION) => None,
+            TokenSource::Static(value) => {
+                request.headers_mut().insert(AUTHORIZATION, value.clone());
+                None
+            }
+            TokenSource::Provider(provider) => Some(provider.clone()),
+        };
+        let Some(provider) = provider else {
+            return AuthFuture {
+                kind: Kind::Direct {
+                    inner: self.inner.call(request),
+                },
+            };
+        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let provider = self.provider.clone();
         let max_wait = self.max_wait;
-        Box::pin(async move {
-            if !request.headers().contains_key(AUTHORIZATION) {
-                let token = tokio::time::timeout(max_wait, provider.token()).await;
-                match token {
-                    Ok(Ok(Some(token))) => match token.header_value() {
-                        Ok(value) => {
-                            request.headers_mut().insert(AUTHORIZATION, value);
-                        }
-                        Err(e) => {
+        AuthFuture {
+            kind: Kind::Provider {
+                inner: Box::pin(async move {
+                    let token = tokio::time::timeout(max_wait, provider.token()).await;
+                    match token {
+                        Ok(Ok(Some(token))) => match token.header_value() {
+                            Ok(value) => {
+                                request.headers_mut().insert(AUTHORIZATION, value);
+                            }
+                            Err(e) => {
+                                return Ok(status_response(Status::unauthenticated(format!(
+                                    "token provider returned an unusable token: {e}"
+                                ))));
+                            }
+                        },
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => {
                             return Ok(status_response(Status::unauthenticated(format!(
-                                "token provider returned an unusable token: {e}"
+                                "token provider failed: {e}"
                             ))));
                         }
-                    },
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => {
-                        return Ok(status_response(Status::unauthenticated(format!(
-                            "token provider failed: {e}"
-                        ))));
+                        Err(_) => {
+                            return Ok(status_response(Status::unauthenticated(format!(
+                                "token provider did not answer within {max_wait:?}"
+                            ))));
+                        }
                     }
-                    Err(_) => {
-                        return Ok(status_response(Status::unauthenticated(format!(
-                            "token provider did not answer within {max_wait:?}"
-                        ))));
-                    }
-                }
-            }
-            inner.call(request).await.map_err(Into::into)
-        })
+                    inner.call(request).await.map_err(Into::into)
+                }),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AuthService`]: the inner call directly (static
+    /// token, or a token set per call), or a boxed provider round trip.
+    pub struct AuthFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Direct { #[pin] inner: F },
+        Provider { inner: BoxFuture<'static, Result<HttpResponse, BoxError>> },
+    }
+}
+
+impl<F, E> std::future::Future for AuthFuture<F>
+where
+    F: std::future::Future<Output = Result<HttpResponse, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<HttpResponse, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Direct { inner } => inner.poll(cx).map_err(Into::into),
+            KindProj::Provider { inner } => inner.as_mut().poll(cx),
+        }
     }
 }

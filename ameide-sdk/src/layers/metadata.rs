@@ -23,8 +23,9 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tower::{Layer, Service};
 
-use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_only_status};
-use crate::auth::BoxFuture;
+use super::{
+    BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error, trailers_only_status,
+};
 use crate::call::{CallInfo, CallState, stamp};
 use crate::config::{ConfigError, header_value, validate_header};
 
@@ -44,9 +45,16 @@ impl RequestIdGenerator {
         RequestIdGenerator(Arc::new(generate))
     }
 
-    /// Random UUID v4 ids, the default.
+    /// Random UUID v4 ids, the default. The random bits come from a fast
+    /// thread-local generator (not the OS: a request id is a correlation key,
+    /// not a secret), which keeps a syscall off every call.
     pub fn uuid_v4() -> Self {
-        Self::new(|| uuid::Uuid::new_v4().to_string())
+        Self::new(|| {
+            let bytes = fastrand::u128(..).to_le_bytes();
+            let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+            let mut buf = uuid::Uuid::encode_buffer();
+            id.hyphenated().encode_lower(&mut buf).to_owned()
+        })
     }
 
     /// A new id.
@@ -169,7 +177,6 @@ pub struct MetadataService<S> {
 
 const TENANT: HeaderName = HeaderName::from_static(crate::contract::HEADER_TENANT);
 const USER: HeaderName = HeaderName::from_static(crate::contract::HEADER_USER);
-const REQUEST_ID: HeaderName = HeaderName::from_static(crate::contract::HEADER_REQUEST_ID);
 
 impl<S> MetadataService<S> {
     fn prepare(&self, request: &mut HttpRequest) -> CallState {
@@ -185,7 +192,7 @@ impl<S> MetadataService<S> {
             headers.entry(name).or_insert_with(|| value.clone());
         }
         let existing = headers
-            .get(&REQUEST_ID)
+            .get(names::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
@@ -201,11 +208,15 @@ impl<S> MetadataService<S> {
                         HeaderValue::from_str(&id).expect("a UUID is a valid header value")
                     }
                 };
-                headers.insert(REQUEST_ID, value);
+                // A fresh id per call: never-indexed, so it does not churn the
+                // HPACK dynamic table and evict the stable headers.
+                let mut value = value;
+                value.set_sensitive(true);
+                headers.insert(names::REQUEST_ID, value);
                 id
             }
         };
-        let state = CallState::new(Instant::now(), request_id);
+        let state = CallState::new(Instant::now(), Arc::from(request_id));
         request.extensions_mut().insert(state.clone());
         state
     }
@@ -219,7 +230,7 @@ where
 {
     type Response = HttpResponse;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+    type Future = MetadataFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -227,13 +238,42 @@ where
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let state = self.prepare(&mut request);
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            match future.await {
-                Ok(response) => finish(response, state),
-                Err(error) => {
-                    Err(Box::new(stamp_status(status_from_error(error.into()), &state)) as BoxError)
-                }
+        MetadataFuture {
+            inner: self.inner.call(request),
+            state: Some(state),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`MetadataService`]: stamps errors, attaches [`CallInfo`].
+    pub struct MetadataFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<CallState>,
+    }
+}
+
+impl<F, E> std::future::Future for MetadataFuture<F>
+where
+    F: std::future::Future<Output = Result<HttpResponse, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<HttpResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return Poll::Pending,
+        };
+        let Some(state) = this.state.take() else {
+            return Poll::Ready(result.map_err(Into::into));
+        };
+        Poll::Ready(match result {
+            Ok(response) => finish(response, state),
+            Err(error) => {
+                Err(Box::new(stamp_status(status_from_error(error.into()), &state)) as BoxError)
             }
         })
     }
@@ -246,7 +286,7 @@ fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, 
         return Err(Box::new(stamp_status(status, &state)));
     }
     response.extensions_mut().insert(CallInfo {
-        request_id: state.request_id().to_owned(),
+        request_id: state.request_id_arc(),
         attempts: state.attempts(),
         elapsed: state.start().elapsed(),
     });
@@ -292,8 +332,8 @@ impl http_body::Body for StampBody {
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
+                    && grpc_code(trailers).is_some_and(|c| c != tonic::Code::Ok)
                     && let Some(status) = Status::from_header_map(trailers)
-                    && status.code() != tonic::Code::Ok
                 {
                     return Poll::Ready(Some(Err(stamp_status(status, this.state))));
                 }

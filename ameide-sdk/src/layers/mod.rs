@@ -58,7 +58,7 @@ pub(crate) fn status_response(status: Status) -> HttpResponse {
 
 /// The status of a trailers-only response (`grpc-status` in the headers), if it is one.
 pub(crate) fn trailers_only_status(response: &HttpResponse) -> Option<Status> {
-    if response.headers().contains_key("grpc-status") {
+    if response.headers().contains_key(names::GRPC_STATUS) {
         Status::from_header_map(response.headers())
     } else {
         None
@@ -80,4 +80,27 @@ pub(crate) fn status_from_error(error: BoxError) -> Status {
         source = err.source();
     }
     Status::from_error(error)
+}
+
+/// Header names the layers look up on every call, parsed once.
+pub(crate) mod names {
+    use http::HeaderName;
+
+    pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub(crate) const PREVIOUS_ATTEMPTS: HeaderName =
+        HeaderName::from_static("grpc-previous-rpc-attempts");
+    pub(crate) const REQUEST_ID: HeaderName =
+        HeaderName::from_static(crate::contract::HEADER_REQUEST_ID);
+    pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    pub(crate) const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+}
+
+/// The `grpc-status` code in `headers` without building a `Status` (which
+/// clones the whole map): `None` when absent.
+pub(crate) fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get(names::GRPC_STATUS)
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
 }

@@ -31,7 +31,8 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::timeout::encode_grpc_timeout;
 use super::{
-    BoxError, HttpRequest, HttpResponse, status_from_error, status_response, trailers_only_status,
+    BoxError, HttpRequest, HttpResponse, names, status_from_error, status_response,
+    trailers_only_status,
 };
 use crate::auth::BoxFuture;
 use crate::call::{CallState, Deadline};
@@ -363,12 +364,12 @@ fn attempt_request(
     if let Some(remaining) = remaining {
         request
             .headers_mut()
-            .insert("grpc-timeout", encode_grpc_timeout(remaining));
+            .insert(names::GRPC_TIMEOUT, encode_grpc_timeout(remaining));
     }
     if attempt > 1 {
         request
             .headers_mut()
-            .insert("grpc-previous-rpc-attempts", HeaderValue::from(attempt - 1));
+            .insert(names::PREVIOUS_ATTEMPTS, HeaderValue::from(attempt - 1));
     }
     request
 }
@@ -386,7 +387,10 @@ where
 {
     let policy = &layer.policy;
     let (parts, body) = request.into_parts();
-    let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+    let deadline = state
+        .as_ref()
+        .and_then(CallState::deadline)
+        .or_else(|| parts.extensions.get::<Deadline>().map(|d| d.0));
     let record = |n: u32| {
         if let Some(state) = &state {
             state.record_attempt(n);

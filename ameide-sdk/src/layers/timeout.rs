@@ -9,6 +9,7 @@
 //! | On expiry? | `DEADLINE_EXCEEDED` from the SDK itself, before or after the response headers (a stream is cut with that status) — never tonic's `CANCELLED` |
 //! | Not covered | nothing after the response stream has ended |
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,11 +21,8 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{BoxError, HttpRequest, HttpResponse, status_response};
-use crate::auth::BoxFuture;
+use super::{BoxError, HttpRequest, HttpResponse, names, status_response};
 use crate::call::{CallState, CallTimeout, Deadline};
-
-const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Enforces a whole-call deadline and sends it as `grpc-timeout`.
 ///
@@ -82,7 +80,7 @@ where
 {
     type Response = HttpResponse;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -101,7 +99,7 @@ where
             .or_else(|| {
                 request
                     .headers()
-                    .get(GRPC_TIMEOUT)
+                    .get(names::GRPC_TIMEOUT)
                     .and_then(|v| v.to_str().ok())
                     .and_then(decode_grpc_timeout)
             })
@@ -110,35 +108,91 @@ where
         if let Some(OuterDeadline(outer)) = request.extensions().get::<OuterDeadline>() {
             deadline = deadline.min(*outer);
         }
-        request.extensions_mut().insert(Deadline(deadline));
+        match request.extensions().get::<CallState>() {
+            Some(state) => state.set_deadline(deadline),
+            None => {
+                request.extensions_mut().insert(Deadline(deadline));
+            }
+        }
         let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero() {
-            return Box::pin(async move { Ok(status_response(deadline_exceeded(timeout))) });
+            return TimeoutFuture {
+                inner: None,
+                sleep: None,
+                deadline,
+                timeout,
+            };
         }
         request
             .headers_mut()
-            .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, future).await {
-                Ok(Ok(response)) => Ok(response.map(|body| {
+            .insert(names::GRPC_TIMEOUT, encode_grpc_timeout(remaining));
+        TimeoutFuture {
+            inner: Some(self.inner.call(request)),
+            sleep: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            deadline,
+            timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`TimeoutService`]. Its one timer bounds the wait
+    /// for the response and then moves into the response body, where it bounds
+    /// the stream.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        sleep: Option<Pin<Box<Sleep>>>,
+        deadline: Instant,
+        timeout: Duration,
+    }
+}
+
+impl<F, E> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<HttpResponse, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<HttpResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(status_response(deadline_exceeded(*this.timeout))));
+        };
+        match inner.poll(cx) {
+            Poll::Ready(Ok(response)) => {
+                let timeout = *this.timeout;
+                let sleep = this
+                    .sleep
+                    .take()
+                    .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
+                this.inner.set(None);
+                Poll::Ready(Ok(response.map(|body| {
                     tonic::body::Body::new(DeadlineBody {
                         inner: body,
-                        sleep: tokio::time::sleep_until(deadline),
+                        sleep,
                         timeout,
                         done: false,
                     })
-                })),
-                Ok(Err(error)) => {
-                    if Instant::now() >= deadline {
-                        // tonic's own grpc-timeout timer fired together with ours.
-                        return Ok(status_response(deadline_exceeded(timeout)));
-                    }
-                    Err(error.into())
-                }
-                Err(_) => Ok(status_response(deadline_exceeded(timeout))),
+                })))
             }
-        })
+            Poll::Ready(Err(error)) => {
+                this.inner.set(None);
+                if Instant::now() >= *this.deadline {
+                    // tonic's own grpc-timeout timer fired together with ours.
+                    return Poll::Ready(Ok(status_response(deadline_exceeded(*this.timeout))));
+                }
+                Poll::Ready(Err(error.into()))
+            }
+            Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
+                    this.inner.set(None);
+                    Poll::Ready(Ok(status_response(deadline_exceeded(*this.timeout))))
+                }
+                _ => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -151,8 +205,7 @@ pin_project! {
     struct DeadlineBody {
         #[pin]
         inner: tonic::body::Body,
-        #[pin]
-        sleep: Sleep,
+        sleep: Pin<Box<Sleep>>,
         timeout: Duration,
         done: bool,
     }
@@ -177,7 +230,7 @@ impl http_body::Body for DeadlineBody {
                 }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.sleep.poll(cx) {
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     *this.done = true;
                     Poll::Ready(Some(Err(deadline_exceeded(*this.timeout))))
@@ -208,8 +261,31 @@ pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
     for (size, unit) in units {
         let value = nanos.div_ceil(size);
         if value <= MAX {
-            return HeaderValue::try_from(format!("{value}{unit}"))
+            // At most 8 digits and a unit: write them into a stack buffer.
+            let mut buf = [0u8; 9];
+            let mut len = 0;
+            let mut digits = [0u8; 8];
+            let mut n = value;
+            let mut count = 0;
+            loop {
+                digits[count] = b'0' + (n % 10) as u8;
+                count += 1;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for d in digits[..count].iter().rev() {
+                buf[len] = *d;
+                len += 1;
+            }
+            buf[len] = unit as u8;
+            len += 1;
+            let mut value = HeaderValue::from_bytes(&buf[..len])
                 .expect("digits and a unit letter form a valid header value");
+            // Unique per attempt: keep it out of the HPACK dynamic table.
+            value.set_sensitive(true);
+            return value;
         }
     }
     HeaderValue::from_static("99999999H")

@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -31,14 +32,15 @@ use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
     SpanKind, Status as SpanStatus, TraceContextExt, Tracer, TracerProvider,
 };
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use pin_project_lite::pin_project;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_only_status};
-use crate::auth::BoxFuture;
+use super::{
+    BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error, trailers_only_status,
+};
 use crate::call::SessionId;
 use crate::error::canonical_code_name;
 
@@ -93,7 +95,9 @@ struct TracingConfig {
     tracer: BoxedTracer,
     semconv: SemconvMode,
     session_id: Option<Arc<str>>,
-    server: Option<(String, u16)>,
+    /// `baggage: ameide.session_id=…` for the configured session, built once.
+    session_baggage: Option<HeaderValue>,
+    server: Option<(StringValue, u16)>,
 }
 
 /// Creates one CLIENT span per attempt and injects W3C trace context.
@@ -138,6 +142,7 @@ impl TracingLayer {
                 tracer: opentelemetry::global::tracer_with_scope(scope()),
                 semconv: SemconvMode::from_env(),
                 session_id: None,
+                session_baggage: None,
                 server: None,
             }),
         }
@@ -153,6 +158,7 @@ impl TracingLayer {
                     tracer: opentelemetry::global::tracer_with_scope(scope()),
                     semconv: old.semconv,
                     session_id: old.session_id.clone(),
+                    session_baggage: old.session_baggage.clone(),
                     server: old.server.clone(),
                 };
                 f(&mut copy);
@@ -181,12 +187,21 @@ impl TracingLayer {
     /// Sends `ameide.session_id` in `baggage` on every call (a per-call session id wins).
     pub fn with_session_id(self, session_id: impl Into<String>) -> Self {
         let id: Arc<str> = Arc::from(session_id.into());
-        self.edit(|c| c.session_id = Some(id))
+        let baggage = HeaderValue::try_from(format!(
+            "{}={}",
+            crate::contract::SESSION_BAGGAGE_KEY,
+            utf8_percent_encode(&id, BAGGAGE_VALUE)
+        ))
+        .ok();
+        self.edit(|c| {
+            c.session_id = Some(id);
+            c.session_baggage = baggage;
+        })
     }
 
     /// Sets `server.address` and `server.port` (otherwise taken from the request URI).
     pub fn with_server(self, address: impl Into<String>, port: u16) -> Self {
-        let address = address.into();
+        let address = StringValue::from(Arc::<str>::from(address.into()));
         self.edit(|c| c.server = Some((address, port)))
     }
 }
@@ -227,20 +242,37 @@ const BAGGAGE_VALUE: &AsciiSet = &CONTROLS
 impl<S> TracingService<S> {
     fn start_span(&self, request: &mut HttpRequest) -> (Context, SemconvMode) {
         let config = &self.config;
-        let path = request.uri().path();
-        let full_method = path.strip_prefix('/').unwrap_or(path);
-        let (service, method) = full_method.split_once('/').unwrap_or((full_method, ""));
+        // Bundle methods get their names as &'static str from the method table:
+        // no allocation per attempt for the span name and the rpc.* attributes.
+        let known = ameide_proto::method(request.uri().path());
+        let (full_method, service, method): (StringValue, StringValue, StringValue) = match known {
+            Some(info) => (
+                StringValue::from(&info.path[1..]),
+                StringValue::from(info.service),
+                StringValue::from(info.method),
+            ),
+            None => {
+                let path = request.uri().path();
+                let full = path.strip_prefix('/').unwrap_or(path);
+                let (service, method) = full.split_once('/').unwrap_or((full, ""));
+                (
+                    StringValue::from(full.to_owned()),
+                    StringValue::from(service.to_owned()),
+                    StringValue::from(method.to_owned()),
+                )
+            }
+        };
         let mut attributes = Vec::with_capacity(8);
         if config.semconv.legacy() {
             attributes.push(KeyValue::new("rpc.system", "grpc"));
-            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+            attributes.push(KeyValue::new("rpc.service", service));
             if !config.semconv.stable() {
-                attributes.push(KeyValue::new("rpc.method", method.to_owned()));
+                attributes.push(KeyValue::new("rpc.method", method));
             }
         }
         if config.semconv.stable() {
             attributes.push(KeyValue::new("rpc.system.name", "grpc"));
-            attributes.push(KeyValue::new("rpc.method", full_method.to_owned()));
+            attributes.push(KeyValue::new("rpc.method", full_method.clone()));
         }
         let server = config.server.clone().or_else(|| {
             let uri = request.uri();
@@ -252,40 +284,57 @@ impl<S> TracingService<S> {
                     } else {
                         80
                     });
-                (h.to_owned(), port)
+                (StringValue::from(h.to_owned()), port)
             })
         });
         if let Some((address, port)) = server {
-            attributes.push(KeyValue::new("server.address", address));
+            attributes.push(KeyValue::new("server.address", Value::String(address)));
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
-        if let Some(id) = request
+        if let Some(state) = request.extensions().get::<crate::call::CallState>() {
+            attributes.push(KeyValue::new(
+                "ameide.request_id",
+                StringValue::from(state.request_id_arc()),
+            ));
+        } else if let Some(id) = request
             .headers()
-            .get(crate::contract::HEADER_REQUEST_ID)
+            .get(names::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
         {
             attributes.push(KeyValue::new("ameide.request_id", id.to_owned()));
         }
+        let name: Cow<'static, str> = match known {
+            Some(info) => Cow::Borrowed(&info.path[1..]),
+            None => Cow::Owned(full_method.as_str().to_owned()),
+        };
         let parent = Context::current();
         let span = config.tracer.build_with_context(
             config
                 .tracer
-                .span_builder(Cow::Owned(full_method.to_owned()))
+                .span_builder(name)
                 .with_kind(SpanKind::Client)
                 .with_attributes(attributes),
             &parent,
         );
         let cx = parent.with_span(span);
-        inject(&cx, request, self.session_id(request));
+        let per_call_session = request.extensions().get::<SessionId>().map(|s| s.0.clone());
+        match (&config.session_baggage, per_call_session) {
+            // The common case: the client's session, no other baggage: one
+            // prebuilt header value, no formatting per attempt.
+            (Some(baggage), None)
+                if cx.baggage().is_empty() && !request.headers().contains_key(names::BAGGAGE) =>
+            {
+                inject(&cx, request, None);
+                request
+                    .headers_mut()
+                    .insert(names::BAGGAGE, baggage.clone());
+            }
+            (_, per_call) => {
+                let session = per_call.or_else(|| config.session_id.clone());
+                inject(&cx, request, session);
+            }
+        }
         (cx, config.semconv)
-    }
-
-    fn session_id(&self, request: &HttpRequest) -> Option<Arc<str>> {
-        request
-            .extensions()
-            .get::<SessionId>()
-            .map(|s| s.0.clone())
-            .or_else(|| self.config.session_id.clone())
     }
 }
 
@@ -294,20 +343,21 @@ fn inject(cx: &Context, request: &mut HttpRequest, session_id: Option<Arc<str>>)
     let sc = span.span_context();
     let headers = request.headers_mut();
     if sc.is_valid() {
-        let traceparent = format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
+        let traceparent = format_traceparent(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
         );
-        if let Ok(v) = HeaderValue::try_from(traceparent) {
-            headers.insert("traceparent", v);
+        if let Ok(mut v) = HeaderValue::from_bytes(&traceparent) {
+            // Unique per attempt: never-indexed (see the metadata layer).
+            v.set_sensitive(true);
+            headers.insert(names::TRACEPARENT, v);
         }
         let state = sc.trace_state().header();
         if !state.is_empty()
             && let Ok(v) = HeaderValue::try_from(state)
         {
-            headers.insert("tracestate", v);
+            headers.insert(names::TRACESTATE, v);
         }
     }
     let mut entries: Vec<String> = cx
@@ -333,7 +383,7 @@ fn inject(cx: &Context, request: &mut HttpRequest, session_id: Option<Arc<str>>)
         return;
     }
     let existing = headers
-        .get("baggage")
+        .get(names::BAGGAGE)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty())
         .map(str::to_owned);
@@ -351,8 +401,26 @@ fn inject(cx: &Context, request: &mut HttpRequest, session_id: Option<Arc<str>>)
         }
     }
     if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert("baggage", v);
+        headers.insert(names::BAGGAGE, v);
     }
+}
+
+/// `00-<trace id>-<span id>-<flags>` in lower-case hex, without `format!`.
+fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(3, &trace_id);
+    put(36, &span_id);
+    put(53, &[flags]);
+    out
 }
 
 fn end_span(cx: &Context, semconv: SemconvMode, code: Code, message: &str) {
@@ -383,7 +451,7 @@ where
 {
     type Response = HttpResponse;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+    type Future = TracingFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -391,28 +459,61 @@ where
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let (cx, semconv) = self.start_span(&mut request);
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            match future.await {
-                Ok(response) => {
-                    if let Some(status) = trailers_only_status(&response) {
-                        end_span(&cx, semconv, status.code(), status.message());
-                        return Ok(response);
-                    }
+        TracingFuture {
+            inner: self.inner.call(request),
+            span: Some(cx),
+            semconv,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`TracingService`]: ends the span on a
+    /// trailers-only response or an error, or hands it to the response body.
+    pub struct TracingFuture<F> {
+        #[pin]
+        inner: F,
+        span: Option<Context>,
+        semconv: SemconvMode,
+    }
+}
+
+impl<F, E> Future for TracingFuture<F>
+where
+    F: Future<Output = Result<HttpResponse, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<HttpResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return Poll::Pending,
+        };
+        let Some(span) = this.span.take() else {
+            return Poll::Ready(result.map_err(Into::into));
+        };
+        let semconv = *this.semconv;
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let Some(status) = trailers_only_status(&response) {
+                    end_span(&span, semconv, status.code(), status.message());
+                    Ok(response)
+                } else {
                     Ok(response.map(|body| {
                         tonic::body::Body::new(SpanBody {
                             inner: body,
-                            span: Some(cx),
+                            span: Some(span),
                             semconv,
                         })
                     }))
                 }
-                Err(error) => {
-                    let error = error.into();
-                    let status = status_from_error(error);
-                    end_span(&cx, semconv, status.code(), status.message());
-                    Err(Box::new(status) as BoxError)
-                }
+            }
+            Err(error) => {
+                let status = status_from_error(error.into());
+                end_span(&span, semconv, status.code(), status.message());
+                Err(Box::new(status) as BoxError)
             }
         })
     }
@@ -452,9 +553,12 @@ impl http_body::Body for SpanBody {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(span) = this.span.take()
                 {
-                    match Status::from_header_map(trailers) {
-                        Some(status) => {
-                            end_span(&span, *this.semconv, status.code(), status.message())
+                    match grpc_code(trailers) {
+                        Some(Code::Ok) => end_span(&span, *this.semconv, Code::Ok, ""),
+                        Some(code) => {
+                            let status = Status::from_header_map(trailers);
+                            let message = status.as_ref().map_or("", |s| s.message());
+                            end_span(&span, *this.semconv, code, message)
                         }
                         None => end_span(
                             &span,
@@ -487,5 +591,34 @@ impl http_body::Body for SpanBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_matches_the_w3c_layout() {
+        let trace = opentelemetry::TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let span = opentelemetry::SpanId::from_hex("b7ad6b7169203331").unwrap();
+        let out = format_traceparent(trace.to_bytes(), span.to_bytes(), 1);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let expected = format!("00-{trace}-{span}-{:02x}", 0u8);
+        assert_eq!(
+            &format_traceparent(trace.to_bytes(), span.to_bytes(), 0)[..],
+            expected.as_bytes()
+        );
+    }
+
+    #[test]
+    fn semconv_opt_in_parsing() {
+        assert_eq!(SemconvMode::parse(""), SemconvMode::Legacy);
+        assert_eq!(SemconvMode::parse("rpc"), SemconvMode::Stable);
+        assert_eq!(SemconvMode::parse("rpc/dup,rpc"), SemconvMode::Duplicate);
+        assert_eq!(SemconvMode::parse("http/dup"), SemconvMode::Legacy);
     }
 }

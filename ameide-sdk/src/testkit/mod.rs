@@ -24,7 +24,7 @@
 //!     .transport(duplex_transport(server.clone()))
 //!     .build()
 //!     .unwrap();
-//! client.graph().list_repositories(Default::default()).await.unwrap();
+//! client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await.unwrap();
 //! assert_eq!(server.attempts_for(path).len(), 2);
 //! # }
 //! ```

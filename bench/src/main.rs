@@ -1,0 +1,472 @@
+//! `ameide-bench`: unary throughput of `AmeideClient` (every layer on, tracing
+//! recorded and exported to a no-op exporter) against a raw tonic client on a
+//! plain `Channel`, in one run, against one loopback server process.
+//!
+//! ```text
+//! ameide-bench run [--duration-ms N] [--rounds N] [--concurrency 1,64] [--out DIR]
+//! ameide-bench server            # internal: serves GraphService.GetRepository, prints the port
+//! ```
+//!
+//! Each (client, concurrency) cell is measured `rounds` times, interleaved
+//! (raw, sdk, raw, sdk, …) so drift on a shared machine hits both alike; the
+//! median calls/s is reported with the ratio SDK / raw. When `taskset` exists
+//! the server is pinned to the last core and the client to the first.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ameide_sdk::proto::graph::v1::graph_service_client::GraphServiceClient;
+use ameide_sdk::proto::graph::v1::graph_service_server::{GraphService, GraphServiceServer};
+use ameide_sdk::proto::graph::v1::{GetRepositoryRequest, GetRepositoryResponse, Repository};
+use ameide_sdk::{AmeideChannel, AmeideClient};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+struct Echo;
+
+#[tonic::async_trait]
+impl GraphService for Echo {
+    async fn get_repository(
+        &self,
+        request: Request<GetRepositoryRequest>,
+    ) -> Result<Response<GetRepositoryResponse>, Status> {
+        let id = request.into_inner().repository_id;
+        Ok(Response::new(GetRepositoryResponse {
+            repository: Some(Repository {
+                repository_id: id,
+                key: "bench".into(),
+                display_name: "Benchmark repository".into(),
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
+fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        tonic::transport::Server::builder()
+            .add_service(GraphServiceServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    })
+}
+
+/// Exports nothing: spans are still created, recorded and handed to the processor.
+#[derive(Debug)]
+struct NoopExporter;
+
+impl SpanExporter for NoopExporter {
+    async fn export(&self, _batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+enum Client {
+    Raw(GraphServiceClient<Channel>),
+    /// Raw tonic sending, by hand, the metadata the contract puts on the wire.
+    RawHeaders(GraphServiceClient<Channel>),
+    Sdk(GraphServiceClient<AmeideChannel>),
+}
+
+fn sensitive(value: String) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    let mut v: tonic::metadata::MetadataValue<_> = value.parse().expect("ascii");
+    v.set_sensitive(true);
+    v
+}
+
+impl Client {
+    async fn call(&mut self, n: u64) -> Result<(), Status> {
+        let request = GetRepositoryRequest {
+            repository_id: format!("repo-{n}"),
+            ..Default::default()
+        };
+        match self {
+            Client::Raw(c) if std::env::var_os("AMEIDE_BENCH_RAW_TIMEOUT").is_some() => {
+                let mut request = Request::new(request);
+                request.set_timeout(Duration::from_secs(5));
+                c.get_repository(request).await.map(|_| ())
+            }
+            Client::Raw(c) => c.get_repository(request).await.map(|_| ()),
+            Client::RawHeaders(c) => {
+                let mut request = Request::new(request);
+                request.set_timeout(Duration::from_secs(5));
+                let m = request.metadata_mut();
+                m.insert("x-tenant-id", "bench-tenant".parse().expect("ascii"));
+                m.insert("x-user-id", "bench-user".parse().expect("ascii"));
+                m.insert("authorization", sensitive("Bearer bench-token".into()));
+                m.insert(
+                    "x-request-id",
+                    sensitive(format!("{:032x}", n as u128 * 0x9e3779b97f4a7c15)),
+                );
+                m.insert(
+                    "traceparent",
+                    sensitive(format!(
+                        "00-{:032x}-{:016x}-01",
+                        n as u128 * 0x9e37_79b9_7f4a_7c15,
+                        n + 1
+                    )),
+                );
+                m.insert(
+                    "baggage",
+                    "ameide.session_id=bench-session".parse().expect("ascii"),
+                );
+                c.get_repository(request).await.map(|_| ())
+            }
+            Client::Sdk(c) => c.get_repository(request).await.map(|_| ()),
+        }
+    }
+}
+
+/// CPU time of the calling thread, in ns (Linux; 0 elsewhere). The client
+/// runtime is single-threaded, so this is all of the client's work: layers,
+/// tonic, h2 and the socket writes.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One measurement window: calls/s and client CPU µs per call.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rate: f64,
+    cpu_us_per_call: f64,
+}
+
+async fn measure(client: &Client, concurrency: usize, duration: Duration) -> Sample {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let mut client = client.clone();
+        let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = worker as u64;
+            while !stop.load(Ordering::Relaxed) {
+                match client.call(n).await {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                n += 1;
+            }
+        }));
+    }
+    // Warm up, then count only the measured window.
+    tokio::time::sleep(duration / 5).await;
+    let before = done.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let cpu_before = thread_cpu_ns();
+    tokio::time::sleep(duration).await;
+    let count = done.load(Ordering::Relaxed) - before;
+    let cpu = thread_cpu_ns() - cpu_before;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let failed = errors.load(Ordering::Relaxed);
+    assert!(failed == 0, "{failed} calls failed during the benchmark");
+    Sample {
+        rate: count as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_call: cpu as f64 / 1000.0 / count.max(1) as f64,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct Options {
+    duration: Duration,
+    rounds: usize,
+    concurrency: Vec<usize>,
+    out: std::path::PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        duration: Duration::from_millis(3000),
+        rounds: 3,
+        concurrency: vec![1, 64],
+        out: std::path::PathBuf::from("target/bench"),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--duration-ms" => {
+                let ms: u64 = value()?
+                    .parse()
+                    .map_err(|_| "--duration-ms takes milliseconds")?;
+                options.duration = Duration::from_millis(ms.max(50));
+            }
+            "--rounds" => {
+                options.rounds = value()?.parse().map_err(|_| "--rounds takes a count")?
+            }
+            "--concurrency" => {
+                options.concurrency = value()?
+                    .split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse::<usize>()
+                            .map_err(|_| format!("bad concurrency {c:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--out" => options.out = value()?.into(),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if options.rounds == 0 || options.concurrency.is_empty() {
+        return Err("need at least one round and one concurrency level".into());
+    }
+    Ok(options)
+}
+
+fn pinned(core: usize) -> Command {
+    let exe = std::env::current_exe().expect("own executable");
+    if Command::new("taskset").arg("-V").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(core.to_string()).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let machine_cores = cores();
+    let server_core = machine_cores.saturating_sub(1);
+    let mut child = pinned(server_core)
+        .arg("server")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("server has no stdout")?;
+    let server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let port: u16 = line
+        .trim()
+        .parse()
+        .map_err(|_| format!("server printed {line:?}"))?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+
+    // The client runs on one thread (pinned to core 0 when taskset exists), so
+    // "calls/s" is per client core.
+    if machine_cores > 1 && Command::new("taskset").arg("-V").output().is_ok() {
+        let _ = Command::new("taskset")
+            .args(["-p", "-c", "0", &std::process::id().to_string()])
+            .output();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(async {
+        let channel = Endpoint::from_shared(endpoint.clone())?.tcp_nodelay(true).connect().await?;
+        let raw = Client::Raw(GraphServiceClient::new(channel));
+        let channel = Endpoint::from_shared(endpoint.clone())?.tcp_nodelay(true).connect().await?;
+        let raw_headers = Client::RawHeaders(GraphServiceClient::new(channel));
+        let provider = SdkTracerProvider::builder().with_simple_exporter(NoopExporter).build();
+        let variant = std::env::var("AMEIDE_BENCH_VARIANT").unwrap_or_default();
+        let mut builder = AmeideClient::builder()
+            .endpoint(endpoint.clone())
+            .tenant_id("bench-tenant")
+            .user_id("bench-user")
+            .session_id("bench-session")
+            .bearer_token("bench-token");
+        if !variant.contains("notrace") {
+            builder = builder.tracer_provider(&provider);
+        }
+        if variant.contains("noretry") {
+            builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
+        }
+        let sdk = Client::Sdk(builder.build()?.graph());
+        let clients = [("raw", raw), ("raw+headers", raw_headers), ("sdk", sdk)];
+        // Connect every client before measuring.
+        for (_, client) in &clients {
+            client.clone().call(0).await?;
+        }
+
+        let mut rows = Vec::new();
+        for &concurrency in &options.concurrency {
+            let mut runs: Vec<Vec<Sample>> = vec![Vec::new(); clients.len()];
+            for _ in 0..options.rounds {
+                for (k, (_, client)) in clients.iter().enumerate() {
+                    runs[k].push(measure(client, concurrency, options.duration).await);
+                }
+            }
+            let rate = |k: usize| median(runs[k].iter().map(|r| r.rate).collect());
+            let cpu = |k: usize| median(runs[k].iter().map(|r| r.cpu_us_per_call).collect());
+            let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+            eprintln!(
+                "concurrency {concurrency:>4}: raw {:>8.0}/s {:>6.2} µs | raw+headers {:>8.0}/s {:>6.2} µs | sdk {:>8.0}/s {:>6.2} µs | sdk/raw {:.3} sdk/raw+headers {:.3}",
+                rate(0), cpu(0), rate(1), cpu(1), rate(2), cpu(2),
+                rate(2) / rate(0), rate(2) / rate(1)
+            );
+            rows.push(serde_json::json!({
+                "concurrency": concurrency,
+                "raw_calls_per_s": rate(0).round(),
+                "raw_headers_calls_per_s": rate(1).round(),
+                "sdk_calls_per_s": rate(2).round(),
+                "ratio_sdk_to_raw": round3(rate(2) / rate(0)),
+                "ratio_sdk_to_raw_headers": round3(rate(2) / rate(1)),
+                "raw_client_cpu_us_per_call": (cpu(0) * 100.0).round() / 100.0,
+                "raw_headers_client_cpu_us_per_call": (cpu(1) * 100.0).round() / 100.0,
+                "sdk_client_cpu_us_per_call": (cpu(2) * 100.0).round() / 100.0,
+                "runs_calls_per_s": clients.iter().enumerate().map(|(k, (name, _))| {
+                    (name.to_string(), runs[k].iter().map(|r| r.rate.round()).collect::<Vec<_>>())
+                }).collect::<std::collections::BTreeMap<_, _>>(),
+            }));
+        }
+        let _ = provider.shutdown();
+        Ok::<_, Box<dyn std::error::Error>>(rows)
+    })?;
+    drop(server);
+
+    std::fs::create_dir_all(&options.out)?;
+    let report = serde_json::json!({
+        "benchmark": "unary GraphService.GetRepository, loopback, one server process",
+        "cores": machine_cores,
+        "pinned": Command::new("taskset").arg("-V").output().is_ok(),
+        "duration_ms": options.duration.as_millis() as u64,
+        "rounds": options.rounds,
+        "results": results,
+    });
+    let json = options.out.join("unary.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let mut md = String::from(
+        "| in flight | raw tonic calls/s | raw tonic + contract headers calls/s | AmeideClient calls/s | SDK / raw | SDK / raw + headers | client CPU µs/call (raw / +headers / SDK) |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for row in report["results"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {} / {} / {} |\n",
+            row["concurrency"],
+            row["raw_calls_per_s"],
+            row["raw_headers_calls_per_s"],
+            row["sdk_calls_per_s"],
+            row["ratio_sdk_to_raw"].as_f64().unwrap_or_default(),
+            row["ratio_sdk_to_raw_headers"].as_f64().unwrap_or_default(),
+            row["raw_client_cpu_us_per_call"],
+            row["raw_headers_client_cpu_us_per_call"],
+            row["sdk_client_cpu_us_per_call"],
+        ));
+    }
+    std::fs::write(options.out.join("unary.md"), &md)?;
+    println!("{md}");
+    println!("wrote {} and unary.md", json.display());
+    Ok(())
+}
+
+/// `count <raw|sdk> <calls> <concurrency> <port>`: makes exactly `calls` calls
+/// and exits, for instruction counting under callgrind (run it twice with N and
+/// 2N calls; the difference divided by N is the cost of one call).
+fn count(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let [kind, calls, concurrency, port] = args else {
+        return Err("usage: ameide-bench count <raw|sdk> <calls> <concurrency> <port>".into());
+    };
+    let calls: u64 = calls.parse()?;
+    let concurrency: u64 = concurrency.parse()?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = match kind.as_str() {
+            "rawh" => Client::RawHeaders(GraphServiceClient::new(
+                Endpoint::from_shared(endpoint.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            )),
+            "raw" => Client::Raw(GraphServiceClient::new(
+                Endpoint::from_shared(endpoint.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            )),
+            _ => {
+                let provider = SdkTracerProvider::builder()
+                    .with_simple_exporter(NoopExporter)
+                    .build();
+                let variant = std::env::var("AMEIDE_BENCH_VARIANT").unwrap_or_default();
+                let mut builder = AmeideClient::builder()
+                    .endpoint(endpoint.clone())
+                    .tenant_id("bench-tenant")
+                    .user_id("bench-user")
+                    .session_id("bench-session")
+                    .bearer_token("bench-token");
+                if !variant.contains("notrace") {
+                    builder = builder.tracer_provider(&provider);
+                }
+                if variant.contains("noretry") {
+                    builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
+                }
+                Client::Sdk(builder.build()?.graph())
+            }
+        };
+        client.clone().call(0).await?;
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (mut client, next) = (client.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= calls {
+                        break;
+                    }
+                    client.call(n).await.expect("call");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("count") => count(&args[1..]),
+        Some("server") => serve(),
+        Some("run") => parse(&args[1..]).map_err(Into::into).and_then(run),
+        _ => Err("usage: ameide-bench run [--duration-ms N] [--rounds N] [--concurrency 1,64] [--out DIR]".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("ameide-bench: {e}");
+        std::process::exit(1);
+    }
+}
