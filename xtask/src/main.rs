@@ -145,13 +145,15 @@ fn bench(args: &[&str]) -> Result<(), String> {
     let smoke = args.first() == Some(&"--smoke");
     let profile = if smoke { "debug" } else { "release" };
     let mut build = cargo();
-    build
-        .args(["build", "--locked", "-p", "ameide-bench"])
-        .current_dir(&root);
-    if !smoke {
-        build.arg("--release");
+    build.args(["build", "--locked"]).current_dir(&root);
+    if smoke {
+        // The whole workspace, so features (and artifacts) match the test
+        // build CI has just made: no rebuild.
+        build.arg("--workspace");
+    } else {
+        build.args(["--release", "-p", "ameide-bench"]);
     }
-    run(&mut build, "cargo build -p ameide-bench")?;
+    run(&mut build, "cargo build (ameide-bench)")?;
     let binary = root.join("target").join(profile).join("ameide-bench");
     let mut command = Command::new(binary);
     command.arg("run").current_dir(&root);
@@ -170,8 +172,28 @@ fn bench(args: &[&str]) -> Result<(), String> {
     run(&mut command, "ameide-bench run")
 }
 
+/// A `cargo` command without the package variables `cargo run` set for xtask
+/// itself: leaked into a nested build they change build-script fingerprints
+/// and force a full rebuild.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 fn ci() -> Result<(), String> {
