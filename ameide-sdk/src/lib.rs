@@ -51,6 +51,7 @@ mod client;
 pub mod config;
 mod error;
 pub mod layers;
+pub mod server;
 mod transport;
 
 #[cfg(feature = "testkit")]

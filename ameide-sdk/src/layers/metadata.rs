@@ -196,27 +196,37 @@ impl<S> MetadataService<S> {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        let request_id = match existing {
-            Some(id) => id,
-            None => {
-                let mut id = config.generator.generate();
-                let value = match HeaderValue::from_str(&id) {
-                    Ok(value) if !id.is_empty() => value,
-                    _ => {
-                        ::tracing::warn!(generated = ?id, "request id generator returned an invalid header value; using a UUID v4 instead");
-                        id = uuid::Uuid::new_v4().to_string();
-                        HeaderValue::from_str(&id).expect("a UUID is a valid header value")
-                    }
-                };
-                // A fresh id per call: never-indexed, so it does not churn the
-                // HPACK dynamic table and evict the stable headers.
-                let mut value = value;
-                value.set_sensitive(true);
-                headers.insert(names::REQUEST_ID, value);
-                id
-            }
+        let request_id: Arc<str> = match existing {
+            Some(id) => Arc::from(id),
+            // Inside a request handled behind the inbound layer: continue its id.
+            None => match crate::server::inbound_request_id()
+                .filter(|id| HeaderValue::from_str(id).is_ok())
+            {
+                Some(id) => {
+                    let value = HeaderValue::from_str(&id).expect("checked above");
+                    headers.insert(names::REQUEST_ID, value);
+                    id
+                }
+                None => {
+                    let mut id = config.generator.generate();
+                    let value = match HeaderValue::from_str(&id) {
+                        Ok(value) if !id.is_empty() => value,
+                        _ => {
+                            ::tracing::warn!(generated = ?id, "request id generator returned an invalid header value; using a UUID v4 instead");
+                            id = uuid::Uuid::new_v4().to_string();
+                            HeaderValue::from_str(&id).expect("a UUID is a valid header value")
+                        }
+                    };
+                    // A fresh id per call: never-indexed, so it does not churn the
+                    // HPACK dynamic table and evict the stable headers.
+                    let mut value = value;
+                    value.set_sensitive(true);
+                    headers.insert(names::REQUEST_ID, value);
+                    Arc::from(id)
+                }
+            },
         };
-        let state = CallState::new(Instant::now(), Arc::from(request_id));
+        let state = CallState::new(Instant::now(), request_id);
         request.extensions_mut().insert(state.clone());
         state
     }

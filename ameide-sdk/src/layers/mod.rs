@@ -84,6 +84,7 @@ pub(crate) fn status_from_error(error: BoxError) -> Status {
 
 /// Header names the layers look up on every call, parsed once.
 pub(crate) mod names {
+    #![allow(dead_code)]
     use http::HeaderName;
 
     pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");

@@ -61,11 +61,6 @@ pub struct TimeoutService<S> {
     timeout: Duration,
 }
 
-/// A deadline that an enclosing context (an inbound request) imposes on calls
-/// made while handling it; the timeout layer never exceeds it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct OuterDeadline(pub(crate) Instant);
-
 fn deadline_exceeded(timeout: Duration) -> Status {
     Status::deadline_exceeded(format!(
         "deadline exceeded: the call's {timeout:?} budget (all attempts included) ran out"
@@ -105,8 +100,9 @@ where
             })
             .unwrap_or(self.timeout);
         let mut deadline = start.checked_add(timeout).unwrap_or_else(far_future);
-        if let Some(OuterDeadline(outer)) = request.extensions().get::<OuterDeadline>() {
-            deadline = deadline.min(*outer);
+        // A call made while serving a request never outlives the caller's deadline.
+        if let Some(inbound) = crate::server::inbound_deadline() {
+            deadline = deadline.min(inbound);
         }
         match request.extensions().get::<CallState>() {
             Some(state) => state.set_deadline(deadline),

@@ -92,7 +92,7 @@ impl SemconvMode {
 }
 
 struct TracingConfig {
-    tracer: BoxedTracer,
+    tracer: Arc<BoxedTracer>,
     semconv: SemconvMode,
     session_id: Option<Arc<str>>,
     /// `baggage: ameide.session_id=…` for the configured session, built once.
@@ -139,7 +139,7 @@ impl TracingLayer {
     pub fn new() -> Self {
         TracingLayer {
             config: Arc::new(TracingConfig {
-                tracer: opentelemetry::global::tracer_with_scope(scope()),
+                tracer: Arc::new(opentelemetry::global::tracer_with_scope(scope())),
                 semconv: SemconvMode::from_env(),
                 session_id: None,
                 session_baggage: None,
@@ -155,7 +155,7 @@ impl TracingLayer {
             None => {
                 let old = &self.config;
                 let mut copy = TracingConfig {
-                    tracer: opentelemetry::global::tracer_with_scope(scope()),
+                    tracer: old.tracer.clone(),
                     semconv: old.semconv,
                     session_id: old.session_id.clone(),
                     session_baggage: old.session_baggage.clone(),
@@ -175,7 +175,9 @@ impl TracingLayer {
         T: Tracer<Span = S> + Send + Sync + 'static,
         S: opentelemetry::trace::Span + Send + Sync + 'static,
     {
-        let tracer = BoxedTracer::new(Box::new(provider.tracer_with_scope(scope())));
+        let tracer = Arc::new(BoxedTracer::new(Box::new(
+            provider.tracer_with_scope(scope()),
+        )));
         self.edit(|c| c.tracer = tracer)
     }
 
@@ -242,38 +244,8 @@ const BAGGAGE_VALUE: &AsciiSet = &CONTROLS
 impl<S> TracingService<S> {
     fn start_span(&self, request: &mut HttpRequest) -> (Context, SemconvMode) {
         let config = &self.config;
-        // Bundle methods get their names as &'static str from the method table:
-        // no allocation per attempt for the span name and the rpc.* attributes.
-        let known = ameide_proto::method(request.uri().path());
-        let (full_method, service, method): (StringValue, StringValue, StringValue) = match known {
-            Some(info) => (
-                StringValue::from(&info.path[1..]),
-                StringValue::from(info.service),
-                StringValue::from(info.method),
-            ),
-            None => {
-                let path = request.uri().path();
-                let full = path.strip_prefix('/').unwrap_or(path);
-                let (service, method) = full.split_once('/').unwrap_or((full, ""));
-                (
-                    StringValue::from(full.to_owned()),
-                    StringValue::from(service.to_owned()),
-                    StringValue::from(method.to_owned()),
-                )
-            }
-        };
         let mut attributes = Vec::with_capacity(8);
-        if config.semconv.legacy() {
-            attributes.push(KeyValue::new("rpc.system", "grpc"));
-            attributes.push(KeyValue::new("rpc.service", service));
-            if !config.semconv.stable() {
-                attributes.push(KeyValue::new("rpc.method", method));
-            }
-        }
-        if config.semconv.stable() {
-            attributes.push(KeyValue::new("rpc.system.name", "grpc"));
-            attributes.push(KeyValue::new("rpc.method", full_method.clone()));
-        }
+        let name = rpc_attributes(request.uri().path(), config.semconv, &mut attributes);
         let server = config.server.clone().or_else(|| {
             let uri = request.uri();
             uri.host().map(|h| {
@@ -303,10 +275,6 @@ impl<S> TracingService<S> {
         {
             attributes.push(KeyValue::new("ameide.request_id", id.to_owned()));
         }
-        let name: Cow<'static, str> = match known {
-            Some(info) => Cow::Borrowed(&info.path[1..]),
-            None => Cow::Owned(full_method.as_str().to_owned()),
-        };
         let parent = Context::current();
         let span = config.tracer.build_with_context(
             config
@@ -406,6 +374,48 @@ fn inject(cx: &Context, request: &mut HttpRequest, session_id: Option<Arc<str>>)
 }
 
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex, without `format!`.
+/// Pushes the `rpc.*` attributes of `path` and returns the span name
+/// (`<package>.<Service>/<Method>`). Bundle methods get their names as
+/// `&'static str` from the method table: no allocation per span.
+pub(crate) fn rpc_attributes(
+    path: &str,
+    semconv: SemconvMode,
+    attributes: &mut Vec<KeyValue>,
+) -> Cow<'static, str> {
+    let known = ameide_proto::method(path);
+    let (full_method, service, method): (StringValue, StringValue, StringValue) = match known {
+        Some(info) => (
+            StringValue::from(&info.path[1..]),
+            StringValue::from(info.service),
+            StringValue::from(info.method),
+        ),
+        None => {
+            let full = path.strip_prefix('/').unwrap_or(path);
+            let (service, method) = full.split_once('/').unwrap_or((full, ""));
+            (
+                StringValue::from(full.to_owned()),
+                StringValue::from(service.to_owned()),
+                StringValue::from(method.to_owned()),
+            )
+        }
+    };
+    if semconv.legacy() {
+        attributes.push(KeyValue::new("rpc.system", "grpc"));
+        attributes.push(KeyValue::new("rpc.service", service));
+        if !semconv.stable() {
+            attributes.push(KeyValue::new("rpc.method", method));
+        }
+    }
+    if semconv.stable() {
+        attributes.push(KeyValue::new("rpc.system.name", "grpc"));
+        attributes.push(KeyValue::new("rpc.method", full_method.clone()));
+    }
+    match known {
+        Some(info) => Cow::Borrowed(&info.path[1..]),
+        None => Cow::Owned(full_method.as_str().to_owned()),
+    }
+}
+
 fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 55] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 55];
@@ -423,7 +433,34 @@ fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 5
     out
 }
 
-fn end_span(cx: &Context, semconv: SemconvMode, code: Code, message: &str) {
+/// Which end of the call a span describes; it decides which codes mark the span as an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Any non-OK code is an error (the caller did not get what it asked for).
+    Client,
+    /// Only codes that mean the server failed (OpenTelemetry's gRPC server rule):
+    /// `UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`.
+    Server,
+}
+
+impl Side {
+    fn is_error(self, code: Code) -> bool {
+        match self {
+            Side::Client => code != Code::Ok,
+            Side::Server => matches!(
+                code,
+                Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+                    | Code::Internal
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ),
+        }
+    }
+}
+
+pub(crate) fn end_span(cx: &Context, semconv: SemconvMode, side: Side, code: Code, message: &str) {
     let span = cx.span();
     if semconv.legacy() {
         span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
@@ -437,7 +474,7 @@ fn end_span(cx: &Context, semconv: SemconvMode, code: Code, message: &str) {
             span.set_attribute(KeyValue::new("error.type", canonical_code_name(code)));
         }
     }
-    if code != Code::Ok {
+    if side.is_error(code) {
         span.set_status(SpanStatus::error(message.to_owned()));
     }
     span.end();
@@ -498,21 +535,27 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 if let Some(status) = trailers_only_status(&response) {
-                    end_span(&span, semconv, status.code(), status.message());
+                    end_span(
+                        &span,
+                        semconv,
+                        Side::Client,
+                        status.code(),
+                        status.message(),
+                    );
                     Ok(response)
                 } else {
-                    Ok(response.map(|body| {
-                        tonic::body::Body::new(SpanBody {
-                            inner: body,
-                            span: Some(span),
-                            semconv,
-                        })
-                    }))
+                    Ok(response.map(|body| SpanBody::wrap(body, span, semconv, Side::Client)))
                 }
             }
             Err(error) => {
                 let status = status_from_error(error.into());
-                end_span(&span, semconv, status.code(), status.message());
+                end_span(
+                    &span,
+                    semconv,
+                    Side::Client,
+                    status.code(),
+                    status.message(),
+                );
                 Err(Box::new(status) as BoxError)
             }
         })
@@ -521,20 +564,38 @@ where
 
 pin_project! {
     /// Ends the attempt span when the response stream ends.
-    struct SpanBody {
+    pub(crate) struct SpanBody {
         #[pin]
         inner: tonic::body::Body,
         span: Option<Context>,
         semconv: SemconvMode,
+        side: Side,
     }
 
     impl PinnedDrop for SpanBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(cx) = this.span.take() {
-                end_span(&cx, *this.semconv, Code::Cancelled, "response stream dropped before it ended");
+                end_span(&cx, *this.semconv, *this.side, Code::Cancelled, "response stream dropped before it ended");
             }
         }
+    }
+}
+
+impl SpanBody {
+    /// Wraps `body` so that `span` ends with the call's status when the stream ends.
+    pub(crate) fn wrap(
+        body: tonic::body::Body,
+        span: Context,
+        semconv: SemconvMode,
+        side: Side,
+    ) -> tonic::body::Body {
+        tonic::body::Body::new(SpanBody {
+            inner: body,
+            span: Some(span),
+            semconv,
+            side,
+        })
     }
 }
 
@@ -554,15 +615,16 @@ impl http_body::Body for SpanBody {
                     && let Some(span) = this.span.take()
                 {
                     match grpc_code(trailers) {
-                        Some(Code::Ok) => end_span(&span, *this.semconv, Code::Ok, ""),
+                        Some(Code::Ok) => end_span(&span, *this.semconv, *this.side, Code::Ok, ""),
                         Some(code) => {
                             let status = Status::from_header_map(trailers);
                             let message = status.as_ref().map_or("", |s| s.message());
-                            end_span(&span, *this.semconv, code, message)
+                            end_span(&span, *this.semconv, *this.side, code, message)
                         }
                         None => end_span(
                             &span,
                             *this.semconv,
+                            *this.side,
                             Code::Unknown,
                             "trailers without grpc-status",
                         ),
@@ -571,7 +633,13 @@ impl http_body::Body for SpanBody {
             }
             Poll::Ready(Some(Err(status))) => {
                 if let Some(span) = this.span.take() {
-                    end_span(&span, *this.semconv, status.code(), status.message());
+                    end_span(
+                        &span,
+                        *this.semconv,
+                        *this.side,
+                        status.code(),
+                        status.message(),
+                    );
                 }
             }
             Poll::Ready(None) => {
@@ -579,6 +647,7 @@ impl http_body::Body for SpanBody {
                     end_span(
                         &span,
                         *this.semconv,
+                        *this.side,
                         Code::Unknown,
                         "response stream ended without grpc-status",
                     );

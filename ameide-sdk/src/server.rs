@@ -1,0 +1,650 @@
+//! Server side: the inbound layer for tonic servers and the request context it
+//! gives handlers, so that calls made while handling a request continue it.
+//!
+//! | Inbound | Becomes | Outbound calls through [`AmeideClient`](crate::AmeideClient) made while handling |
+//! |---|---|---|
+//! | `x-request-id` (generated when absent, echoed in the response) | [`InboundContext::request_id`] | carry the same `x-request-id` (unless the call sets its own) |
+//! | `traceparent`, `tracestate` | a SERVER span, child of the caller's span | get CLIENT spans that are children of that SERVER span: same trace id |
+//! | `baggage` (`ameide.session_id`) | [`InboundContext::session_id`], the span context's baggage | carry the same baggage |
+//! | `grpc-timeout` | [`InboundContext::deadline`] | get a deadline no later than it: min(remaining inbound budget, client timeout) |
+//! | `x-tenant-id`, `x-user-id` | [`InboundContext::tenant_id`], [`InboundContext::user_id`] | **not** forwarded automatically; forward them explicitly with [`InboundContext::forward_identity`] |
+//!
+//! Why tenant and user are explicit: they decide what a call may touch.
+//! Forwarding them silently would let any upstream's claimed identity flow
+//! into every downstream call, including the service's own system calls;
+//! correlation data (request id, trace, session) and the time budget are safe
+//! to carry along and are carried automatically.
+//!
+//! A malformed `traceparent`, `tracestate`, `baggage` entry, `grpc-timeout` or
+//! `x-request-id` is ignored with a `tracing` warning: never an error, never a panic.
+//!
+//! The context travels in a tokio task-local around the handler's future (and
+//! in the request's extensions). Work spawned onto other tasks does not see
+//! it; wrap it with [`InboundContext::scope`].
+//!
+//! ```no_run
+//! use ameide_sdk::server::{InboundContext, InboundLayer};
+//! # async fn serve(agents: impl ameide_sdk::proto::agents::v1::agents_service_server::AgentsService) -> Result<(), Box<dyn std::error::Error>> {
+//! use ameide_sdk::proto::agents::v1::agents_service_server::AgentsServiceServer;
+//! ameide_sdk::tonic::transport::Server::builder()
+//!     .layer(InboundLayer::new())
+//!     .add_service(AgentsServiceServer::new(agents))
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use http::HeaderValue;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::context::{FutureExt as _, WithContext};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+    TracerProvider,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue};
+use percent_encoding::percent_decode_str;
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Instant;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use crate::call::CallOptions;
+use crate::layers::tracing::{Side, SpanBody, end_span, rpc_attributes};
+use crate::layers::{BoxError, RequestIdGenerator, SemconvMode, grpc_code, names};
+
+tokio::task_local! {
+    static INBOUND: InboundContext;
+}
+
+/// What a handler knows about the request it is serving. Cheap to clone.
+///
+/// ```
+/// # async fn handler(request: ameide_sdk::tonic::Request<()>) {
+/// use ameide_sdk::server::InboundContext;
+/// if let Some(ctx) = InboundContext::of(&request) {
+///     println!("request {} for tenant {:?}", ctx.request_id(), ctx.tenant_id());
+/// }
+/// // Or, anywhere inside the handler's task:
+/// let same = InboundContext::current();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct InboundContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    request_id: Arc<str>,
+    session_id: Option<String>,
+    deadline: Option<Instant>,
+    otel: Context,
+}
+
+impl fmt::Debug for InboundContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundContext")
+            .field("tenant_id", &self.inner.tenant_id)
+            .field("user_id", &self.inner.user_id)
+            .field("request_id", &self.inner.request_id)
+            .field("session_id", &self.inner.session_id)
+            .field("deadline", &self.inner.deadline)
+            .field("trace_id", &self.trace_id())
+            .finish()
+    }
+}
+
+impl InboundContext {
+    /// The context of the request being handled by the current task, if any.
+    pub fn current() -> Option<InboundContext> {
+        INBOUND.try_with(Clone::clone).ok()
+    }
+
+    /// The context the inbound layer attached to `request`.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&InboundContext> {
+        request.extensions().get::<InboundContext>()
+    }
+
+    /// `x-tenant-id` as received.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.inner.tenant_id.as_deref()
+    }
+
+    /// `x-user-id` as received.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+
+    /// `x-request-id` as received, or the one generated for this request.
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// `ameide.session_id` from the inbound `baggage`.
+    pub fn session_id(&self) -> Option<&str> {
+        self.inner.session_id.as_deref()
+    }
+
+    /// When the caller stops waiting (from `grpc-timeout`), if it said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// Budget left until [`deadline`](Self::deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.inner
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The OpenTelemetry context of the SERVER span (with the inbound baggage).
+    pub fn otel_context(&self) -> &Context {
+        &self.inner.otel
+    }
+
+    /// The trace this request belongs to, when it is traced.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        let span = self.inner.otel.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.trace_id())
+    }
+
+    /// Per-call options that forward the inbound tenant and user to a downstream call.
+    ///
+    /// ```
+    /// # async fn handler(client: ameide_sdk::AmeideClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// use ameide_sdk::server::InboundContext;
+    /// use ameide_sdk::proto::inference::v1::ListAgentsRequest;
+    /// if let Some(ctx) = InboundContext::current() {
+    ///     let request = ctx.forward_identity().into_request(ListAgentsRequest::default())?;
+    ///     client.inference().list_agents(request).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn forward_identity(&self) -> CallOptions {
+        let mut options = CallOptions::new();
+        if let Some(tenant) = &self.inner.tenant_id {
+            options = options.header(crate::contract::HEADER_TENANT, tenant.clone());
+        }
+        if let Some(user) = &self.inner.user_id {
+            options = options.header(crate::contract::HEADER_USER, user.clone());
+        }
+        options
+    }
+
+    /// Runs `future` as part of this request (for work spawned onto another task):
+    /// outbound calls in it continue the request as if made by the handler.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        let otel = self.inner.otel.clone();
+        INBOUND.scope(self, future.with_context(otel)).await
+    }
+}
+
+/// The inbound request id of the current task, for the client's metadata layer.
+pub(crate) fn inbound_request_id() -> Option<Arc<str>> {
+    INBOUND.try_with(|c| c.inner.request_id.clone()).ok()
+}
+
+/// The inbound deadline of the current task, for the client's timeout layer.
+pub(crate) fn inbound_deadline() -> Option<Instant> {
+    INBOUND.try_with(|c| c.inner.deadline).ok().flatten()
+}
+
+/// Reads the inbound metadata into an [`InboundContext`], starts a SERVER span,
+/// echoes `x-request-id`, and runs the handler inside that context.
+///
+/// ```
+/// use ameide_sdk::server::InboundLayer;
+/// let layer = InboundLayer::new();
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct InboundLayer {
+    config: Arc<Config>,
+}
+
+struct Config {
+    tracer: Arc<BoxedTracer>,
+    semconv: SemconvMode,
+    generator: RequestIdGenerator,
+}
+
+impl fmt::Debug for InboundLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundLayer")
+            .field("semconv", &self.config.semconv)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InboundLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("ameide-sdk")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+impl InboundLayer {
+    /// Uses the global tracer provider, `OTEL_SEMCONV_STABILITY_OPT_IN` and UUID v4 request ids.
+    pub fn new() -> Self {
+        InboundLayer {
+            config: Arc::new(Config {
+                tracer: Arc::new(opentelemetry::global::tracer_with_scope(scope())),
+                semconv: SemconvMode::from_env(),
+                generator: RequestIdGenerator::uuid_v4(),
+            }),
+        }
+    }
+
+    fn edit(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            tracer: self.config.tracer.clone(),
+            semconv: self.config.semconv,
+            generator: self.config.generator.clone(),
+        };
+        f(&mut config);
+        InboundLayer {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Creates SERVER spans with `provider` instead of the global one.
+    pub fn with_tracer_provider<P, T, S>(self, provider: &P) -> Self
+    where
+        P: TracerProvider<Tracer = T>,
+        T: Tracer<Span = S> + Send + Sync + 'static,
+        S: opentelemetry::trace::Span + Send + Sync + 'static,
+    {
+        let tracer = Arc::new(BoxedTracer::new(Box::new(
+            provider.tracer_with_scope(scope()),
+        )));
+        self.edit(|c| c.tracer = tracer)
+    }
+
+    /// Overrides the semantic-convention mode read from the environment.
+    pub fn with_semconv(self, mode: SemconvMode) -> Self {
+        self.edit(|c| c.semconv = mode)
+    }
+
+    /// Generates missing request ids with `generator`.
+    pub fn request_id_generator(self, generator: RequestIdGenerator) -> Self {
+        self.edit(|c| c.generator = generator)
+    }
+}
+
+impl<S> Layer<S> for InboundLayer {
+    type Service = InboundService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InboundService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service produced by [`InboundLayer`].
+#[derive(Clone)]
+pub struct InboundService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> fmt::Debug for InboundService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundService").finish_non_exhaustive()
+    }
+}
+
+fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
+    let value = request.headers().get(name)?;
+    match value.to_str() {
+        Ok(text) => Some(text),
+        Err(_) => {
+            ::tracing::warn!(
+                header = name,
+                "ignoring inbound header that is not visible ASCII"
+            );
+            None
+        }
+    }
+}
+
+/// Parses a W3C `traceparent` (version 00, or a later version's first 55 bytes).
+pub(crate) fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let value = value.trim();
+    if value.len() < 55 || (value.len() > 55 && value.as_bytes()[55] != b'-') {
+        return None;
+    }
+    let mut parts = value[..55].split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if version.len() != 2
+        || !lower_hex(version)
+        || version == "ff"
+        || (version == "00" && value.len() != 55)
+    {
+        return None;
+    }
+    if trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+        || !lower_hex(trace)
+        || !lower_hex(span)
+        || !lower_hex(flags)
+    {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()? & TraceFlags::SAMPLED.to_u8();
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags),
+        true,
+        TraceState::default(),
+    ))
+}
+
+/// Parses W3C `baggage` entries; malformed ones are skipped with a warning.
+fn parse_baggage(value: &str) -> Vec<KeyValue> {
+    let mut entries = Vec::new();
+    for item in value.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let member = item.split(';').next().unwrap_or_default();
+        let parsed = member.split_once('=').and_then(|(k, v)| {
+            let key = k.trim();
+            let valid_key = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            let value = percent_decode_str(v.trim()).decode_utf8().ok()?;
+            valid_key.then(|| KeyValue::new(key.to_owned(), value.into_owned()))
+        });
+        match parsed {
+            Some(kv) => entries.push(kv),
+            None => ::tracing::warn!(entry = item, "ignoring malformed inbound baggage entry"),
+        }
+    }
+    entries
+}
+
+impl<S> InboundService<S> {
+    fn start<B>(&self, request: &mut http::Request<B>) -> InboundContext {
+        let config = &self.config;
+        let now = Instant::now();
+        let tenant_id = header(request, crate::contract::HEADER_TENANT).map(str::to_owned);
+        let user_id = header(request, crate::contract::HEADER_USER).map(str::to_owned);
+
+        let received_id = header(request, crate::contract::HEADER_REQUEST_ID)
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(Arc::<str>::from);
+        let request_id = match received_id {
+            Some(id) => id,
+            None => {
+                let id = config.generator.generate();
+                match HeaderValue::from_str(&id) {
+                    Ok(value) if !id.is_empty() => {
+                        request.headers_mut().insert(names::REQUEST_ID, value);
+                    }
+                    _ => {
+                        ::tracing::warn!(generated = ?id, "request id generator returned an invalid value")
+                    }
+                }
+                Arc::from(id)
+            }
+        };
+
+        let deadline = header(request, "grpc-timeout").and_then(|value| {
+            let parsed = crate::layers::timeout::decode_grpc_timeout(value);
+            if parsed.is_none() {
+                ::tracing::warn!(value, "ignoring malformed inbound grpc-timeout");
+            }
+            parsed.and_then(|d| now.checked_add(d))
+        });
+
+        let mut parent = Context::new();
+        if let Some(value) = header(request, "traceparent") {
+            match parse_traceparent(value) {
+                Some(remote) => {
+                    let state =
+                        header(request, "tracestate").map_or_else(TraceState::default, |v| {
+                            TraceState::from_str(v).unwrap_or_else(|_| {
+                                ::tracing::warn!(
+                                    value = v,
+                                    "ignoring malformed inbound tracestate"
+                                );
+                                TraceState::default()
+                            })
+                        });
+                    let remote = SpanContext::new(
+                        remote.trace_id(),
+                        remote.span_id(),
+                        remote.trace_flags(),
+                        true,
+                        state,
+                    );
+                    parent = parent.with_remote_span_context(remote);
+                }
+                None => ::tracing::warn!(value, "ignoring malformed inbound traceparent"),
+            }
+        }
+        let baggage = header(request, "baggage")
+            .map(parse_baggage)
+            .unwrap_or_default();
+        let session_id = baggage
+            .iter()
+            .find(|kv| kv.key.as_str() == crate::contract::SESSION_BAGGAGE_KEY)
+            .map(|kv| kv.value.as_str().into_owned());
+        if !baggage.is_empty() {
+            parent = parent.with_baggage(baggage);
+        }
+
+        let mut attributes = Vec::with_capacity(6);
+        let name = rpc_attributes(request.uri().path(), config.semconv, &mut attributes);
+        attributes.push(KeyValue::new(
+            "ameide.request_id",
+            StringValue::from(request_id.clone()),
+        ));
+        let span = config.tracer.build_with_context(
+            config
+                .tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Server)
+                .with_attributes(attributes),
+            &parent,
+        );
+        let otel = parent.with_span(span);
+        InboundContext {
+            inner: Arc::new(Inner {
+                tenant_id,
+                user_id,
+                request_id,
+                session_id,
+                deadline,
+                otel,
+            }),
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for InboundService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = InboundFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let context = self.start(&mut request);
+        request.extensions_mut().insert(context.clone());
+        let otel = context.inner.otel.clone();
+        let echo = HeaderValue::from_str(&context.inner.request_id).ok();
+        let future = INBOUND.scope(context, self.inner.call(request).with_context(otel.clone()));
+        InboundFuture {
+            inner: future,
+            span: Some(otel),
+            echo,
+            semconv: self.config.semconv,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`InboundService`].
+    pub struct InboundFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<InboundContext, WithContext<F>>,
+        span: Option<Context>,
+        echo: Option<HeaderValue>,
+        semconv: SemconvMode,
+    }
+}
+
+impl<F, ResBody, E> Future for InboundFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Result<http::Response<tonic::body::Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return Poll::Pending,
+        };
+        let span = this.span.take();
+        let semconv = *this.semconv;
+        Poll::Ready(match result {
+            Ok(response) => {
+                let mut response = response.map(tonic::body::Body::new);
+                if let Some(echo) = this.echo.take() {
+                    response
+                        .headers_mut()
+                        .entry(names::REQUEST_ID)
+                        .or_insert(echo);
+                }
+                let Some(span) = span else {
+                    return Poll::Ready(Ok(response));
+                };
+                match grpc_code(response.headers()) {
+                    Some(code) => {
+                        let message = response
+                            .headers()
+                            .get("grpc-message")
+                            .map(|m| {
+                                percent_decode_str(m.to_str().unwrap_or_default())
+                                    .decode_utf8_lossy()
+                                    .into_owned()
+                            })
+                            .unwrap_or_default();
+                        end_span(&span, semconv, Side::Server, code, &message);
+                        Ok(response)
+                    }
+                    None => {
+                        Ok(response.map(|body| SpanBody::wrap(body, span, semconv, Side::Server)))
+                    }
+                }
+            }
+            Err(error) => {
+                if let Some(span) = span {
+                    end_span(
+                        &span,
+                        semconv,
+                        Side::Server,
+                        Code::Unknown,
+                        "the service failed",
+                    );
+                }
+                Err(error)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing_accepts_valid_and_rejects_malformed() {
+        let sc =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra")
+                .is_some()
+        );
+        for bad in [
+            "",
+            "garbage",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b71692033zz-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn baggage_parsing_decodes_values_and_skips_malformed_entries() {
+        let entries =
+            parse_baggage("ameide.session_id=s%201;prop=x, team=core , =nokey, bad key=1, novalue");
+        let pairs: Vec<(String, String)> = entries
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("ameide.session_id".to_string(), "s 1".to_string()),
+                ("team".to_string(), "core".to_string())
+            ]
+        );
+    }
+}
