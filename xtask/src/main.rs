@@ -6,7 +6,14 @@
 //! | `manifest --check` | fails with a diff when the committed manifest is stale, or the roster and bundle disagree |
 //! | `buf-lint` | runs `buf lint` on the bundle (installs `@bufbuild/buf` from npm into `.cache/buf` on first use) |
 //! | `bench [--smoke] [args…]` | unary throughput of raw tonic vs `AmeideClient` (release build); `--smoke` runs a short debug pass that proves the harness works |
-//! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, buf lint, bench smoke |
+//! | `policy` | the guardrails of contract §7 as named checks (see `xtask::policy`) |
+//! | `buf-breaking [--against REV]` | `buf breaking` of the bundle against the bundle at `REV` (default `HEAD~1`), from local git history |
+//! | `version` | the version from git tags (see `xtask::version`); written to `target/version.txt` and `$GITHUB_OUTPUT` |
+//! | `package-smoke` | packages the publishable crates, unpacks them and builds and runs a throwaway consumer against the unpacked packages |
+//! | `sync-proto <dir>` | replaces the bundle with a buf module directory, refusing unwired services or lint findings, and regenerates the manifest |
+//! | `deny` | `cargo deny check bans licenses sources` with `deny.toml` (cargo-deny installed into the tools cache on first use) |
+//! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
+//! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke |
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -25,6 +32,14 @@ fn main() -> ExitCode {
         ["manifest", "--check"] => manifest(true),
         ["buf-lint"] => buf_lint(),
         ["ci"] => ci(),
+        ["policy"] => policy(),
+        ["buf-breaking"] => buf_breaking("HEAD~1"),
+        ["buf-breaking", "--against", rev] => buf_breaking(rev),
+        ["version"] => version().map(|_| ()),
+        ["package-smoke"] => package_smoke(),
+        ["sync-proto", source] => sync_proto(Path::new(source)),
+        ["deny"] => deny(),
+        ["release", "--dry-run"] => release_dry_run(),
         ["bench", rest @ ..] => bench(rest),
         [] | ["help"] | ["--help"] | ["-h"] => {
             print_help();
@@ -50,7 +65,14 @@ fn print_help() {
          manifest --check    fail with a diff when the manifest is stale or unwired\n\
          buf-lint            buf lint the proto bundle (installs buf from npm into .cache/buf)\n\
          bench [--smoke] [args]  unary calls/s: raw tonic vs AmeideClient (release build; see bench/)\n\
-         ci                  fmt, clippy, tests, manifest --check, buf-lint, bench --smoke"
+         policy              guardrails: proto deps, build-script codegen, patch/git, lockfile, manifest, lint\n\
+         buf-breaking [--against REV]  buf breaking against the bundle at REV (default HEAD~1)\n\
+         version             version from git tags (release on vX.Y.Z, dev build otherwise)\n\
+         package-smoke       cargo package, unpack, build and run a throwaway consumer\n\
+         sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
+         deny                cargo deny check bans licenses sources\n\
+         release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
+         ci                  everything CI runs"
     );
 }
 
@@ -243,6 +265,10 @@ fn ci() -> Result<(), String> {
         ),
         ("manifest --check", Box::new(|| manifest(true))),
         ("buf-lint", Box::new(buf_lint)),
+        ("policy", Box::new(policy)),
+        ("buf-breaking", Box::new(|| buf_breaking("HEAD~1"))),
+        ("package-smoke", Box::new(package_smoke)),
+        ("deny", Box::new(deny)),
         ("bench --smoke", Box::new(|| bench(&["--smoke"]))),
     ];
     let started = Instant::now();
@@ -288,4 +314,551 @@ fn run(command: &mut Command, what: &str) -> Result<(), String> {
     } else {
         Err(format!("{what} exited with {status}"))
     }
+}
+
+fn policy() -> Result<(), String> {
+    let root = workspace_root();
+    let mut findings = xtask::policy::check_sources(&root)?;
+    let cargo_bin = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+    findings.extend(xtask::policy::check_locked(&root, &cargo_bin));
+    let inputs = proto_inputs()?;
+    if let Err(e) = inputs.check_wiring() {
+        findings.push(xtask::policy::Finding {
+            check: "manifest-fresh",
+            file: root.join(ameide_build::ROSTER_PATH),
+            line: None,
+            message: e.to_string(),
+        });
+    }
+    if let Err(diff) = inputs.check_manifest() {
+        findings.push(xtask::policy::Finding {
+            check: "manifest-fresh",
+            file: inputs.manifest_path(),
+            line: None,
+            message: diff,
+        });
+    }
+    if let Err(e) = buf_lint() {
+        findings.push(xtask::policy::Finding {
+            check: "bundle-lint",
+            file: root.join("ameide-proto/buf.yaml"),
+            line: None,
+            message: format!("buf lint reports findings (printed above): {e}"),
+        });
+    }
+    if findings.is_empty() {
+        println!(
+            "policy: all checks pass (proto-dependency, build-script-codegen, patch-or-git, lockfile, manifest-fresh, bundle-lint)"
+        );
+        return Ok(());
+    }
+    for finding in &findings {
+        eprintln!("{finding}");
+    }
+    Err(format!("{} policy finding(s)", findings.len()))
+}
+
+/// `buf breaking` against the bundle at `rev`, taken from local git history.
+/// A finding in package `<domain>.vN` is accepted when the change adds the
+/// major version `<domain>.v(N+1)`: that is the sanctioned way to break.
+fn buf_breaking(rev: &str) -> Result<(), String> {
+    let root = workspace_root();
+    if xtask::git(
+        &root,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .is_err()
+    {
+        println!("buf-breaking: no commit {rev} in this clone; nothing to compare against");
+        return Ok(());
+    }
+    let listed = xtask::git(
+        &root,
+        &[
+            "ls-tree",
+            "-r",
+            "--name-only",
+            rev,
+            "ameide-proto/proto",
+            "ameide-proto/buf.yaml",
+        ],
+    )?;
+    if !listed.lines().any(|l| l.ends_with(".proto")) {
+        println!("buf-breaking: {rev} has no bundle; nothing to compare against");
+        return Ok(());
+    }
+    let against = std::env::temp_dir().join(format!("ameide-buf-against-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&against);
+    for path in listed.lines() {
+        let content = Command::new("git")
+            .args(["show", &format!("{rev}:{path}")])
+            .current_dir(&root)
+            .output()
+            .map_err(|e| format!("cannot run git show: {e}"))?;
+        if !content.status.success() {
+            return Err(format!("git show {rev}:{path} failed"));
+        }
+        let target = against.join(path);
+        std::fs::create_dir_all(target.parent().expect("a file path has a parent"))
+            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        std::fs::write(&target, content.stdout)
+            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    }
+    let buf = buf_binary()?;
+    let output = Command::new(buf)
+        .arg("breaking")
+        .arg("ameide-proto")
+        .arg("--against")
+        .arg(against.join("ameide-proto"))
+        .current_dir(&root)
+        .output()
+        .map_err(|e| format!("cannot run buf breaking: {e}"))?;
+    let findings = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let previous_dirs: Vec<String> = listed.lines().filter_map(version_dir).collect();
+    let _ = std::fs::remove_dir_all(&against);
+    if output.status.success() {
+        println!("buf-breaking: no breaking changes against {rev}");
+        return Ok(());
+    }
+    let current = ameide_build::Bundle::compile(&root.join("ameide-proto/proto"))
+        .map_err(|e| e.to_string())?;
+    let current_dirs: Vec<String> = current
+        .files()
+        .iter()
+        .filter_map(|f| version_dir(&format!("ameide-proto/proto/{f}")))
+        .collect();
+    let bumped = |line: &str| {
+        let file = line.split(':').next().unwrap_or_default();
+        let Some(dir) = version_dir(&format!(
+            "ameide-proto/proto/{}",
+            file.trim_start_matches("proto/")
+        )) else {
+            return false;
+        };
+        let Some((domain, major)) = dir
+            .rsplit_once("/v")
+            .and_then(|(d, v)| Some((d.to_owned(), v.parse::<u64>().ok()?)))
+        else {
+            return false;
+        };
+        let next = format!("{domain}/v{}", major + 1);
+        current_dirs.contains(&next) && !previous_dirs.contains(&next)
+    };
+    let lines: Vec<&str> = findings.lines().filter(|l| !l.trim().is_empty()).collect();
+    if !lines.is_empty() && lines.iter().all(|l| bumped(l)) {
+        println!(
+            "buf-breaking: breaking changes against {rev} are covered by a major-version package bump:\n{findings}"
+        );
+        return Ok(());
+    }
+    eprintln!("{findings}");
+    Err(format!(
+        "buf breaking found breaking changes against {rev}: add a new major version package (…/v2) instead of changing v1"
+    ))
+}
+
+/// `ameide-proto/proto/ameide_core_proto/<domain>/vN/x.proto` → `ameide_core_proto/<domain>/vN`.
+fn version_dir(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("ameide-proto/proto/")?;
+    let dir = rest.rsplit_once('/')?.0;
+    let last = dir.rsplit('/').next()?;
+    (last.starts_with('v') && last[1..].bytes().all(|b| b.is_ascii_digit()) && last.len() > 1)
+        .then(|| dir.to_owned())
+}
+
+fn version() -> Result<String, String> {
+    let root = workspace_root();
+    let computed = xtask::version::compute(&root)?;
+    let version = computed.version();
+    println!(
+        "{version}{}",
+        if computed.is_release() {
+            " (release)"
+        } else {
+            " (dev build)"
+        }
+    );
+    let file = root.join("target").join("version.txt");
+    std::fs::create_dir_all(file.parent().expect("target/ has a parent"))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&file, format!("{version}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    if let Some(output) = std::env::var_os("GITHUB_OUTPUT") {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&output)
+            .map_err(|e| format!("cannot open $GITHUB_OUTPUT: {e}"))?;
+        writeln!(f, "version={version}\nrelease={}", computed.is_release())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(version)
+}
+
+/// The crates that are published, in dependency order.
+const PUBLISHED: &[&str] = &["ameide-build", "ameide-proto", "ameide-sdk"];
+
+/// `cargo package` the publishable crates (verifying each builds from its
+/// package alone), unpack them, and build and run a throwaway consumer whose
+/// only view of our crates is the unpacked packages.
+fn package_smoke() -> Result<(), String> {
+    let root = workspace_root();
+    package_crates(&root, &root)?;
+    let work = root.join("target").join("package-smoke");
+    let _ = std::fs::remove_dir_all(&work);
+    let unpacked = work.join("unpacked");
+    std::fs::create_dir_all(&unpacked).map_err(|e| e.to_string())?;
+    let version = env!("CARGO_PKG_VERSION");
+    for krate in PUBLISHED {
+        let file = root
+            .join("target/package")
+            .join(format!("{krate}-{version}.crate"));
+        run(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(&file)
+                .arg("-C")
+                .arg(&unpacked),
+            &format!("unpack {krate}"),
+        )?;
+        let listing = Command::new("tar")
+            .arg("-tzf")
+            .arg(&file)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let required: &[&str] = match *krate {
+            "ameide-proto" => &[
+                "build.rs",
+                "buf.yaml",
+                "manifest/roster.json",
+                "manifest/ameide-client.json",
+                "proto/ameide_core_proto/graph/v1/graph.proto",
+            ],
+            "ameide-build" => &["src/lib.rs"],
+            _ => &["src/lib.rs"],
+        };
+        for needed in required {
+            if !listing.lines().any(|l| l.ends_with(needed)) {
+                return Err(format!("the {krate} package misses {needed}"));
+            }
+        }
+    }
+    let consumer = work.join("consumer");
+    std::fs::create_dir_all(consumer.join("src")).map_err(|e| e.to_string())?;
+    let dir = |k: &str| {
+        unpacked
+            .join(format!("{k}-{version}"))
+            .display()
+            .to_string()
+    };
+    std::fs::write(
+        consumer.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"ameide-consumer-smoke\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
+             [dependencies]\nameide-sdk = {{ path = {sdk:?}, features = [\"testkit\"] }}\n\
+             tokio = {{ version = \"1\", features = [\"rt-multi-thread\", \"macros\"] }}\n\n\
+             # Our other crates as a registry consumer would get them: from their packages.\n\
+             [patch.crates-io]\nameide-proto = {{ path = {proto:?} }}\nameide-build = {{ path = {build:?} }}\n\n[workspace]\n",
+            sdk = dir("ameide-sdk"),
+            proto = dir("ameide-proto"),
+            build = dir("ameide-build"),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(consumer.join("src/main.rs"), CONSUMER_MAIN).map_err(|e| e.to_string())?;
+    // Reuse the workspace's lockfile versions and build cache; --offline proves
+    // nothing of ours is fetched from a registry.
+    std::fs::copy(root.join("Cargo.lock"), consumer.join("Cargo.lock"))
+        .map_err(|e| e.to_string())?;
+    run(
+        cargo()
+            .args(["run", "--offline", "--quiet"])
+            .env("CARGO_TARGET_DIR", root.join("target"))
+            .current_dir(&consumer),
+        "the package-smoke consumer",
+    )?;
+    println!("package-smoke: the packaged crates build and work for a registry consumer");
+    Ok(())
+}
+
+/// Packages the publishable crates of the workspace at `dir` (verifying
+/// each), writing `.crate` files under `root/target/package`.
+fn package_crates(dir: &Path, root: &Path) -> Result<(), String> {
+    let mut command = cargo();
+    command
+        .arg("package")
+        .arg("--locked")
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", root.join("target"));
+    if dir != root {
+        command.arg("--allow-dirty");
+    }
+    for krate in PUBLISHED {
+        command.args(["-p", krate]);
+    }
+    if xtask::git(dir, &["status", "--porcelain"]).is_ok_and(|s| !s.is_empty()) {
+        command.arg("--allow-dirty");
+    }
+    run(&mut command, "cargo package")
+}
+
+const CONSUMER_MAIN: &str = r#"//! Built by `cargo xtask package-smoke` against the unpacked packages.
+use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
+use ameide_sdk::testkit::{serve_tcp, MockServer, Reply};
+use ameide_sdk::{AmeideClient, IntoAmeideResult};
+
+#[tokio::main]
+async fn main() {
+    let server = MockServer::new();
+    let path = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+    server.push(path, Reply::status(ameide_sdk::tonic::Status::unavailable("warming up")));
+    let addr = serve_tcp(server.clone()).await.expect("loopback server");
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .tenant_id("smoke-tenant")
+        .build()
+        .expect("client");
+    let response = client.graph().list_repositories(ListRepositoriesRequest::default()).await.into_ameide().expect("call");
+    let attempts = server.attempts_for(path);
+    assert_eq!(attempts.len(), 2, "retried once");
+    assert_eq!(attempts[1].header("x-tenant-id"), Some("smoke-tenant"));
+    assert_eq!(ameide_sdk::methods::ROSTER.len(), 15, "the packaged bundle has the whole roster");
+    assert!(!ameide_sdk::proto::DESCRIPTOR_SET.is_empty());
+    println!("consumer: {} repositories after {} attempts via the packaged ameide-sdk",
+        response.get_ref().repositories.len(), attempts.len());
+}
+"#;
+
+/// Replaces the bundle with the `.proto` files of a buf module directory.
+fn sync_proto(source: &Path) -> Result<(), String> {
+    let root = workspace_root();
+    if !source.is_dir() {
+        return Err(format!(
+            "{} is not a directory: give a buf module directory (the one holding buf.yaml and the ameide_core_proto/ tree). \
+             Descriptor-set images carry no source text to commit as a bundle; export the module with `buf export <input> -o <dir>` first",
+            source.display()
+        ));
+    }
+    let crate_dir = root.join("ameide-proto");
+    let staging = std::env::temp_dir().join(format!("ameide-sync-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    for sub in ["manifest"] {
+        copy_tree(&crate_dir.join(sub), &staging.join(sub))?;
+    }
+    std::fs::copy(crate_dir.join("buf.yaml"), staging.join("buf.yaml"))
+        .map_err(|e| e.to_string())?;
+    let module_root = if source.join("proto").join("ameide_core_proto").is_dir() {
+        source.join("proto")
+    } else {
+        source.to_owned()
+    };
+    copy_protos(&module_root, &staging.join("proto"))?;
+    let inputs = ameide_build::Inputs::load(&staging)
+        .map_err(|e| format!("the new bundle does not compile: {e}"))?;
+    if let Err(e) = inputs.check_wiring() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(format!("refusing to sync: {e}"));
+    }
+    let buf = buf_binary()?;
+    let lint = Command::new(buf)
+        .arg("lint")
+        .current_dir(&staging)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !lint.status.success() {
+        let findings = String::from_utf8_lossy(&lint.stdout).into_owned();
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(format!(
+            "refusing to sync: buf lint reports findings in the new bundle:\n{findings}"
+        ));
+    }
+    let _ = std::fs::remove_dir_all(crate_dir.join("proto"));
+    copy_tree(&staging.join("proto"), &crate_dir.join("proto"))?;
+    let _ = std::fs::remove_dir_all(&staging);
+    manifest(false)?;
+    println!(
+        "sync-proto: bundle replaced from {}; review `git diff`, then build",
+        source.display()
+    );
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    for entry in
+        std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?
+    {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .map_err(|e| format!("cannot copy {}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_protos(from: &Path, to: &Path) -> Result<(), String> {
+    for entry in
+        std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?
+    {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path();
+        if path.is_dir() {
+            copy_protos(&path, &to.join(entry.file_name()))?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+            std::fs::copy(&path, to.join(entry.file_name())).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Where cargo-installed tools live: outside the clone, so CI on the same
+/// machine installs them once.
+fn tools_root() -> PathBuf {
+    std::env::var_os("AMEIDE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("ameide-sdk/tools"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ameide-sdk/tools"))
+        })
+        .unwrap_or_else(|| workspace_root().join(".cache/tools"))
+}
+
+/// A cargo-installed tool at a pinned version, installed from crates.io when missing.
+fn cargo_tool(krate: &str, binary: &str, version: &str) -> Result<PathBuf, String> {
+    let root = tools_root();
+    let bin = root.join("bin").join(binary);
+    let current = Command::new(&bin).arg("--version").output();
+    if current
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
+    {
+        return Ok(bin);
+    }
+    println!(
+        "installing {krate} {version} into {} (once per machine)",
+        root.display()
+    );
+    run(
+        cargo()
+            .args([
+                "install",
+                "--locked",
+                "--quiet",
+                krate,
+                "--version",
+                version,
+                "--root",
+            ])
+            .arg(&root),
+        &format!("cargo install {krate}"),
+    )?;
+    Ok(bin)
+}
+
+/// The cargo-deny release the dependency policy runs.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+/// The cargo-cyclonedx release that writes the SBOM.
+const CARGO_CYCLONEDX_VERSION: &str = "0.5.9";
+
+fn deny() -> Result<(), String> {
+    let tool = cargo_tool("cargo-deny", "cargo-deny", CARGO_DENY_VERSION)?;
+    run(
+        Command::new(tool)
+            .args(["--offline", "check", "bans", "licenses", "sources"])
+            .current_dir(workspace_root()),
+        "cargo deny check bans licenses sources",
+    )?;
+    println!(
+        "deny: bans, licenses and sources pass (advisories need the online database; see README)"
+    );
+    Ok(())
+}
+
+/// Everything a release does but publishing: the version, a stamped copy of
+/// the workspace (the source tree keeps its one version), packages from the
+/// copy, and a CycloneDX SBOM per published crate.
+fn release_dry_run() -> Result<(), String> {
+    let root = workspace_root();
+    let version = version()?;
+    let out = root.join("target").join("release-dry-run");
+    let _ = std::fs::remove_dir_all(&out);
+    let copy = out.join("workspace");
+    let tracked = xtask::git(&root, &["ls-files"])?;
+    for file in tracked.lines() {
+        let target = copy.join(file);
+        std::fs::create_dir_all(target.parent().expect("a file has a parent"))
+            .map_err(|e| e.to_string())?;
+        std::fs::copy(root.join(file), &target).map_err(|e| format!("cannot copy {file}: {e}"))?;
+    }
+    let manifest_path = copy.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| e.to_string())?;
+    let current = env!("CARGO_PKG_VERSION");
+    let stamped = xtask::version::stamp_workspace_manifest(&text, current, &version)?;
+    std::fs::write(&manifest_path, stamped).map_err(|e| e.to_string())?;
+    run(
+        cargo()
+            .args(["update", "--offline", "--workspace", "--quiet"])
+            .current_dir(&copy),
+        "cargo update (stamped copy)",
+    )?;
+    let mut package = cargo();
+    package
+        .args(["package", "--offline", "--allow-dirty", "--no-verify"])
+        .env("CARGO_TARGET_DIR", out.join("target"))
+        .current_dir(&copy);
+    for krate in PUBLISHED {
+        package.args(["-p", krate]);
+    }
+    run(&mut package, "cargo package (stamped copy)")?;
+    let cyclonedx = cargo_tool(
+        "cargo-cyclonedx",
+        "cargo-cyclonedx",
+        CARGO_CYCLONEDX_VERSION,
+    )?;
+    run(
+        Command::new(cyclonedx)
+            .args(["cyclonedx", "--format", "json", "--spec-version", "1.5"])
+            .current_dir(&copy),
+        "cargo cyclonedx",
+    )?;
+    let sbom_dir = out.join("sbom");
+    std::fs::create_dir_all(&sbom_dir).map_err(|e| e.to_string())?;
+    for krate in PUBLISHED {
+        let dir = copy.join(match *krate {
+            "ameide-build" => "build-tools",
+            other => other,
+        });
+        let produced = std::fs::read_dir(&dir)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".cdx.json"))
+            .ok_or_else(|| format!("cargo cyclonedx wrote no SBOM for {krate}"))?;
+        std::fs::copy(
+            &produced,
+            sbom_dir.join(format!("{krate}-{version}.cdx.json")),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    println!(
+        "release --dry-run: version {version}; packages in {}; SBOMs in {}; would publish, in order: {}",
+        out.join("target/package").display(),
+        sbom_dir.display(),
+        PUBLISHED.join(" → ")
+    );
+    Ok(())
 }
