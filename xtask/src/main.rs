@@ -650,9 +650,7 @@ fn sync_proto(source: &Path) -> Result<(), String> {
     let crate_dir = root.join("ameide-proto");
     let staging = std::env::temp_dir().join(format!("ameide-sync-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    for sub in ["manifest"] {
-        copy_tree(&crate_dir.join(sub), &staging.join(sub))?;
-    }
+    copy_tree(&crate_dir.join("manifest"), &staging.join("manifest"))?;
     std::fs::copy(crate_dir.join("buf.yaml"), staging.join("buf.yaml"))
         .map_err(|e| e.to_string())?;
     let module_root = if source.join("proto").join("ameide_core_proto").is_dir() {
