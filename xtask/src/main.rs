@@ -435,10 +435,8 @@ fn buf_breaking(rev: &str) -> Result<(), String> {
         .collect();
     let bumped = |line: &str| {
         let file = line.split(':').next().unwrap_or_default();
-        let Some(dir) = version_dir(&format!(
-            "ameide-proto/proto/{}",
-            file.trim_start_matches("proto/")
-        )) else {
+        // buf names files from the workspace root: ameide-proto/proto/….
+        let Some(dir) = version_dir(file) else {
             return false;
         };
         let Some((domain, major)) = dir
