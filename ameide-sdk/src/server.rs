@@ -50,7 +50,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
     TracerProvider,
 };
-use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use percent_encoding::percent_decode_str;
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
@@ -59,7 +59,9 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::call::CallOptions;
-use crate::layers::tracing::{Side, SpanBody, end_span, rpc_attributes};
+use crate::layers::tracing::{
+    Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
+};
 use crate::layers::{BoxError, RequestIdGenerator, SemconvMode, grpc_code, names};
 
 tokio::task_local! {
@@ -234,18 +236,12 @@ impl Default for InboundLayer {
     }
 }
 
-fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("ameide-sdk")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
-}
-
 impl InboundLayer {
     /// Uses the global tracer provider, `OTEL_SEMCONV_STABILITY_OPT_IN` and UUID v4 request ids.
     pub fn new() -> Self {
         InboundLayer {
             config: Arc::new(Config {
-                tracer: Arc::new(opentelemetry::global::tracer_with_scope(scope())),
+                tracer: global_tracer(),
                 semconv: SemconvMode::from_env(),
                 generator: RequestIdGenerator::uuid_v4(),
             }),
@@ -271,9 +267,7 @@ impl InboundLayer {
         T: Tracer<Span = S> + Send + Sync + 'static,
         S: opentelemetry::trace::Span + Send + Sync + 'static,
     {
-        let tracer = Arc::new(BoxedTracer::new(Box::new(
-            provider.tracer_with_scope(scope()),
-        )));
+        let tracer = provider_tracer(provider);
         self.edit(|c| c.tracer = tracer)
     }
 

@@ -26,6 +26,28 @@ use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+/// The measured client: every layer on, tracing into `provider` unless
+/// `AMEIDE_BENCH_VARIANT` contains `notrace`; no retry with `noretry`.
+fn sdk_client(
+    endpoint: &str,
+    provider: &SdkTracerProvider,
+) -> Result<AmeideClient, ameide_sdk::ConfigError> {
+    let variant = std::env::var("AMEIDE_BENCH_VARIANT").unwrap_or_default();
+    let mut builder = AmeideClient::builder()
+        .endpoint(endpoint)
+        .tenant_id("bench-tenant")
+        .user_id("bench-user")
+        .session_id("bench-session")
+        .bearer_token("bench-token");
+    if !variant.contains("notrace") {
+        builder = builder.tracer_provider(provider);
+    }
+    if variant.contains("noretry") {
+        builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
+    }
+    builder.build()
+}
+
 struct Echo;
 
 #[tonic::async_trait]
@@ -298,20 +320,7 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         let channel = Endpoint::from_shared(endpoint.clone())?.tcp_nodelay(true).connect().await?;
         let raw_headers = Client::RawHeaders(GraphServiceClient::new(channel));
         let provider = SdkTracerProvider::builder().with_simple_exporter(NoopExporter).build();
-        let variant = std::env::var("AMEIDE_BENCH_VARIANT").unwrap_or_default();
-        let mut builder = AmeideClient::builder()
-            .endpoint(endpoint.clone())
-            .tenant_id("bench-tenant")
-            .user_id("bench-user")
-            .session_id("bench-session")
-            .bearer_token("bench-token");
-        if !variant.contains("notrace") {
-            builder = builder.tracer_provider(&provider);
-        }
-        if variant.contains("noretry") {
-            builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
-        }
-        let sdk = Client::Sdk(builder.build()?.graph());
+        let sdk = Client::Sdk(sdk_client(&endpoint, &provider)?.graph());
         let clients = [("raw", raw), ("raw+headers", raw_headers), ("sdk", sdk)];
         // Connect every client before measuring.
         for (_, client) in &clients {
@@ -419,20 +428,7 @@ fn count(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 let provider = SdkTracerProvider::builder()
                     .with_simple_exporter(NoopExporter)
                     .build();
-                let variant = std::env::var("AMEIDE_BENCH_VARIANT").unwrap_or_default();
-                let mut builder = AmeideClient::builder()
-                    .endpoint(endpoint.clone())
-                    .tenant_id("bench-tenant")
-                    .user_id("bench-user")
-                    .session_id("bench-session")
-                    .bearer_token("bench-token");
-                if !variant.contains("notrace") {
-                    builder = builder.tracer_provider(&provider);
-                }
-                if variant.contains("noretry") {
-                    builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
-                }
-                Client::Sdk(builder.build()?.graph())
+                Client::Sdk(sdk_client(&endpoint, &provider)?.graph())
             }
         };
         client.clone().call(0).await?;

@@ -134,12 +134,29 @@ fn scope() -> InstrumentationScope {
         .build()
 }
 
+/// The SDK's tracer from the global provider (client and server spans alike).
+pub(crate) fn global_tracer() -> Arc<BoxedTracer> {
+    Arc::new(opentelemetry::global::tracer_with_scope(scope()))
+}
+
+/// The SDK's tracer from an explicit provider.
+pub(crate) fn provider_tracer<P, T, S>(provider: &P) -> Arc<BoxedTracer>
+where
+    P: TracerProvider<Tracer = T>,
+    T: Tracer<Span = S> + Send + Sync + 'static,
+    S: opentelemetry::trace::Span + Send + Sync + 'static,
+{
+    Arc::new(BoxedTracer::new(Box::new(
+        provider.tracer_with_scope(scope()),
+    )))
+}
+
 impl TracingLayer {
     /// Uses the global tracer provider and `OTEL_SEMCONV_STABILITY_OPT_IN`.
     pub fn new() -> Self {
         TracingLayer {
             config: Arc::new(TracingConfig {
-                tracer: Arc::new(opentelemetry::global::tracer_with_scope(scope())),
+                tracer: global_tracer(),
                 semconv: SemconvMode::from_env(),
                 session_id: None,
                 session_baggage: None,
@@ -175,9 +192,7 @@ impl TracingLayer {
         T: Tracer<Span = S> + Send + Sync + 'static,
         S: opentelemetry::trace::Span + Send + Sync + 'static,
     {
-        let tracer = Arc::new(BoxedTracer::new(Box::new(
-            provider.tracer_with_scope(scope()),
-        )));
+        let tracer = provider_tracer(provider);
         self.edit(|c| c.tracer = tracer)
     }
 
