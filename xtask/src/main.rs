@@ -21,9 +21,6 @@ use std::time::Instant;
 
 use ameide_build::Inputs;
 
-/// The `@bufbuild/buf` release the lint gate runs; bump deliberately.
-const BUF_VERSION: &str = "1.75.0";
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -118,46 +115,20 @@ fn manifest(check: bool) -> Result<(), String> {
 
 /// Path of the project-local `buf` binary, installing it from npm when missing.
 fn buf_binary() -> Result<PathBuf, String> {
-    let cache = workspace_root().join(".cache").join("buf");
-    let bin = cache.join("node_modules").join(".bin").join("buf");
-    let installed = Command::new(&bin).arg("--version").output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == BUF_VERSION
-    });
-    if !installed {
-        std::fs::create_dir_all(&cache)
-            .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-        println!(
-            "installing @bufbuild/buf@{BUF_VERSION} into {}",
-            cache.display()
-        );
-        run(
-            Command::new("npm")
-                .args([
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-save",
-                    "--loglevel=error",
-                    "--prefix",
-                ])
-                .arg(&cache)
-                .arg(format!("@bufbuild/buf@{BUF_VERSION}")),
-            "npm install @bufbuild/buf",
-        )?;
-    }
-    Ok(bin)
+    xtask::buf::binary(&workspace_root())
 }
 
 fn buf_lint() -> Result<(), String> {
-    let buf = buf_binary()?;
-    run(
-        Command::new(buf)
-            .arg("lint")
-            .current_dir(workspace_root().join("ameide-proto")),
-        "buf lint",
-    )?;
-    println!("buf lint: no findings");
-    Ok(())
+    match xtask::policy::check_bundle_lint(&workspace_root().join("ameide-proto"), &buf_binary()?) {
+        None => {
+            println!("buf lint: no findings");
+            Ok(())
+        }
+        Some(finding) => {
+            eprintln!("{finding}");
+            Err("buf lint reports findings".into())
+        }
+    }
 }
 
 /// Builds and runs `ameide-bench run`. Reports, never gates: timing is not
@@ -321,31 +292,13 @@ fn policy() -> Result<(), String> {
     let mut findings = xtask::policy::check_sources(&root)?;
     let cargo_bin = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
     findings.extend(xtask::policy::check_locked(&root, &cargo_bin));
-    let inputs = proto_inputs()?;
-    if let Err(e) = inputs.check_wiring() {
-        findings.push(xtask::policy::Finding {
-            check: "manifest-fresh",
-            file: root.join(ameide_build::ROSTER_PATH),
-            line: None,
-            message: e.to_string(),
-        });
-    }
-    if let Err(diff) = inputs.check_manifest() {
-        findings.push(xtask::policy::Finding {
-            check: "manifest-fresh",
-            file: inputs.manifest_path(),
-            line: None,
-            message: diff,
-        });
-    }
-    if let Err(e) = buf_lint() {
-        findings.push(xtask::policy::Finding {
-            check: "bundle-lint",
-            file: root.join("ameide-proto/buf.yaml"),
-            line: None,
-            message: format!("buf lint reports findings (printed above): {e}"),
-        });
-    }
+    findings.extend(xtask::policy::check_manifest_fresh(
+        &root.join("ameide-proto"),
+    ));
+    findings.extend(xtask::policy::check_bundle_lint(
+        &root.join("ameide-proto"),
+        &buf_binary()?,
+    ));
     if findings.is_empty() {
         println!(
             "policy: all checks pass (proto-dependency, build-script-codegen, patch-or-git, lockfile, manifest-fresh, bundle-lint)"

@@ -385,3 +385,65 @@ pub fn check_locked(root: &Path, cargo: &Path) -> Option<Finding> {
         }),
     }
 }
+
+/// `manifest-fresh`: the roster wires every service and the committed manifest
+/// matches the bundle of the proto crate at `proto_crate`.
+pub fn check_manifest_fresh(proto_crate: &Path) -> Vec<Finding> {
+    let inputs = match ameide_build::Inputs::load(proto_crate) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            return vec![Finding {
+                check: "manifest-fresh",
+                file: proto_crate.join(ameide_build::PROTO_DIR),
+                line: None,
+                message: e.to_string(),
+            }];
+        }
+    };
+    let mut findings = Vec::new();
+    if let Err(e) = inputs.check_wiring() {
+        findings.push(Finding {
+            check: "manifest-fresh",
+            file: proto_crate.join(ameide_build::ROSTER_PATH),
+            line: None,
+            message: e.to_string(),
+        });
+    }
+    if let Err(diff) = inputs.check_manifest() {
+        findings.push(Finding {
+            check: "manifest-fresh",
+            file: inputs.manifest_path(),
+            line: None,
+            message: diff,
+        });
+    }
+    findings
+}
+
+/// `bundle-lint`: `buf lint` (the module's `buf.yaml`, STANDARD) reports nothing.
+/// The finding carries buf's own lines (`file:line:col:message`).
+pub fn check_bundle_lint(proto_crate: &Path, buf: &Path) -> Option<Finding> {
+    let output = std::process::Command::new(buf)
+        .arg("lint")
+        .current_dir(proto_crate)
+        .output();
+    match output {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(Finding {
+            check: "bundle-lint",
+            file: proto_crate.join("buf.yaml"),
+            line: None,
+            message: format!(
+                "buf lint reports findings:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }),
+        Err(e) => Some(Finding {
+            check: "bundle-lint",
+            file: proto_crate.join("buf.yaml"),
+            line: None,
+            message: format!("cannot run buf: {e}"),
+        }),
+    }
+}

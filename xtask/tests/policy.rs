@@ -202,3 +202,72 @@ fn the_real_workspace_passes() {
     let findings = check_sources(root).unwrap();
     assert!(findings.is_empty(), "{findings:#?}");
 }
+
+/// A copy of the real proto crate (bundle, roster, manifest, buf.yaml).
+fn proto_copy() -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("ameide-proto");
+    let dir = tempfile::tempdir().unwrap();
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            if e.path().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    copy(&src.join("proto"), &dir.path().join("proto"));
+    copy(&src.join("manifest"), &dir.path().join("manifest"));
+    std::fs::copy(src.join("buf.yaml"), dir.path().join("buf.yaml")).unwrap();
+    dir
+}
+
+#[test]
+fn a_stale_manifest_is_named() {
+    let copy = proto_copy();
+    assert!(xtask::policy::check_manifest_fresh(copy.path()).is_empty());
+    let graph = copy
+        .path()
+        .join("proto/ameide_core_proto/graph/v1/graph.proto");
+    let text = std::fs::read_to_string(&graph).unwrap();
+    std::fs::write(
+        &graph,
+        text.replacen("service GraphService {\n", "service GraphService {\n  // Ping is new.\n  rpc Ping(PingRequest) returns (PingResponse);\n", 1)
+            + "\n// PingRequest is new.\nmessage PingRequest {\n  // Who.\n  ameide_core_proto.common.v1.RequestContext context = 1;\n}\n\n// PingResponse is new.\nmessage PingResponse {}\n",
+    )
+    .unwrap();
+    let findings = xtask::policy::check_manifest_fresh(copy.path());
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].check, "manifest-fresh");
+    assert!(findings[0].message.contains("\"Ping\""), "{}", findings[0]);
+}
+
+#[test]
+fn a_lint_finding_in_the_bundle_is_named_with_bufs_location() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let buf = xtask::buf::binary(root).expect("buf from npm");
+    let copy = proto_copy();
+    assert_eq!(xtask::policy::check_bundle_lint(copy.path(), &buf), None);
+    let file = copy
+        .path()
+        .join("proto/ameide_core_proto/extensions/v1/extensions.proto");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("int64 fuel_limit = 6;", "int64 FuelLimit = 6;"),
+    )
+    .unwrap();
+    let finding = xtask::policy::check_bundle_lint(copy.path(), &buf).expect("a lint finding");
+    assert_eq!(finding.check, "bundle-lint");
+    assert!(
+        finding
+            .message
+            .contains("extensions/v1/extensions.proto:26:"),
+        "{finding}"
+    );
+    assert!(finding.message.contains("FuelLimit"), "{finding}");
+}
