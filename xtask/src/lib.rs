@@ -1,6 +1,7 @@
 //! The logic behind `cargo xtask`, as a library so it can be tested on
 //! temporary workspaces and git repositories.
 
+pub mod breaking;
 pub mod buf;
 pub mod policy;
 pub mod version;

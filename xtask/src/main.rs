@@ -311,116 +311,23 @@ fn policy() -> Result<(), String> {
     Err(format!("{} policy finding(s)", findings.len()))
 }
 
-/// `buf breaking` against the bundle at `rev`, taken from local git history.
-/// A finding in package `<domain>.vN` is accepted when the change adds the
-/// major version `<domain>.v(N+1)`: that is the sanctioned way to break.
+/// `buf breaking` against the bundle at `rev` (see `xtask::breaking`).
 fn buf_breaking(rev: &str) -> Result<(), String> {
-    let root = workspace_root();
-    if xtask::git(
-        &root,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{rev}^{{commit}}"),
-        ],
-    )
-    .is_err()
-    {
-        println!("buf-breaking: no commit {rev} in this clone; nothing to compare against");
-        return Ok(());
-    }
-    let listed = xtask::git(
-        &root,
-        &[
-            "ls-tree",
-            "-r",
-            "--name-only",
-            rev,
-            "ameide-proto/proto",
-            "ameide-proto/buf.yaml",
-        ],
-    )?;
-    if !listed.lines().any(|l| l.ends_with(".proto")) {
-        println!("buf-breaking: {rev} has no bundle; nothing to compare against");
-        return Ok(());
-    }
-    let against = std::env::temp_dir().join(format!("ameide-buf-against-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&against);
-    for path in listed.lines() {
-        let content = Command::new("git")
-            .args(["show", &format!("{rev}:{path}")])
-            .current_dir(&root)
-            .output()
-            .map_err(|e| format!("cannot run git show: {e}"))?;
-        if !content.status.success() {
-            return Err(format!("git show {rev}:{path} failed"));
-        }
-        let target = against.join(path);
-        std::fs::create_dir_all(target.parent().expect("a file path has a parent"))
-            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-        std::fs::write(&target, content.stdout)
-            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
-    }
-    let buf = buf_binary()?;
-    let output = Command::new(buf)
-        .arg("breaking")
-        .arg("ameide-proto")
-        .arg("--against")
-        .arg(against.join("ameide-proto"))
-        .current_dir(&root)
-        .output()
-        .map_err(|e| format!("cannot run buf breaking: {e}"))?;
-    let findings = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    let previous_dirs: Vec<String> = listed.lines().filter_map(version_dir).collect();
-    let _ = std::fs::remove_dir_all(&against);
-    if output.status.success() {
-        println!("buf-breaking: no breaking changes against {rev}");
-        return Ok(());
-    }
-    let current = ameide_build::Bundle::compile(&root.join("ameide-proto/proto"))
-        .map_err(|e| e.to_string())?;
-    let current_dirs: Vec<String> = current
-        .files()
-        .iter()
-        .filter_map(|f| version_dir(&format!("ameide-proto/proto/{f}")))
-        .collect();
-    let bumped = |line: &str| {
-        let file = line.split(':').next().unwrap_or_default();
-        // buf names files from the workspace root: ameide-proto/proto/….
-        let Some(dir) = version_dir(file) else {
-            return false;
-        };
-        let Some((domain, major)) = dir
-            .rsplit_once("/v")
-            .and_then(|(d, v)| Some((d.to_owned(), v.parse::<u64>().ok()?)))
-        else {
-            return false;
-        };
-        let next = format!("{domain}/v{}", major + 1);
-        current_dirs.contains(&next) && !previous_dirs.contains(&next)
-    };
-    let lines: Vec<&str> = findings.lines().filter(|l| !l.trim().is_empty()).collect();
-    if !lines.is_empty() && lines.iter().all(|l| bumped(l)) {
-        println!(
+    use xtask::breaking::Outcome;
+    match xtask::breaking::check(&workspace_root(), rev, &buf_binary()?)? {
+        Outcome::NoBaseline(why) => println!("buf-breaking: {why}; nothing to compare against"),
+        Outcome::Clean => println!("buf-breaking: no breaking changes against {rev}"),
+        Outcome::CoveredByMajorBump(findings) => println!(
             "buf-breaking: breaking changes against {rev} are covered by a major-version package bump:\n{findings}"
-        );
-        return Ok(());
+        ),
+        Outcome::Breaking(findings) => {
+            eprintln!("{findings}");
+            return Err(format!(
+                "buf breaking found breaking changes against {rev}: add a new major version package (…/v2) instead of changing v1"
+            ));
+        }
     }
-    eprintln!("{findings}");
-    Err(format!(
-        "buf breaking found breaking changes against {rev}: add a new major version package (…/v2) instead of changing v1"
-    ))
-}
-
-/// `ameide-proto/proto/ameide_core_proto/<domain>/vN/x.proto` → `ameide_core_proto/<domain>/vN`.
-fn version_dir(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("ameide-proto/proto/")?;
-    let dir = rest.rsplit_once('/')?.0;
-    let last = dir.rsplit('/').next()?;
-    (last.starts_with('v') && last[1..].bytes().all(|b| b.is_ascii_digit()) && last.len() > 1)
-        .then(|| dir.to_owned())
+    Ok(())
 }
 
 fn version() -> Result<String, String> {
