@@ -13,6 +13,7 @@
 //! | `sync-proto <dir>` | replaces the bundle with a buf module directory, refusing unwired services or lint findings, and regenerates the manifest |
 //! | `deny` | `cargo deny check bans licenses sources` with `deny.toml` (cargo-deny installed into the tools cache on first use) |
 //! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
+//! | `parity [runner args…]` | the parity cases (`parity/cases`) against the Rust reference adapter (see `docs/parity.md`) |
 //! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke |
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         ["buf-breaking", "--against", rev] => buf_breaking(rev),
         ["version"] => version().map(|_| ()),
         ["package-smoke"] => package_smoke(),
+        ["parity", rest @ ..] => parity(rest),
         ["sync-proto", source] => sync_proto(Path::new(source)),
         ["deny"] => deny(),
         ["release", "--dry-run"] => release_dry_run(),
@@ -69,6 +71,7 @@ fn print_help() {
          sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
          deny                cargo deny check bans licenses sources\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
+         parity [args]       run the parity cases against the Rust reference adapter\n\
          ci                  everything CI runs"
     );
 }
@@ -240,6 +243,7 @@ fn ci() -> Result<(), String> {
         ("buf-breaking", Box::new(|| buf_breaking("HEAD~1"))),
         ("package-smoke", Box::new(package_smoke)),
         ("deny", Box::new(deny)),
+        ("parity", Box::new(|| parity(&[]))),
         ("bench --smoke", Box::new(|| bench(&["--smoke"]))),
     ];
     let started = Instant::now();
@@ -717,4 +721,23 @@ fn release_dry_run() -> Result<(), String> {
         PUBLISHED.join(" → ")
     );
     Ok(())
+}
+
+/// Builds the parity harness and runs every case against the Rust reference
+/// adapter (or `--adapter`); extra arguments go to the runner.
+fn parity(args: &[&str]) -> Result<(), String> {
+    let root = workspace_root();
+    run(
+        cargo()
+            .args(["build", "--locked", "--workspace"])
+            .current_dir(&root),
+        "cargo build (parity)",
+    )?;
+    run(
+        Command::new(root.join("target/debug/ameide-parity"))
+            .arg("run")
+            .args(args)
+            .current_dir(&root),
+        "ameide-parity run",
+    )
 }

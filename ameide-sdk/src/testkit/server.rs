@@ -94,8 +94,12 @@ impl Reply {
     }
 
     /// Adds a response header (or, for a trailers-only reply, a trailer).
-    pub fn header(mut self, name: &'static str, value: &str) -> Self {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    /// An invalid name or value is ignored (a test script, not user input).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             self.headers.insert(name, value);
         }
         self
@@ -175,6 +179,14 @@ impl MockServer {
             .filter(|a| a.path == path)
             .cloned()
             .collect()
+    }
+
+    /// Forgets every script, the fallback and the recorded attempts.
+    pub fn reset(&self) {
+        let mut state = self.lock();
+        state.scripts.clear();
+        state.fallback = None;
+        state.attempts.clear();
     }
 
     /// Forgets recorded attempts (the script stays).

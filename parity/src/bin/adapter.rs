@@ -1,0 +1,299 @@
+//! The Rust reference adapter: reads one case per line on stdin, makes the call
+//! with the public `AmeideClient` API, writes one outcome per line on stdout.
+//!
+//! Negative controls (`--break <behaviour>`, repeatable) make the adapter wrong
+//! on purpose, to prove the cases catch it:
+//! - `drop-request-id`: a user layer strips `x-request-id` before the wire;
+//! - `retry-non-retryable`: INVALID_ARGUMENT, INTERNAL, NOT_FOUND, UNAUTHENTICATED and
+//!   PERMISSION_DENIED are retried too;
+//! - `ignore-deadline`: the client and per-call timeouts become one hour.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use ameide_parity::case::{Case, Detail, Token};
+use ameide_parity::protocol::{Outcome, Request};
+use ameide_parity::wire::{self, BytesCodec};
+use ameide_sdk::auth::{AccessToken, TokenError};
+use ameide_sdk::layers::{HttpRequest, RetryPolicy};
+use ameide_sdk::{AmeideClient, CallInfo, CallOptions, Error};
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tonic::Code;
+use tonic_types::ErrorDetail;
+
+fn strip_request_id(mut request: HttpRequest) -> HttpRequest {
+    request.headers_mut().remove("x-request-id");
+    request
+}
+
+fn client(case: &Case, endpoint: &str, breaks: &[String]) -> Result<AmeideClient, String> {
+    let c = &case.client;
+    let mut builder = AmeideClient::builder().endpoint(endpoint);
+    if let Some(t) = &c.tenant_id {
+        builder = builder.tenant_id(t);
+    }
+    if let Some(u) = &c.user_id {
+        builder = builder.user_id(u);
+    }
+    if let Some(s) = &c.session_id {
+        builder = builder.session_id(s);
+    }
+    for (k, v) in &c.headers {
+        builder = builder.header(k, v);
+    }
+    if let Some(ms) = c.timeout_ms {
+        builder = builder.timeout(Duration::from_millis(ms));
+    }
+    if breaks.iter().any(|b| b == "ignore-deadline") {
+        builder = builder.timeout(Duration::from_secs(3600));
+    }
+    builder = match &c.token {
+        Token::None => builder,
+        Token::Empty => builder.token_provider(|| async { Ok(None) }),
+        Token::Static { value } => {
+            let value = value.clone();
+            builder.token_provider(move || {
+                let value = value.clone();
+                async move { Ok(Some(AccessToken::new(value))) }
+            })
+        }
+        Token::Error { message } => {
+            let message = message.clone();
+            builder.token_provider(move || {
+                let message = message.clone();
+                async move { Err(TokenError::new(message)) }
+            })
+        }
+    };
+    let mut policy = RetryPolicy::default();
+    if let Some(r) = &c.retry {
+        if let Some(n) = r.max_attempts {
+            policy = policy.with_max_attempts(n);
+        }
+        if let Some(ms) = r.initial_backoff_ms {
+            policy = policy.with_initial_backoff(Duration::from_millis(ms));
+        }
+        if let Some(ms) = r.max_backoff_ms {
+            policy = policy.with_max_backoff(Duration::from_millis(ms));
+        }
+        if let Some(m) = r.multiplier {
+            policy = policy.with_multiplier(m);
+        }
+    }
+    if breaks.iter().any(|b| b == "retry-non-retryable") {
+        policy = policy.with_retryable_codes([
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::ResourceExhausted,
+            Code::InvalidArgument,
+            Code::Internal,
+            Code::NotFound,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+        ]);
+    }
+    builder = builder.retry_policy(policy);
+    if breaks.iter().any(|b| b == "drop-request-id") {
+        builder = builder.layer(tower::util::MapRequestLayer::new(
+            strip_request_id as fn(HttpRequest) -> HttpRequest,
+        ));
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// The caller's trace context from a W3C `traceparent` (version 00).
+fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let [_version, trace, span, flags] = parts.as_slice() else {
+        return None;
+    };
+    let sc = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid()
+        .then(|| opentelemetry::Context::new().with_remote_span_context(sc))
+}
+
+fn details(err: &Error) -> Vec<Detail> {
+    err.details()
+        .iter()
+        .filter_map(|d| match d {
+            ErrorDetail::ErrorInfo(i) => Some(Detail::ErrorInfo {
+                reason: i.reason.clone(),
+                domain: i.domain.clone(),
+                metadata: i
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
+            ErrorDetail::RetryInfo(i) => Some(Detail::RetryInfo {
+                retry_delay_ms: i.retry_delay.map_or(0, |d| d.as_millis() as u64),
+            }),
+            ErrorDetail::BadRequest(b) => Some(Detail::BadRequest {
+                violations: b
+                    .field_violations
+                    .iter()
+                    .map(|v| (v.field.clone(), v.description.clone()))
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failed(outcome: &mut Outcome, status: tonic::Status) {
+    let err = Error::from(status);
+    outcome.code = ameide_sdk::canonical_code_name(err.code()).to_owned();
+    outcome.message = err.message().to_owned();
+    outcome.details = details(&err);
+    outcome.request_id = err.request_id().map(str::to_owned);
+    outcome.attempts = Some(err.attempts());
+}
+
+async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[String]) -> Outcome {
+    let case = &request.case;
+    let mut outcome = Outcome {
+        id: case.id.clone(),
+        ..Default::default()
+    };
+    let prepared = (|| -> Result<_, String> {
+        let client = client(case, &request.endpoint, breaks)?;
+        let method = wire::method(pool, &request.path)?;
+        let body = wire::encode(method.input(), &case.call.request)?;
+        let mut options = CallOptions::new();
+        if let Some(id) = &case.call.request_id {
+            options = options.request_id(id);
+        }
+        if let Some(ms) = case.call.timeout_ms
+            && !breaks.iter().any(|b| b == "ignore-deadline")
+        {
+            options = options.timeout(Duration::from_millis(ms));
+        }
+        let call = options.into_request(body).map_err(|e| e.to_string())?;
+        let path = PathAndQuery::from_str(&request.path).map_err(|e| e.to_string())?;
+        Ok((client, call, path))
+    })();
+    let (client, call, path) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.adapter_error = Some(e);
+            return outcome;
+        }
+    };
+    let parent = match &case.call.traceparent {
+        Some(tp) => match remote_parent(tp) {
+            Some(cx) => cx,
+            None => {
+                outcome.adapter_error = Some(format!(
+                    "call.traceparent {tp:?} is not a valid W3C traceparent"
+                ));
+                return outcome;
+            }
+        },
+        None => opentelemetry::Context::new(),
+    };
+    let _attached = parent.attach();
+    let mut grpc = tonic::client::Grpc::new(client.channel());
+    let started = Instant::now();
+    if let Err(status) = grpc
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))
+    {
+        failed(&mut outcome, status);
+        return outcome;
+    }
+    let result: Result<(), tonic::Status> = if request.kind == "server_streaming" {
+        match grpc
+            .server_streaming::<Bytes, Bytes, _>(call, path, BytesCodec)
+            .await
+        {
+            Ok(response) => {
+                if let Some(info) = response.extensions().get::<CallInfo>() {
+                    outcome.request_id = Some(info.request_id.to_string());
+                    outcome.attempts = Some(info.attempts);
+                }
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => outcome.messages += 1,
+                        Ok(None) => break Ok(()),
+                        Err(status) => break Err(status),
+                    }
+                }
+            }
+            Err(status) => Err(status),
+        }
+    } else {
+        match grpc.unary::<Bytes, Bytes, _>(call, path, BytesCodec).await {
+            Ok(response) => {
+                if let Some(info) = response.extensions().get::<CallInfo>() {
+                    outcome.request_id = Some(info.request_id.to_string());
+                    outcome.attempts = Some(info.attempts);
+                }
+                outcome.messages = 1;
+                Ok(())
+            }
+            Err(status) => Err(status),
+        }
+    };
+    outcome.elapsed_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => outcome.code = "OK".into(),
+        Err(status) => failed(&mut outcome, status),
+    }
+    client.close();
+    outcome
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut breaks = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next()) {
+            ("--break", Some(what)) => breaks.push(what.clone()),
+            _ => {
+                eprintln!(
+                    "usage: parity-adapter-rust [--break drop-request-id|retry-non-retryable|ignore-deadline]…"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    let pool = match wire::pool() {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("parity-adapter-rust: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let outcome = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => run(request, &pool, &breaks).await,
+            Err(e) => Outcome {
+                adapter_error: Some(format!("unreadable request: {e}")),
+                ..Default::default()
+            },
+        };
+        let mut text = serde_json::to_string(&outcome).expect("an outcome serializes");
+        text.push('\n');
+        if stdout.write_all(text.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The case format. One JSON file per case under `parity/cases/`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One parity case: how the client is configured, the call it makes, what the
+/// server answers on each attempt, and what must be observed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// Unique id, e.g. `retry-unavailable-then-ok`.
+    pub id: String,
+    /// What the case proves, in a sentence.
+    pub description: String,
+    /// Client configuration.
+    #[serde(default)]
+    pub client: ClientConfig,
+    /// The call.
+    pub call: Call,
+    /// The server's per-attempt script.
+    #[serde(default)]
+    pub server: ServerScript,
+    /// What must be observed.
+    pub expect: Expect,
+}
+
+/// Client configuration; everything optional, defaults are the contract's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `x-tenant-id`.
+    pub tenant_id: Option<String>,
+    /// `x-user-id`.
+    pub user_id: Option<String>,
+    /// `ameide.session_id` baggage.
+    pub session_id: Option<String>,
+    /// Extra headers (any case; the client lower-cases names).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Whole-call timeout in ms.
+    pub timeout_ms: Option<u64>,
+    /// Token provider behaviour.
+    #[serde(default)]
+    pub token: Token,
+    /// Retry overrides.
+    pub retry: Option<RetryOverrides>,
+}
+
+/// What the token provider does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Token {
+    /// No provider: no `authorization` header.
+    #[default]
+    None,
+    /// A provider that returns no token.
+    Empty,
+    /// A provider that returns `value`.
+    Static {
+        /// The token.
+        value: String,
+    },
+    /// A provider that fails with `message`.
+    Error {
+        /// The provider's error message.
+        message: String,
+    },
+}
+
+/// Retry parameters a case may override.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverrides {
+    /// Attempts, the first included.
+    pub max_attempts: Option<u32>,
+    /// First delay, ms.
+    pub initial_backoff_ms: Option<u64>,
+    /// Delay cap, ms.
+    pub max_backoff_ms: Option<u64>,
+    /// Growth factor.
+    pub multiplier: Option<f64>,
+}
+
+/// The call under test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    /// Roster key, e.g. `graph` or `platform.teams`.
+    pub service: String,
+    /// Method name, e.g. `ListRepositories`.
+    pub method: String,
+    /// The request as proto-JSON.
+    #[serde(default = "empty_object")]
+    pub request: serde_json::Value,
+    /// A request id the caller sets.
+    pub request_id: Option<String>,
+    /// Per-call timeout in ms.
+    pub timeout_ms: Option<u64>,
+    /// The caller's W3C trace context: the call is made as part of this trace.
+    pub traceparent: Option<String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// The server's answers, one per attempt; attempts past the list get the last entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerScript {
+    /// Per-attempt replies.
+    #[serde(default)]
+    pub attempts: Vec<AttemptReply>,
+}
+
+/// One reply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptReply {
+    /// Status code name (`OK`, `UNAVAILABLE`, …); default `OK`.
+    #[serde(default = "ok")]
+    pub status: String,
+    /// Status message.
+    #[serde(default)]
+    pub message: String,
+    /// Rich error details (`google.rpc`).
+    #[serde(default)]
+    pub details: Vec<Detail>,
+    /// Wait before answering, ms.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Response messages (proto-JSON of the method's response type) sent before the status.
+    #[serde(default)]
+    pub messages: Vec<serde_json::Value>,
+    /// Wait between messages, ms.
+    #[serde(default)]
+    pub message_interval_ms: u64,
+    /// When the status is not OK: send headers first (the call is then committed).
+    #[serde(default)]
+    pub after_headers: bool,
+    /// `grpc-retry-pushback-ms` value to send.
+    pub pushback_ms: Option<String>,
+    /// Extra response headers / trailers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn ok() -> String {
+    "OK".to_owned()
+}
+
+/// A `google.rpc` error detail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum Detail {
+    /// `google.rpc.ErrorInfo`.
+    ErrorInfo {
+        /// Reason.
+        reason: String,
+        /// Domain.
+        domain: String,
+        /// Metadata.
+        #[serde(default)]
+        metadata: BTreeMap<String, String>,
+    },
+    /// `google.rpc.RetryInfo`.
+    RetryInfo {
+        /// Delay in ms.
+        retry_delay_ms: u64,
+    },
+    /// `google.rpc.BadRequest` (field violations).
+    BadRequest {
+        /// `(field, description)` pairs.
+        violations: Vec<(String, String)>,
+    },
+}
+
+/// Expectations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Final status code name.
+    pub code: String,
+    /// Exact final status message.
+    pub message: Option<String>,
+    /// Text the final status message must contain (for messages the SDK words itself).
+    pub message_contains: Option<String>,
+    /// Attempts the server must have seen.
+    pub attempts: Option<usize>,
+    /// Response messages the client must have received.
+    pub messages: Option<usize>,
+    /// Error details the client must have decoded.
+    #[serde(default)]
+    pub details: Vec<Detail>,
+    /// Per-attempt header checks.
+    #[serde(default)]
+    pub headers: Vec<HeaderCheck>,
+    /// `grpc-timeout` on every attempt must not exceed the budget left (ms) by more than `tolerance_ms`.
+    pub grpc_timeout: Option<TimeoutCheck>,
+    /// Bounds of the gaps between attempt arrivals.
+    #[serde(default)]
+    pub delays: Vec<DelayCheck>,
+    /// The call must end no later than this after it started (client clock, ms).
+    pub max_elapsed_ms: Option<u64>,
+    /// The call must last at least this long (client clock, ms).
+    pub min_elapsed_ms: Option<u64>,
+}
+
+/// A check on one header of some attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderCheck {
+    /// Which attempts (1-based); empty means every attempt.
+    #[serde(default)]
+    pub attempts: Vec<usize>,
+    /// Header name (lower case).
+    pub name: String,
+    /// Exact value.
+    pub exact: Option<String>,
+    /// Must be present.
+    #[serde(default)]
+    pub present: bool,
+    /// Must be absent.
+    #[serde(default)]
+    pub absent: bool,
+    /// Must match this regular expression (whole value).
+    pub pattern: Option<String>,
+    /// Must equal the same header on the previous attempt.
+    #[serde(default)]
+    pub same_as_previous: bool,
+    /// Must contain this text.
+    pub contains: Option<String>,
+}
+
+/// The `grpc-timeout` check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutCheck {
+    /// The budget the call started with, ms.
+    pub budget_ms: u64,
+    /// Allowed excess, ms.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_ms: u64,
+}
+
+fn default_tolerance() -> u64 {
+    50
+}
+
+/// Bounds of the gap between attempt `after - 1` and attempt `after`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayCheck {
+    /// The attempt the gap ends at (2 = between the first and second attempts).
+    pub before_attempt: usize,
+    /// Lower bound, ms.
+    pub min_ms: u64,
+    /// Upper bound, ms.
+    pub max_ms: u64,
+}
