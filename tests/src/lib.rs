@@ -82,3 +82,221 @@ pub fn fixed_jitter(factor: f64) -> ameide_sdk::layers::RetryLayer {
         .expect("default policy is valid")
         .with_jitter(move |_min: f64, _max: f64| factor)
 }
+
+/// Real gRPC peers for interop tests, installed on first use into the
+/// project-local `.cache/interop` (or `$AMEIDE_INTEROP_CACHE`):
+/// a Python venv with grpcio and stubs generated from the bundle, and a
+/// node_modules with @grpc/grpc-js.
+pub mod interop {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::OnceLock;
+
+    /// grpcio release the Python peer runs.
+    pub const GRPCIO: &str = "1.85.1";
+    /// @grpc/grpc-js release the Node peer runs.
+    pub const GRPC_JS: &str = "1.14.7";
+    /// @grpc/proto-loader release the Node peer runs.
+    pub const PROTO_LOADER: &str = "0.8.1";
+
+    /// The project-local cache (`.cache/interop`, git-ignored), or `$AMEIDE_INTEROP_CACHE`.
+    fn cache() -> PathBuf {
+        std::env::var_os("AMEIDE_INTEROP_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| super::workspace_root().join(".cache/interop"))
+    }
+
+    fn run(command: &mut Command, what: &str) {
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The Python peer: the venv's interpreter and the generated stubs.
+    pub struct Python {
+        /// `venv/bin/python`.
+        pub python: PathBuf,
+        /// Directory of the generated `ameide_core_proto` stubs.
+        pub stubs: PathBuf,
+    }
+
+    /// Installs (once per machine) and returns the Python peer.
+    pub fn python() -> &'static Python {
+        static PYTHON: OnceLock<Python> = OnceLock::new();
+        PYTHON.get_or_init(|| {
+            let venv = cache().join(format!("venv-grpcio-{GRPCIO}"));
+            let python = venv.join("bin/python");
+            let stamp = venv.join(".installed");
+            if !stamp.exists() {
+                std::fs::create_dir_all(cache()).expect("create the interop cache");
+                run(
+                    Command::new("python3").args(["-m", "venv"]).arg(&venv),
+                    "python3 -m venv",
+                );
+                run(
+                    Command::new(&python)
+                        .args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "--quiet",
+                            "--disable-pip-version-check",
+                        ])
+                        .args([
+                            format!("grpcio=={GRPCIO}"),
+                            format!("grpcio-tools=={GRPCIO}"),
+                            format!("grpcio-status=={GRPCIO}"),
+                        ]),
+                    "pip install grpcio",
+                );
+                std::fs::write(&stamp, "ok").expect("write the venv stamp");
+            }
+            // Stubs from the bundle as it is now (keyed by its digest).
+            let digest =
+                &ameide_sdk::contract::BUNDLE_DIGEST["sha256:".len().."sha256:".len() + 12];
+            let stubs = cache().join(format!("python-stubs-{digest}"));
+            if !stubs.join(".complete").exists() {
+                let proto_dir = super::proto_crate_dir().join("proto");
+                let staging =
+                    cache().join(format!("python-stubs-{digest}.tmp-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&staging);
+                std::fs::create_dir_all(&staging).expect("create the stubs dir");
+                let mut files = Vec::new();
+                collect_protos(&proto_dir, &mut files);
+                run(
+                    Command::new(&python)
+                        .args(["-m", "grpc_tools.protoc"])
+                        .arg(format!("-I{}", proto_dir.display()))
+                        .arg(format!("--python_out={}", staging.display()))
+                        .arg(format!("--grpc_python_out={}", staging.display()))
+                        .args(&files),
+                    "grpc_tools.protoc",
+                );
+                std::fs::write(staging.join(".complete"), "ok").expect("mark the stubs complete");
+                let _ = std::fs::remove_dir_all(&stubs);
+                std::fs::rename(&staging, &stubs).expect("publish the stubs");
+            }
+            Python { python, stubs }
+        })
+    }
+
+    fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read the bundle").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                collect_protos(&path, out);
+            } else if path.extension().is_some_and(|e| e == "proto") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Installs (once per machine) and returns the `node_modules` parent for the Node peer.
+    pub fn node() -> &'static PathBuf {
+        static NODE: OnceLock<PathBuf> = OnceLock::new();
+        NODE.get_or_init(|| {
+            let dir = cache().join(format!("node-grpc-js-{GRPC_JS}"));
+            if !dir.join(".installed").exists() {
+                std::fs::create_dir_all(&dir).expect("create the node cache");
+                run(
+                    Command::new("npm")
+                        .args([
+                            "install",
+                            "--no-audit",
+                            "--no-fund",
+                            "--no-save",
+                            "--loglevel=error",
+                            "--prefix",
+                        ])
+                        .arg(&dir)
+                        .arg(format!("@grpc/grpc-js@{GRPC_JS}"))
+                        .arg(format!("@grpc/proto-loader@{PROTO_LOADER}")),
+                    "npm install @grpc/grpc-js",
+                );
+                std::fs::write(dir.join(".installed"), "ok").expect("write the node stamp");
+            }
+            dir
+        })
+    }
+
+    /// A running peer server; killed when dropped.
+    pub struct Peer {
+        child: Child,
+        /// Its loopback port.
+        pub port: u16,
+        log: tempfile::NamedTempFile,
+    }
+
+    impl Peer {
+        fn start(mut command: Command, log: tempfile::NamedTempFile) -> Peer {
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the peer server");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("peer stdout"))
+                .read_line(&mut line)
+                .expect("read the peer's port");
+            let port = line
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("the peer printed {line:?}, not a port"));
+            Peer { child, port, log }
+        }
+
+        /// The grpcio server of `interop/python/server.py`.
+        pub fn python() -> Peer {
+            let p = python();
+            let log = tempfile::NamedTempFile::new().expect("log file");
+            let mut command = Command::new(&p.python);
+            command
+                .arg(super::workspace_root().join("interop/python/server.py"))
+                .arg(&p.stubs)
+                .arg(log.path());
+            Self::start(command, log)
+        }
+
+        /// The @grpc/grpc-js server of `interop/node/server.js`.
+        pub fn node() -> Peer {
+            let modules = node();
+            let log = tempfile::NamedTempFile::new().expect("log file");
+            let mut command = Command::new("node");
+            command
+                .arg(super::workspace_root().join("interop/node/server.js"))
+                .arg(super::proto_crate_dir().join("proto"))
+                .arg(log.path())
+                .env("NODE_PATH", modules.join("node_modules"));
+            Self::start(command, log)
+        }
+
+        /// Every call the peer recorded, in order, for `method`.
+        pub fn calls(&self, method: &str) -> Vec<serde_json::Value> {
+            std::fs::read_to_string(self.log.path())
+                .expect("read the peer log")
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+                .filter(|e| e["method"] == method)
+                .collect()
+        }
+
+        /// `http://127.0.0.1:<port>`.
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
