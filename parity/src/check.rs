@@ -7,24 +7,6 @@ use ameide_sdk::testkit::RecordedAttempt;
 use crate::case::Expect;
 use crate::protocol::Outcome;
 
-/// Decodes a `grpc-timeout` value as a server does.
-pub fn grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "n" => Duration::from_nanos(n),
-        "u" => Duration::from_micros(n),
-        "m" => Duration::from_millis(n),
-        "S" => Duration::from_secs(n),
-        "M" => Duration::from_secs(n * 60),
-        "H" => Duration::from_secs(n * 3600),
-        _ => return None,
-    })
-}
-
 /// Every expectation the outcome or the attempt log violates, as readable lines.
 pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]) -> Vec<String> {
     let mut out = Vec::new();
@@ -142,7 +124,7 @@ pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]
         let tolerance = Duration::from_millis(t.tolerance_ms);
         for (n, attempt) in attempts.iter().enumerate() {
             let left = budget.saturating_sub(attempt.at - first.at);
-            match attempt.header("grpc-timeout").and_then(grpc_timeout) {
+            match attempt.header("grpc-timeout").and_then(ameide_sdk::testkit::decode_grpc_timeout) {
                 Some(sent) if sent <= left + tolerance => {}
                 Some(sent) => out.push(format!(
                     "attempt {}: grpc-timeout {sent:?} exceeds the budget left ({left:?} ± {tolerance:?})",

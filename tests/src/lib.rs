@@ -61,19 +61,10 @@ pub fn mock_client(server: &MockServer) -> AmeideClientBuilder {
         .transport(duplex_transport(server.clone()))
 }
 
-/// Decodes a `grpc-timeout` header value as a server would.
+/// Decodes a `grpc-timeout` header value as a server would; panics when malformed.
 pub fn grpc_timeout(value: &str) -> std::time::Duration {
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().expect("grpc-timeout digits");
-    match unit {
-        "n" => std::time::Duration::from_nanos(n),
-        "u" => std::time::Duration::from_micros(n),
-        "m" => std::time::Duration::from_millis(n),
-        "S" => std::time::Duration::from_secs(n),
-        "M" => std::time::Duration::from_secs(n * 60),
-        "H" => std::time::Duration::from_secs(n * 3600),
-        other => panic!("bad grpc-timeout unit {other}"),
-    }
+    ameide_sdk::testkit::decode_grpc_timeout(value)
+        .unwrap_or_else(|| panic!("malformed grpc-timeout {value:?}"))
 }
 
 /// A retry layer whose jitter factor is always `factor`.

@@ -32,3 +32,15 @@
 mod server;
 
 pub use server::{MockServer, RecordedAttempt, Reply, duplex_transport, serve_tcp};
+
+/// Decodes a `grpc-timeout` header value as a server does (the SDK's own decoder);
+/// `None` when malformed.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(ameide_sdk::testkit::decode_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+/// assert_eq!(ameide_sdk::testkit::decode_grpc_timeout("soon"), None);
+/// ```
+pub fn decode_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    crate::layers::timeout::decode_grpc_timeout(value)
+}
