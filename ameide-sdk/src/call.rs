@@ -37,6 +37,7 @@ pub struct CallOptions {
     request_id: Option<String>,
     session_id: Option<String>,
     headers: Vec<(String, String)>,
+    safe_retries: Option<bool>,
 }
 
 impl CallOptions {
@@ -60,6 +61,13 @@ impl CallOptions {
     /// Session id for this call, sent as `ameide.session_id` in `baggage`.
     pub fn session_id(mut self, session_id: impl Into<String>) -> Self {
         self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Safe-retry mode for this call (see [`RetryPolicy::with_safe_retries`](crate::layers::RetryPolicy::with_safe_retries)),
+    /// whatever the client's policy says.
+    pub fn safe_retries(mut self, safe: bool) -> Self {
+        self.safe_retries = Some(safe);
         self
     }
 
@@ -93,6 +101,9 @@ impl CallOptions {
             crate::config::validate_timeout("per-call timeout", timeout)?;
             request.extensions_mut().insert(CallTimeout(timeout));
         }
+        if let Some(safe) = self.safe_retries {
+            request.extensions_mut().insert(SafeRetries(safe));
+        }
         if let Some(session) = &self.session_id {
             crate::config::header_value("session id", session)?;
             request
@@ -106,6 +117,10 @@ impl CallOptions {
 /// Per-call timeout, set by [`CallOptions::timeout`]; read by the timeout layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallTimeout(pub(crate) Duration);
+
+/// Per-call safe-retry mode, set by [`CallOptions::safe_retries`]; read by the retry layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SafeRetries(pub(crate) bool);
 
 /// Per-call session id, set by [`CallOptions::session_id`]; read by the tracing layer.
 #[derive(Debug, Clone)]
@@ -137,6 +152,65 @@ pub struct CallInfo {
     pub elapsed: Duration,
 }
 
+/// Why the retry loop stopped making attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The attempt limit was reached.
+    Exhausted,
+    /// The status is not retried (by code, or by safe-retry mode for this method).
+    NotRetryable,
+    /// The retry token bucket for this target is too low (gRFC A6 throttling).
+    Throttled,
+    /// The next delay would end past the call's deadline.
+    Deadline,
+    /// Response headers arrived: the call was handed to the caller.
+    Committed,
+    /// The server's `grpc-retry-pushback-ms` said not to retry.
+    PushbackSaidNo,
+    /// The call cannot be replayed (client or bidi streaming, an unknown method, a large request).
+    NotReplayable,
+}
+
+impl StopReason {
+    /// A short lower-case name, e.g. `exhausted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Exhausted => "exhausted",
+            StopReason::NotRetryable => "not retryable",
+            StopReason::Throttled => "throttled",
+            StopReason::Deadline => "deadline",
+            StopReason::Committed => "committed",
+            StopReason::PushbackSaidNo => "pushback said no",
+            StopReason::NotReplayable => "not replayable",
+        }
+    }
+
+    pub(crate) fn from_str(s: &str) -> Option<Self> {
+        [
+            StopReason::Exhausted,
+            StopReason::NotRetryable,
+            StopReason::Throttled,
+            StopReason::Deadline,
+            StopReason::Committed,
+            StopReason::PushbackSaidNo,
+            StopReason::NotReplayable,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// One attempt of a call, as the retry loop saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The attempt's status code (`OK` for the attempt that committed).
+    pub code: tonic::Code,
+    /// Its status message.
+    pub message: String,
+    /// How long the loop waited before making it (zero for the first).
+    pub delay_before: Duration,
+}
+
 /// State shared by the layers of one call (cloned with the request extensions
 /// into every attempt).
 #[derive(Debug, Clone)]
@@ -148,6 +222,8 @@ struct CallStateInner {
     request_id: Arc<str>,
     attempts: AtomicU32,
     retryable: AtomicU8,
+    history: std::sync::Mutex<Vec<AttemptRecord>>,
+    stop: std::sync::Mutex<Option<StopReason>>,
     /// The call's deadline as nanoseconds after `start`; `u64::MAX` when unset.
     deadline_nanos: AtomicU64,
 }
@@ -163,6 +239,8 @@ impl CallState {
             request_id,
             attempts: AtomicU32::new(0),
             retryable: AtomicU8::new(RETRYABLE_UNKNOWN),
+            history: std::sync::Mutex::new(Vec::new()),
+            stop: std::sync::Mutex::new(None),
             deadline_nanos: AtomicU64::new(u64::MAX),
         }))
     }
@@ -208,6 +286,30 @@ impl CallState {
         self.0.attempts.load(Ordering::Relaxed).max(1)
     }
 
+    /// Appends one attempt to the history.
+    pub(crate) fn record_history(&self, record: AttemptRecord) {
+        if let Ok(mut h) = self.0.history.lock() {
+            h.push(record);
+        }
+    }
+
+    /// The attempts so far.
+    pub(crate) fn history(&self) -> Vec<AttemptRecord> {
+        self.0.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Records why the loop stopped.
+    pub(crate) fn record_stop(&self, reason: StopReason) {
+        if let Ok(mut s) = self.0.stop.lock() {
+            *s = Some(reason);
+        }
+    }
+
+    /// Why the loop stopped, if it did.
+    pub(crate) fn stop(&self) -> Option<StopReason> {
+        self.0.stop.lock().ok().and_then(|s| *s)
+    }
+
     /// Records the retry policy's verdict on the final status.
     pub(crate) fn record_retryable(&self, retryable: bool) {
         let value = if retryable {
@@ -235,4 +337,44 @@ pub(crate) mod stamp {
     pub(crate) const ATTEMPTS: &str = "ameide-sdk-attempts";
     pub(crate) const ELAPSED_US: &str = "ameide-sdk-elapsed-us";
     pub(crate) const RETRYABLE: &str = "ameide-sdk-retryable";
+    pub(crate) const STOP: &str = "ameide-sdk-stop";
+    pub(crate) const HISTORY: &str = "ameide-sdk-history-bin";
+}
+
+/// Attempt history as text: one `code,delay_ms,message` line per attempt, the
+/// message percent-encoded. Carried in the failed status's metadata.
+pub(crate) fn encode_history(history: &[AttemptRecord]) -> String {
+    use percent_encoding::{CONTROLS, utf8_percent_encode};
+    const SET: &percent_encoding::AsciiSet = &CONTROLS.add(b',').add(b'%');
+    history
+        .iter()
+        .map(|r| {
+            format!(
+                "{},{},{}",
+                r.code as i32,
+                r.delay_before.as_millis(),
+                utf8_percent_encode(&r.message, SET)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The inverse of [`encode_history`]; malformed lines are skipped.
+pub(crate) fn decode_history(text: &str) -> Vec<AttemptRecord> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ',');
+            let code = tonic::Code::from_i32(parts.next()?.parse().ok()?);
+            let delay = Duration::from_millis(parts.next()?.parse().ok()?);
+            let message = percent_encoding::percent_decode_str(parts.next().unwrap_or_default())
+                .decode_utf8_lossy()
+                .into_owned();
+            Some(AttemptRecord {
+                code,
+                message,
+                delay_before: delay,
+            })
+        })
+        .collect()
 }

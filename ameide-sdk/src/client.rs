@@ -259,6 +259,13 @@ impl AmeideClientBuilder {
         self
     }
 
+    /// Switches safe-retry mode on or off for every call (see
+    /// [`RetryPolicy::with_safe_retries`]); `CallOptions::safe_retries` overrides it per call.
+    pub fn safe_retries(mut self, safe: bool) -> Self {
+        self.retry = self.retry.with_safe_retries(safe);
+        self
+    }
+
     /// Replaces the retry layer itself (for an injected sleeper or jitter source).
     pub fn retry_layer(mut self, layer: RetryLayer) -> Self {
         self.retry_layer = Some(layer);
@@ -351,10 +358,12 @@ impl AmeideClientBuilder {
             (None, None) => None,
         };
 
+        // Clients for the same target share one throttling bucket.
         let retry = match self.retry_layer {
             Some(layer) => layer,
             None => RetryLayer::new(self.retry)?,
-        };
+        }
+        .for_target(&config.endpoint);
 
         let port = uri
             .port_u16()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetail, StatusExt};
 
-use crate::call::stamp;
+use crate::call::{AttemptRecord, StopReason, decode_history, stamp};
 
 /// A failed call: the original `tonic::Status` and what the SDK knows about the call.
 ///
@@ -25,6 +25,11 @@ use crate::call::stamp;
 /// assert_eq!(err.to_string(), "UNAVAILABLE: backend down [attempts=1, retryable]");
 /// ```
 pub struct Error {
+    inner: Box<Inner>,
+}
+
+/// Boxed so that `Result<T, Error>` stays one pointer wide on the happy path.
+struct Inner {
     status: Status,
     request_id: Option<String>,
     attempts: u32,
@@ -32,64 +37,81 @@ pub struct Error {
     retryable: bool,
     details: Vec<ErrorDetail>,
     details_error: Option<String>,
+    history: Vec<AttemptRecord>,
+    stop: Option<StopReason>,
 }
 
 impl Error {
+    /// Every attempt: its code, message and the delay before it.
+    ///
+    /// ```
+    /// let err = ameide_sdk::Error::from(tonic::Status::internal("x"));
+    /// assert!(err.history().is_empty(), "a bare status has no recorded history");
+    /// ```
+    pub fn history(&self) -> &[AttemptRecord] {
+        &self.inner.history
+    }
+
+    /// Why the retry loop stopped, when a retry layer ran.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.inner.stop
+    }
+
     /// The status code.
     pub fn code(&self) -> Code {
-        self.status.code()
+        self.inner.status.code()
     }
 
     /// The status message, as the server (or the SDK) wrote it.
     pub fn message(&self) -> &str {
-        self.status.message()
+        self.inner.status.message()
     }
 
     /// The original status: code, message, details and metadata.
     pub fn status(&self) -> &Status {
-        &self.status
+        &self.inner.status
     }
 
     /// Gives back the original status.
     pub fn into_status(self) -> Status {
-        self.status
+        self.inner.status
     }
 
     /// The `x-request-id` the call carried, when the SDK sent it.
     pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
+        self.inner.request_id.as_deref()
     }
 
     /// Attempts made, the first one included.
     pub fn attempts(&self) -> u32 {
-        self.attempts
+        self.inner.attempts
     }
 
     /// Time from the call's start until it failed, when the SDK measured it.
     pub fn elapsed(&self) -> Option<Duration> {
-        self.elapsed
+        self.inner.elapsed
     }
 
     /// Whether the code is one the retry policy retries: the call may succeed
     /// if made again later.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.inner.retryable
     }
 
     /// The decoded `google.rpc` details (`ErrorInfo`, `RetryInfo`, `BadRequest`, …).
     pub fn details(&self) -> &[ErrorDetail] {
-        &self.details
+        &self.inner.details
     }
 
     /// Why `grpc-status-details-bin` could not be decoded, if the server sent
     /// malformed details (the raw bytes stay in [`status`](Self::status)).
     pub fn details_error(&self) -> Option<&str> {
-        self.details_error.as_deref()
+        self.inner.details_error.as_deref()
     }
 
     /// The `google.rpc.ErrorInfo` detail, if the server sent one.
     pub fn error_info(&self) -> Option<&tonic_types::ErrorInfo> {
-        self.details.iter().find_map(|d| match d {
+        self.inner.details.iter().find_map(|d| match d {
             ErrorDetail::ErrorInfo(info) => Some(info),
             _ => None,
         })
@@ -97,7 +119,7 @@ impl Error {
 
     /// The `google.rpc.RetryInfo` detail, if the server sent one.
     pub fn retry_info(&self) -> Option<&tonic_types::RetryInfo> {
-        self.details.iter().find_map(|d| match d {
+        self.inner.details.iter().find_map(|d| match d {
             ErrorDetail::RetryInfo(info) => Some(info),
             _ => None,
         })
@@ -105,7 +127,7 @@ impl Error {
 
     /// The `google.rpc.BadRequest` detail, if the server sent one.
     pub fn bad_request(&self) -> Option<&tonic_types::BadRequest> {
-        self.details.iter().find_map(|d| match d {
+        self.inner.details.iter().find_map(|d| match d {
             ErrorDetail::BadRequest(info) => Some(info),
             _ => None,
         })
@@ -143,21 +165,31 @@ impl From<Status> for Error {
             Ok(details) => (details, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        let history = meta
+            .get_bin(stamp::HISTORY)
+            .and_then(|v| v.to_bytes().ok())
+            .map(|b| decode_history(&String::from_utf8_lossy(&b)))
+            .unwrap_or_default();
+        let stop = text(stamp::STOP).and_then(|s| StopReason::from_str(&s));
         Error {
-            request_id: text(stamp::REQUEST_ID),
-            attempts,
-            elapsed,
-            retryable,
-            details,
-            details_error,
-            status,
+            inner: Box::new(Inner {
+                history,
+                stop,
+                request_id: text(stamp::REQUEST_ID),
+                attempts,
+                elapsed,
+                retryable,
+                details,
+                details_error,
+                status,
+            }),
         }
     }
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        err.status
+        err.inner.status
     }
 }
 
@@ -262,28 +294,41 @@ impl fmt::Display for Error {
         write!(f, "{}: ", code_name(self.code()))?;
         write_one_line(f, self.message())?;
         f.write_str(" [")?;
-        if let Some(id) = &self.request_id {
+        if let Some(id) = &self.inner.request_id {
             write!(f, "request_id={id}, ")?;
         }
-        write!(f, "attempts={}", self.attempts)?;
-        if let Some(elapsed) = self.elapsed {
+        write!(f, "attempts={}", self.inner.attempts)?;
+        if self.inner.history.len() > 1 {
+            f.write_str(" (")?;
+            for (n, r) in self.inner.history.iter().enumerate() {
+                if n > 0 {
+                    write!(f, " → +{}ms ", r.delay_before.as_millis())?;
+                }
+                f.write_str(code_name(r.code))?;
+            }
+            f.write_str(")")?;
+        }
+        if let Some(stop) = self.inner.stop {
+            write!(f, ", stopped: {}", stop.as_str())?;
+        }
+        if let Some(elapsed) = self.inner.elapsed {
             write!(f, ", elapsed={}ms", elapsed.as_millis())?;
         }
-        f.write_str(if self.retryable {
+        f.write_str(if self.inner.retryable {
             ", retryable]"
         } else {
             ", not retryable]"
         })?;
-        if !self.details.is_empty() {
+        if !self.inner.details.is_empty() {
             f.write_str(" details: ")?;
-            for (n, d) in self.details.iter().enumerate() {
+            for (n, d) in self.inner.details.iter().enumerate() {
                 if n > 0 {
                     f.write_str(", ")?;
                 }
                 fmt_detail(d, f)?;
             }
         }
-        if let Some(e) = &self.details_error {
+        if let Some(e) = &self.inner.details_error {
             write!(f, " details: <undecodable grpc-status-details-bin: {e}>")?;
         }
         Ok(())
@@ -295,19 +340,21 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("code", &self.code())
             .field("message", &self.message())
-            .field("request_id", &self.request_id)
-            .field("attempts", &self.attempts)
-            .field("elapsed", &self.elapsed)
-            .field("retryable", &self.retryable)
-            .field("details", &self.details)
-            .field("details_error", &self.details_error)
+            .field("request_id", &self.inner.request_id)
+            .field("attempts", &self.inner.attempts)
+            .field("elapsed", &self.inner.elapsed)
+            .field("retryable", &self.inner.retryable)
+            .field("details", &self.inner.details)
+            .field("details_error", &self.inner.details_error)
+            .field("history", &self.inner.history)
+            .field("stop", &self.inner.stop)
             .finish()
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.status)
+        Some(&self.inner.status)
     }
 }
 

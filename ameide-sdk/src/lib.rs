@@ -57,7 +57,7 @@ mod transport;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use call::{CallInfo, CallOptions};
+pub use call::{AttemptRecord, CallInfo, CallOptions, StopReason};
 pub use client::{
     ACCESSOR_KEYS, AmeideChannel, AmeideClient, AmeideClientBuilder, PlatformClients,
 };

@@ -54,10 +54,14 @@ pub mod paths {
     pub const GENERATE: &str = "/ameide_core_proto.inference.v1.InferenceService/Generate";
 }
 
-/// A builder wired to `server` over the in-memory HTTP/2 transport.
+/// A builder wired to `server` over the in-memory HTTP/2 transport. Each
+/// builder gets its own target name, so clients of different tests never
+/// share a retry-throttling bucket.
 pub fn mock_client(server: &MockServer) -> AmeideClientBuilder {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ameide_sdk::AmeideClient::builder()
-        .endpoint("http://mock.test:9000")
+        .endpoint(format!("http://mock-{n}.test:9000"))
         .transport(duplex_transport(server.clone()))
 }
 

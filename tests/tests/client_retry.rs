@@ -125,7 +125,12 @@ async fn backoff_delays_follow_the_schedule_at_the_jitter_extremes() {
 async fn random_backoff_delays_stay_within_half_and_one_and_a_half_times_the_schedule() {
     let server = MockServer::new();
     server.fallback(Reply::status(Status::resource_exhausted("busy")));
-    let client = mock_client(&server).build().unwrap();
+    // 25 calls that fail every attempt would (rightly) drain the throttling
+    // bucket; this test is about the backoff schedule alone.
+    let client = mock_client(&server)
+        .retry_policy(ameide_sdk::layers::RetryPolicy::default().with_throttling(None))
+        .build()
+        .unwrap();
     let mut seen = Vec::new();
     for _ in 0..25 {
         server.clear_attempts();

@@ -64,7 +64,10 @@ async fn one_client_span_per_attempt_with_parity_attributes_and_matching_tracepa
             Value::from("ameide_core_proto.graph.v1.GraphService")
         );
         assert_eq!(a["rpc.method"], Value::from("ListRepositories"));
-        assert_eq!(a["server.address"], Value::from("mock.test"));
+        assert!(
+            a["server.address"].as_str().starts_with("mock-")
+                && a["server.address"].as_str().ends_with(".test")
+        );
         assert_eq!(a["server.port"], Value::I64(9000));
         assert_eq!(
             a["ameide.request_id"],

@@ -312,6 +312,18 @@ pub(crate) fn stamp_status(mut status: Status, state: &CallState) -> Status {
     metadata.insert(stamp::ATTEMPTS, MetadataValue::from(state.attempts()));
     let elapsed = u64::try_from(state.start().elapsed().as_micros()).unwrap_or(u64::MAX);
     metadata.insert(stamp::ELAPSED_US, MetadataValue::from(elapsed));
+    if let Some(reason) = state.stop() {
+        metadata.insert(stamp::STOP, MetadataValue::from_static(reason.as_str()));
+    }
+    let history = state.history();
+    if !history.is_empty() {
+        metadata.insert_bin(
+            stamp::HISTORY,
+            tonic::metadata::MetadataValue::from_bytes(
+                crate::call::encode_history(&history).as_bytes(),
+            ),
+        );
+    }
     if let Some(retryable) = state.retryable() {
         metadata.insert(
             stamp::RETRYABLE,

@@ -38,7 +38,7 @@ pub mod tracing;
 
 pub use auth::{AuthLayer, AuthService};
 pub use metadata::{MetadataLayer, MetadataLayerBuilder, MetadataService, RequestIdGenerator};
-pub use retry::{RetryLayer, RetryPolicy, RetryService};
+pub use retry::{Jitter, RetryLayer, RetryPolicy, RetryService, Sleeper, Throttle, ThrottleConfig};
 pub use timeout::{TimeoutLayer, TimeoutService};
 pub use tracing::{SemconvMode, TracingLayer, TracingService};
 

@@ -10,6 +10,10 @@
 //! | on the wire | `grpc-timeout` = remaining budget on every attempt; `grpc-previous-rpc-attempts` on retries |
 //! | budget | a delay that would end past the call's deadline is not slept: the last status is returned at once |
 //! | exhausted | the caller gets the last attempt's original status (the metadata layer attaches the attempt count) |
+//! | server hints (beyond the contract) | `grpc-retry-pushback-ms` ≥ 0: wait exactly that long and restart the backoff; negative or malformed: do not retry. `google.rpc.RetryInfo`: wait at least its delay. A hinted delay past the deadline fails at once with the last status |
+//! | throttling (beyond the contract, on by default) | gRFC A6 token bucket per target ([`ThrottleConfig`]: 10 tokens, 0.1 per success); a retry needs more than half the tokens; `with_throttling(None)` switches it off |
+//! | safe-retry mode (off by default) | DEADLINE_EXCEEDED, ABORTED and server-sent UNAVAILABLE retried only for `NO_SIDE_EFFECTS`/`IDEMPOTENT` methods; per client or per call |
+//! | history | every attempt's code, message and preceding delay, and the [`StopReason`](crate::StopReason), reach [`crate::Error`] |
 //!
 //! Sleep and randomness are injectable ([`Sleeper`], [`Jitter`]) so tests can
 //! drive time (tokio's paused clock works with the default sleeper too).
@@ -35,7 +39,7 @@ use super::{
     trailers_only_status,
 };
 use crate::auth::BoxFuture;
-use crate::call::{CallState, Deadline};
+use crate::call::{AttemptRecord, CallState, Deadline, SafeRetries, StopReason};
 use crate::config::{ConfigError, ConfigErrorKind};
 
 /// When and how often to retry.
@@ -63,6 +67,32 @@ pub struct RetryPolicy {
     jitter: (f64, f64),
     retryable: Vec<Code>,
     max_replay_bytes: usize,
+    safe: bool,
+    throttle: Option<ThrottleConfig>,
+}
+
+/// gRFC A6 retry throttling: a token bucket per target. Every failed attempt
+/// with a retryable code (or a pushback) costs one token, every success adds
+/// `token_ratio`; retries are allowed only while more than half of
+/// `max_tokens` remain. When a target is failing broadly, clients back off
+/// together instead of tripling its load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThrottleConfig {
+    /// Bucket size (and starting level), 1 ..= 1000.
+    pub max_tokens: f64,
+    /// Tokens a success adds back, in (0, 1].
+    pub token_ratio: f64,
+}
+
+impl Default for ThrottleConfig {
+    /// 10 tokens, 0.1 per success: after 5 straight failures retries pause
+    /// until about 10 successes have come back per token spent.
+    fn default() -> Self {
+        ThrottleConfig {
+            max_tokens: 10.0,
+            token_ratio: 0.1,
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -81,6 +111,8 @@ impl Default for RetryPolicy {
                 Code::ResourceExhausted,
             ],
             max_replay_bytes: 4 * 1024 * 1024,
+            safe: false,
+            throttle: Some(ThrottleConfig::default()),
         }
     }
 }
@@ -133,6 +165,29 @@ impl RetryPolicy {
         self
     }
 
+    /// Safe-retry mode: DEADLINE_EXCEEDED, ABORTED and UNAVAILABLE sent by the
+    /// server are retried only for `NO_SIDE_EFFECTS` and `IDEMPOTENT` methods,
+    /// because the server may have acted on the request. UNAVAILABLE from the
+    /// transport (the request never got a response: connect failure, refused
+    /// stream) and RESOURCE_EXHAUSTED stay retryable for every method. Off by
+    /// default, which is the contract's behaviour: fewer spurious failures, at
+    /// the price of possibly repeating a non-idempotent write.
+    pub fn with_safe_retries(mut self, safe: bool) -> Self {
+        self.safe = safe;
+        self
+    }
+
+    /// Sets (or with `None` switches off) retry throttling.
+    pub fn with_throttling(mut self, throttle: Option<ThrottleConfig>) -> Self {
+        self.throttle = throttle;
+        self
+    }
+
+    /// Whether safe-retry mode is on.
+    pub fn safe_retries(&self) -> bool {
+        self.safe
+    }
+
     /// Checks every parameter; the error names the bad one and the valid range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError::new(ConfigErrorKind::Retry, m));
@@ -160,6 +215,17 @@ impl RetryPolicy {
                 "retry jitter [{lo}, {hi}] must satisfy 0 <= min <= max"
             ));
         }
+        if let Some(t) = self.throttle
+            && !(t.max_tokens.is_finite()
+                && (1.0..=1000.0).contains(&t.max_tokens)
+                && t.token_ratio > 0.0
+                && t.token_ratio <= 1.0)
+        {
+            return err(format!(
+                "retry throttling max_tokens {} must be within 1..=1000 and token_ratio {} within (0, 1]",
+                t.max_tokens, t.token_ratio
+            ));
+        }
         Ok(())
     }
 
@@ -183,6 +249,61 @@ impl RetryPolicy {
         let exponent = attempt.saturating_sub(2).min(64) as i32;
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
         Duration::from_secs_f64(secs.min(self.max_backoff.as_secs_f64()))
+    }
+}
+
+/// The token bucket of one target (see [`ThrottleConfig`]).
+#[derive(Debug)]
+pub struct Throttle {
+    config: ThrottleConfig,
+    tokens: std::sync::Mutex<f64>,
+}
+
+impl Throttle {
+    fn new(config: ThrottleConfig) -> Self {
+        Throttle {
+            config,
+            tokens: std::sync::Mutex::new(config.max_tokens),
+        }
+    }
+
+    /// The bucket shared by every retry layer for `target` with the same
+    /// configuration (clients built separately for one target share it).
+    pub fn for_target(target: &str, config: ThrottleConfig) -> Arc<Throttle> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock, Weak};
+        static BUCKETS: OnceLock<Mutex<HashMap<String, Weak<Throttle>>>> = OnceLock::new();
+        let key = format!("{target}|{}|{}", config.max_tokens, config.token_ratio);
+        let mut buckets = BUCKETS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        buckets.retain(|_, w| w.strong_count() > 0);
+        if let Some(existing) = buckets.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let bucket = Arc::new(Throttle::new(config));
+        buckets.insert(key, Arc::downgrade(&bucket));
+        bucket
+    }
+
+    /// Tokens left.
+    pub fn tokens(&self) -> f64 {
+        *self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn allows_retry(&self) -> bool {
+        self.tokens() > self.config.max_tokens / 2.0
+    }
+
+    fn failure(&self) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t - 1.0).max(0.0);
+    }
+
+    fn success(&self) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + self.config.token_ratio).min(self.config.max_tokens);
     }
 }
 
@@ -235,6 +356,7 @@ pub struct RetryLayer {
     policy: Arc<RetryPolicy>,
     sleeper: Arc<dyn Sleeper>,
     jitter: Arc<dyn Jitter>,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl fmt::Debug for RetryLayer {
@@ -250,10 +372,26 @@ impl RetryLayer {
     pub fn new(policy: RetryPolicy) -> Result<Self, ConfigError> {
         policy.validate()?;
         Ok(RetryLayer {
+            throttle: policy.throttle.map(|c| Arc::new(Throttle::new(c))),
             policy: Arc::new(policy),
             sleeper: Arc::new(TokioSleeper),
             jitter: Arc::new(UniformJitter),
         })
+    }
+
+    /// Shares the throttling bucket with every other layer built for `target`
+    /// (the client does this for its endpoint).
+    pub fn for_target(mut self, target: &str) -> Self {
+        self.throttle = self
+            .policy
+            .throttle
+            .map(|c| Throttle::for_target(target, c));
+        self
+    }
+
+    /// The throttling bucket, when throttling is on.
+    pub fn throttle(&self) -> Option<&Arc<Throttle>> {
+        self.throttle.as_ref()
     }
 
     /// Replaces how the layer sleeps between attempts.
@@ -316,6 +454,11 @@ where
         if !replayable || self.layer.policy.max_attempts <= 1 {
             if let Some(state) = &state {
                 state.record_attempt(1);
+                state.record_stop(if replayable {
+                    StopReason::Exhausted
+                } else {
+                    StopReason::NotReplayable
+                });
             }
             let future = self.inner.call(request);
             return Box::pin(async move { future.await.map_err(Into::into) });
@@ -406,10 +549,27 @@ where
         Err(status) => return Ok(status_response(status)),
     };
 
+    let safe = parts
+        .extensions
+        .get::<SafeRetries>()
+        .map_or(policy.safe, |s| s.0);
+    let method_is_safe =
+        ameide_proto::method(parts.uri.path()).is_some_and(|m| m.idempotency.is_safe_to_repeat());
+    let throttle = layer.throttle.clone();
+    let note = |record: AttemptRecord| {
+        if let Some(state) = &state {
+            state.record_history(record);
+        }
+    };
     let mut attempt = 1;
+    let mut backoff_step = 2; // the attempt number the next computed delay is for
+    let mut delay_before = Duration::ZERO;
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|r| r.is_zero()) {
+            if let Some(state) = &state {
+                state.record_stop(StopReason::Deadline);
+            }
             return Ok(status_response(Status::deadline_exceeded(
                 "deadline exceeded before the next attempt",
             )));
@@ -421,36 +581,131 @@ where
             attempt,
             remaining,
         );
-        let outcome = match (&mut inner).oneshot(request).await {
+        let (status, response, from_server) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
-                None => return Ok(response), // committed: headers arrived without a status
-                Some(status) if status.code() == Code::Ok => return Ok(response),
-                Some(status) => (status, Some(response)),
+                None => {
+                    // Committed: headers arrived without a status.
+                    if let Some(t) = &throttle {
+                        t.success();
+                    }
+                    note(AttemptRecord {
+                        code: Code::Ok,
+                        message: String::new(),
+                        delay_before,
+                    });
+                    if let Some(state) = &state {
+                        state.record_stop(StopReason::Committed);
+                    }
+                    return Ok(response);
+                }
+                Some(status) if status.code() == Code::Ok => {
+                    if let Some(t) = &throttle {
+                        t.success();
+                    }
+                    note(AttemptRecord {
+                        code: Code::Ok,
+                        message: String::new(),
+                        delay_before,
+                    });
+                    return Ok(response);
+                }
+                Some(status) => (status, Some(response), true),
             },
-            Err(error) => (status_from_error(error.into()), None),
+            Err(error) => (status_from_error(error.into()), None, false),
         };
-        let (status, response) = outcome;
-        let retryable = policy.retries(status.code());
-        let finish = |status: Status, response: Option<HttpResponse>| {
+        note(AttemptRecord {
+            code: status.code(),
+            message: status.message().to_owned(),
+            delay_before,
+        });
+        let pushback = response.as_ref().and_then(pushback);
+        let code_retryable = policy.retries(status.code());
+        let allowed_by_safety = !safe
+            || method_is_safe
+            || match status.code() {
+                Code::DeadlineExceeded | Code::Aborted => false,
+                Code::Unavailable => !from_server,
+                _ => true,
+            };
+        if (code_retryable || pushback.is_some())
+            && let Some(t) = &throttle
+        {
+            t.failure();
+        }
+        let stop = |reason: StopReason, status: Status, response: Option<HttpResponse>| {
             if let Some(state) = &state {
-                state.record_retryable(retryable);
+                state.record_retryable(code_retryable);
+                state.record_stop(reason);
             }
             Ok(response.unwrap_or_else(|| status_response(status)))
         };
-        if !retryable || attempt >= policy.max_attempts {
-            return finish(status, response);
+        if !code_retryable || !allowed_by_safety {
+            return stop(StopReason::NotRetryable, status, response);
         }
-        let (lo, hi) = policy.jitter;
-        let factor = layer.jitter.factor(lo, hi).clamp(lo, hi);
-        let delay = policy.base_delay(attempt + 1).mul_f64(factor);
+        if pushback == Some(Pushback::Stop) {
+            return stop(StopReason::PushbackSaidNo, status, response);
+        }
+        if attempt >= policy.max_attempts {
+            return stop(StopReason::Exhausted, status, response);
+        }
+        if throttle.as_ref().is_some_and(|t| !t.allows_retry()) {
+            return stop(StopReason::Throttled, status, response);
+        }
+        let mut delay = match pushback {
+            Some(Pushback::Wait(exact)) => {
+                // The server said exactly how long; the backoff starts over.
+                backoff_step = 2;
+                exact
+            }
+            _ => {
+                let (lo, hi) = policy.jitter;
+                let factor = layer.jitter.factor(lo, hi).clamp(lo, hi);
+                let computed = policy.base_delay(backoff_step).mul_f64(factor);
+                backoff_step += 1;
+                computed
+            }
+        };
+        if let Some(hint) = retry_info_delay(&status) {
+            delay = delay.max(hint);
+        }
         if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-            ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the backoff would outlive the deadline");
-            return finish(status, response);
+            ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the delay would outlive the deadline");
+            return stop(StopReason::Deadline, status, response);
         }
         ::tracing::debug!(attempt, ?delay, code = ?status.code(), "retrying");
         layer.sleeper.sleep(delay).await;
+        delay_before = delay;
         attempt += 1;
     }
+}
+
+/// What `grpc-retry-pushback-ms` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushback {
+    /// Wait exactly this long, then retry.
+    Wait(Duration),
+    /// Do not retry (a negative or malformed value).
+    Stop,
+}
+
+fn pushback(response: &HttpResponse) -> Option<Pushback> {
+    let value = response.headers().get("grpc-retry-pushback-ms")?;
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    Some(match parsed {
+        Some(ms) if ms >= 0 => Pushback::Wait(Duration::from_millis(ms.unsigned_abs())),
+        _ => Pushback::Stop,
+    })
+}
+
+/// The delay of a `google.rpc.RetryInfo` detail, if the status carries one.
+fn retry_info_delay(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
 }
 
 pin_project! {

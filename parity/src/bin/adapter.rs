@@ -67,7 +67,9 @@ fn client(case: &Case, endpoint: &str, breaks: &[String]) -> Result<AmeideClient
             })
         }
     };
-    let mut policy = RetryPolicy::default();
+    // Throttling is a Rust SDK extension beyond the contract: parity runs
+    // without it, like the other SDKs.
+    let mut policy = RetryPolicy::default().with_throttling(None);
     if let Some(r) = &c.retry {
         if let Some(n) = r.max_attempts {
             policy = policy.with_max_attempts(n);
