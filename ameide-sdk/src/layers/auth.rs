@@ -6,6 +6,10 @@
 //!   the call fails at once with `UNAUTHENTICATED` carrying the reason; the
 //!   transport is never reached.
 //! - A request that already carries `authorization` (set per call) is left as it is.
+//! - When the server answers UNAUTHENTICATED and the provider caches tokens
+//!   ([`TokenProvider::invalidate`] returns `true`, e.g. [`CachingTokenProvider`](crate::auth::CachingTokenProvider)),
+//!   the cached token is dropped, a new one fetched, and the call replayed
+//!   once (single-request calls up to 4 MiB, with the same request id).
 //!
 //! Sitting outside the retry layer, it asks once however many attempts follow.
 
@@ -17,9 +21,10 @@ use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use pin_project_lite::pin_project;
 use tonic::Status;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
-use super::{BoxError, HttpRequest, HttpResponse, status_response};
+use super::retry::{Buffered, buffer, replay_request};
+use super::{BoxError, HttpRequest, HttpResponse, status_response, trailers_only_status};
 use crate::auth::{AccessToken, BoxFuture, TokenProvider};
 use crate::config::ConfigError;
 
@@ -153,34 +158,78 @@ where
         AuthFuture {
             kind: Kind::Provider {
                 inner: Box::pin(async move {
-                    let token = tokio::time::timeout(max_wait, provider.token()).await;
-                    match token {
-                        Ok(Ok(Some(token))) => match token.header_value() {
-                            Ok(value) => {
-                                request.headers_mut().insert(AUTHORIZATION, value);
-                            }
-                            Err(e) => {
-                                return Ok(status_response(Status::unauthenticated(format!(
-                                    "token provider returned an unusable token: {e}"
-                                ))));
-                            }
-                        },
-                        Ok(Ok(None)) => {}
-                        Ok(Err(e)) => {
-                            return Ok(status_response(Status::unauthenticated(format!(
-                                "token provider failed: {e}"
-                            ))));
-                        }
-                        Err(_) => {
-                            return Ok(status_response(Status::unauthenticated(format!(
-                                "token provider did not answer within {max_wait:?}"
-                            ))));
-                        }
+                    if let Err(response) = authorize(&mut request, &*provider, max_wait).await {
+                        return Ok(response);
                     }
-                    inner.call(request).await.map_err(Into::into)
+                    let replayable = ameide_proto::method(request.uri().path())
+                        .is_some_and(|m| m.kind.has_single_request());
+                    if !replayable {
+                        return inner.call(request).await.map_err(Into::into);
+                    }
+                    // Keep the request so that a rejected token can be replaced once.
+                    let (parts, body) = request.into_parts();
+                    let bytes = match buffer(body, REPLAY_LIMIT).await {
+                        Ok(Buffered::Complete(bytes)) => bytes,
+                        Ok(Buffered::TooLarge(body)) => {
+                            return inner
+                                .call(http::Request::from_parts(parts, body))
+                                .await
+                                .map_err(Into::into);
+                        }
+                        Err(status) => return Ok(status_response(status)),
+                    };
+                    let response = inner
+                        .call(replay_request(&parts, &bytes))
+                        .await
+                        .map_err(Into::into)?;
+                    let rejected = trailers_only_status(&response)
+                        .is_some_and(|s| s.code() == tonic::Code::Unauthenticated);
+                    if !rejected || !provider.invalidate() {
+                        return Ok(response);
+                    }
+                    ::tracing::debug!(
+                        "the server rejected the token; fetching a new one and replaying once"
+                    );
+                    let mut again = replay_request(&parts, &bytes);
+                    again.headers_mut().remove(AUTHORIZATION);
+                    if let Err(response) = authorize(&mut again, &*provider, max_wait).await {
+                        return Ok(response);
+                    }
+                    inner.ready().await.map_err(Into::into)?;
+                    inner.call(again).await.map_err(Into::into)
                 }),
             },
         }
+    }
+}
+
+/// Largest request kept for the one replay after a rejected token.
+const REPLAY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Asks the provider and sets `authorization`; `Err` is the UNAUTHENTICATED
+/// response to return instead of calling.
+async fn authorize(
+    request: &mut HttpRequest,
+    provider: &dyn TokenProvider,
+    max_wait: Duration,
+) -> Result<(), HttpResponse> {
+    match tokio::time::timeout(max_wait, provider.token()).await {
+        Ok(Ok(Some(token))) => match token.header_value() {
+            Ok(value) => {
+                request.headers_mut().insert(AUTHORIZATION, value);
+                Ok(())
+            }
+            Err(e) => Err(status_response(Status::unauthenticated(format!(
+                "token provider returned an unusable token: {e}"
+            )))),
+        },
+        Ok(Ok(None)) => Ok(()),
+        Ok(Err(e)) => Err(status_response(Status::unauthenticated(format!(
+            "token provider failed: {e}"
+        )))),
+        Err(_) => Err(status_response(Status::unauthenticated(format!(
+            "token provider did not answer within {max_wait:?}"
+        )))),
     }
 }
 

@@ -469,12 +469,16 @@ where
     }
 }
 
-enum Buffered {
+/// A request body read into memory for replay, or given back when too large.
+pub(crate) enum Buffered {
+    /// The whole body.
     Complete(Bytes),
+    /// The bytes read so far, then the rest, unbuffered.
     TooLarge(tonic::body::Body),
 }
 
-async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<Buffered, Status> {
+/// Reads `body` into memory, up to `limit` bytes.
+pub(crate) async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<Buffered, Status> {
     let mut collected = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
@@ -492,18 +496,26 @@ async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<Buffered, S
     Ok(Buffered::Complete(collected.freeze()))
 }
 
-fn attempt_request(
-    parts: &http::request::Parts,
-    body: tonic::body::Body,
-    attempt: u32,
-    remaining: Option<Duration>,
-) -> HttpRequest {
-    let mut request = http::Request::new(body);
+/// A copy of a request (method, URI, version, headers, extensions) with `bytes` as its body.
+pub(crate) fn replay_request(parts: &http::request::Parts, bytes: &Bytes) -> HttpRequest {
+    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
+        bytes.clone(),
+    )));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     *request.extensions_mut() = parts.extensions.clone();
+    request
+}
+
+fn attempt_request(
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+    attempt: u32,
+    remaining: Option<Duration>,
+) -> HttpRequest {
+    let mut request = replay_request(parts, bytes);
     if let Some(remaining) = remaining {
         request
             .headers_mut()
@@ -575,12 +587,7 @@ where
             )));
         }
         record(attempt);
-        let request = attempt_request(
-            &parts,
-            tonic::body::Body::new(http_body_util::Full::new(bytes.clone())),
-            attempt,
-            remaining,
-        );
+        let request = attempt_request(&parts, &bytes, attempt, remaining);
         let (status, response, from_server) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
                 None => {

@@ -1,4 +1,7 @@
-//! Bearer tokens: the async [`TokenProvider`] trait and the providers the SDK ships.
+//! Bearer tokens: the async [`TokenProvider`] trait and the providers the SDK ships:
+//! [`StaticTokenProvider`], [`EnvTokenProvider`], [`CachingTokenProvider`] (over any
+//! provider whose tokens expire) and, with the `oauth2` feature (default),
+//! [`ClientCredentials`] (OAuth2 client credentials, the flow Keycloak serves).
 //!
 //! The auth layer asks the provider once per call (not per attempt) and sends
 //! `authorization: Bearer <token>` when it returns a token, nothing when it
@@ -15,6 +18,14 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, ConfigErrorKind};
+
+mod cache;
+#[cfg(feature = "oauth2")]
+mod oauth2;
+
+pub use cache::CachingTokenProvider;
+#[cfg(feature = "oauth2")]
+pub use oauth2::ClientCredentials;
 
 /// A boxed, `Send` future, as returned by [`TokenProvider::token`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -126,6 +137,13 @@ impl std::error::Error for TokenError {}
 pub trait TokenProvider: Send + Sync + 'static {
     /// The token for the next call; `Ok(None)` sends no `authorization` header.
     fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>>;
+
+    /// Forgets any cached token: the server rejected it (UNAUTHENTICATED).
+    /// Providers that cache return `true`, and the auth layer then asks again
+    /// and replays the call once; the default does nothing and returns `false`.
+    fn invalidate(&self) -> bool {
+        false
+    }
 }
 
 impl<F, Fut> TokenProvider for F

@@ -1,0 +1,395 @@
+//! The credential cache (paused clock, a counting provider), invalidate-and-
+//! replay on UNAUTHENTICATED (on the wire), and OAuth2 client credentials
+//! against a real local HTTP token endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ameide_sdk::IntoAmeideResult;
+use ameide_sdk::auth::{
+    AccessToken, CachingTokenProvider, ClientCredentials, TokenError, TokenProvider,
+};
+use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
+use ameide_sdk::testkit::{MockServer, Reply};
+use ameide_tests::{mock_client, paths};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+/// A provider that counts fetches and hands out `tok-<n>` valid for `ttl`,
+/// failing whenever `fail` is set.
+#[derive(Clone)]
+struct Counting {
+    fetches: Arc<AtomicUsize>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    ttl: Duration,
+    latency: Duration,
+}
+
+impl Counting {
+    fn new(ttl: Duration) -> Self {
+        Counting {
+            fetches: Arc::default(),
+            fail: Arc::default(),
+            ttl,
+            latency: Duration::from_millis(100),
+        }
+    }
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenProvider for Counting {
+    fn token(&self) -> ameide_sdk::auth::BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.latency).await;
+            let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(TokenError::new("identity provider down"));
+            }
+            Ok(Some(
+                AccessToken::new(format!("tok-{n}")).with_expiry(Instant::now() + self.ttl),
+            ))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_concurrent_callers_cause_one_fetch() {
+    let inner = Counting::new(Duration::from_secs(300));
+    let cache = Arc::new(CachingTokenProvider::new(inner.clone()));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await.unwrap().unwrap().secret().to_owned() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "tok-1");
+    }
+    assert_eq!(inner.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_ahead_of_expiry_and_others_keep_the_valid_token_meanwhile() {
+    let inner = Counting::new(Duration::from_secs(60));
+    let cache = Arc::new(
+        CachingTokenProvider::new(inner.clone())
+            .refresh_ahead(Duration::from_secs(10))
+            .jitter(0.0),
+    );
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
+    tokio::time::sleep(Duration::from_secs(49)).await;
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
+    assert_eq!(inner.fetches(), 1, "not yet in the refresh window");
+    tokio::time::sleep(Duration::from_secs(2)).await; // 51 s: inside the window, still valid
+    let refresher = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.token().await.unwrap().unwrap().secret().to_owned() })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(
+        cache.token().await.unwrap().unwrap().secret(),
+        "tok-1",
+        "no waiting while one caller refreshes"
+    );
+    assert_eq!(refresher.await.unwrap(), "tok-2");
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-2");
+    assert_eq!(inner.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_keeps_serving_the_valid_token_and_never_caches_the_failure() {
+    let inner = Counting::new(Duration::from_secs(60));
+    let cache = CachingTokenProvider::new(inner.clone())
+        .refresh_ahead(Duration::from_secs(10))
+        .jitter(0.0)
+        .retry_after_failure(Duration::from_secs(1));
+    cache.token().await.unwrap();
+    inner.fail.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    assert_eq!(
+        cache.token().await.unwrap().unwrap().secret(),
+        "tok-1",
+        "refresh failed, token still valid"
+    );
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
+    assert_eq!(inner.fetches(), 2, "no hammering right after a failure");
+    tokio::time::sleep(Duration::from_secs(10)).await; // expired now
+    let err = cache.token().await.unwrap_err();
+    assert!(err.to_string().contains("identity provider down"));
+    inner.fail.store(false, Ordering::SeqCst);
+    assert!(
+        cache
+            .token()
+            .await
+            .unwrap()
+            .unwrap()
+            .secret()
+            .starts_with("tok-"),
+        "the failure was not cached"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unauthenticated_invalidates_the_cached_token_and_replays_the_call_once() {
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unauthenticated("token revoked")),
+    );
+    server.push(paths::LIST_REPOSITORIES, Reply::ok());
+    let inner = Counting::new(Duration::from_secs(300));
+    let client = mock_client(&server)
+        .token_provider(CachingTokenProvider::new(inner.clone()))
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .unwrap();
+    let attempts = server.attempts();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(
+        attempts[1].header("authorization"),
+        Some("Bearer tok-2"),
+        "a fresh token on the replay"
+    );
+    assert_eq!(
+        attempts[0].header("x-request-id"),
+        attempts[1].header("x-request-id")
+    );
+
+    // Rejected again: only one replay.
+    server.reset();
+    server.fallback(Reply::status(Status::unauthenticated("still no")));
+    let err = client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .into_ameide()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(server.attempts().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_without_a_cache_is_not_replayed() {
+    let server = MockServer::new();
+    server.fallback(Reply::status(Status::unauthenticated("bad token")));
+    let client = mock_client(&server)
+        .token_provider(Counting::new(Duration::from_secs(300)))
+        .build()
+        .unwrap();
+    let _ = client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await;
+    assert_eq!(server.attempts().len(), 1);
+}
+
+/// A real HTTP/1.1 token endpoint on loopback; `answer` picks the reply to
+/// each request body (the form) and may delay it.
+async fn token_endpoint(
+    answer: impl Fn(&str) -> (Duration, u16, String) + Send + Sync + 'static,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/realms/ameide/protocol/openid-connect/token",
+        listener.local_addr().unwrap()
+    );
+    let forms = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = forms.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (seen, answer) = (seen.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break text[end + 4..end + 4 + length].to_owned();
+                        }
+                    }
+                };
+                seen.lock().unwrap().push(body.clone());
+                let (delay, status, json) = answer(&body);
+                tokio::time::sleep(delay).await;
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, forms)
+}
+
+#[tokio::test]
+async fn client_credentials_posts_the_form_and_reads_the_token() {
+    let (url, forms) = token_endpoint(|_| {
+        (
+            Duration::ZERO,
+            200,
+            r#"{"access_token":"kc-abc","token_type":"Bearer","expires_in":300}"#.into(),
+        )
+    })
+    .await;
+    let provider = ClientCredentials::new(&url, "svc-agents", "s3cr3t&=")
+        .unwrap()
+        .scope("ameide.api profile");
+    let token = provider.token().await.unwrap().unwrap();
+    assert_eq!(token.secret(), "kc-abc");
+    let left = token.expires_at().unwrap() - Instant::now();
+    assert!(left > Duration::from_secs(298) && left <= Duration::from_secs(300));
+    let form = forms.lock().unwrap()[0].clone();
+    assert_eq!(
+        form,
+        "grant_type=client_credentials&client_id=svc%2Dagents&client_secret=s3cr3t%26%3D&scope=ameide%2Eapi%20profile",
+        "every value form-encoded"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_reports_failures_clearly() {
+    let cases: Vec<(u16, &str, &str)> = vec![
+        (
+            401,
+            r#"{"error":"invalid_client","error_description":"bad secret"}"#,
+            "401 Unauthorized: invalid_client (bad secret)",
+        ),
+        (500, "oops", "500 Internal Server Error"),
+        (200, "{not json", "malformed JSON"),
+        (200, r#"{"token_type":"Bearer"}"#, "without an access_token"),
+        (
+            200,
+            r#"{"access_token":"x","token_type":"mac"}"#,
+            "not a Bearer token",
+        ),
+    ];
+    for (status, body, needle) in cases {
+        let body = body.to_owned();
+        let (url, _) = token_endpoint(move |_| (Duration::ZERO, status, body.clone())).await;
+        let err = ClientCredentials::new(&url, "id", "secret-value")
+            .unwrap()
+            .token()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{status}: {err}");
+        assert!(!err.to_string().contains("secret-value"));
+    }
+}
+
+#[tokio::test]
+async fn a_slow_token_endpoint_times_out() {
+    let (url, _) = token_endpoint(|_| (Duration::from_secs(5), 200, "{}".into())).await;
+    let started = std::time::Instant::now();
+    let err = ClientCredentials::new(&url, "id", "s")
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .token()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("did not answer within"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn an_unreachable_token_endpoint_is_an_error_not_a_hang() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    drop(listener);
+    let err = ClientCredentials::new(&url, "id", "s")
+        .unwrap()
+        .token()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unreachable"), "{err}");
+}
+
+#[tokio::test]
+async fn cached_client_credentials_fetch_again_when_the_token_expires() {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    let (url, _) = token_endpoint(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        (
+            Duration::ZERO,
+            200,
+            format!(r#"{{"access_token":"kc-{n}","token_type":"Bearer","expires_in":1}}"#),
+        )
+    })
+    .await;
+    let cached = ClientCredentials::new(&url, "id", "s")
+        .unwrap()
+        .cached()
+        .refresh_ahead(Duration::ZERO)
+        .jitter(0.0);
+    assert_eq!(cached.token().await.unwrap().unwrap().secret(), "kc-1");
+    assert_eq!(
+        cached.token().await.unwrap().unwrap().secret(),
+        "kc-1",
+        "cached while valid"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        cached.token().await.unwrap().unwrap().secret(),
+        "kc-2",
+        "expired: fetched again"
+    );
+    assert_eq!(issued.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_client_with_an_oauth2_provider_sends_its_token() {
+    let (url, _) = token_endpoint(|_| {
+        (
+            Duration::ZERO,
+            200,
+            r#"{"access_token":"kc-live","token_type":"bearer","expires_in":300}"#.into(),
+        )
+    })
+    .await;
+    let server = MockServer::new();
+    let client = mock_client(&server)
+        .token_provider(ClientCredentials::new(&url, "id", "s").unwrap().cached())
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        server
+            .attempts()
+            .iter()
+            .all(|a| a.header("authorization") == Some("Bearer kc-live"))
+    );
+}
