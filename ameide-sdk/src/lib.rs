@@ -63,7 +63,7 @@ pub use client::{
 };
 pub use config::{AmeideConfig, ConfigError, ConfigErrorKind};
 pub use error::{Error, IntoAmeideResult, canonical_code_name};
-pub use transport::{BoxTransport, TransportOptions};
+pub use transport::{BoxTransport, DEFAULT_CONNECTIONS, TransportOptions};
 
 /// The generated protobuf types of the Ameide core bundle, re-exported verbatim.
 ///

@@ -6,8 +6,10 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::Status;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
@@ -36,6 +38,10 @@ pub struct TransportOptions {
     pub connect_timeout: Duration,
     /// Extra CA certificate (PEM) trusted for `https` endpoints, e.g. a cluster CA.
     pub ca_certificate_pem: Option<Vec<u8>>,
+    /// HTTP/2 connections to the target, 1 ..= 64; calls are spread over them
+    /// round-robin. One connection multiplexes streams, but its single
+    /// connection task becomes the bottleneck with hundreds in flight.
+    pub connections: usize,
 }
 
 impl Default for TransportOptions {
@@ -45,11 +51,15 @@ impl Default for TransportOptions {
             keepalive_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(10),
             ca_certificate_pem: None,
+            connections: DEFAULT_CONNECTIONS,
         }
     }
 }
 
-/// Builds the default transport: a lazy tonic `Channel` to `endpoint`.
+/// The default pool size (see `docs/BENCHMARKS.md` for the measurement).
+pub const DEFAULT_CONNECTIONS: usize = 1;
+
+/// Builds the default transport: lazy tonic `Channel`s to `endpoint`.
 pub(crate) fn tonic_channel(
     endpoint: &str,
     options: &TransportOptions,
@@ -92,8 +102,47 @@ pub(crate) fn tonic_channel(
         }
         ep = ep.tls_config(tls).map_err(tls_error)?;
     }
-    let channel = ep.connect_lazy();
-    Ok(BoxCloneSyncService::new(channel.map_err(BoxError::from)))
+    if !(1..=64).contains(&options.connections) {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!("connections {} must be within 1..=64", options.connections),
+        ));
+    }
+    if options.connections == 1 {
+        return Ok(BoxCloneSyncService::new(
+            ep.connect_lazy().map_err(BoxError::from),
+        ));
+    }
+    let channels: Vec<Channel> = (0..options.connections)
+        .map(|_| ep.connect_lazy())
+        .collect();
+    Ok(BoxCloneSyncService::new(Pool {
+        channels: Arc::from(channels),
+        next: Arc::new(AtomicUsize::new(0)),
+    }))
+}
+
+/// Round-robin over several connections to one target.
+#[derive(Clone)]
+struct Pool {
+    channels: Arc<[Channel]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Service<HttpRequest> for Pool {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let channel = self.channels[n].clone();
+        Box::pin(async move { channel.oneshot(request).await.map_err(BoxError::from) })
+    }
 }
 
 /// The transport behind a lock, so that closing the client releases it for

@@ -45,6 +45,15 @@ fn sdk_client(
     if variant.contains("noretry") {
         builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
     }
+    if let Some(n) = std::env::var("AMEIDE_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.transport_options(ameide_sdk::TransportOptions {
+            connections: n,
+            ..Default::default()
+        });
+    }
     builder.build()
 }
 

@@ -117,6 +117,8 @@ pub struct RecordedAttempt {
     pub at: Instant,
     /// The request messages, without gRPC framing.
     pub messages: Vec<Bytes>,
+    /// Which connection the attempt arrived on (numbered from 1 per server, in accept order).
+    pub connection: u64,
 }
 
 impl RecordedAttempt {
@@ -129,8 +131,10 @@ impl RecordedAttempt {
 #[derive(Debug, Default)]
 struct State {
     scripts: HashMap<String, VecDeque<Reply>>,
+    by_request: HashMap<(String, String), VecDeque<Reply>>,
     fallback: Option<Reply>,
     attempts: Vec<RecordedAttempt>,
+    connections: u64,
 }
 
 /// A gRPC server for any method path: answers from a per-path script and
@@ -155,6 +159,18 @@ impl MockServer {
         self.lock()
             .scripts
             .entry(path.to_owned())
+            .or_default()
+            .push_back(reply);
+        self
+    }
+
+    /// Queues `reply` for the next attempt on `path` whose `x-request-id` is
+    /// `request_id` (checked before the path's own script), so that many
+    /// concurrent calls can each follow a script of their own.
+    pub fn push_for_request(&self, path: &str, request_id: &str, reply: Reply) -> &Self {
+        self.lock()
+            .by_request
+            .entry((path.to_owned(), request_id.to_owned()))
             .or_default()
             .push_back(reply);
         self
@@ -185,6 +201,7 @@ impl MockServer {
     pub fn reset(&self) {
         let mut state = self.lock();
         state.scripts.clear();
+        state.by_request.clear();
         state.fallback = None;
         state.attempts.clear();
     }
@@ -201,6 +218,7 @@ impl MockServer {
     {
         let at = Instant::now();
         let (parts, body) = request.into_parts();
+        let connection = parts.extensions.get::<ConnectionId>().map_or(0, |c| c.0);
         let path = parts.uri.path().to_owned();
         let messages = match body.collect().await {
             Ok(collected) => unframe(collected.to_bytes()),
@@ -216,8 +234,19 @@ impl MockServer {
                 headers: parts.headers,
                 at,
                 messages,
+                connection,
             });
-            let scripted = state.scripts.get_mut(&path).and_then(VecDeque::pop_front);
+            let request_id = state
+                .attempts
+                .last()
+                .and_then(|a| a.header("x-request-id"))
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let scripted = state
+                .by_request
+                .get_mut(&(path.clone(), request_id))
+                .and_then(VecDeque::pop_front)
+                .or_else(|| state.scripts.get_mut(&path).and_then(VecDeque::pop_front));
             scripted
                 .or_else(|| state.fallback.clone())
                 .unwrap_or_else(Reply::ok)
@@ -320,13 +349,31 @@ where
     }
 }
 
+/// The number of the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionId(u64);
+
 fn serve_connection<IO>(server: MockServer, io: IO)
 where
     IO: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
 {
+    let id = {
+        let mut state = server.lock();
+        state.connections += 1;
+        state.connections
+    };
     tokio::spawn(async move {
-        let service = TowerToHyperService::new(server);
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            server,
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectionId(id));
+                request
+            },
+        ));
+        // No per-connection stream limit: scripted slow replies must not
+        // queue unrelated calls behind them (hyper's default is 200).
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(None)
             .serve_connection(io, service)
             .await;
     });
