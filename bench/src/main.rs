@@ -66,6 +66,9 @@ impl GraphService for Echo {
         request: Request<GetRepositoryRequest>,
     ) -> Result<Response<GetRepositoryResponse>, Status> {
         let id = request.into_inner().repository_id;
+        if id.starts_with("soak-") && id.ends_with('0') {
+            return Err(Status::not_found(format!("repository {id} does not exist")));
+        }
         Ok(Response::new(GetRepositoryResponse {
             repository: Some(Repository {
                 repository_id: id,
@@ -406,6 +409,119 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Resident set size of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `soak [--calls N] [--concurrency C] [--max-growth-mib M]`: N calls through
+/// one AmeideClient (every tenth fails NOT_FOUND, exercising the error path)
+/// against the server process; RSS after a warm-up and at the end. Fails when
+/// it grew more than M MiB (default 10: a leak of 50 bytes per call over
+/// 200k calls would already show).
+fn soak(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let (mut calls, mut concurrency, mut max_growth_mib) = (200_000u64, 64u64, 10u64);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let value: u64 = it.next().ok_or(format!("{arg} needs a value"))?.parse()?;
+        match arg.as_str() {
+            "--calls" => calls = value,
+            "--concurrency" => concurrency = value,
+            "--max-growth-mib" => max_growth_mib = value,
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let mut child = pinned(cores().saturating_sub(1))
+        .arg("server")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("server has no stdout")?;
+    let server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let endpoint = format!("http://127.0.0.1:{}", line.trim());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(NoopExporter)
+            .build();
+        let client = sdk_client(&endpoint, &provider)?.graph();
+        let run = |total: u64, offset: u64| {
+            let client = client.clone();
+            async move {
+                let next = Arc::new(AtomicU64::new(0));
+                let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+                let tasks: Vec<_> = (0..concurrency)
+                    .map(|_| {
+                        let (mut client, next, ok, failed) =
+                            (client.clone(), next.clone(), ok.clone(), failed.clone());
+                        tokio::spawn(async move {
+                            loop {
+                                let n = next.fetch_add(1, Ordering::Relaxed);
+                                if n >= total {
+                                    break;
+                                }
+                                let request = GetRepositoryRequest {
+                                    repository_id: format!("soak-{}", n + offset),
+                                    ..Default::default()
+                                };
+                                match client.get_repository(request).await {
+                                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                                };
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("no soak task panics");
+                }
+                (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+            }
+        };
+        let warmup = (calls / 20).max(1000);
+        run(warmup, 0).await;
+        let start_rss = rss_kib();
+        let started = Instant::now();
+        let (ok, failed) = run(calls, warmup).await;
+        let elapsed = started.elapsed();
+        let end_rss = rss_kib();
+        let _ = provider.shutdown();
+        Ok::<_, Box<dyn std::error::Error>>((ok, failed, start_rss, end_rss, elapsed))
+    });
+    drop(server);
+    let (ok, failed, start_rss, end_rss, elapsed) = result?;
+    let growth = end_rss.saturating_sub(start_rss);
+    println!(
+        "soak: {} calls ({ok} ok, {failed} NOT_FOUND) in {elapsed:.1?} ({:.0}/s); RSS {start_rss} KiB -> {end_rss} KiB (growth {growth} KiB, bound {} KiB)",
+        ok + failed,
+        (ok + failed) as f64 / elapsed.as_secs_f64(),
+        max_growth_mib * 1024
+    );
+    if ok + failed != calls {
+        return Err(format!("{} calls did not finish", calls - ok - failed).into());
+    }
+    if failed != calls / 10 {
+        return Err(format!("expected {} NOT_FOUND answers, got {failed}", calls / 10).into());
+    }
+    if growth > max_growth_mib * 1024 {
+        return Err(format!(
+            "RSS grew {growth} KiB, more than the {max_growth_mib} MiB bound: a leak?"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// `count <raw|sdk> <calls> <concurrency> <port>`: makes exactly `calls` calls
 /// and exits, for instruction counting under callgrind (run it twice with N and
 /// 2N calls; the difference divided by N is the cost of one call).
@@ -467,6 +583,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("count") => count(&args[1..]),
         Some("server") => serve(),
+        Some("soak") => soak(&args[1..]),
         Some("run") => parse(&args[1..]).map_err(Into::into).and_then(run),
         _ => Err("usage: ameide-bench run [--duration-ms N] [--rounds N] [--concurrency 1,64] [--out DIR]".into()),
     };

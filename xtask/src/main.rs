@@ -14,6 +14,7 @@
 //! | `deny` | `cargo deny check bans licenses sources` with `deny.toml` (cargo-deny installed into the tools cache on first use) |
 //! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
 //! | `parity [runner args…]` | the parity cases (`parity/cases`) against the Rust reference adapter (see `docs/parity.md`) |
+//! | `soak [--calls N]` | N (default 200,000) calls through one client in release mode; fails if RSS grows past the bound |
 //! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke |
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         ["version"] => version().map(|_| ()),
         ["package-smoke"] => package_smoke(),
         ["parity", rest @ ..] => parity(rest),
+        ["soak", rest @ ..] => soak(rest),
         ["sync-proto", source] => sync_proto(Path::new(source)),
         ["deny"] => deny(),
         ["release", "--dry-run"] => release_dry_run(),
@@ -72,6 +74,7 @@ fn print_help() {
          deny                cargo deny check bans licenses sources\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
+         soak [args]         200k calls through one client; fails if RSS grows past 10 MiB\n\
          ci                  everything CI runs"
     );
 }
@@ -739,5 +742,23 @@ fn parity(args: &[&str]) -> Result<(), String> {
             .args(args)
             .current_dir(&root),
         "ameide-parity run",
+    )
+}
+
+/// Builds the bench harness in release mode and runs its soak.
+fn soak(args: &[&str]) -> Result<(), String> {
+    let root = workspace_root();
+    run(
+        cargo()
+            .args(["build", "--locked", "--release", "-p", "ameide-bench"])
+            .current_dir(&root),
+        "cargo build (soak)",
+    )?;
+    run(
+        Command::new(root.join("target/release/ameide-bench"))
+            .arg("soak")
+            .args(args)
+            .current_dir(&root),
+        "ameide-bench soak",
     )
 }
