@@ -209,6 +209,10 @@ pub struct AttemptRecord {
     pub message: String,
     /// How long the loop waited before making it (zero for the first).
     pub delay_before: Duration,
+    /// `true` when the server refused this attempt's stream before processing
+    /// it (`REFUSED_STREAM`, or a stream above a graceful `GOAWAY`): the loop
+    /// sends it once more at once, without counting it against `max_attempts`.
+    pub refused: bool,
 }
 
 /// State shared by the layers of one call (cloned with the request extensions
@@ -342,7 +346,7 @@ pub(crate) mod stamp {
 }
 
 /// Attempt history as text: one `code,delay_ms,message` line per attempt, the
-/// message percent-encoded. Carried in the failed status's metadata.
+/// message percent-encoded, `delay_ms` suffixed `r` for a refused stream. Carried in the failed status's metadata.
 pub(crate) fn encode_history(history: &[AttemptRecord]) -> String {
     use percent_encoding::{CONTROLS, utf8_percent_encode};
     const SET: &percent_encoding::AsciiSet = &CONTROLS.add(b',').add(b'%');
@@ -350,9 +354,10 @@ pub(crate) fn encode_history(history: &[AttemptRecord]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{},{},{}",
+                "{},{}{},{}",
                 r.code as i32,
                 r.delay_before.as_millis(),
+                if r.refused { "r" } else { "" },
                 utf8_percent_encode(&r.message, SET)
             )
         })
@@ -366,7 +371,12 @@ pub(crate) fn decode_history(text: &str) -> Vec<AttemptRecord> {
         .filter_map(|line| {
             let mut parts = line.splitn(3, ',');
             let code = tonic::Code::from_i32(parts.next()?.parse().ok()?);
-            let delay = Duration::from_millis(parts.next()?.parse().ok()?);
+            let delay = parts.next()?;
+            let (delay, refused) = match delay.strip_suffix('r') {
+                Some(d) => (d, true),
+                None => (delay, false),
+            };
+            let delay = Duration::from_millis(delay.parse().ok()?);
             let message = percent_encoding::percent_decode_str(parts.next().unwrap_or_default())
                 .decode_utf8_lossy()
                 .into_owned();
@@ -374,6 +384,7 @@ pub(crate) fn decode_history(text: &str) -> Vec<AttemptRecord> {
                 code,
                 message,
                 delay_before: delay,
+                refused,
             })
         })
         .collect()

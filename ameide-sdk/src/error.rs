@@ -305,6 +305,9 @@ impl fmt::Display for Error {
                     write!(f, " → +{}ms ", r.delay_before.as_millis())?;
                 }
                 f.write_str(code_name(r.code))?;
+                if r.refused {
+                    f.write_str(" (refused)")?;
+                }
             }
             f.write_str(")")?;
         }

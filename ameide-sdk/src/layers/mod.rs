@@ -42,7 +42,7 @@ pub use retry::{Jitter, RetryLayer, RetryPolicy, RetryService, Sleeper, Throttle
 pub use timeout::{TimeoutLayer, TimeoutService};
 pub use tracing::{SemconvMode, TracingLayer, TracingService};
 
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// A boxed error, the error type of every layer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,16 +70,138 @@ pub(crate) fn trailers_only_status(response: &HttpResponse) -> Option<Status> {
 /// ("Timeout expired"); the contract wants `DEADLINE_EXCEEDED`, so that error
 /// is mapped here, wherever it sits in the source chain.
 pub(crate) fn status_from_error(error: BoxError) -> Status {
+    classify_error(error).status
+}
+
+/// A transport error as a gRPC status, plus whether the server certainly did
+/// not process the request.
+pub(crate) struct TransportFailure {
+    pub(crate) status: Status,
+    /// `true` for a stream the server refused (`REFUSED_STREAM`), a stream
+    /// above a graceful `GOAWAY`'s last stream id, and a failure before the
+    /// request reached a connection (connect errors): all safe to send again.
+    pub(crate) unprocessed: bool,
+    /// `true` when the server itself refused the stream (a subset of
+    /// `unprocessed`): eligible for one transparent retry.
+    pub(crate) refused: bool,
+}
+
+/// Maps a transport error. HTTP/2 errors are mapped here by their reason
+/// code, following gRPC's PROTOCOL-HTTP2 table, because tonic maps them only
+/// when its `server` feature is on (otherwise they surface as `UNKNOWN`); a
+/// connection lost mid-call is `UNAVAILABLE` (tonic says `UNKNOWN`). The
+/// original error stays attached as the status's source, so a layer further
+/// out classifies the same error the same way.
+pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
+    enum Found {
+        Deadline,
+        H2 {
+            code: Code,
+            message: String,
+            unprocessed: bool,
+            refused: bool,
+        },
+        ConnectionLost(String),
+        Nothing,
+    }
+    let mut found = Found::Nothing;
+    let mut saw_http = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(err) = source {
-        if err.downcast_ref::<tonic::TimeoutExpired>().is_some() {
-            return Status::deadline_exceeded(
-                "deadline exceeded: the call's budget ran out while waiting for the server",
-            );
+        if let Some(status) = err.downcast_ref::<Status>()
+            && std::error::Error::source(status).is_none()
+        {
+            break;
         }
+        if err.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            found = Found::Deadline;
+            break;
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            let (code, message, unprocessed, refused) = h2_failure(h2);
+            found = Found::H2 {
+                code,
+                message,
+                unprocessed,
+                refused,
+            };
+            break;
+        }
+        if saw_http && let Some(io) = err.downcast_ref::<std::io::Error>() {
+            found = Found::ConnectionLost(format!("connection lost mid-call: {io}"));
+            break;
+        }
+        saw_http |= err.downcast_ref::<hyper::Error>().is_some();
         source = err.source();
     }
-    Status::from_error(error)
+    let (mut status, unprocessed, refused) = match found {
+        Found::Deadline => (
+            Status::deadline_exceeded(
+                "deadline exceeded: the call's budget ran out while waiting for the server",
+            ),
+            false,
+            false,
+        ),
+        Found::H2 {
+            code,
+            message,
+            unprocessed,
+            refused,
+        } => (Status::new(code, message), unprocessed, refused),
+        Found::ConnectionLost(message) => (Status::unavailable(message), false, false),
+        Found::Nothing => {
+            let status = Status::from_error(error);
+            // Without an HTTP-level error in the chain, the request never
+            // reached a connection (connect refused, DNS, TLS handshake).
+            let unprocessed = !saw_http && status.code() == Code::Unavailable;
+            return TransportFailure {
+                status,
+                unprocessed,
+                refused: false,
+            };
+        }
+    };
+    status.set_source(std::sync::Arc::from(error));
+    TransportFailure {
+        status,
+        unprocessed,
+        refused,
+    }
+}
+
+/// `(code, message, unprocessed, refused)` for an HTTP/2 error.
+fn h2_failure(err: &h2::Error) -> (Code, String, bool, bool) {
+    use h2::Reason;
+    let reason = err.reason();
+    if err.is_go_away() && err.is_remote() {
+        // A graceful GOAWAY (NO_ERROR) fails only the streams the server never
+        // took; any other reason may cut a stream it was processing.
+        let graceful = reason == Some(Reason::NO_ERROR);
+        let message = format!("the server closed the connection (GOAWAY): {err}");
+        return (Code::Unavailable, message, graceful, graceful);
+    }
+    if err.is_io() {
+        return (
+            Code::Unavailable,
+            format!("connection lost mid-call: {err}"),
+            false,
+            false,
+        );
+    }
+    let code = match reason {
+        Some(Reason::REFUSED_STREAM) => Code::Unavailable,
+        Some(Reason::CANCEL) => Code::Cancelled,
+        Some(Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        _ => Code::Internal,
+    };
+    let refused = reason == Some(Reason::REFUSED_STREAM) && err.is_remote();
+    (
+        code,
+        format!("HTTP/2 stream error: {err}"),
+        refused,
+        refused,
+    )
 }
 
 /// Header names the layers look up on every call, parsed once.

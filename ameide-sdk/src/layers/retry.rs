@@ -35,7 +35,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::timeout::encode_grpc_timeout;
 use super::{
-    BoxError, HttpRequest, HttpResponse, names, status_from_error, status_response,
+    BoxError, HttpRequest, HttpResponse, classify_error, names, status_response,
     trailers_only_status,
 };
 use crate::auth::BoxFuture;
@@ -451,7 +451,7 @@ where
         let replayable =
             ameide_proto::method(request.uri().path()).is_some_and(|m| m.kind.has_single_request());
         let state = request.extensions().get::<CallState>().cloned();
-        if !replayable || self.layer.policy.max_attempts <= 1 {
+        if !replayable {
             if let Some(state) = &state {
                 state.record_attempt(1);
                 state.record_stop(if replayable {
@@ -576,6 +576,7 @@ where
     let mut attempt = 1;
     let mut backoff_step = 2; // the attempt number the next computed delay is for
     let mut delay_before = Duration::ZERO;
+    let mut transparent_used = false;
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|r| r.is_zero()) {
@@ -588,7 +589,7 @@ where
         }
         record(attempt);
         let request = attempt_request(&parts, &bytes, attempt, remaining);
-        let (status, response, from_server) = match (&mut inner).oneshot(request).await {
+        let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
                 None => {
                     // Committed: headers arrived without a status.
@@ -599,6 +600,7 @@ where
                         code: Code::Ok,
                         message: String::new(),
                         delay_before,
+                        refused: false,
                     });
                     if let Some(state) = &state {
                         state.record_stop(StopReason::Committed);
@@ -613,25 +615,47 @@ where
                         code: Code::Ok,
                         message: String::new(),
                         delay_before,
+                        refused: false,
                     });
                     return Ok(response);
                 }
-                Some(status) => (status, Some(response), true),
+                Some(status) => (status, Some(response), Delivery::Maybe),
             },
-            Err(error) => (status_from_error(error.into()), None, false),
+            Err(error) => {
+                let failure = classify_error(error.into());
+                let delivery = if failure.refused {
+                    Delivery::Refused
+                } else if failure.unprocessed {
+                    Delivery::NotSent
+                } else {
+                    Delivery::Maybe
+                };
+                (failure.status, None, delivery)
+            }
         };
         note(AttemptRecord {
             code: status.code(),
             message: status.message().to_owned(),
             delay_before,
+            refused: delivery == Delivery::Refused,
         });
+        if delivery == Delivery::Refused && !transparent_used {
+            // The server never processed this stream: send it again at once,
+            // once per call, without spending an attempt or a throttle token.
+            ::tracing::debug!(attempt, code = ?status.code(), "transparent retry of a refused stream");
+            transparent_used = true;
+            delay_before = Duration::ZERO;
+            continue;
+        }
         let pushback = response.as_ref().and_then(pushback);
         let code_retryable = policy.retries(status.code());
         let allowed_by_safety = !safe
             || method_is_safe
             || match status.code() {
                 Code::DeadlineExceeded | Code::Aborted => false,
-                Code::Unavailable => !from_server,
+                // UNAVAILABLE is safe only when the request provably did
+                // not reach the server's application.
+                Code::Unavailable => delivery != Delivery::Maybe,
                 _ => true,
             };
         if (code_retryable || pushback.is_some())
@@ -684,6 +708,17 @@ where
         delay_before = delay;
         attempt += 1;
     }
+}
+
+/// Whether a failed attempt reached the server's application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The server refused the stream before processing it.
+    Refused,
+    /// The request never reached a connection.
+    NotSent,
+    /// It may have been processed (the server answered, or the stream broke).
+    Maybe,
 }
 
 /// What `grpc-retry-pushback-ms` asks for.

@@ -8,6 +8,9 @@
 //!   drives every timer.
 //! - [`serve_tcp`]: serves a `MockServer` on a loopback port, for peers that
 //!   need a socket.
+//! - [`H2FaultServer`]: a loopback server on raw HTTP/2 that injects the
+//!   transport faults tonic never produces on demand (`REFUSED_STREAM`,
+//!   `GOAWAY`, a stream reset after N messages, a dropped connection).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -29,8 +32,10 @@
 //! # }
 //! ```
 
+mod h2fault;
 mod server;
 
+pub use h2fault::{H2FaultServer, SeenStream, StreamFault};
 pub use server::{MockServer, RecordedAttempt, Reply, duplex_transport, serve_tcp};
 
 /// Decodes a `grpc-timeout` header value as a server does (the SDK's own decoder);

@@ -1,0 +1,221 @@
+//! A gRPC server written directly on the `h2` crate, so tests can inject the
+//! HTTP/2 faults a tonic server never produces on demand: `REFUSED_STREAM`,
+//! `GOAWAY`, a stream reset after N messages, a connection dropped mid-call.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use h2::Reason;
+use http::{HeaderMap, HeaderValue, Response};
+use tokio::net::TcpListener;
+
+/// What the [`H2FaultServer`] does with one incoming stream. Streams take
+/// faults from the script in arrival order; when the script is empty they get
+/// [`StreamFault::Ok`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamFault {
+    /// Read the request, answer `OK` with one empty message.
+    Ok,
+    /// Reset the stream with `REFUSED_STREAM` before reading it: the server
+    /// did not process the request.
+    Refuse,
+    /// Answer this stream `OK`, then send `GOAWAY` (graceful shutdown) on its
+    /// connection: later calls must open a new connection.
+    GoAway,
+    /// Send `GOAWAY` with `INTERNAL_ERROR` and close the connection without
+    /// answering this stream (which the server had accepted).
+    GoAwayAbrupt,
+    /// Read the request, then close the TCP connection without an answer.
+    Drop,
+    /// Send response headers and this many empty messages, then (20 ms
+    /// later, so the client has read them) reset the stream with
+    /// `INTERNAL_ERROR`.
+    CutAfter(usize),
+}
+
+/// One stream the [`H2FaultServer`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenStream {
+    /// The request's `:path`.
+    pub path: String,
+    /// Which accepted connection carried it, counting from 0.
+    pub connection: usize,
+    /// What the server did with it.
+    pub fault: StreamFault,
+}
+
+#[derive(Default)]
+struct Shared {
+    script: Mutex<VecDeque<StreamFault>>,
+    seen: Mutex<Vec<SeenStream>>,
+}
+
+/// A loopback gRPC server on raw HTTP/2 that applies a script of
+/// [`StreamFault`]s, one per incoming stream, and records each stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ameide_sdk::testkit::{H2FaultServer, StreamFault};
+///
+/// let server = H2FaultServer::start().await.unwrap();
+/// server.push(StreamFault::Refuse);
+/// let client = ameide_sdk::AmeideClient::builder()
+///     .endpoint(server.endpoint())
+///     .build()
+///     .unwrap();
+/// // The refused stream is retried once, transparently, and then succeeds.
+/// client
+///     .graph()
+///     .list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default())
+///     .await
+///     .unwrap();
+/// assert_eq!(server.seen().len(), 2);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct H2FaultServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for H2FaultServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2FaultServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for H2FaultServer {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+impl H2FaultServer {
+    /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let index = connections.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(serve_connection(tcp, index, shared.clone()));
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            shared,
+            task: Arc::new(task),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues the fault for the next stream that arrives.
+    pub fn push(&self, fault: StreamFault) {
+        lock(&self.shared.script).push_back(fault);
+    }
+
+    /// Every stream seen so far, in arrival order.
+    pub fn seen(&self) -> Vec<SeenStream> {
+        lock(&self.shared.seen).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<Shared>) {
+    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let fault = lock(&shared.script).pop_front().unwrap_or(StreamFault::Ok);
+        lock(&shared.seen).push(SeenStream {
+            path: request.uri().path().to_owned(),
+            connection: index,
+            fault,
+        });
+        match fault {
+            StreamFault::Refuse => respond.send_reset(Reason::REFUSED_STREAM),
+            StreamFault::GoAwayAbrupt => {
+                connection.abrupt_shutdown(Reason::INTERNAL_ERROR);
+                // Keep `respond` alive until the connection closes so the
+                // stream is not reset on its own first.
+                let _ = std::future::poll_fn(|cx| connection.poll_closed(cx)).await;
+                drop(respond);
+                return;
+            }
+            StreamFault::Drop => {
+                let _ = read_body(request.into_body()).await;
+                return; // dropping `connection` closes the socket
+            }
+            StreamFault::Ok | StreamFault::GoAway | StreamFault::CutAfter(_) => {
+                tokio::spawn(async move {
+                    let _ = read_body(request.into_body()).await;
+                    let _ = answer(&mut respond, fault).await;
+                });
+                if fault == StreamFault::GoAway {
+                    connection.graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+async fn read_body(mut body: h2::RecvStream) -> Result<(), h2::Error> {
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(())
+}
+
+async fn answer(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    fault: StreamFault,
+) -> Result<(), h2::Error> {
+    let response = Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap_or_default();
+    let mut send = respond.send_response(response, false)?;
+    // An empty protobuf message: no compression flag, zero length.
+    let empty = Bytes::from_static(&[0, 0, 0, 0, 0]);
+    match fault {
+        StreamFault::CutAfter(n) => {
+            for _ in 0..n {
+                send.send_data(empty.clone(), false)?;
+            }
+            // Let the client take the headers and messages first: h2 reports
+            // a reset that is already queued in place of the response.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            send.send_reset(Reason::INTERNAL_ERROR);
+        }
+        _ => {
+            send.send_data(empty, false)?;
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            send.send_trailers(trailers)?;
+        }
+    }
+    Ok(())
+}
