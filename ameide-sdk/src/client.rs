@@ -157,6 +157,7 @@ pub struct AmeideClientBuilder {
     token_provider: Option<Arc<dyn TokenProvider>>,
     retry: RetryPolicy,
     retry_layer: Option<RetryLayer>,
+    safe_retries: Option<bool>,
     generator: Option<RequestIdGenerator>,
     tracing: Option<TracingLayer>,
     semconv: Option<SemconvMode>,
@@ -190,6 +191,7 @@ impl AmeideClientBuilder {
             token_provider: None,
             retry: RetryPolicy::default(),
             retry_layer: None,
+            safe_retries: None,
             generator: None,
             tracing: None,
             semconv: None,
@@ -261,8 +263,10 @@ impl AmeideClientBuilder {
 
     /// Switches safe-retry mode on or off for every call (see
     /// [`RetryPolicy::with_safe_retries`]); `CallOptions::safe_retries` overrides it per call.
+    /// It wins over the policy given to [`retry_policy`](Self::retry_policy) or
+    /// [`retry_layer`](Self::retry_layer), in whatever order they are called.
     pub fn safe_retries(mut self, safe: bool) -> Self {
-        self.retry = self.retry.with_safe_retries(safe);
+        self.safe_retries = Some(safe);
         self
     }
 
@@ -359,11 +363,14 @@ impl AmeideClientBuilder {
         };
 
         // Clients for the same target share one throttling bucket.
-        let retry = match self.retry_layer {
+        let mut retry = match self.retry_layer {
             Some(layer) => layer,
             None => RetryLayer::new(self.retry)?,
         }
         .for_target(&config.endpoint);
+        if let Some(safe) = self.safe_retries {
+            retry = retry.safe_retries(safe);
+        }
 
         let port = uri
             .port_u16()

@@ -24,6 +24,7 @@ use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
 use super::retry::{Buffered, buffer, replay_request};
+use super::timeout::call_deadline;
 use super::{BoxError, HttpRequest, HttpResponse, status_response, trailers_only_status};
 use crate::auth::{AccessToken, BoxFuture, TokenProvider};
 use crate::config::ConfigError;
@@ -154,11 +155,14 @@ where
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let max_wait = self.max_wait;
+        // Wait no longer than the call's own deadline (a per-call timeout may
+        // be shorter than the layer's) nor `max_wait`.
+        let (deadline, _) = call_deadline(&request, self.max_wait);
+        let wait_until = deadline.min(tokio::time::Instant::now() + self.max_wait);
         AuthFuture {
             kind: Kind::Provider {
                 inner: Box::pin(async move {
-                    if let Err(response) = authorize(&mut request, &*provider, max_wait).await {
+                    if let Err(response) = authorize(&mut request, &*provider, wait_until).await {
                         return Ok(response);
                     }
                     let replayable = ameide_proto::method(request.uri().path())
@@ -192,7 +196,7 @@ where
                     );
                     let mut again = replay_request(&parts, &bytes);
                     again.headers_mut().remove(AUTHORIZATION);
-                    if let Err(response) = authorize(&mut again, &*provider, max_wait).await {
+                    if let Err(response) = authorize(&mut again, &*provider, wait_until).await {
                         return Ok(response);
                     }
                     inner.ready().await.map_err(Into::into)?;
@@ -211,9 +215,10 @@ const REPLAY_LIMIT: usize = 4 * 1024 * 1024;
 async fn authorize(
     request: &mut HttpRequest,
     provider: &dyn TokenProvider,
-    max_wait: Duration,
+    wait_until: tokio::time::Instant,
 ) -> Result<(), HttpResponse> {
-    match tokio::time::timeout(max_wait, provider.token()).await {
+    let max_wait = wait_until.saturating_duration_since(tokio::time::Instant::now());
+    match tokio::time::timeout_at(wait_until, provider.token()).await {
         Ok(Ok(Some(token))) => match token.header_value() {
             Ok(value) => {
                 request.headers_mut().insert(AUTHORIZATION, value);

@@ -394,6 +394,12 @@ impl RetryLayer {
         self.throttle.as_ref()
     }
 
+    /// Overrides the policy's safe-retry mode.
+    pub(crate) fn safe_retries(mut self, safe: bool) -> Self {
+        Arc::make_mut(&mut self.policy).safe = safe;
+        self
+    }
+
     /// Replaces how the layer sleeps between attempts.
     pub fn with_sleeper(mut self, sleeper: impl Sleeper) -> Self {
         self.sleeper = Arc::new(sleeper);

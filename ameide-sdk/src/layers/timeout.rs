@@ -83,27 +83,7 @@ where
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let now = Instant::now();
-        let start = request
-            .extensions()
-            .get::<CallState>()
-            .map_or(now, CallState::start);
-        let timeout = request
-            .extensions()
-            .get::<CallTimeout>()
-            .map(|t| t.0)
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(names::GRPC_TIMEOUT)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(decode_grpc_timeout)
-            })
-            .unwrap_or(self.timeout);
-        let mut deadline = start.checked_add(timeout).unwrap_or_else(far_future);
-        // A call made while serving a request never outlives the caller's deadline.
-        if let Some(inbound) = crate::server::inbound_deadline() {
-            deadline = deadline.min(inbound);
-        }
+        let (deadline, timeout) = call_deadline(&request, self.timeout);
         match request.extensions().get::<CallState>() {
             Some(state) => state.set_deadline(deadline),
             None => {
@@ -129,6 +109,34 @@ where
             timeout,
         }
     }
+}
+
+/// The call's deadline and its timeout: the per-call timeout, else a
+/// `grpc-timeout` the caller set, else `default`; counted from the call's
+/// start and capped by the deadline of the inbound request being served.
+pub(crate) fn call_deadline(request: &HttpRequest, default: Duration) -> (Instant, Duration) {
+    let start = request
+        .extensions()
+        .get::<CallState>()
+        .map_or_else(Instant::now, CallState::start);
+    let timeout = request
+        .extensions()
+        .get::<CallTimeout>()
+        .map(|t| t.0)
+        .or_else(|| {
+            request
+                .headers()
+                .get(names::GRPC_TIMEOUT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(decode_grpc_timeout)
+        })
+        .unwrap_or(default);
+    let mut deadline = start.checked_add(timeout).unwrap_or_else(far_future);
+    // A call made while serving a request never outlives the caller's deadline.
+    if let Some(inbound) = crate::server::inbound_deadline() {
+        deadline = deadline.min(inbound);
+    }
+    (deadline, timeout)
 }
 
 pin_project! {
