@@ -3,7 +3,7 @@
 //! plain `Channel`, in one run, against one loopback server process.
 //!
 //! ```text
-//! ameide-bench run [--duration-ms N] [--rounds N] [--concurrency 1,64] [--out DIR]
+//! ameide-bench run [--duration-ms N] [--rounds N] [--concurrency 1,64] [--pool N] [--out DIR]
 //! ameide-bench server            # internal: serves GraphService.GetRepository, prints the port
 //! ```
 //!
@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 fn sdk_client(
     endpoint: &str,
     provider: &SdkTracerProvider,
+    connections: Option<usize>,
 ) -> Result<AmeideClient, ameide_sdk::ConfigError> {
     let variant = std::env::var("AMEIDE_BENCH_VARIANT").unwrap_or_default();
     let mut builder = AmeideClient::builder()
@@ -45,10 +46,11 @@ fn sdk_client(
     if variant.contains("noretry") {
         builder = builder.retry_policy(ameide_sdk::layers::RetryPolicy::disabled());
     }
-    if let Some(n) = std::env::var("AMEIDE_BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = connections.or_else(|| {
+        std::env::var("AMEIDE_BENCH_CONNECTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) {
         builder = builder.transport_options(ameide_sdk::TransportOptions {
             connections: n,
             ..Default::default()
@@ -232,6 +234,8 @@ struct Options {
     duration: Duration,
     rounds: usize,
     concurrency: Vec<usize>,
+    /// Also measure an `AmeideClient` over this many connections (`--pool N`).
+    pool: Option<usize>,
     out: std::path::PathBuf,
 }
 
@@ -240,6 +244,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         duration: Duration::from_millis(3000),
         rounds: 3,
         concurrency: vec![1, 64],
+        pool: None,
         out: std::path::PathBuf::from("target/bench"),
     };
     let mut it = args.iter();
@@ -264,6 +269,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
                             .map_err(|_| format!("bad concurrency {c:?}"))
                     })
                     .collect::<Result<_, _>>()?;
+            }
+            "--pool" => {
+                let n: usize = value()?
+                    .parse()
+                    .map_err(|_| "--pool takes a connection count")?;
+                if n == 0 {
+                    return Err("--pool needs at least one connection".into());
+                }
+                options.pool = Some(n);
             }
             "--out" => options.out = value()?.into(),
             other => return Err(format!("unknown argument {other:?}")),
@@ -332,8 +346,12 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         let channel = Endpoint::from_shared(endpoint.clone())?.tcp_nodelay(true).connect().await?;
         let raw_headers = Client::RawHeaders(GraphServiceClient::new(channel));
         let provider = SdkTracerProvider::builder().with_simple_exporter(NoopExporter).build();
-        let sdk = Client::Sdk(sdk_client(&endpoint, &provider)?.graph());
-        let clients = [("raw", raw), ("raw+headers", raw_headers), ("sdk", sdk)];
+        let sdk = Client::Sdk(sdk_client(&endpoint, &provider, None)?.graph());
+        let mut clients = vec![("raw", raw), ("raw+headers", raw_headers), ("sdk", sdk)];
+        if let Some(n) = options.pool {
+            let pooled = sdk_client(&endpoint, &provider, Some(n))?.graph();
+            clients.push(("sdk-pool", Client::Sdk(pooled)));
+        }
         // Connect every client before measuring.
         for (_, client) in &clients {
             client.clone().call(0).await?;
@@ -355,7 +373,15 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                 rate(0), cpu(0), rate(1), cpu(1), rate(2), cpu(2),
                 rate(2) / rate(0), rate(2) / rate(1)
             );
+            if options.pool.is_some() {
+                eprintln!(
+                    "concurrency {concurrency:>4}: sdk over {} connections {:>8.0}/s | pool/sdk {:.3} pool/raw {:.3}",
+                    options.pool.unwrap_or(1), rate(3), rate(3) / rate(2), rate(3) / rate(0)
+                );
+            }
+            let pool_rate = options.pool.map(|_| rate(3).round());
             rows.push(serde_json::json!({
+                "sdk_pool_calls_per_s": pool_rate,
                 "concurrency": concurrency,
                 "raw_calls_per_s": rate(0).round(),
                 "raw_headers_calls_per_s": rate(1).round(),
@@ -382,6 +408,7 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         "pinned": Command::new("taskset").arg("-V").output().is_ok(),
         "duration_ms": options.duration.as_millis() as u64,
         "rounds": options.rounds,
+        "pool_connections": options.pool,
         "results": results,
     });
     let json = options.out.join("unary.json");
@@ -403,10 +430,45 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             row["sdk_client_cpu_us_per_call"],
         ));
     }
+    if options.pool.is_some() {
+        md.push_str(&pool_table(&report));
+    }
     std::fs::write(options.out.join("unary.md"), &md)?;
     println!("{md}");
     println!("wrote {} and unary.md", json.display());
     Ok(())
+}
+
+/// Single connection vs pool vs raw tonic, and each column's rate relative
+/// to its own rate at 64 in flight (the issue's target: pool at 1,024 ≥ 0.9×).
+fn pool_table(report: &serde_json::Value) -> String {
+    let rows = report["results"].as_array().cloned().unwrap_or_default();
+    let at = |key: &str, c: u64| {
+        rows.iter()
+            .find(|r| r["concurrency"].as_u64() == Some(c))
+            .and_then(|r| r[key].as_f64())
+    };
+    let pool = report["pool_connections"].as_u64().unwrap_or(0);
+    let mut md = format!(
+        "\n| in flight | raw tonic calls/s | SDK, 1 connection | SDK, {pool} connections | raw ÷ own@64 | SDK 1 conn ÷ own@64 | SDK pool ÷ own@64 |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for row in &rows {
+        let c = row["concurrency"].as_u64().unwrap_or(0);
+        let rel = |key: &str| match (at(key, c), at(key, 64)) {
+            (Some(x), Some(base)) if base > 0.0 => format!("{:.3}", x / base),
+            _ => "–".into(),
+        };
+        md.push_str(&format!(
+            "| {c} | {} | {} | {} | {} | {} | {} |\n",
+            row["raw_calls_per_s"],
+            row["sdk_calls_per_s"],
+            row["sdk_pool_calls_per_s"],
+            rel("raw_calls_per_s"),
+            rel("sdk_calls_per_s"),
+            rel("sdk_pool_calls_per_s"),
+        ));
+    }
+    md
 }
 
 /// Resident set size of this process, in KiB (Linux).
@@ -454,7 +516,7 @@ fn soak(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(NoopExporter)
             .build();
-        let client = sdk_client(&endpoint, &provider)?.graph();
+        let client = sdk_client(&endpoint, &provider, None)?.graph();
         let run = |total: u64, offset: u64| {
             let client = client.clone();
             async move {
@@ -553,7 +615,7 @@ fn count(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 let provider = SdkTracerProvider::builder()
                     .with_simple_exporter(NoopExporter)
                     .build();
-                Client::Sdk(sdk_client(&endpoint, &provider)?.graph())
+                Client::Sdk(sdk_client(&endpoint, &provider, None)?.graph())
             }
         };
         client.clone().call(0).await?;
