@@ -65,6 +65,32 @@ pub fn mock_client(server: &MockServer) -> AmeideClientBuilder {
         .transport(duplex_transport(server.clone()))
 }
 
+/// One call of each kind the fault tests need, as `Result<(), Error>`.
+pub mod calls {
+    use ameide_sdk::proto::graph::v1::{CreateElementRequest, ListRepositoriesRequest};
+    use ameide_sdk::{AmeideClient, Error, IntoAmeideResult};
+
+    /// `GraphService.ListRepositories` (NO_SIDE_EFFECTS).
+    pub async fn read(client: &AmeideClient) -> Result<(), Error> {
+        client
+            .graph()
+            .list_repositories(ListRepositoriesRequest::default())
+            .await
+            .into_ameide()
+            .map(drop)
+    }
+
+    /// `GraphService.CreateElement` (not idempotent).
+    pub async fn write(client: &AmeideClient) -> Result<(), Error> {
+        client
+            .graph()
+            .create_element(CreateElementRequest::default())
+            .await
+            .into_ameide()
+            .map(drop)
+    }
+}
+
 /// Decodes a `grpc-timeout` header value as a server would; panics when malformed.
 pub fn grpc_timeout(value: &str) -> std::time::Duration {
     ameide_sdk::testkit::decode_grpc_timeout(value)

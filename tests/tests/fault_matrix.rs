@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use ameide_sdk::auth::ClientCredentials;
 use ameide_sdk::layers::RetryPolicy;
-use ameide_sdk::proto::graph::v1::{CreateElementRequest, ListRepositoriesRequest};
 use ameide_sdk::proto::inference::v1::GenerateRequest;
 use ameide_sdk::testkit::{H2FaultServer, MockServer, Reply, StreamFault, serve_tcp};
 use ameide_sdk::{AmeideClient, AmeideClientBuilder, IntoAmeideResult};
-use ameide_tests::paths;
+use ameide_tests::{calls, paths};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
@@ -61,26 +60,12 @@ type Call = Pin<Box<dyn Future<Output = Result<(), ameide_sdk::Error>> + Send>>;
 
 fn read(client: &AmeideClient) -> Call {
     let client = client.clone();
-    Box::pin(async move {
-        client
-            .graph()
-            .list_repositories(ListRepositoriesRequest::default())
-            .await
-            .into_ameide()
-            .map(drop)
-    })
+    Box::pin(async move { calls::read(&client).await })
 }
 
 fn write(client: &AmeideClient) -> Call {
     let client = client.clone();
-    Box::pin(async move {
-        client
-            .graph()
-            .create_element(CreateElementRequest::default())
-            .await
-            .into_ameide()
-            .map(drop)
-    })
+    Box::pin(async move { calls::write(&client).await })
 }
 
 fn stream_all(client: &AmeideClient) -> Call {

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use ameide_sdk::layers::RetryPolicy;
-use ameide_sdk::proto::graph::v1::{CreateElementRequest, ListRepositoriesRequest};
+use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
 use ameide_sdk::proto::inference::v1::GenerateRequest;
 use ameide_sdk::testkit::{H2FaultServer, StreamFault};
-use ameide_sdk::{AmeideClient, AmeideClientBuilder, IntoAmeideResult};
+use ameide_sdk::{AmeideClient, AmeideClientBuilder};
 use ameide_tests::paths;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -25,23 +25,7 @@ fn client(server: &H2FaultServer) -> AmeideClientBuilder {
         )
 }
 
-async fn list(client: &AmeideClient) -> Result<(), ameide_sdk::Error> {
-    client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .map(drop)
-}
-
-async fn create(client: &AmeideClient) -> Result<(), ameide_sdk::Error> {
-    client
-        .graph()
-        .create_element(CreateElementRequest::default())
-        .await
-        .into_ameide()
-        .map(drop)
-}
+use ameide_tests::calls::{read as list, write as create};
 
 #[tokio::test]
 async fn raw_tonic_reports_refused_stream_as_unavailable_under_our_features() {
