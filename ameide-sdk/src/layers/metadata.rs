@@ -7,7 +7,7 @@
 //!
 //! On the way out it stamps a failed call's status with the request id, the
 //! attempt count, the elapsed time and the retry verdict (see [`crate::Error`]),
-//! and puts a [`CallInfo`](crate::CallInfo) into a successful response's extensions.
+//! and puts a [`crate::CallInfo`] into a successful response's extensions.
 //! A value the caller set per call (same header name) wins over the layer's.
 
 use std::fmt;

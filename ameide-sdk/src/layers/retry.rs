@@ -13,7 +13,7 @@
 //! | server hints (beyond the contract) | `grpc-retry-pushback-ms` ≥ 0: wait exactly that long and restart the backoff; negative or malformed: do not retry. `google.rpc.RetryInfo`: wait at least its delay. A hinted delay past the deadline fails at once with the last status |
 //! | throttling (beyond the contract, on by default) | gRFC A6 token bucket per target ([`ThrottleConfig`]: 10 tokens, 0.1 per success); a retry needs more than half the tokens; `with_throttling(None)` switches it off |
 //! | safe-retry mode (off by default) | DEADLINE_EXCEEDED, ABORTED and server-sent UNAVAILABLE retried only for `NO_SIDE_EFFECTS`/`IDEMPOTENT` methods; per client or per call |
-//! | history | every attempt's code, message and preceding delay, and the [`StopReason`](crate::StopReason), reach [`crate::Error`] |
+//! | history | every attempt's code, message and preceding delay, and the [`crate::StopReason`], reach [`crate::Error`] |
 //!
 //! Sleep and randomness are injectable ([`Sleeper`], [`Jitter`]) so tests can
 //! drive time (tokio's paused clock works with the default sleeper too).
