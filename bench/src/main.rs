@@ -373,10 +373,10 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                 rate(0), cpu(0), rate(1), cpu(1), rate(2), cpu(2),
                 rate(2) / rate(0), rate(2) / rate(1)
             );
-            if options.pool.is_some() {
+            if let Some(n) = options.pool {
                 eprintln!(
-                    "concurrency {concurrency:>4}: sdk over {} connections {:>8.0}/s | pool/sdk {:.3} pool/raw {:.3}",
-                    options.pool.unwrap_or(1), rate(3), rate(3) / rate(2), rate(3) / rate(0)
+                    "concurrency {concurrency:>4}: sdk over {n} connections {:>8.0}/s | pool/sdk {:.3} pool/raw {:.3}",
+                    rate(3), rate(3) / rate(2), rate(3) / rate(0)
                 );
             }
             let pool_rate = options.pool.map(|_| rate(3).round());

@@ -73,17 +73,24 @@ pub(crate) fn status_from_error(error: BoxError) -> Status {
     classify_error(error).status
 }
 
-/// A transport error as a gRPC status, plus whether the server certainly did
-/// not process the request.
+/// A transport error as a gRPC status, plus whether the request reached the
+/// server's application.
 pub(crate) struct TransportFailure {
     pub(crate) status: Status,
-    /// `true` for a stream the server refused (`REFUSED_STREAM`), a stream
-    /// above a graceful `GOAWAY`'s last stream id, and a failure before the
-    /// request reached a connection (connect errors): all safe to send again.
-    pub(crate) unprocessed: bool,
-    /// `true` when the server itself refused the stream (a subset of
-    /// `unprocessed`): eligible for one transparent retry.
-    pub(crate) refused: bool,
+    pub(crate) delivery: Delivery,
+}
+
+/// Whether a failed attempt reached the server's application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// The server refused the stream before processing it (`REFUSED_STREAM`,
+    /// or a stream above a graceful `GOAWAY`'s last stream id): eligible for
+    /// one transparent retry.
+    Refused,
+    /// The request never reached a connection (connect refused, DNS, TLS).
+    NotSent,
+    /// It may have been processed (the server answered, or the stream broke).
+    Maybe,
 }
 
 /// Maps a transport error. HTTP/2 errors are mapped here by their reason
@@ -93,18 +100,7 @@ pub(crate) struct TransportFailure {
 /// original error stays attached as the status's source, so a layer further
 /// out classifies the same error the same way.
 pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
-    enum Found {
-        Deadline,
-        H2 {
-            code: Code,
-            message: String,
-            unprocessed: bool,
-            refused: bool,
-        },
-        ConnectionLost(String),
-        Nothing,
-    }
-    let mut found = Found::Nothing;
+    let mut found = None;
     let mut saw_http = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(err) = source {
@@ -114,79 +110,57 @@ pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
             break;
         }
         if err.downcast_ref::<tonic::TimeoutExpired>().is_some() {
-            found = Found::Deadline;
+            let status = Status::deadline_exceeded(
+                "deadline exceeded: the call's budget ran out while waiting for the server",
+            );
+            found = Some((status, Delivery::Maybe));
             break;
         }
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            let (code, message, unprocessed, refused) = h2_failure(h2);
-            found = Found::H2 {
-                code,
-                message,
-                unprocessed,
-                refused,
-            };
+            found = Some(h2_failure(h2));
             break;
         }
         if saw_http && let Some(io) = err.downcast_ref::<std::io::Error>() {
-            found = Found::ConnectionLost(format!("connection lost mid-call: {io}"));
+            let status = Status::unavailable(format!("connection lost mid-call: {io}"));
+            found = Some((status, Delivery::Maybe));
             break;
         }
         saw_http |= err.downcast_ref::<hyper::Error>().is_some();
         source = err.source();
     }
-    let (mut status, unprocessed, refused) = match found {
-        Found::Deadline => (
-            Status::deadline_exceeded(
-                "deadline exceeded: the call's budget ran out while waiting for the server",
-            ),
-            false,
-            false,
-        ),
-        Found::H2 {
-            code,
-            message,
-            unprocessed,
-            refused,
-        } => (Status::new(code, message), unprocessed, refused),
-        Found::ConnectionLost(message) => (Status::unavailable(message), false, false),
-        Found::Nothing => {
-            let status = Status::from_error(error);
-            // Without an HTTP-level error in the chain, the request never
-            // reached a connection (connect refused, DNS, TLS handshake).
-            let unprocessed = !saw_http && status.code() == Code::Unavailable;
-            return TransportFailure {
-                status,
-                unprocessed,
-                refused: false,
-            };
-        }
-    };
-    status.set_source(std::sync::Arc::from(error));
-    TransportFailure {
-        status,
-        unprocessed,
-        refused,
+    if let Some((mut status, delivery)) = found {
+        status.set_source(std::sync::Arc::from(error));
+        return TransportFailure { status, delivery };
     }
+    let status = Status::from_error(error);
+    // Without an HTTP-level error in the chain, the request never reached a
+    // connection (connect refused, DNS, TLS handshake).
+    let delivery = if !saw_http && status.code() == Code::Unavailable {
+        Delivery::NotSent
+    } else {
+        Delivery::Maybe
+    };
+    TransportFailure { status, delivery }
 }
 
-/// `(code, message, unprocessed, refused)` for an HTTP/2 error.
-fn h2_failure(err: &h2::Error) -> (Code, String, bool, bool) {
+/// The status and delivery of an HTTP/2 error.
+fn h2_failure(err: &h2::Error) -> (Status, Delivery) {
     use h2::Reason;
     let reason = err.reason();
     if err.is_go_away() && err.is_remote() {
         // A graceful GOAWAY (NO_ERROR) fails only the streams the server never
         // took; any other reason may cut a stream it was processing.
-        let graceful = reason == Some(Reason::NO_ERROR);
+        let delivery = if reason == Some(Reason::NO_ERROR) {
+            Delivery::Refused
+        } else {
+            Delivery::Maybe
+        };
         let message = format!("the server closed the connection (GOAWAY): {err}");
-        return (Code::Unavailable, message, graceful, graceful);
+        return (Status::unavailable(message), delivery);
     }
     if err.is_io() {
-        return (
-            Code::Unavailable,
-            format!("connection lost mid-call: {err}"),
-            false,
-            false,
-        );
+        let message = format!("connection lost mid-call: {err}");
+        return (Status::unavailable(message), Delivery::Maybe);
     }
     let code = match reason {
         Some(Reason::REFUSED_STREAM) => Code::Unavailable,
@@ -195,13 +169,13 @@ fn h2_failure(err: &h2::Error) -> (Code, String, bool, bool) {
         Some(Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
         _ => Code::Internal,
     };
-    let refused = reason == Some(Reason::REFUSED_STREAM) && err.is_remote();
-    (
-        code,
-        format!("HTTP/2 stream error: {err}"),
-        refused,
-        refused,
-    )
+    let delivery = if reason == Some(Reason::REFUSED_STREAM) && err.is_remote() {
+        Delivery::Refused
+    } else {
+        Delivery::Maybe
+    };
+    let status = Status::new(code, format!("HTTP/2 stream error: {err}"));
+    (status, delivery)
 }
 
 /// Header names the layers look up on every call, parsed once.

@@ -35,7 +35,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::timeout::encode_grpc_timeout;
 use super::{
-    BoxError, HttpRequest, HttpResponse, classify_error, names, status_response,
+    BoxError, Delivery, HttpRequest, HttpResponse, classify_error, names, status_response,
     trailers_only_status,
 };
 use crate::auth::BoxFuture;
@@ -460,11 +460,7 @@ where
         if !replayable {
             if let Some(state) = &state {
                 state.record_attempt(1);
-                state.record_stop(if replayable {
-                    StopReason::Exhausted
-                } else {
-                    StopReason::NotReplayable
-                });
+                state.record_stop(StopReason::NotReplayable);
             }
             let future = self.inner.call(request);
             return Box::pin(async move { future.await.map_err(Into::into) });
@@ -629,14 +625,7 @@ where
             },
             Err(error) => {
                 let failure = classify_error(error.into());
-                let delivery = if failure.refused {
-                    Delivery::Refused
-                } else if failure.unprocessed {
-                    Delivery::NotSent
-                } else {
-                    Delivery::Maybe
-                };
-                (failure.status, None, delivery)
+                (failure.status, None, failure.delivery)
             }
         };
         note(AttemptRecord {
@@ -714,17 +703,6 @@ where
         delay_before = delay;
         attempt += 1;
     }
-}
-
-/// Whether a failed attempt reached the server's application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
-    /// The server refused the stream before processing it.
-    Refused,
-    /// The request never reached a connection.
-    NotSent,
-    /// It may have been processed (the server answered, or the stream broke).
-    Maybe,
 }
 
 /// What `grpc-retry-pushback-ms` asks for.
