@@ -91,6 +91,13 @@ pub mod calls {
     }
 }
 
+/// A loopback address where nothing listens (bound, then released), for
+/// connection-refused cases.
+pub fn closed_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local address")
+}
+
 /// Decodes a `grpc-timeout` header value as a server would; panics when malformed.
 pub fn grpc_timeout(value: &str) -> std::time::Duration {
     ameide_sdk::testkit::decode_grpc_timeout(value)

@@ -317,9 +317,7 @@ async fn a_slow_token_endpoint_times_out() {
 
 #[tokio::test]
 async fn an_unreachable_token_endpoint_is_an_error_not_a_hang() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    drop(listener);
+    let url = format!("http://{}/token", ameide_tests::closed_addr());
     let err = ClientCredentials::new(&url, "id", "s")
         .unwrap()
         .token()

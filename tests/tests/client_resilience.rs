@@ -212,11 +212,8 @@ async fn safe_mode_does_not_repeat_a_write_the_server_answered_unavailable_or_de
 
 #[tokio::test]
 async fn safe_mode_still_retries_unavailable_before_the_request_left_the_client() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
     let client = ameide_sdk::AmeideClient::builder()
-        .endpoint(format!("http://127.0.0.1:{port}"))
+        .endpoint(format!("http://{}", ameide_tests::closed_addr()))
         .retry_policy(
             RetryPolicy::default()
                 .with_safe_retries(true)

@@ -339,14 +339,11 @@ mod raw {
 
 #[tokio::test]
 async fn connection_refused_is_retried_as_unavailable() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener); // nothing listens there now
     let policy = ameide_sdk::layers::RetryPolicy::default()
         .with_initial_backoff(Duration::from_millis(5))
         .with_max_backoff(Duration::from_millis(10));
     let client = ameide_sdk::AmeideClient::builder()
-        .endpoint(format!("http://127.0.0.1:{port}"))
+        .endpoint(format!("http://{}", ameide_tests::closed_addr()))
         .retry_policy(policy)
         .build()
         .unwrap();

@@ -20,7 +20,7 @@ use ameide_sdk::layers::RetryPolicy;
 use ameide_sdk::proto::inference::v1::GenerateRequest;
 use ameide_sdk::testkit::{H2FaultServer, MockServer, Reply, StreamFault, serve_tcp};
 use ameide_sdk::{AmeideClient, AmeideClientBuilder, IntoAmeideResult};
-use ameide_tests::{calls, paths};
+use ameide_tests::{calls, closed_addr, paths};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
@@ -45,14 +45,6 @@ async fn silent_endpoint() -> String {
             held.push(socket);
         }
     });
-    url
-}
-
-/// A token endpoint URL with nothing listening.
-async fn closed_endpoint() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    drop(listener);
     url
 }
 
@@ -223,7 +215,10 @@ async fn fault_matrix() {
     // Token endpoint down / slow: the provider's failure is UNAUTHENTICATED
     // (the contract's code for a provider error), within the call's budget.
     for (row, url) in [
-        ("token endpoint down", closed_endpoint().await),
+        (
+            "token endpoint down",
+            format!("http://{}/token", closed_addr()),
+        ),
         ("token endpoint slow", silent_endpoint().await),
     ] {
         let server = MockServer::new();
