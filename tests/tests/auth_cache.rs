@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ameide_sdk::IntoAmeideResult;
 use ameide_sdk::auth::{
     AccessToken, CachingTokenProvider, ClientCredentials, TokenError, TokenProvider,
 };
@@ -146,11 +145,7 @@ async fn unauthenticated_invalidates_the_cached_token_and_replays_the_call_once(
         .token_provider(CachingTokenProvider::new(inner.clone()))
         .build()
         .unwrap();
-    client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .unwrap();
+    ameide_tests::calls::read(&client).await.unwrap();
     let attempts = server.attempts();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0].header("authorization"), Some("Bearer tok-1"));
@@ -167,12 +162,7 @@ async fn unauthenticated_invalidates_the_cached_token_and_replays_the_call_once(
     // Rejected again: only one replay.
     server.reset();
     server.fallback(Reply::status(Status::unauthenticated("still no")));
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::read(&client).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(server.attempts().len(), 2);
 }
@@ -374,16 +364,8 @@ async fn a_client_with_an_oauth2_provider_sends_its_token() {
         .token_provider(ClientCredentials::new(&url, "id", "s").unwrap().cached())
         .build()
         .unwrap();
-    client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .unwrap();
-    client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .unwrap();
+    ameide_tests::calls::read(&client).await.unwrap();
+    ameide_tests::calls::read(&client).await.unwrap();
     assert!(
         server
             .attempts()

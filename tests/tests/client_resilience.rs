@@ -36,11 +36,7 @@ async fn pushback_waits_exactly_that_long_and_resets_the_backoff() {
         .retry_layer(fixed_jitter(1.0))
         .build()
         .unwrap();
-    client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .unwrap();
+    ameide_tests::calls::read(&client).await.unwrap();
     assert_eq!(
         gaps(&server, paths::LIST_REPOSITORIES),
         [1000, 250],
@@ -56,12 +52,7 @@ async fn a_negative_or_malformed_pushback_means_do_not_retry() {
             Reply::status(Status::unavailable("go away")).header("grpc-retry-pushback-ms", value),
         );
         let client = mock_client(&server).build().unwrap();
-        let err = client
-            .graph()
-            .list_repositories(ListRepositoriesRequest::default())
-            .await
-            .into_ameide()
-            .unwrap_err();
+        let err = ameide_tests::calls::read(&client).await.unwrap_err();
         assert_eq!(server.attempts().len(), 1, "pushback {value:?}");
         assert_eq!(
             err.stop_reason(),
@@ -91,11 +82,7 @@ async fn retry_info_sets_a_minimum_delay() {
         .retry_layer(fixed_jitter(1.0))
         .build()
         .unwrap();
-    client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .unwrap();
+    ameide_tests::calls::read(&client).await.unwrap();
     assert_eq!(
         gaps(&server, paths::LIST_REPOSITORIES),
         [2000],
@@ -115,12 +102,7 @@ async fn a_hint_that_outlives_the_deadline_fails_at_once_with_the_last_status() 
         .build()
         .unwrap();
     let started = tokio::time::Instant::now();
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::read(&client).await.unwrap_err();
     assert_eq!(started.elapsed(), Duration::ZERO, "no sleep at all");
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(err.message(), "come back later");
@@ -141,12 +123,7 @@ async fn safe_mode_retries_aborted_only_for_idempotent_methods() {
         )
         .build()
         .unwrap();
-    let err = safe
-        .graph()
-        .create_element(CreateElementRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::write(&safe).await.unwrap_err();
     assert_eq!(
         server.attempts_for(paths::CREATE_ELEMENT).len(),
         1,
@@ -222,12 +199,7 @@ async fn safe_mode_still_retries_unavailable_before_the_request_left_the_client(
         )
         .build()
         .unwrap();
-    let err = client
-        .graph()
-        .create_element(CreateElementRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::write(&client).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(
         err.attempts(),
@@ -278,12 +250,7 @@ async fn the_error_carries_every_attempt_and_why_the_loop_stopped() {
         .retry_layer(fixed_jitter(1.0))
         .build()
         .unwrap();
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::read(&client).await.unwrap_err();
     let history = err.history();
     assert_eq!(history.len(), 3);
     assert_eq!(
@@ -328,12 +295,7 @@ async fn throttling_stops_retries_when_the_target_keeps_failing_and_recovers_on_
         .build()
         .unwrap();
     // 4 tokens: the first failure leaves 3 (> 2, retry), the second 2 (not > 2): throttled.
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::read(&client).await.unwrap_err();
     assert_eq!(err.attempts(), 2);
     assert_eq!(err.stop_reason(), Some(StopReason::Throttled));
     // A clone shares the bucket: no retry at all now.
@@ -350,11 +312,7 @@ async fn throttling_stops_retries_when_the_target_keeps_failing_and_recovers_on_
     // 2.5 (> 2) and one retry is allowed again.
     server.fallback(Reply::ok());
     for _ in 0..5 {
-        client
-            .graph()
-            .list_repositories(ListRepositoriesRequest::default())
-            .await
-            .unwrap();
+        ameide_tests::calls::read(&client).await.unwrap();
     }
     server.fallback(Reply::status(Status::unavailable("down again")));
     server.clear_attempts();
@@ -389,12 +347,7 @@ async fn clients_built_separately_for_one_target_share_the_bucket_and_throttling
         .list_repositories(ListRepositoriesRequest::default())
         .await;
     server.clear_attempts();
-    let err = second
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::read(&second).await.unwrap_err();
     assert_eq!(
         err.stop_reason(),
         Some(StopReason::Throttled),
@@ -404,12 +357,7 @@ async fn clients_built_separately_for_one_target_share_the_bucket_and_throttling
 
     let unthrottled = build(RetryPolicy::default().with_throttling(None));
     server.clear_attempts();
-    let err = unthrottled
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let err = ameide_tests::calls::read(&unthrottled).await.unwrap_err();
     assert_eq!(
         err.attempts(),
         3,

@@ -140,11 +140,7 @@ async fn a_pool_spreads_calls_over_its_connections() {
         .build()
         .unwrap();
     for _ in 0..9 {
-        client
-            .graph()
-            .list_repositories(ListRepositoriesRequest::default())
-            .await
-            .unwrap();
+        ameide_tests::calls::read(&client).await.unwrap();
     }
     let mut per_connection = BTreeMap::new();
     for attempt in server.attempts() {
