@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod peer_install;
+
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,141 +119,35 @@ pub fn fixed_jitter(factor: f64) -> ameide_sdk::layers::RetryLayer {
 /// node_modules with @grpc/grpc-js.
 pub mod interop {
     use std::io::{BufRead, BufReader};
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
     use std::sync::OnceLock;
 
-    /// grpcio release the Python peer runs.
-    pub const GRPCIO: &str = "1.85.1";
-    /// @grpc/grpc-js release the Node peer runs.
-    pub const GRPC_JS: &str = "1.14.7";
-    /// @grpc/proto-loader release the Node peer runs.
-    pub const PROTO_LOADER: &str = "0.8.1";
+    use crate::peer_install as install;
+    pub use install::{GRPC_JS, GRPCIO, PROTO_LOADER, PythonPeer as Python};
 
     /// The project-local cache (`.cache/interop`, git-ignored), or `$AMEIDE_INTEROP_CACHE`.
-    fn cache() -> PathBuf {
+    pub fn cache() -> PathBuf {
         std::env::var_os("AMEIDE_INTEROP_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| super::workspace_root().join(".cache/interop"))
-    }
-
-    fn run(command: &mut Command, what: &str) {
-        let output = command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-        assert!(
-            output.status.success(),
-            "{what} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// The Python peer: the venv's interpreter and the generated stubs.
-    pub struct Python {
-        /// `venv/bin/python`.
-        pub python: PathBuf,
-        /// Directory of the generated `ameide_core_proto` stubs.
-        pub stubs: PathBuf,
     }
 
     /// Installs (once per machine) and returns the Python peer.
     pub fn python() -> &'static Python {
         static PYTHON: OnceLock<Python> = OnceLock::new();
         PYTHON.get_or_init(|| {
-            let venv = cache().join(format!("venv-grpcio-{GRPCIO}"));
-            let python = venv.join("bin/python");
-            let stamp = venv.join(".installed");
-            if !stamp.exists() {
-                std::fs::create_dir_all(cache()).expect("create the interop cache");
-                run(
-                    Command::new("python3").args(["-m", "venv"]).arg(&venv),
-                    "python3 -m venv",
-                );
-                run(
-                    Command::new(&python)
-                        .args([
-                            "-m",
-                            "pip",
-                            "install",
-                            "--quiet",
-                            "--disable-pip-version-check",
-                        ])
-                        .args([
-                            format!("grpcio=={GRPCIO}"),
-                            format!("grpcio-tools=={GRPCIO}"),
-                            format!("grpcio-status=={GRPCIO}"),
-                        ]),
-                    "pip install grpcio",
-                );
-                std::fs::write(&stamp, "ok").expect("write the venv stamp");
-            }
-            // Stubs from the bundle as it is now (keyed by its digest).
             let digest =
                 &ameide_sdk::contract::BUNDLE_DIGEST["sha256:".len().."sha256:".len() + 12];
-            let stubs = cache().join(format!("python-stubs-{digest}"));
-            if !stubs.join(".complete").exists() {
-                let proto_dir = super::proto_crate_dir().join("proto");
-                let staging =
-                    cache().join(format!("python-stubs-{digest}.tmp-{}", std::process::id()));
-                let _ = std::fs::remove_dir_all(&staging);
-                std::fs::create_dir_all(&staging).expect("create the stubs dir");
-                let mut files = Vec::new();
-                collect_protos(&proto_dir, &mut files);
-                run(
-                    Command::new(&python)
-                        .args(["-m", "grpc_tools.protoc"])
-                        .arg(format!("-I{}", proto_dir.display()))
-                        .arg(format!("--python_out={}", staging.display()))
-                        .arg(format!("--grpc_python_out={}", staging.display()))
-                        .args(&files),
-                    "grpc_tools.protoc",
-                );
-                std::fs::write(staging.join(".complete"), "ok").expect("mark the stubs complete");
-                let _ = std::fs::remove_dir_all(&stubs);
-                std::fs::rename(&staging, &stubs).expect("publish the stubs");
-            }
-            Python { python, stubs }
+            install::install_python(&cache(), &super::proto_crate_dir().join("proto"), digest)
+                .unwrap_or_else(|e| panic!("{e}"))
         })
-    }
-
-    fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read the bundle").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                collect_protos(&path, out);
-            } else if path.extension().is_some_and(|e| e == "proto") {
-                out.push(path);
-            }
-        }
     }
 
     /// Installs (once per machine) and returns the `node_modules` parent for the Node peer.
     pub fn node() -> &'static PathBuf {
         static NODE: OnceLock<PathBuf> = OnceLock::new();
-        NODE.get_or_init(|| {
-            let dir = cache().join(format!("node-grpc-js-{GRPC_JS}"));
-            if !dir.join(".installed").exists() {
-                std::fs::create_dir_all(&dir).expect("create the node cache");
-                run(
-                    Command::new("npm")
-                        .args([
-                            "install",
-                            "--no-audit",
-                            "--no-fund",
-                            "--no-save",
-                            "--loglevel=error",
-                            "--prefix",
-                        ])
-                        .arg(&dir)
-                        .arg(format!("@grpc/grpc-js@{GRPC_JS}"))
-                        .arg(format!("@grpc/proto-loader@{PROTO_LOADER}")),
-                    "npm install @grpc/grpc-js",
-                );
-                std::fs::write(dir.join(".installed"), "ok").expect("write the node stamp");
-            }
-            dir
-        })
+        NODE.get_or_init(|| install::install_node(&cache()).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// A running peer server; killed when dropped.

@@ -5,7 +5,7 @@
 //! | `manifest` | regenerates `ameide-proto/manifest/ameide-client.json` from the bundle and roster |
 //! | `manifest --check` | fails with a diff when the committed manifest is stale, or the roster and bundle disagree |
 //! | `buf-lint` | runs `buf lint` on the bundle (installs `@bufbuild/buf` from npm into `.cache/buf` on first use) |
-//! | `bench [--smoke] [args…]` | unary throughput of raw tonic vs `AmeideClient` (release build); `--smoke` runs a short debug pass that proves the harness works |
+//! | `bench [--smoke] [--publish] [--no-build-cost] [args…]` | the benchmark suite (release build): raw tonic, `AmeideClient`, each layer alone, grpcio and grpc-js peers, allocations, build cost; `--smoke` runs a short debug pass that proves the harness works; `--publish` writes `docs/benchmarks.json` and the tables in `docs/BENCHMARKS.md` |
 //! | `policy` | the guardrails of contract §7 as named checks (see `xtask::policy`) |
 //! | `buf-breaking [--against REV]` | `buf breaking` of the bundle against the bundle at `REV` (default `HEAD~1`), from local git history |
 //! | `version` | the version from git tags (see `xtask::version`); written to `target/version.txt` and `$GITHUB_OUTPUT` |
@@ -65,7 +65,7 @@ fn print_help() {
          manifest            regenerate ameide-proto/manifest/ameide-client.json\n\
          manifest --check    fail with a diff when the manifest is stale or unwired\n\
          buf-lint            buf lint the proto bundle (installs buf from npm into .cache/buf)\n\
-         bench [--smoke] [args]  unary calls/s: raw tonic vs AmeideClient (release build; see bench/)\n\
+         bench [--smoke] [--publish] [args]  benchmark suite (release build; see docs/BENCHMARKS.md)\n\
          policy              guardrails: proto deps, build-script codegen, patch/git, lockfile, manifest, lint\n\
          buf-breaking [--against REV]  buf breaking against the bundle at REV (default HEAD~1)\n\
          version             version from git tags (release on vX.Y.Z, dev build otherwise)\n\
@@ -138,10 +138,19 @@ fn buf_lint() -> Result<(), String> {
 }
 
 /// Builds and runs `ameide-bench run`. Reports, never gates: timing is not
-/// asserted anywhere. `--smoke` uses a debug build and a tiny duration.
+/// asserted anywhere. `--smoke` uses a debug build and a tiny duration;
+/// `--publish` copies the report into `docs/`; `--no-build-cost` skips the
+/// cold-build measurement. Other arguments go to `ameide-bench run`.
 fn bench(args: &[&str]) -> Result<(), String> {
     let root = workspace_root();
-    let smoke = args.first() == Some(&"--smoke");
+    let smoke = args.contains(&"--smoke");
+    let publish = args.contains(&"--publish");
+    let build_cost = !smoke && !args.contains(&"--no-build-cost");
+    let passed: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| !["--smoke", "--publish", "--no-build-cost"].contains(a))
+        .collect();
     let profile = if smoke { "debug" } else { "release" };
     let mut build = cargo();
     build.args(["build", "--locked"]).current_dir(&root);
@@ -153,22 +162,102 @@ fn bench(args: &[&str]) -> Result<(), String> {
         build.args(["--release", "-p", "ameide-bench"]);
     }
     run(&mut build, "cargo build (ameide-bench)")?;
-    let binary = root.join("target").join(profile).join("ameide-bench");
-    let mut command = Command::new(binary);
-    command.arg("run").current_dir(&root);
+    let out = root.join(if smoke {
+        "target/bench-smoke"
+    } else {
+        "target/bench"
+    });
+    let mut command = Command::new(root.join("target").join(profile).join("ameide-bench"));
+    command
+        .arg("run")
+        .current_dir(&root)
+        .env(
+            "AMEIDE_BENCH_COMMAND",
+            format!("cargo xtask bench {}", args.join(" ")).trim_end(),
+        )
+        .arg("--out")
+        .arg(&out);
+    if build_cost {
+        let file = measure_build_cost(&root)?;
+        command.arg("--build-cost").arg(file);
+    }
     if smoke {
         command.args([
             "--duration-ms",
             "100",
             "--rounds",
             "1",
-            "--out",
-            "target/bench-smoke",
+            "--concurrency",
+            "1,8",
+            "--stream-messages",
+            "4",
         ]);
-    } else {
-        command.args(args);
     }
-    run(&mut command, "ameide-bench run")
+    command.args(&passed);
+    run(&mut command, "ameide-bench run")?;
+    if publish {
+        publish_bench(&root, &out)?;
+    }
+    Ok(())
+}
+
+/// Cold `cargo build -p ameide-sdk` in an empty target dir, then the rebuild
+/// after touching one `.proto`; writes and returns `target/bench/build.json`.
+fn measure_build_cost(root: &Path) -> Result<PathBuf, String> {
+    let target = root.join("target/bench-build-cost");
+    let _ = std::fs::remove_dir_all(&target);
+    let timed = |what: &str| -> Result<f64, String> {
+        let started = std::time::Instant::now();
+        run(
+            cargo()
+                .args(["build", "--locked", "-q", "-p", "ameide-sdk"])
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(root),
+            what,
+        )?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    eprintln!("measuring the cold build of ameide-sdk (empty target dir)…");
+    let cold = timed("cold cargo build -p ameide-sdk")?;
+    let proto = root.join("ameide-proto/proto/ameide_core_proto/graph/v1/graph.proto");
+    std::fs::File::options()
+        .append(true)
+        .open(&proto)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .map_err(|e| format!("touch {}: {e}", proto.display()))?;
+    let touched = timed("rebuild after touching graph.proto")?;
+    let _ = std::fs::remove_dir_all(&target);
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let file = dir.join("build.json");
+    let json = format!(
+        "{{\n  \"cold_build_s\": {cold:.1},\n  \"touch_proto_rebuild_s\": {touched:.1},\n  \"what\": \"cargo build --locked -p ameide-sdk, debug profile, CARGO_TARGET_DIR=target/bench-build-cost (removed first); registry sources already downloaded\"\n}}\n"
+    );
+    std::fs::write(&file, json).map_err(|e| e.to_string())?;
+    eprintln!("build cost: cold {cold:.1} s, after touching a .proto {touched:.1} s");
+    Ok(file)
+}
+
+/// Copies `report.json` to `docs/benchmarks.json` and replaces the generated
+/// part of `docs/BENCHMARKS.md` (between the `bench:begin`/`bench:end` markers).
+fn publish_bench(root: &Path, out: &Path) -> Result<(), String> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let json = read(&out.join("report.json"))?;
+    let md = read(&out.join("report.md"))?;
+    std::fs::write(root.join("docs/benchmarks.json"), json).map_err(|e| e.to_string())?;
+    let doc_path = root.join("docs/BENCHMARKS.md");
+    let doc = read(&doc_path)?;
+    let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+    let (Some(a), Some(b)) = (doc.find(begin), doc.find(end)) else {
+        return Err(format!(
+            "{} lacks the {begin} / {end} markers",
+            doc_path.display()
+        ));
+    };
+    let updated = format!("{}{begin}\n{md}{}", &doc[..a], &doc[b..]);
+    std::fs::write(&doc_path, updated).map_err(|e| e.to_string())?;
+    eprintln!("published docs/benchmarks.json and the tables in docs/BENCHMARKS.md");
+    Ok(())
 }
 
 /// A `cargo` command without the package variables `cargo run` set for xtask

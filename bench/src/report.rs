@@ -1,0 +1,338 @@
+//! The markdown form of `report.json`: the tables `docs/BENCHMARKS.md` embeds.
+
+use serde_json::Value;
+
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 { format!("-{out}") } else { out }
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+struct Table<'a> {
+    rows: Vec<&'a Value>,
+    levels: Vec<u64>,
+}
+
+impl<'a> Table<'a> {
+    fn new(report: &'a Value, kind: &str) -> Self {
+        let rows: Vec<&Value> = report[kind]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let levels = rows
+            .iter()
+            .filter_map(|r| r["concurrency"].as_u64())
+            .collect();
+        Table { rows, levels }
+    }
+
+    fn cell(&self, level: u64, client: &str) -> &'a Value {
+        self.rows
+            .iter()
+            .find(|r| r["concurrency"].as_u64() == Some(level))
+            .map(|r| {
+                let c = &r["clients"][client];
+                if c.is_null() {
+                    &r["clients"]["peers"][client]
+                } else {
+                    c
+                }
+            })
+            .unwrap_or(&Value::Null)
+    }
+
+    /// 64 when measured, else the highest level.
+    fn reference(&self) -> u64 {
+        if self.levels.contains(&64) {
+            64
+        } else {
+            self.levels.iter().copied().max().unwrap_or(0)
+        }
+    }
+
+    fn header(&self, first: &str, extra: &[&str]) -> String {
+        let mut h = format!("| {first} |");
+        let mut rule = String::from("|---|");
+        for l in &self.levels {
+            h.push_str(&format!(" {l} in flight |"));
+            rule.push_str("---:|");
+        }
+        for e in extra {
+            h.push_str(&format!(" {e} |"));
+            rule.push_str("---:|");
+        }
+        format!("{h}\n{rule}\n")
+    }
+}
+
+fn clients(report: &Value) -> Vec<String> {
+    report["settings"]["clients"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn peers(report: &Value) -> Vec<String> {
+    report["versions"]["peers"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn rate_table(report: &Value, kind: &str, item: &str, names: &[String]) -> String {
+    let t = Table::new(report, kind);
+    let (lo, hi) = (64, t.levels.iter().copied().max().unwrap_or(0));
+    let scaling = format!("own @{hi} ÷ own @{lo}");
+    let show_scaling = t.levels.contains(&lo) && hi > lo;
+    let extra: &[&str] = if show_scaling { &[&scaling] } else { &[] };
+    let mut md = t.header(&format!("client ({item}/s, × raw)"), extra);
+    for name in names {
+        let mut line = format!("| {name} |");
+        for &l in &t.levels {
+            let c = t.cell(l, name);
+            line.push_str(&format!(
+                " {} ({:.2}×) |",
+                thousands(f(&c[format!("{item}_per_s")])),
+                f(&c["ratio_to_raw"])
+            ));
+        }
+        if show_scaling {
+            let own = f(&t.cell(hi, name)[format!("{item}_per_s")])
+                / f(&t.cell(lo, name)[format!("{item}_per_s")]);
+            line.push_str(&if own.is_finite() {
+                format!(" {own:.2} |")
+            } else {
+                " – |".into()
+            });
+        }
+        md.push_str(&line);
+        md.push('\n');
+    }
+    md
+}
+
+/// Every table, from a `report.json` value.
+pub fn markdown(report: &Value) -> String {
+    let names = clients(report);
+    let peer_names = peers(report);
+    let unary = Table::new(report, "unary");
+    let reference = unary.reference();
+    let mut md = String::new();
+
+    md.push_str(&format!(
+        "Date: {}. Machine: {} cores ({}), {}, kernel {}; client and server pinned to different cores: {}.\n\
+         Versions: {}; {}.\nCommand: `{}` ({} ms windows, {} rounds interleaved, median reported).\n\n",
+        report["date"].as_str().unwrap_or(""),
+        report["machine"]["cores"],
+        report["machine"]["cpu"].as_str().unwrap_or(""),
+        report["machine"]["memory"].as_str().unwrap_or(""),
+        report["machine"]["kernel"].as_str().unwrap_or(""),
+        report["machine"]["pinned"],
+        report["versions"]["rustc"].as_str().unwrap_or(""),
+        report["versions"]["crates"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        report["command"].as_str().unwrap_or(""),
+        report["settings"]["duration_ms"],
+        report["settings"]["rounds"],
+    ));
+    for (name, version) in report["versions"]["peers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        md.push_str(&format!(
+            "Peer {name}: {}.\n",
+            version.as_str().unwrap_or("")
+        ));
+    }
+
+    md.push_str("\n#### Unary calls/s (× raw tonic in the same run)\n\n");
+    let mut all = names.clone();
+    all.extend(peer_names.iter().cloned());
+    md.push_str(&rate_table(report, "unary", "calls", &all));
+
+    md.push_str("\n#### Unary latency, p50 / p99 µs\n\n");
+    md.push_str(&unary.header("client", &[]));
+    for name in &names {
+        let mut line = format!("| {name} |");
+        for &l in &unary.levels {
+            let c = unary.cell(l, name);
+            line.push_str(&format!(
+                " {:.0} / {:.0} |",
+                f(&c["p50_us"]),
+                f(&c["p99_us"])
+            ));
+        }
+        md.push_str(&line);
+        md.push('\n');
+    }
+
+    md.push_str(&format!(
+        "\n#### Client cost per unary call at {reference} in flight\n\n\
+         | client | CPU µs/call | × raw | heap allocations/call | − raw | bytes allocated/call |\n|---|---:|---:|---:|---:|---:|\n"
+    ));
+    for name in names.iter().chain(peer_names.iter()) {
+        let c = unary.cell(reference, name);
+        let allocs = if c["allocs_per_call"].is_null() {
+            "–".into()
+        } else {
+            format!("{:.1}", f(&c["allocs_per_call"]))
+        };
+        let minus = if c["allocs_per_call_minus_raw"].is_null() {
+            "–".into()
+        } else {
+            format!("{:+.1}", f(&c["allocs_per_call_minus_raw"]))
+        };
+        let bytes = if c["bytes_allocated_per_call"].is_null() {
+            "–".into()
+        } else {
+            thousands(f(&c["bytes_allocated_per_call"]))
+        };
+        let raw_cpu = f(&unary.cell(reference, "raw")["cpu_us_per_call"]);
+        md.push_str(&format!(
+            "| {name} | {:.2} | {:.2} | {allocs} | {minus} | {bytes} |\n",
+            f(&c["cpu_us_per_call"]),
+            f(&c["cpu_us_per_call"]) / raw_cpu,
+        ));
+    }
+
+    let layers: Vec<&str> = crate::clients::LAYERS
+        .iter()
+        .copied()
+        .filter(|l| names.iter().any(|n| n == l))
+        .collect();
+    if !layers.is_empty() && names.iter().any(|n| n == "raw-boxed") {
+        md.push_str(&format!(
+            "\n#### Per-layer cost at {reference} in flight (each layer alone on a raw channel, minus `raw-boxed`)\n\n\
+             | layer | + CPU µs/call | + allocations/call | calls/s × raw-boxed |\n|---|---:|---:|---:|\n"
+        ));
+        let base = unary.cell(reference, "raw-boxed");
+        for layer in layers {
+            let c = unary.cell(reference, layer);
+            md.push_str(&format!(
+                "| {layer} | {:+.2} | {:+.1} | {:.2} |\n",
+                f(&c["cpu_us_per_call"]) - f(&base["cpu_us_per_call"]),
+                f(&c["allocs_per_call"]) - f(&base["allocs_per_call"]),
+                f(&c["calls_per_s"]) / f(&base["calls_per_s"]),
+            ));
+        }
+    }
+
+    if report["stream"].is_array() {
+        md.push_str(&format!(
+            "\n#### Server streaming: messages/s ({} messages per `Generate` stream, × raw)\n\n",
+            report["settings"]["stream_messages"]
+        ));
+        md.push_str(&rate_table(report, "stream", "messages", &names));
+        let stream = Table::new(report, "stream");
+        let r = stream.reference();
+        md.push_str(&format!(
+            "\nPer message at {r} in flight: {}.\n",
+            names
+                .iter()
+                .map(|n| {
+                    let c = stream.cell(r, n);
+                    format!(
+                        "{n} {:.2} µs CPU, {:.2} allocations",
+                        f(&c["cpu_us_per_message"]),
+                        f(&c["allocs_per_message"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+
+    if report["build"].is_object() {
+        let b = &report["build"];
+        md.push_str(&format!(
+            "\n#### Build cost\n\n| step | seconds |\n|---|---:|\n\
+             | cold `cargo build -p ameide-sdk` (empty target dir, registry sources downloaded) | {:.1} |\n\
+             | rebuild after touching one `.proto` | {:.1} |\n\
+             | rebuild after adding a field to one message | {:.1} |\n",
+            f(&b["cold_build_s"]),
+            f(&b["touch_proto_rebuild_s"]),
+            f(&b["edit_proto_rebuild_s"]),
+        ));
+    }
+
+    md.push_str("\n#### Targets\n\n| target | measured | met |\n|---|---:|:---:|\n");
+    for (target, measured, met) in targets(report) {
+        md.push_str(&format!(
+            "| {target} | {measured} | {} |\n",
+            if met { "yes" } else { "**no**" }
+        ));
+    }
+    md
+}
+
+/// (target, measured, met) for each target the benchmark issue sets.
+pub fn targets(report: &Value) -> Vec<(String, String, bool)> {
+    let unary = Table::new(report, "unary");
+    let mut out = Vec::new();
+    for level in [1, 64] {
+        let r = f(&unary.cell(level, "sdk")["ratio_to_raw"]);
+        if r.is_finite() {
+            out.push((
+                format!("AmeideClient ≥ 0.95× raw tonic at {level} in flight"),
+                format!("{r:.2}×"),
+                r >= 0.95,
+            ));
+        }
+    }
+    for name in ["sdk", "sdk-pool"] {
+        let own =
+            f(&unary.cell(1024, name)["calls_per_s"]) / f(&unary.cell(64, name)["calls_per_s"]);
+        if own.is_finite() {
+            out.push((
+                format!("{name} at 1,024 in flight ≥ 0.9× its own rate at 64"),
+                format!("{own:.2}×"),
+                own >= 0.9,
+            ));
+        }
+    }
+    let reference = unary.reference();
+    let extra = f(&unary.cell(reference, "sdk")["allocs_per_call_minus_raw"]);
+    if extra.is_finite() {
+        out.push((
+            format!("allocations per call ≤ raw + 20 (at {reference} in flight)"),
+            format!("raw {extra:+.1}"),
+            extra <= 20.0,
+        ));
+    }
+    let sdk_cpu = f(&unary.cell(reference, "sdk")["cpu_us_per_call"]);
+    for (peer, label, goal) in [
+        ("python", "grpcio (aio)", 2.5),
+        ("node", "@grpc/grpc-js", 6.0),
+    ] {
+        let peer_cpu = f(&unary.cell(reference, peer)["cpu_us_per_call"]);
+        let x = peer_cpu / sdk_cpu;
+        if x.is_finite() {
+            out.push((
+                format!("≥ {goal}× the {label} client per client core (calls per CPU-second at {reference} in flight)"),
+                format!("{x:.1}×"),
+                x >= goal,
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,359 @@
+//! `ameide-bench run`: every client at every concurrency, unary and
+//! streaming, interleaved in rounds, plus the peer clients; writes
+//! `report.json` and `report.md`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::clients::{self, Otel};
+use crate::measure::{self, Kind, Sample};
+use crate::peers;
+
+pub struct Options {
+    pub duration: Duration,
+    pub rounds: usize,
+    pub concurrency: Vec<usize>,
+    pub clients: Vec<String>,
+    /// Messages per `Generate` stream; 0 skips the streaming table.
+    pub stream_messages: i32,
+    pub pool: usize,
+    pub peers: Vec<String>,
+    /// Where the peers are installed (project-local).
+    pub peer_cache: PathBuf,
+    /// A JSON file with build timings (written by `cargo xtask bench`).
+    pub build_cost: Option<PathBuf>,
+    pub out: PathBuf,
+    pub command: String,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn parse(args: &[String]) -> Result<Options, String> {
+    let root = crate::workspace_root();
+    let mut options = Options {
+        duration: Duration::from_millis(1500),
+        rounds: 3,
+        concurrency: vec![1, 64, 256, 1024],
+        clients: clients::ALL.iter().map(|s| s.to_string()).collect(),
+        stream_messages: 64,
+        pool: 4,
+        peers: vec!["python".into(), "node".into()],
+        peer_cache: root.join(".cache/interop"),
+        build_cost: None,
+        out: root.join("target/bench"),
+        command: std::env::var("AMEIDE_BENCH_COMMAND")
+            .unwrap_or_else(|_| format!("ameide-bench run {}", args.join(" "))),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--duration-ms" => {
+                let ms: u64 = value()?
+                    .parse()
+                    .map_err(|_| "--duration-ms takes milliseconds")?;
+                options.duration = Duration::from_millis(ms.max(50));
+            }
+            "--rounds" => {
+                options.rounds = value()?.parse().map_err(|_| "--rounds takes a count")?
+            }
+            "--concurrency" => {
+                options.concurrency = list(value()?)
+                    .iter()
+                    .map(|c| match c.parse::<usize>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err(format!("bad concurrency {c:?}: a count ≥ 1")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--clients" => {
+                options.clients = list(value()?);
+                if let Some(bad) = options
+                    .clients
+                    .iter()
+                    .find(|c| !clients::ALL.contains(&c.as_str()))
+                {
+                    return Err(format!(
+                        "unknown client {bad:?} (known: {})",
+                        clients::ALL.join(", ")
+                    ));
+                }
+            }
+            "--stream-messages" => {
+                options.stream_messages = match value()?.parse::<i32>() {
+                    Ok(n) if (0..=100_000).contains(&n) => n,
+                    _ => return Err("--stream-messages takes 0..=100000".into()),
+                }
+            }
+            "--pool" => {
+                options.pool = match value()?.parse::<usize>() {
+                    Ok(n) if (1..=64).contains(&n) => n,
+                    _ => return Err("--pool takes a connection count within 1..=64".into()),
+                }
+            }
+            "--peers" => {
+                options.peers = list(value()?);
+                if let Some(bad) = options
+                    .peers
+                    .iter()
+                    .find(|p| *p != "python" && *p != "node")
+                {
+                    return Err(format!("unknown peer {bad:?} (known: python, node, none)"));
+                }
+            }
+            "--peer-cache" => options.peer_cache = value()?.into(),
+            "--build-cost" => options.build_cost = Some(value()?.into()),
+            "--out" => options.out = value()?.into(),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if options.rounds == 0 || options.concurrency.is_empty() || options.clients.is_empty() {
+        return Err("need at least one round, one concurrency level and one client".into());
+    }
+    if !options.clients.iter().any(|c| c == "raw") {
+        return Err("--clients must include raw: every figure is a ratio to it".into());
+    }
+    Ok(options)
+}
+
+fn sample_json(s: &Sample, raw: &Sample, items: &str, item: &str) -> Value {
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        format!("{items}_per_s"): s.rate.round(),
+        "ratio_to_raw": r3(s.rate / raw.rate),
+        format!("cpu_us_per_{item}"): r2(s.cpu_us_per_item),
+        "cpu_ratio_to_raw": r3(s.cpu_us_per_item / raw.cpu_us_per_item),
+        format!("allocs_per_{item}"): r2(s.allocs_per_item),
+        format!("allocs_per_{item}_minus_raw"): r2(s.allocs_per_item - raw.allocs_per_item),
+        format!("bytes_allocated_per_{item}"): s.bytes_per_item.round(),
+        "p50_us": r2(s.p50_us),
+        "p99_us": r2(s.p99_us),
+    })
+}
+
+fn read_first_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let memory = read_first_line("/proc/meminfo");
+    json!({
+        "cores": crate::cores(),
+        "cpu": cpu,
+        "memory": memory.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
+        "kernel": read_first_line("/proc/sys/kernel/osrelease"),
+        "pinned": crate::taskset_available() && crate::cores() > 1,
+    })
+}
+
+const CRATES: &[&str] = &[
+    "tonic",
+    "h2",
+    "hyper",
+    "tokio",
+    "prost",
+    "opentelemetry_sdk",
+    "tower",
+];
+
+/// Versions of the crates that matter, from the workspace's Cargo.lock.
+fn crate_versions() -> Value {
+    let lock =
+        std::fs::read_to_string(crate::workspace_root().join("Cargo.lock")).unwrap_or_default();
+    let mut found = BTreeMap::new();
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"').to_owned());
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take())
+            && CRATES.contains(&n.as_str())
+        {
+            found.insert(n, v.trim_matches('"').to_owned());
+        }
+    }
+    json!(found)
+}
+
+fn rustc_version() -> String {
+    std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
+    let root = crate::workspace_root();
+    // Peers first: an install failure is reported before minutes of measuring.
+    let mut peers = Vec::new();
+    for name in &options.peers {
+        eprintln!(
+            "preparing the {name} peer (installs once into {})",
+            options.peer_cache.display()
+        );
+        peers.push(peers::prepare(name, &root, &options.peer_cache)?);
+    }
+    let server = crate::Server::start()?;
+    let port = server.port;
+    let pinned = crate::pin_client();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let otel = Otel::new();
+    let mut kinds = vec![("unary", Kind::Unary)];
+    if options.stream_messages > 0 {
+        kinds.push(("stream", Kind::Stream(options.stream_messages)));
+    }
+    let mut report: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut spans_expected = 0u64;
+    runtime.block_on(tokio::task::LocalSet::new().run_until(async {
+        let mut built = Vec::new();
+        for name in &options.clients {
+            let mut client = clients::build(name, port, &otel, options.pool).await?;
+            client.unary(0).await?; // connect before measuring
+            if name.contains("otel") {
+                spans_expected += 1;
+            }
+            built.push((name.as_str(), client));
+        }
+        for &(kind_name, kind) in &kinds {
+            let (items, item) = if kind_name == "unary" {
+                ("calls", "call")
+            } else {
+                ("messages", "message")
+            };
+            for &concurrency in &options.concurrency {
+                let mut runs: Vec<Vec<Sample>> = vec![Vec::new(); built.len()];
+                for _ in 0..options.rounds {
+                    for (k, (name, client)) in built.iter().enumerate() {
+                        let sample = measure::window(client, kind, concurrency, options.duration)
+                            .await
+                            .map_err(|e| format!("{name} {kind_name} at {concurrency}: {e}"))?;
+                        runs[k].push(sample);
+                    }
+                }
+                let medians: Vec<Sample> = runs.iter().map(|r| measure::median(r)).collect();
+                let raw = medians[0];
+                let mut row = serde_json::Map::new();
+                for (k, (name, _)) in built.iter().enumerate() {
+                    row.insert(
+                        name.to_string(),
+                        sample_json(&medians[k], &raw, items, item),
+                    );
+                }
+                let mut line = format!("{kind_name:>6} c={concurrency:<5}");
+                for (k, (name, _)) in built.iter().enumerate() {
+                    line.push_str(&format!(
+                        " {name} {:.0}/s {:.2}µs {:.1}a",
+                        medians[k].rate, medians[k].cpu_us_per_item, medians[k].allocs_per_item
+                    ));
+                }
+                eprintln!("{line}");
+                if kind_name == "unary" {
+                    let mut peer_rows = serde_json::Map::new();
+                    for peer in &peers {
+                        let samples = peer.run(
+                            port,
+                            concurrency,
+                            options.duration,
+                            options.rounds,
+                            pinned.then_some(0),
+                        )?;
+                        let med = |f: fn(&peers::PeerSample) -> f64| {
+                            let mut v: Vec<f64> = samples.iter().map(f).collect();
+                            v.sort_by(f64::total_cmp);
+                            v[v.len() / 2]
+                        };
+                        let (rate, cpu) = (med(|s| s.rate), med(|s| s.cpu_us_per_call));
+                        eprintln!("        {} {rate:.0}/s {cpu:.2}µs", peer.name);
+                        peer_rows.insert(
+                            peer.name.into(),
+                            json!({
+                                "calls_per_s": rate.round(),
+                                "ratio_to_raw": (rate / raw.rate * 1000.0).round() / 1000.0,
+                                "cpu_us_per_call": (cpu * 100.0).round() / 100.0,
+                            }),
+                        );
+                    }
+                    if !peer_rows.is_empty() {
+                        row.insert("peers".into(), Value::Object(peer_rows));
+                    }
+                }
+                report.entry(kind_name).or_default().push(json!({
+                    "concurrency": concurrency,
+                    "clients": row,
+                }));
+            }
+        }
+        Ok::<_, ameide_sdk::layers::BoxError>(())
+    }))?;
+    drop(server);
+    let _ = otel.provider.force_flush();
+    let build_cost = match &options.build_cost {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
+        None => Value::Null,
+    };
+    let report = json!({
+        "benchmark": "ameide-bench run: loopback, one tonic server process (1 worker thread), one single-threaded client runtime",
+        "date": utc_now(),
+        "command": options.command,
+        "machine": machine(),
+        "versions": {
+            "rustc": rustc_version(),
+            "crates": crate_versions(),
+            "peers": peers.iter().map(|p| (p.name, p.runtime_version.clone())).collect::<BTreeMap<_, _>>(),
+        },
+        "settings": {
+            "duration_ms": options.duration.as_millis() as u64,
+            "rounds": options.rounds,
+            "concurrency": options.concurrency,
+            "stream_messages": options.stream_messages,
+            "pool_connections": options.pool,
+            "clients": options.clients,
+        },
+        "otel_spans_exported": otel.exported(),
+        "otel_clients": spans_expected,
+        "unary": report.get("unary"),
+        "stream": report.get("stream"),
+        "build": build_cost,
+    });
+    std::fs::create_dir_all(&options.out)?;
+    let json_path = options.out.join("report.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    let md = crate::report::markdown(&report);
+    std::fs::write(options.out.join("report.md"), &md)?;
+    println!("{md}");
+    println!("wrote {} and report.md", json_path.display());
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The loopback server process: a plain tonic echo of two roster methods,
+//! `GraphService.GetRepository` (unary) and `InferenceService.Generate`
+//! (server streaming, `max_tokens` small messages), on one worker thread.
+
+use ameide_sdk::proto::graph::v1::graph_service_server::{GraphService, GraphServiceServer};
+use ameide_sdk::proto::graph::v1::{GetRepositoryRequest, GetRepositoryResponse, Repository};
+use ameide_sdk::proto::inference::v1::inference_service_server::{
+    InferenceService, InferenceServiceServer,
+};
+use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
+use tonic::{Request, Response, Status};
+
+struct Echo;
+
+#[tonic::async_trait]
+impl GraphService for Echo {
+    async fn get_repository(
+        &self,
+        request: Request<GetRepositoryRequest>,
+    ) -> Result<Response<GetRepositoryResponse>, Status> {
+        let id = request.into_inner().repository_id;
+        // The soak exercises the error path: every tenth of its ids fails.
+        if id.starts_with("soak-") && id.ends_with('0') {
+            return Err(Status::not_found(format!("repository {id} does not exist")));
+        }
+        Ok(Response::new(GetRepositoryResponse {
+            repository: Some(Repository {
+                repository_id: id,
+                key: "bench".into(),
+                display_name: "Benchmark repository".into(),
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
+type TokenStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<GenerateResponse, Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl InferenceService for Echo {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<TokenStream>, Status> {
+        let n = request.into_inner().max_tokens;
+        if !(1..=100_000).contains(&n) {
+            return Err(Status::invalid_argument(
+                "max_tokens must be within 1..=100000",
+            ));
+        }
+        let tokens = (0..n).map(move |index| {
+            Ok(GenerateResponse {
+                token: "tok".into(),
+                index,
+                finish_reason: 0,
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(tokens))))
+    }
+}
+
+/// Binds 127.0.0.1:0, prints the port on stdout, serves until killed.
+pub fn serve() -> Result<(), ameide_sdk::layers::BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        tonic::transport::Server::builder()
+            .add_service(GraphServiceServer::new(Echo))
+            .add_service(InferenceServiceServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    })
+}
