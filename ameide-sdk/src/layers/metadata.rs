@@ -37,29 +37,69 @@ use crate::config::{ConfigError, header_value, validate_header};
 /// assert_eq!(ameide_sdk::layers::RequestIdGenerator::uuid_v4().generate().len(), 36);
 /// ```
 #[derive(Clone)]
-pub struct RequestIdGenerator(Arc<dyn Fn() -> String + Send + Sync>);
+pub struct RequestIdGenerator(Generator);
+
+#[derive(Clone)]
+enum Generator {
+    /// The default: formatted straight into the header value's storage.
+    UuidV4,
+    Custom(Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+/// The bytes of an id shared by the header value and [`CallState`]: one
+/// allocation, and clones of the header (one per retry attempt) are
+/// reference counts, not copies.
+struct SharedId(Arc<str>);
+
+impl AsRef<[u8]> for SharedId {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+fn uuid_v4_into(buf: &mut [u8; 36]) -> &str {
+    let bytes = fastrand::u128(..).to_le_bytes();
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    id.hyphenated().encode_lower(buf)
+}
 
 impl RequestIdGenerator {
     /// A generator from a function.
     pub fn new(generate: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        RequestIdGenerator(Arc::new(generate))
+        RequestIdGenerator(Generator::Custom(Arc::new(generate)))
     }
 
     /// Random UUID v4 ids, the default. The random bits come from a fast
     /// thread-local generator (not the OS: a request id is a correlation key,
     /// not a secret), which keeps a syscall off every call.
     pub fn uuid_v4() -> Self {
-        Self::new(|| {
-            let bytes = fastrand::u128(..).to_le_bytes();
-            let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-            let mut buf = uuid::Uuid::encode_buffer();
-            id.hyphenated().encode_lower(&mut buf).to_owned()
-        })
+        RequestIdGenerator(Generator::UuidV4)
     }
 
     /// A new id.
     pub fn generate(&self) -> String {
-        (self.0)()
+        match &self.0 {
+            Generator::UuidV4 => uuid_v4_into(&mut [0; 36]).to_owned(),
+            Generator::Custom(f) => f(),
+        }
+    }
+
+    /// A new id as the header value and the shared string; `Err` carries
+    /// what the generator returned when it is not a valid, non-empty header
+    /// value (for the warning).
+    fn generate_shared(&self) -> Result<(HeaderValue, Arc<str>), String> {
+        let id: Arc<str> = match &self.0 {
+            Generator::UuidV4 => Arc::from(uuid_v4_into(&mut [0; 36])),
+            Generator::Custom(f) => Arc::from(f()),
+        };
+        if id.is_empty() {
+            return Err(String::new());
+        }
+        let bytes = bytes::Bytes::from_owner(SharedId(id.clone()));
+        match HeaderValue::from_maybe_shared(bytes) {
+            Ok(value) => Ok((value, id)),
+            Err(_) => Err(id.to_string()),
+        }
     }
 }
 
@@ -208,21 +248,17 @@ impl<S> MetadataService<S> {
                     id
                 }
                 None => {
-                    let mut id = config.generator.generate();
-                    let value = match HeaderValue::from_str(&id) {
-                        Ok(value) if !id.is_empty() => value,
-                        _ => {
-                            ::tracing::warn!(generated = ?id, "request id generator returned an invalid header value; using a UUID v4 instead");
-                            id = uuid::Uuid::new_v4().to_string();
-                            HeaderValue::from_str(&id).expect("a UUID is a valid header value")
-                        }
-                    };
+                    let (mut value, id) = config.generator.generate_shared().unwrap_or_else(|bad| {
+                        ::tracing::warn!(generated = ?bad, "request id generator returned an invalid header value; using a UUID v4 instead");
+                        RequestIdGenerator::uuid_v4()
+                            .generate_shared()
+                            .expect("a UUID is a valid header value")
+                    });
                     // A fresh id per call: never-indexed, so it does not churn the
                     // HPACK dynamic table and evict the stable headers.
-                    let mut value = value;
                     value.set_sensitive(true);
                     headers.insert(names::REQUEST_ID, value);
-                    Arc::from(id)
+                    id
                 }
             },
         };

@@ -481,13 +481,24 @@ pub(crate) enum Buffered {
 
 /// Reads `body` into memory, up to `limit` bytes.
 pub(crate) async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<Buffered, Status> {
+    // A unary request is one data frame: keep it as is (no copy, no
+    // allocation); only a body of several frames is gathered into one buffer.
+    let mut single: Option<Bytes> = None;
     let mut collected = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
         if let Ok(data) = frame.into_data() {
-            collected.extend_from_slice(&data);
-            if collected.len() > limit {
-                let prefix = collected.freeze();
+            if single.is_none() && collected.is_empty() {
+                single = Some(data);
+            } else {
+                if let Some(first) = single.take() {
+                    collected.extend_from_slice(&first);
+                }
+                collected.extend_from_slice(&data);
+            }
+            let len = single.as_ref().map_or(collected.len(), Bytes::len);
+            if len > limit {
+                let prefix = single.take().unwrap_or_else(|| collected.split().freeze());
                 return Ok(Buffered::TooLarge(tonic::body::Body::new(PrefixBody {
                     prefix: Some(prefix),
                     rest: body,
@@ -495,7 +506,9 @@ pub(crate) async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<
             }
         }
     }
-    Ok(Buffered::Complete(collected.freeze()))
+    Ok(Buffered::Complete(
+        single.unwrap_or_else(|| collected.freeze()),
+    ))
 }
 
 /// A copy of a request (method, URI, version, headers, extensions) with `bytes` as its body.
@@ -518,7 +531,10 @@ fn attempt_request(
     remaining: Option<Duration>,
 ) -> HttpRequest {
     let mut request = replay_request(parts, bytes);
-    if let Some(remaining) = remaining {
+    // The first attempt keeps the grpc-timeout the timeout layer set a moment
+    // ago (one header value less per call); later ones send what is left.
+    let fresh = attempt == 1 && parts.headers.contains_key(names::GRPC_TIMEOUT);
+    if let Some(remaining) = remaining.filter(|_| !fresh) {
         request
             .headers_mut()
             .insert(names::GRPC_TIMEOUT, encode_grpc_timeout(remaining));

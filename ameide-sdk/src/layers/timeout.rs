@@ -104,7 +104,7 @@ where
             .insert(names::GRPC_TIMEOUT, encode_grpc_timeout(remaining));
         TimeoutFuture {
             inner: Some(self.inner.call(request)),
-            sleep: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            sleep: Some(tokio::time::sleep_until(deadline)),
             deadline,
             timeout,
         }
@@ -146,7 +146,10 @@ pin_project! {
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: Option<F>,
-        sleep: Option<Pin<Box<Sleep>>>,
+        // Inline, not boxed: one allocation less per call. The response body
+        // gets its own timer for the same deadline.
+        #[pin]
+        sleep: Option<Sleep>,
         deadline: Instant,
         timeout: Duration,
     }
@@ -167,15 +170,13 @@ where
         match inner.poll(cx) {
             Poll::Ready(Ok(response)) => {
                 let timeout = *this.timeout;
-                let sleep = this
-                    .sleep
-                    .take()
-                    .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
+                let deadline = *this.deadline;
+                this.sleep.set(None);
                 this.inner.set(None);
                 Poll::Ready(Ok(response.map(|body| {
                     tonic::body::Body::new(DeadlineBody {
                         inner: body,
-                        sleep,
+                        sleep: tokio::time::sleep_until(deadline),
                         timeout,
                         done: false,
                     })
@@ -189,7 +190,7 @@ where
                 }
                 Poll::Ready(Err(error.into()))
             }
-            Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Poll::Pending => match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
                 Some(Poll::Ready(())) => {
                     this.inner.set(None);
                     Poll::Ready(Ok(status_response(deadline_exceeded(*this.timeout))))
@@ -209,7 +210,8 @@ pin_project! {
     struct DeadlineBody {
         #[pin]
         inner: tonic::body::Body,
-        sleep: Pin<Box<Sleep>>,
+        #[pin]
+        sleep: Sleep,
         timeout: Duration,
         done: bool,
     }
@@ -234,7 +236,7 @@ impl http_body::Body for DeadlineBody {
                 }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+            Poll::Pending => match this.sleep.poll(cx) {
                 Poll::Ready(()) => {
                     *this.done = true;
                     Poll::Ready(Some(Err(deadline_exceeded(*this.timeout))))
@@ -251,6 +253,17 @@ impl http_body::Body for DeadlineBody {
 
 /// Encodes a duration as a `grpc-timeout` value: at most 8 digits and a unit,
 /// rounded up so that a tiny remaining budget is never sent as zero.
+struct Encoded {
+    buf: [u8; 9],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Encoded {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = timeout.as_nanos().max(1);
@@ -285,8 +298,11 @@ pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
             }
             buf[len] = unit as u8;
             len += 1;
-            let mut value = HeaderValue::from_bytes(&buf[..len])
-                .expect("digits and a unit letter form a valid header value");
+            // Owned by the Bytes itself: one allocation, and the per-attempt
+            // copies the retry layer makes are reference counts.
+            let mut value =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(Encoded { buf, len }))
+                    .expect("digits and a unit letter form a valid header value");
             // Unique per attempt: keep it out of the HPACK dynamic table.
             value.set_sensitive(true);
             return value;

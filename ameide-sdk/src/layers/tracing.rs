@@ -511,9 +511,12 @@ where
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let (cx, semconv) = self.start_span(&mut request);
+        // A span nobody records (a no-op tracer, a sampler that said no) has
+        // nothing to end: the response passes through unwrapped.
+        let span = cx.span().is_recording().then_some(cx);
         TracingFuture {
             inner: self.inner.call(request),
-            span: Some(cx),
+            span,
             semconv,
         }
     }
