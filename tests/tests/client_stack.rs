@@ -197,7 +197,16 @@ async fn accessors_match_the_manifest_no_missing_no_extra() {
 #[derive(Clone, Default)]
 struct Spy {
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+    /// Per attempt: the user's own extension, and tonic's method extension.
+    extensions: Arc<Mutex<Vec<SeenExtensions>>>,
 }
+
+/// Per attempt: the user's own extension, and tonic's method name.
+type SeenExtensions = (Option<UserMark>, Option<String>);
+
+/// A user's own request extension.
+#[derive(Clone, Debug, PartialEq)]
+struct UserMark(&'static str);
 
 impl<S> tower::Layer<S> for Spy {
     type Service = SpyService<S>;
@@ -205,6 +214,7 @@ impl<S> tower::Layer<S> for Spy {
         SpyService {
             inner,
             seen: self.seen.clone(),
+            extensions: self.extensions.clone(),
         }
     }
 }
@@ -213,6 +223,7 @@ impl<S> tower::Layer<S> for Spy {
 struct SpyService<S> {
     inner: S,
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+    extensions: Arc<Mutex<Vec<SeenExtensions>>>,
 }
 
 impl<S> tower::Service<HttpRequest> for SpyService<S>
@@ -230,6 +241,12 @@ where
     }
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         self.seen.lock().unwrap().push(request.headers().clone());
+        let e = request.extensions();
+        self.extensions.lock().unwrap().push((
+            e.get::<UserMark>().cloned(),
+            e.get::<tonic::GrpcMethod<'static>>()
+                .map(|m| m.method().to_owned()),
+        ));
         self.inner.call(request)
     }
 }
@@ -291,6 +308,36 @@ async fn layer_order_is_proven_by_effects() {
     for (headers, span) in seen.iter().zip(&spans) {
         let tp = headers["traceparent"].to_str().unwrap();
         assert!(tp.contains(&span.span_context.span_id().to_string()));
+    }
+}
+
+/// The retry layer hands the first attempt the request's own extensions and
+/// rebuilds them for replays: tonic's and the SDK's (fast path) as well as a
+/// user's own type (full copy) reach every attempt.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_the_request_extensions() {
+    for with_user_mark in [false, true] {
+        let server = MockServer::new();
+        for reply in [
+            Reply::status(Status::unavailable("1")),
+            Reply::status(Status::unavailable("2")),
+            Reply::ok(),
+        ] {
+            server.push(paths::LIST_REPOSITORIES, reply);
+        }
+        let spy = Spy::default();
+        let client = mock_client(&server).layer(spy.clone()).build().unwrap();
+        let mut request = tonic::Request::new(list());
+        if with_user_mark {
+            request.extensions_mut().insert(UserMark("mine"));
+        }
+        client.graph().list_repositories(request).await.unwrap();
+        let seen = spy.extensions.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "three attempts");
+        for (mark, method) in seen {
+            assert_eq!(mark, with_user_mark.then_some(UserMark("mine")));
+            assert_eq!(method.as_deref(), Some("ListRepositories"));
+        }
     }
 }
 

@@ -513,6 +513,14 @@ pub(crate) async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<
 
 /// A copy of a request (method, URI, version, headers, extensions) with `bytes` as its body.
 pub(crate) fn replay_request(parts: &http::request::Parts, bytes: &Bytes) -> HttpRequest {
+    replay_with(parts, bytes, parts.extensions.clone())
+}
+
+fn replay_with(
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+    extensions: http::Extensions,
+) -> HttpRequest {
     let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
         bytes.clone(),
     )));
@@ -520,8 +528,71 @@ pub(crate) fn replay_request(parts: &http::request::Parts, bytes: &Bytes) -> Htt
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
+    *request.extensions_mut() = extensions;
     request
+}
+
+/// The request extensions when they are only the ones tonic and this crate
+/// put there: kept as plain values, so that the first attempt can take the
+/// original extensions without copying them (a copy is a map and a box per
+/// entry) and only a replay rebuilds them. `None` when anything else is in
+/// the extensions (a user's own type): then every attempt gets a full copy.
+#[derive(Default)]
+struct KnownExtensions {
+    state: Option<CallState>,
+    method: Option<tonic::GrpcMethod<'static>>,
+    safe: Option<SafeRetries>,
+    session: Option<crate::call::SessionId>,
+    deadline: Option<Deadline>,
+    timeout: Option<crate::call::CallTimeout>,
+}
+
+impl KnownExtensions {
+    fn capture(extensions: &http::Extensions) -> Option<Self> {
+        let known = KnownExtensions {
+            state: extensions.get::<CallState>().cloned(),
+            method: extensions.get::<tonic::GrpcMethod<'static>>().cloned(),
+            safe: extensions.get::<SafeRetries>().copied(),
+            session: extensions.get::<crate::call::SessionId>().cloned(),
+            deadline: extensions.get::<Deadline>().copied(),
+            timeout: extensions.get::<crate::call::CallTimeout>().copied(),
+        };
+        let count = [
+            known.state.is_some(),
+            known.method.is_some(),
+            known.safe.is_some(),
+            known.session.is_some(),
+            known.deadline.is_some(),
+            known.timeout.is_some(),
+        ]
+        .into_iter()
+        .filter(|&present| present)
+        .count();
+        (count == extensions.len()).then_some(known)
+    }
+
+    fn build(&self) -> http::Extensions {
+        let mut e = http::Extensions::new();
+        if let Some(v) = &self.state {
+            e.insert(v.clone());
+        }
+        if let Some(v) = &self.method {
+            e.insert(v.clone());
+        }
+        if let Some(v) = self.safe {
+            e.insert(v);
+        }
+        if let Some(v) = &self.session {
+            e.insert(v.clone());
+        }
+        if let Some(v) = self.deadline {
+            e.insert(v);
+        }
+        if let Some(v) = self.timeout {
+            e.insert(v);
+        }
+        e
+    }
 }
 
 fn attempt_request(
@@ -529,8 +600,9 @@ fn attempt_request(
     bytes: &Bytes,
     attempt: u32,
     remaining: Option<Duration>,
+    extensions: http::Extensions,
 ) -> HttpRequest {
-    let mut request = replay_request(parts, bytes);
+    let mut request = replay_with(parts, bytes, extensions);
     // The first attempt keeps the grpc-timeout the timeout layer set a moment
     // ago (one header value less per call); later ones send what is left.
     let fresh = attempt == 1 && parts.headers.contains_key(names::GRPC_TIMEOUT);
@@ -559,7 +631,7 @@ where
     S::Future: Send + 'static,
 {
     let policy = &layer.policy;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let deadline = state
         .as_ref()
         .and_then(CallState::deadline)
@@ -585,6 +657,10 @@ where
         .map_or(policy.safe, |s| s.0);
     let method_is_safe =
         ameide_proto::method(parts.uri.path()).is_some_and(|m| m.idempotency.is_safe_to_repeat());
+    let known = KnownExtensions::capture(&parts.extensions);
+    let mut first_extensions = known
+        .as_ref()
+        .map(|_| std::mem::take(&mut parts.extensions));
     let throttle = layer.throttle.clone();
     let note = |record: AttemptRecord| {
         if let Some(state) = &state {
@@ -606,7 +682,12 @@ where
             )));
         }
         record(attempt);
-        let request = attempt_request(&parts, &bytes, attempt, remaining);
+        let extensions = match (first_extensions.take(), &known) {
+            (Some(original), _) => original,
+            (None, Some(known)) => known.build(),
+            (None, None) => parts.extensions.clone(),
+        };
+        let request = attempt_request(&parts, &bytes, attempt, remaining, extensions);
         let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
                 None => {
