@@ -226,10 +226,18 @@ struct CallStateInner {
     request_id: Arc<str>,
     attempts: AtomicU32,
     retryable: AtomicU8,
-    history: std::sync::Mutex<Vec<AttemptRecord>>,
+    history: std::sync::Mutex<History>,
     stop: std::sync::Mutex<Option<StopReason>>,
     /// The call's deadline as nanoseconds after `start`; `u64::MAX` when unset.
     deadline_nanos: AtomicU64,
+}
+
+/// The attempt history: the first attempt inline (most calls have one, and
+/// recording it then costs no allocation), the rest in a vector.
+#[derive(Debug, Default)]
+struct History {
+    first: Option<AttemptRecord>,
+    rest: Vec<AttemptRecord>,
 }
 
 const RETRYABLE_UNKNOWN: u8 = 0;
@@ -243,7 +251,7 @@ impl CallState {
             request_id,
             attempts: AtomicU32::new(0),
             retryable: AtomicU8::new(RETRYABLE_UNKNOWN),
-            history: std::sync::Mutex::new(Vec::new()),
+            history: std::sync::Mutex::new(History::default()),
             stop: std::sync::Mutex::new(None),
             deadline_nanos: AtomicU64::new(u64::MAX),
         }))
@@ -293,13 +301,20 @@ impl CallState {
     /// Appends one attempt to the history.
     pub(crate) fn record_history(&self, record: AttemptRecord) {
         if let Ok(mut h) = self.0.history.lock() {
-            h.push(record);
+            match h.first {
+                None => h.first = Some(record),
+                Some(_) => h.rest.push(record),
+            }
         }
     }
 
     /// The attempts so far.
     pub(crate) fn history(&self) -> Vec<AttemptRecord> {
-        self.0.history.lock().map(|h| h.clone()).unwrap_or_default()
+        self.0
+            .history
+            .lock()
+            .map(|h| h.first.iter().chain(&h.rest).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Records why the loop stopped.

@@ -396,20 +396,26 @@ impl AmeideClientBuilder {
             None => tonic_channel(&config.endpoint, &self.transport_options)?,
         };
         let slot = TransportSlot::new(transport);
-        let mut below: BoxTransport = BoxCloneSyncService::new(slot.clone());
-        for wrap in self.user_layers.into_iter().rev() {
-            below = wrap(below);
-        }
-
-        let stack = ServiceBuilder::new()
-            .layer(metadata)
-            .option_layer(auth)
-            .layer(TimeoutLayer::new(config.timeout))
-            .layer(retry)
-            .layer(tracing)
-            .service(below);
+        let layers = BuiltIn {
+            metadata,
+            auth,
+            timeout: TimeoutLayer::new(config.timeout),
+            retry,
+            tracing,
+        };
+        // Without user layers the built-in stack sits on the slot itself: one
+        // box (and, per call, one boxed future and one clone) less.
+        let service = if self.user_layers.is_empty() {
+            layers.stack(slot.clone())
+        } else {
+            let mut below: BoxTransport = BoxCloneSyncService::new(slot.clone());
+            for wrap in self.user_layers.into_iter().rev() {
+                below = wrap(below);
+            }
+            layers.stack(below)
+        };
         let channel = AmeideChannel {
-            service: BoxCloneSyncService::new(stack.map_err(Into::<BoxError>::into)),
+            service,
             closed: Arc::new(AtomicBool::new(false)),
         };
         Ok(AmeideClient {
@@ -417,5 +423,35 @@ impl AmeideClientBuilder {
             slot,
             endpoint: Arc::from(config.endpoint.as_str()),
         })
+    }
+}
+
+/// The built-in layers, in the order of the table at the top of this file.
+struct BuiltIn {
+    metadata: MetadataLayer,
+    auth: Option<AuthLayer>,
+    timeout: TimeoutLayer,
+    retry: RetryLayer,
+    tracing: TracingLayer,
+}
+
+impl BuiltIn {
+    fn stack<B>(self, below: B) -> BoxTransport
+    where
+        B: Service<HttpRequest, Response = HttpResponse, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        B::Future: Send + 'static,
+    {
+        let stack = ServiceBuilder::new()
+            .layer(self.metadata)
+            .option_layer(self.auth)
+            .layer(self.timeout)
+            .layer(self.retry)
+            .layer(self.tracing)
+            .service(below);
+        BoxCloneSyncService::new(stack.map_err(Into::<BoxError>::into))
     }
 }

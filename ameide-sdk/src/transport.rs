@@ -147,15 +147,31 @@ impl Service<HttpRequest> for Pool {
 
 /// The transport behind a lock, so that closing the client releases it for
 /// every clone of every typed client at once.
-#[derive(Clone)]
+///
+/// `poll_ready` takes a clone of the transport out of the lock and drives
+/// *its* readiness (so the transport's back-pressure reaches the caller);
+/// `call` hands the request to that ready clone. The clone lives from
+/// `poll_ready` to `call` only, so `close()` really releases the transport.
 pub(crate) struct TransportSlot {
     slot: Arc<RwLock<Option<BoxTransport>>>,
+    ready: Option<BoxTransport>,
+}
+
+impl Clone for TransportSlot {
+    fn clone(&self) -> Self {
+        // A clone starts unready: readiness belongs to the instance polled.
+        TransportSlot {
+            slot: self.slot.clone(),
+            ready: None,
+        }
+    }
 }
 
 impl TransportSlot {
     pub(crate) fn new(transport: BoxTransport) -> Self {
         TransportSlot {
             slot: Arc::new(RwLock::new(Some(transport))),
+            ready: None,
         }
     }
 
@@ -166,6 +182,13 @@ impl TransportSlot {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         drop(taken);
+    }
+
+    fn current(&self) -> Option<BoxTransport> {
+        match self.slot.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
@@ -178,18 +201,28 @@ impl Service<HttpRequest> for TransportSlot {
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.ready.is_none() {
+            match self.current() {
+                Some(transport) => self.ready = Some(transport),
+                // Closed: ready, and `call` answers CANCELLED.
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        match self.ready.as_mut() {
+            Some(transport) => transport.poll_ready(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let transport = match self.slot.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        match transport {
-            Some(transport) => Box::pin(transport.oneshot(request)),
-            None => Box::pin(async { Err(Box::new(closed_status()) as BoxError) }),
+        match self.ready.take() {
+            Some(mut transport) => transport.call(request),
+            // Called without poll_ready (or after close): a ready clone now.
+            None => match self.current() {
+                Some(transport) => Box::pin(transport.oneshot(request)),
+                None => Box::pin(async { Err(Box::new(closed_status()) as BoxError) }),
+            },
         }
     }
 }
