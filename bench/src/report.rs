@@ -299,7 +299,19 @@ pub fn targets(report: &Value) -> Vec<(String, String, bool)> {
             ));
         }
     }
-    for name in ["sdk", "sdk-pool"] {
+    for level in [1, 64] {
+        let sdk = f(&unary.cell(level, "sdk")["cpu_us_per_call"]);
+        let floor = f(&unary.cell(level, "raw+headers")["cpu_us_per_call"]);
+        let r = floor / sdk;
+        if r.is_finite() {
+            out.push((
+                format!("(floor check, not an issue target) AmeideClient ≥ 0.95× raw tonic sending the same contract headers, per client CPU, at {level} in flight"),
+                format!("{r:.2}×"),
+                r >= 0.95,
+            ));
+        }
+    }
+    for name in ["raw", "sdk", "sdk-pool"] {
         let own =
             f(&unary.cell(1024, name)["calls_per_s"]) / f(&unary.cell(64, name)["calls_per_s"]);
         if own.is_finite() {
