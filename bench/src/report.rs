@@ -237,6 +237,30 @@ pub fn markdown(report: &Value) -> String {
         }
     }
 
+    if let Some(counts) = report["instructions_per_call"].as_object() {
+        let raw = counts.get("raw").map(f).unwrap_or(f64::NAN);
+        let boxed = counts.get("raw-boxed").map(f).unwrap_or(f64::NAN);
+        md.push_str(
+            "\n#### Instructions per unary call (callgrind, 16 in flight; deterministic)\n\n\
+             | client | instructions | × raw | over `raw-boxed` (per-layer rows) |\n|---|---:|---:|---:|\n",
+        );
+        for name in &names {
+            let Some(n) = counts.get(name).map(f) else {
+                continue;
+            };
+            let over = if crate::clients::LAYERS.contains(&name.as_str()) {
+                format!("{:+.1}k", (n - boxed) / 1000.0)
+            } else {
+                "".into()
+            };
+            md.push_str(&format!(
+                "| {name} | {:.1}k | {:.2} | {over} |\n",
+                n / 1000.0,
+                n / raw
+            ));
+        }
+    }
+
     if report["stream"].is_array() {
         md.push_str(&format!(
             "\n#### Server streaming: messages/s ({} messages per `Generate` stream, × raw)\n\n",

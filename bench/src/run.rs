@@ -27,6 +27,8 @@ pub struct Options {
     pub build_cost: Option<PathBuf>,
     pub out: PathBuf,
     pub command: String,
+    /// Also count instructions per unary call under callgrind (when valgrind exists).
+    pub instructions: bool,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -53,6 +55,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         out: root.join("target/bench"),
         command: std::env::var("AMEIDE_BENCH_COMMAND")
             .unwrap_or_else(|_| format!("ameide-bench run {}", args.join(" "))),
+        instructions: true,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -114,6 +117,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--peer-cache" => options.peer_cache = value()?.into(),
             "--build-cost" => options.build_cost = Some(value()?.into()),
             "--out" => options.out = value()?.into(),
+            "--no-instructions" => options.instructions = false,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -149,7 +153,7 @@ fn read_first_line(path: &str) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> Value {
+fn machine(pinned: bool) -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -163,9 +167,14 @@ fn machine() -> Value {
     json!({
         "cores": crate::cores(),
         "cpu": cpu,
-        "memory": memory.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
+        "memory": memory
+            .split_whitespace()
+            .nth(1)
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| format!("{:.1} GiB RAM", kb / 1024.0 / 1024.0))
+            .unwrap_or_default(),
         "kernel": read_first_line("/proc/sys/kernel/osrelease"),
-        "pinned": crate::taskset_available() && crate::cores() > 1,
+        "pinned": pinned,
     })
 }
 
@@ -224,6 +233,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         );
         peers.push(peers::prepare(name, &root, &options.peer_cache)?);
     }
+    crate::cores(); // read before pinning
     let server = crate::Server::start()?;
     let port = server.port;
     let pinned = crate::pin_client();
@@ -318,6 +328,11 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         }
         Ok::<_, ameide_sdk::layers::BoxError>(())
     }))?;
+    let instructions = if options.instructions {
+        instruction_counts(&options.clients, port)
+    } else {
+        Value::Null
+    };
     drop(server);
     let _ = otel.provider.force_flush();
     let build_cost = match &options.build_cost {
@@ -328,7 +343,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         "benchmark": "ameide-bench run: loopback, one tonic server process (1 worker thread), one single-threaded client runtime",
         "date": utc_now(),
         "command": options.command,
-        "machine": machine(),
+        "machine": machine(pinned),
         "versions": {
             "rustc": rustc_version(),
             "crates": crate_versions(),
@@ -347,6 +362,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         "unary": report.get("unary"),
         "stream": report.get("stream"),
         "build": build_cost,
+        "instructions_per_call": instructions,
     });
     std::fs::create_dir_all(&options.out)?;
     let json_path = options.out.join("report.json");
@@ -356,4 +372,52 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
     println!("{md}");
     println!("wrote {} and report.md", json_path.display());
     Ok(())
+}
+
+/// Instructions per unary call of each client, from two `valgrind
+/// --tool=callgrind` runs of `ameide-bench count` (N and 3N calls, 16 in
+/// flight): the difference ÷ 2N, so start-up cancels out. Deterministic for
+/// a given binary, unlike wall-clock rates on a shared machine. `null` when
+/// valgrind is missing.
+fn instruction_counts(clients: &[String], port: u16) -> Value {
+    const N: u64 = 300;
+    if std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("valgrind not found: no instruction counts");
+        return Value::Null;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return Value::Null;
+    };
+    let refs = |client: &str, calls: u64| -> Option<u64> {
+        let output = std::process::Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&exe)
+            .args(["count", client, &calls.to_string(), "16", &port.to_string()])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        let line = text.lines().find(|l| l.contains("refs:"))?;
+        line.rsplit(' ')
+            .next()?
+            .replace(',', "")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut out = serde_json::Map::new();
+    for client in clients {
+        match (refs(client, N), refs(client, 3 * N)) {
+            (Some(a), Some(b)) if b > a => {
+                let per_call = (b - a) as f64 / (2 * N) as f64;
+                eprintln!("instructions: {client} {per_call:.0}/call");
+                out.insert(client.clone(), json!(per_call.round()));
+            }
+            _ => eprintln!("instructions: {client}: callgrind gave no count"),
+        }
+    }
+    Value::Object(out)
 }

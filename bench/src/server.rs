@@ -70,10 +70,14 @@ pub fn serve() -> Result<(), ameide_sdk::layers::BoxError> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?.port());
+        // TCP_NODELAY like the clients: without it a stream's small frames
+        // wait on Nagle + delayed ACK (40 ms stalls on loopback).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(GraphServiceServer::new(Echo))
             .add_service(InferenceServiceServer::new(Echo))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(incoming)
             .await?;
         Ok(())
     })

@@ -191,6 +191,7 @@ fn bench(args: &[&str]) -> Result<(), String> {
             "1,8",
             "--stream-messages",
             "4",
+            "--no-instructions",
         ]);
     }
     command.args(&passed);
