@@ -291,11 +291,9 @@ pub fn markdown(report: &Value) -> String {
         md.push_str(&format!(
             "\n#### Build cost\n\n| step | seconds |\n|---|---:|\n\
              | cold `cargo build -p ameide-sdk` (empty target dir, registry sources downloaded) | {:.1} |\n\
-             | rebuild after touching one `.proto` | {:.1} |\n\
-             | rebuild after adding a field to one message | {:.1} |\n",
+             | rebuild after touching one `.proto` | {:.1} |\n",
             f(&b["cold_build_s"]),
             f(&b["touch_proto_rebuild_s"]),
-            f(&b["edit_proto_rebuild_s"]),
         ));
     }
 
@@ -323,24 +321,26 @@ pub fn targets(report: &Value) -> Vec<(String, String, bool)> {
             ));
         }
     }
-    for level in [1, 64] {
-        let sdk = f(&unary.cell(level, "sdk")["cpu_us_per_call"]);
-        let floor = f(&unary.cell(level, "raw+headers")["cpu_us_per_call"]);
-        let r = floor / sdk;
-        if r.is_finite() {
-            out.push((
-                format!("(floor check, not an issue target) AmeideClient ≥ 0.95× raw tonic sending the same contract headers, per client CPU, at {level} in flight"),
-                format!("{r:.2}×"),
-                r >= 0.95,
-            ));
-        }
+    let counts = &report["instructions_per_call"];
+    let floor = f(&counts["raw+headers"]) / f(&counts["sdk"]);
+    if floor.is_finite() {
+        out.push((
+            "(floor check, not an issue target) AmeideClient ≥ 0.95× raw tonic sending the same contract headers, in instructions per call".into(),
+            format!("{floor:.2}×"),
+            floor >= 0.95,
+        ));
     }
     for name in ["raw", "sdk", "sdk-pool"] {
         let own =
             f(&unary.cell(1024, name)["calls_per_s"]) / f(&unary.cell(64, name)["calls_per_s"]);
         if own.is_finite() {
+            let what = match name {
+                "raw" => "(reference, not a target) raw tonic",
+                "sdk" => "AmeideClient (1 connection)",
+                _ => "AmeideClient over the pool",
+            };
             out.push((
-                format!("{name} at 1,024 in flight ≥ 0.9× its own rate at 64"),
+                format!("{what} at 1,024 in flight ≥ 0.9× its own rate at 64"),
                 format!("{own:.2}×"),
                 own >= 0.9,
             ));
