@@ -125,7 +125,29 @@ pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
             found = Some((status, Delivery::Maybe));
             break;
         }
-        saw_http |= err.downcast_ref::<hyper::Error>().is_some();
+        if let Some(hyper_err) = err.downcast_ref::<hyper::Error>() {
+            saw_http = true;
+            if hyper_err.is_canceled() {
+                // hyper gave the request up (the connection went away or was
+                // not ready). tonic says CANCELLED, which no policy retries,
+                // yet nothing was cancelled by the caller: it is a transport
+                // failure. "Not ready" means the request never entered the
+                // connection; anything else may have been sent.
+                let cause = std::error::Error::source(hyper_err).map(|c| c.to_string());
+                let not_ready = cause.as_deref().is_some_and(|c| c.contains("not ready"));
+                let status = Status::unavailable(match cause {
+                    Some(cause) => format!("the connection dropped the call: {hyper_err}: {cause}"),
+                    None => format!("the connection dropped the call: {hyper_err}"),
+                });
+                let delivery = if not_ready {
+                    Delivery::NotSent
+                } else {
+                    Delivery::Maybe
+                };
+                found = Some((status, delivery));
+                break;
+            }
+        }
         source = err.source();
     }
     if let Some((mut status, delivery)) = found {
@@ -200,4 +222,54 @@ pub(crate) fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers
         .get(names::GRPC_STATUS)
         .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
+#[cfg(all(test, any(feature = "testkit", feature = "oauth2")))]
+mod tests {
+    use super::*;
+
+    /// A real hyper error: a request sent on an HTTP/2 connection whose
+    /// connection task is gone. tonic reports CANCELLED for it.
+    async fn hyper_canceled() -> hyper::Error {
+        let (client_io, _server_io) = tokio::io::duplex(1 << 16);
+        let (mut send, connection) =
+            hyper::client::conn::http2::handshake::<_, _, tonic::body::Body>(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(client_io),
+            )
+            .await
+            .expect("HTTP/2 handshake over a duplex pipe");
+        drop(connection);
+        let request = http::Request::builder()
+            .uri("http://peer/ameide_core_proto.graph.v1.GraphService/GetRepository")
+            .body(tonic::body::Body::empty())
+            .expect("request");
+        send.send_request(request)
+            .await
+            .expect_err("no connection task to send it")
+    }
+
+    #[tokio::test]
+    async fn a_request_hyper_gave_up_is_unavailable_not_cancelled() {
+        let error = hyper_canceled().await;
+        assert!(error.is_canceled(), "{error:?}");
+        assert_eq!(
+            Status::from_error(Box::new(hyper_canceled().await)).code(),
+            Code::Cancelled,
+            "what tonic alone says"
+        );
+        let failure = classify_error(Box::new(error));
+        assert_eq!(
+            failure.status.code(),
+            Code::Unavailable,
+            "{:?}",
+            failure.status
+        );
+        assert_eq!(failure.delivery, Delivery::NotSent);
+        assert!(
+            failure.status.message().contains("connection"),
+            "{}",
+            failure.status.message()
+        );
+    }
 }
