@@ -1,7 +1,8 @@
 //! HTTP/2 transport faults on a real loopback connection: REFUSED_STREAM,
 //! GOAWAY (graceful and abrupt), a dropped connection, a stream cut after N
 //! messages. The server is the testkit's raw-h2 `H2FaultServer`, so every
-//! assertion is about what reached the wire.
+//! assertion is about what reached the wire; a stream above a graceful
+//! GOAWAY's last-stream-id needs a frame-level server (`frames` below).
 
 use std::time::Duration;
 
@@ -190,4 +191,162 @@ async fn stream_cut_after_two_messages_reports_internal_and_is_not_replayed() {
     assert_eq!(err.code(), Code::Internal, "{err}");
     assert_eq!(server.seen().len(), 1);
     assert_eq!(server.seen()[0].path, paths::GENERATE);
+}
+
+/// A frame-level HTTP/2 server, for the one fault h2's server API cannot
+/// script: a graceful GOAWAY whose last-stream-id is *below* a stream the
+/// client has already opened. On its first connection it waits until two
+/// streams (1 and 3) have arrived, answers stream 1, and sends
+/// `GOAWAY(last_stream_id = 1, NO_ERROR)`: stream 3 was never processed. Later
+/// connections answer every stream. It records (connection, stream) for every
+/// request whose HEADERS arrived.
+mod frames {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+
+    pub struct GoAwayBelowServer {
+        pub port: u16,
+        pub seen: Arc<Mutex<Vec<(usize, u32)>>>,
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// `:status: 200` (static index 8) and `content-type: application/grpc`
+    /// (literal, static name index 31), HPACK without the dynamic table.
+    fn response_headers() -> Vec<u8> {
+        let mut block = vec![0x88, 0x0f, 0x10, 16];
+        block.extend_from_slice(b"application/grpc");
+        block
+    }
+
+    /// `grpc-status: 0` as a literal with a new name, not indexed.
+    fn trailers() -> Vec<u8> {
+        let mut block = vec![0x00, 11];
+        block.extend_from_slice(b"grpc-status");
+        block.extend_from_slice(&[1, b'0']);
+        block
+    }
+
+    async fn answer(socket: &mut TcpStream, stream: u32) -> std::io::Result<()> {
+        let mut out = frame(HEADERS, END_HEADERS, stream, &response_headers());
+        // One empty protobuf message: not compressed, length 0.
+        out.extend(frame(DATA, 0, stream, &[0, 0, 0, 0, 0]));
+        out.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &trailers(),
+        ));
+        socket.write_all(&out).await
+    }
+
+    async fn connection(
+        mut socket: TcpStream,
+        index: usize,
+        seen: Arc<Mutex<Vec<(usize, u32)>>>,
+    ) -> std::io::Result<()> {
+        let mut preface = [0u8; 24];
+        socket.read_exact(&mut preface).await?;
+        socket.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
+        let mut opened = Vec::new();
+        let mut went_away = false;
+        loop {
+            let mut header = [0u8; 9];
+            socket.read_exact(&mut header).await?;
+            let len = (usize::from(header[0]) << 16)
+                | (usize::from(header[1]) << 8)
+                | usize::from(header[2]);
+            let (kind, flags) = (header[3], header[4]);
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            socket.read_exact(&mut payload).await?;
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    socket.write_all(&frame(SETTINGS, ACK, 0, &[])).await?
+                }
+                PING if flags & ACK == 0 => {
+                    socket.write_all(&frame(PING, ACK, 0, &payload)).await?
+                }
+                HEADERS => {
+                    seen.lock().unwrap().push((index, stream));
+                    opened.push(stream);
+                }
+                DATA if flags & END_STREAM != 0 => {
+                    if index > 0 {
+                        answer(&mut socket, stream).await?;
+                    } else if opened.len() == 2 && !went_away {
+                        // Both requests are complete: answer the first, and
+                        // tell the client we never took the second.
+                        let first = opened[0];
+                        answer(&mut socket, first).await?;
+                        let mut goaway = first.to_be_bytes().to_vec();
+                        goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+                        socket.write_all(&frame(GOAWAY, 0, 0, &goaway)).await?;
+                        went_away = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    impl GoAwayBelowServer {
+        pub async fn start() -> GoAwayBelowServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let record = seen.clone();
+            tokio::spawn(async move {
+                let mut index = 0;
+                while let Ok((socket, _)) = listener.accept().await {
+                    tokio::spawn(connection(socket, index, record.clone()));
+                    index += 1;
+                }
+            });
+            GoAwayBelowServer { port, seen }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_above_a_graceful_goaway_is_replayed_even_for_a_create_in_safe_mode() {
+    let server = frames::GoAwayBelowServer::start().await;
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://127.0.0.1:{}", server.port))
+        .timeout(Duration::from_secs(5))
+        .safe_retries(true)
+        .retry_policy(RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    // Two creates at once, on one connection (streams 1 and 3). The server
+    // answers stream 1 and sends GOAWAY(last_stream_id = 1): stream 3 was
+    // never processed, so even a non-idempotent call in safe mode with
+    // retries off goes again, on a new connection.
+    let (first, second) = tokio::join!(create(&client), create(&client));
+    first.unwrap();
+    second.unwrap();
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(0, 1), (0, 3), (1, 1)],
+        "stream 3 of connection 0 went again as stream 1 of connection 1"
+    );
 }
