@@ -27,6 +27,8 @@
 
 mod method_table;
 
+pub mod codec;
+
 pub use method_table::{Idempotency, MethodInfo, RosterEntry, StreamingKind, method};
 
 /// Generated code: one module per proto package. Messages, `*_client` and `*_server` modules.

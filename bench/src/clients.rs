@@ -3,7 +3,7 @@
 //!
 //! | name | what |
 //! |---|---|
-//! | `raw` | generated tonic clients on a plain `Channel` |
+//! | `raw` | stock tonic: `tonic::client::Grpc` on a plain `Channel` with tonic-prost's default codec, the code tonic-build generates with its defaults |
 //! | `raw+headers` | `raw` sending, by hand, the metadata the contract puts on every call |
 //! | `raw-boxed` | `raw` behind one `BoxCloneSyncService`: the baseline of the per-layer rows |
 //! | `metadata`, `auth`, `timeout`, `retry`, `tracing` | one built-in layer alone on a raw channel, boxed like `raw-boxed` (`tracing` with the global, no-op tracer) |
@@ -96,9 +96,9 @@ impl Otel {
 /// A client of both methods on one channel type.
 #[derive(Clone)]
 pub enum Typed {
+    /// Stock tonic (its default codec), not our generated stubs.
     Raw {
-        graph: GraphServiceClient<Channel>,
-        inference: InferenceServiceClient<Channel>,
+        grpc: tonic::client::Grpc<Channel>,
         headers: bool,
     },
     Boxed {
@@ -159,8 +159,7 @@ fn tracing_layer(port: u16) -> TracingLayer {
 pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Typed, BoxError> {
     let endpoint = format!("http://127.0.0.1:{port}");
     let raw = |channel: Channel, headers| Typed::Raw {
-        graph: GraphServiceClient::new(channel.clone()),
-        inference: InferenceServiceClient::new(channel),
+        grpc: tonic::client::Grpc::new(channel),
         headers,
     };
     let timeout = Duration::from_millis(ameide_sdk::contract::DEFAULT_TIMEOUT_MS);
@@ -258,11 +257,11 @@ impl Typed {
             ..Default::default()
         });
         match self {
-            Typed::Raw { graph, headers, .. } => {
+            Typed::Raw { grpc, headers } => {
                 if *headers {
                     contract_headers(&mut request, n)?;
                 }
-                graph.get_repository(request).await.map(drop)
+                stock::get_repository(grpc, request).await.map(drop)
             }
             Typed::Boxed { graph, .. } => graph.get_repository(request).await.map(drop),
             Typed::Sdk { graph, .. } => graph.get_repository(request).await.map(drop),
@@ -278,13 +277,11 @@ impl Typed {
             ..Default::default()
         });
         let mut stream = match self {
-            Typed::Raw {
-                inference, headers, ..
-            } => {
+            Typed::Raw { grpc, headers } => {
                 if *headers {
                     contract_headers(&mut request, n)?;
                 }
-                inference.generate(request).await?.into_inner()
+                stock::generate(grpc, request).await?.into_inner()
             }
             Typed::Boxed { inference, .. } => inference.generate(request).await?.into_inner(),
             Typed::Sdk { inference, .. } => inference.generate(request).await?.into_inner(),
@@ -294,5 +291,52 @@ impl Typed {
             count += 1;
         }
         Ok(count)
+    }
+}
+
+/// What tonic-build generates for the two methods with its defaults
+/// (`tonic_prost::ProstCodec::default()`, 8 KiB buffers), so `raw` is stock
+/// tonic even though our generated stubs use a tuned codec.
+mod stock {
+    use ameide_sdk::proto::graph::v1::{GetRepositoryRequest, GetRepositoryResponse};
+    use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::transport::Channel;
+    use tonic::{GrpcMethod, Request, Response, Status, Streaming};
+
+    async fn ready(grpc: &mut tonic::client::Grpc<Channel>) -> Result<(), Status> {
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))
+    }
+
+    pub async fn get_repository(
+        grpc: &mut tonic::client::Grpc<Channel>,
+        mut request: Request<GetRepositoryRequest>,
+    ) -> Result<Response<GetRepositoryResponse>, Status> {
+        ready(grpc).await?;
+        const SERVICE: &str = "ameide_core_proto.graph.v1.GraphService";
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, "GetRepository"));
+        let path =
+            PathAndQuery::from_static("/ameide_core_proto.graph.v1.GraphService/GetRepository");
+        grpc.unary(request, path, tonic_prost::ProstCodec::default())
+            .await
+    }
+
+    pub async fn generate(
+        grpc: &mut tonic::client::Grpc<Channel>,
+        mut request: Request<GenerateRequest>,
+    ) -> Result<Response<Streaming<GenerateResponse>>, Status> {
+        ready(grpc).await?;
+        const SERVICE: &str = "ameide_core_proto.inference.v1.InferenceService";
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, "Generate"));
+        let path =
+            PathAndQuery::from_static("/ameide_core_proto.inference.v1.InferenceService/Generate");
+        grpc.server_streaming(request, path, tonic_prost::ProstCodec::default())
+            .await
     }
 }

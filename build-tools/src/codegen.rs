@@ -30,6 +30,9 @@ pub fn generate_stubs(bundle: &Bundle, out_dir: &Path) -> io::Result<()> {
         // Unimplemented servers do: adding a method to the bundle does not
         // break every service that does not serve it yet.
         .generate_default_stubs(true)
+        // tonic-prost's codec with 1 KiB instead of 8 KiB per-call buffers
+        // (see `ameide_proto::codec`).
+        .codec_path("crate::codec::ProstCodec")
         .include_file(INCLUDE_FILE)
         .out_dir(out_dir)
         .compile_fds(bundle.descriptors_with_imports().clone())

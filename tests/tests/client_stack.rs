@@ -405,3 +405,60 @@ async fn real_loopback_connection_carries_the_same_metadata() {
         attempts[1].header("x-request-id")
     );
 }
+
+/// The generated stubs start their encode and decode buffers at 1 KiB
+/// (`ameide_proto::codec`): messages far larger than that still round-trip,
+/// on both the client and the server side, through a real tonic server.
+#[tokio::test]
+async fn messages_far_larger_than_the_codec_buffer_round_trip() {
+    use ameide_sdk::proto::graph::v1::graph_service_server::{GraphService, GraphServiceServer};
+    use ameide_sdk::proto::graph::v1::{GetRepositoryRequest, GetRepositoryResponse, Repository};
+
+    struct Echo;
+    #[tonic::async_trait]
+    impl GraphService for Echo {
+        async fn get_repository(
+            &self,
+            request: tonic::Request<GetRepositoryRequest>,
+        ) -> Result<tonic::Response<GetRepositoryResponse>, Status> {
+            let id = request.into_inner().repository_id;
+            Ok(tonic::Response::new(GetRepositoryResponse {
+                repository: Some(Repository {
+                    display_name: id.repeat(2),
+                    repository_id: id,
+                    ..Default::default()
+                }),
+            }))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(GraphServiceServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .build()
+        .unwrap();
+    let big: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let reply = client
+        .graph()
+        .get_repository(GetRepositoryRequest {
+            repository_id: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .into_ameide()
+        .unwrap()
+        .into_inner()
+        .repository
+        .unwrap();
+    assert_eq!(reply.repository_id, big);
+    assert_eq!(reply.display_name.len(), 600_000);
+    assert!(reply.display_name.starts_with(&big[..1000]));
+}
