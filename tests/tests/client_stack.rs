@@ -462,3 +462,54 @@ async fn messages_far_larger_than_the_codec_buffer_round_trip() {
     assert_eq!(reply.display_name.len(), 600_000);
     assert!(reply.display_name.starts_with(&big[..1000]));
 }
+
+/// A replay sends every header of the first attempt again, multi-valued ones
+/// included, with only `grpc-timeout` (what is left), `traceparent` (a new
+/// span) and `grpc-previous-rpc-attempts` differing.
+#[tokio::test(start_paused = true)]
+async fn replays_carry_every_header_of_the_first_attempt() {
+    let server = MockServer::new();
+    for reply in [
+        Reply::status(Status::unavailable("1")),
+        Reply::status(Status::unavailable("2")),
+        Reply::ok(),
+    ] {
+        server.push(paths::LIST_REPOSITORIES, reply);
+    }
+    let spy = Spy::default();
+    let client = mock_client(&server)
+        .tenant_id("t-1")
+        .user_id("u-1")
+        .bearer_token("tok")
+        .layer(spy.clone())
+        .build()
+        .unwrap();
+    let mut request = tonic::Request::new(list());
+    let metadata = request.metadata_mut();
+    metadata.insert("x-custom", "one".parse().unwrap());
+    metadata.append("x-multi", "a".parse().unwrap());
+    metadata.append("x-multi", "b".parse().unwrap());
+    client.graph().list_repositories(request).await.unwrap();
+
+    let seen = spy.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    let varying = ["grpc-timeout", "traceparent", "grpc-previous-rpc-attempts"];
+    let first = &seen[0];
+    assert!(first.contains_key("te") && first.contains_key("content-type"));
+    for (n, later) in seen.iter().enumerate().skip(1) {
+        for name in first.keys() {
+            if varying.contains(&name.as_str()) {
+                continue;
+            }
+            let a: Vec<_> = first.get_all(name).iter().collect();
+            let b: Vec<_> = later.get_all(name).iter().collect();
+            assert_eq!(a, b, "attempt {} differs in {name}", n + 1);
+        }
+        assert_eq!(
+            later["grpc-previous-rpc-attempts"],
+            n.to_string().as_str(),
+            "attempt {}",
+            n + 1
+        );
+    }
+}

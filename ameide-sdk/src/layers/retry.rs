@@ -513,12 +513,18 @@ pub(crate) async fn buffer(mut body: tonic::body::Body, limit: usize) -> Result<
 
 /// A copy of a request (method, URI, version, headers, extensions) with `bytes` as its body.
 pub(crate) fn replay_request(parts: &http::request::Parts, bytes: &Bytes) -> HttpRequest {
-    replay_with(parts, bytes, parts.extensions.clone())
+    replay_with(
+        parts,
+        bytes,
+        parts.headers.clone(),
+        parts.extensions.clone(),
+    )
 }
 
 fn replay_with(
     parts: &http::request::Parts,
     bytes: &Bytes,
+    headers: http::HeaderMap,
     extensions: http::Extensions,
 ) -> HttpRequest {
     let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
@@ -527,7 +533,7 @@ fn replay_with(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
+    *request.headers_mut() = headers;
     *request.extensions_mut() = extensions;
     request
 }
@@ -595,17 +601,45 @@ impl KnownExtensions {
     }
 }
 
+/// The request headers kept for replays: one flat vector (a single
+/// allocation, reference-counted values) instead of a second `HeaderMap`
+/// (two allocations, one of them above a kilobyte). The first attempt sends
+/// the original map; a replay rebuilds one from this.
+struct ReplayHeaders(Vec<(http::HeaderName, HeaderValue)>);
+
+impl ReplayHeaders {
+    fn capture(headers: &http::HeaderMap) -> Self {
+        ReplayHeaders(
+            headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        )
+    }
+
+    fn rebuild(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::with_capacity(self.0.len() + 2);
+        for (name, value) in &self.0 {
+            headers.append(name.clone(), value.clone());
+        }
+        headers
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn attempt_request(
     parts: &http::request::Parts,
     bytes: &Bytes,
     attempt: u32,
     remaining: Option<Duration>,
+    headers: http::HeaderMap,
+    had_timeout: bool,
     extensions: http::Extensions,
 ) -> HttpRequest {
-    let mut request = replay_with(parts, bytes, extensions);
+    let mut request = replay_with(parts, bytes, headers, extensions);
     // The first attempt keeps the grpc-timeout the timeout layer set a moment
     // ago (one header value less per call); later ones send what is left.
-    let fresh = attempt == 1 && parts.headers.contains_key(names::GRPC_TIMEOUT);
+    let fresh = attempt == 1 && had_timeout;
     if let Some(remaining) = remaining.filter(|_| !fresh) {
         request
             .headers_mut()
@@ -661,6 +695,10 @@ where
     let mut first_extensions = known
         .as_ref()
         .map(|_| std::mem::take(&mut parts.extensions));
+    let had_timeout = parts.headers.contains_key(names::GRPC_TIMEOUT);
+    let replay_headers = ReplayHeaders::capture(&parts.headers);
+    // The original headers stay in `parts` until the first send takes them.
+    let mut headers_taken = false;
     let throttle = layer.throttle.clone();
     let note = |record: AttemptRecord| {
         if let Some(state) = &state {
@@ -687,7 +725,21 @@ where
             (None, Some(known)) => known.build(),
             (None, None) => parts.extensions.clone(),
         };
-        let request = attempt_request(&parts, &bytes, attempt, remaining, extensions);
+        let headers = if headers_taken {
+            replay_headers.rebuild()
+        } else {
+            headers_taken = true;
+            std::mem::take(&mut parts.headers)
+        };
+        let request = attempt_request(
+            &parts,
+            &bytes,
+            attempt,
+            remaining,
+            headers,
+            had_timeout,
+            extensions,
+        );
         let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
                 None => {
