@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::measure::Sample;
+
 #[path = "../../tests/src/peer_install.rs"]
 mod install;
 
@@ -19,13 +21,6 @@ pub struct Peer {
     env: Vec<(String, PathBuf)>,
     /// `python --version` / `node --version`, for the report.
     pub runtime_version: String,
-}
-
-/// One peer window, as the script printed it.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerSample {
-    pub rate: f64,
-    pub cpu_us_per_call: f64,
 }
 
 fn version(program: &Path) -> String {
@@ -86,7 +81,7 @@ impl Peer {
         duration: Duration,
         rounds: usize,
         core: Option<usize>,
-    ) -> Result<Vec<PeerSample>, String> {
+    ) -> Result<Vec<Sample>, String> {
         let mut command = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
@@ -131,9 +126,14 @@ impl Peer {
                 ));
             }
             let calls = number("calls")?;
-            samples.push(PeerSample {
+            // Only what the peer scripts measure; the rest is not known.
+            samples.push(Sample {
                 rate: calls / number("seconds")?,
-                cpu_us_per_call: number("cpu_seconds")? * 1e6 / calls.max(1.0),
+                cpu_us_per_item: number("cpu_seconds")? * 1e6 / calls.max(1.0),
+                allocs_per_item: f64::NAN,
+                bytes_per_item: f64::NAN,
+                p50_us: f64::NAN,
+                p99_us: f64::NAN,
             });
         }
         if samples.len() != rounds {

@@ -300,12 +300,8 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
                             options.rounds,
                             pinned.then_some(0),
                         )?;
-                        let med = |f: fn(&peers::PeerSample) -> f64| {
-                            let mut v: Vec<f64> = samples.iter().map(f).collect();
-                            v.sort_by(f64::total_cmp);
-                            v[v.len() / 2]
-                        };
-                        let (rate, cpu) = (med(|s| s.rate), med(|s| s.cpu_us_per_call));
+                        let median = measure::median(&samples);
+                        let (rate, cpu) = (median.rate, median.cpu_us_per_item);
                         eprintln!("        {} {rate:.0}/s {cpu:.2}µs", peer.name);
                         peer_rows.insert(
                             peer.name.into(),

@@ -626,20 +626,18 @@ impl ReplayHeaders {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn attempt_request(
     parts: &http::request::Parts,
     bytes: &Bytes,
     attempt: u32,
     remaining: Option<Duration>,
     headers: http::HeaderMap,
-    had_timeout: bool,
     extensions: http::Extensions,
 ) -> HttpRequest {
-    let mut request = replay_with(parts, bytes, headers, extensions);
     // The first attempt keeps the grpc-timeout the timeout layer set a moment
     // ago (one header value less per call); later ones send what is left.
-    let fresh = attempt == 1 && had_timeout;
+    let fresh = attempt == 1 && headers.contains_key(names::GRPC_TIMEOUT);
+    let mut request = replay_with(parts, bytes, headers, extensions);
     if let Some(remaining) = remaining.filter(|_| !fresh) {
         request
             .headers_mut()
@@ -695,7 +693,6 @@ where
     let mut first_extensions = known
         .as_ref()
         .map(|_| std::mem::take(&mut parts.extensions));
-    let had_timeout = parts.headers.contains_key(names::GRPC_TIMEOUT);
     let replay_headers = ReplayHeaders::capture(&parts.headers);
     // The original headers stay in `parts` until the first send takes them.
     let mut headers_taken = false;
@@ -731,15 +728,7 @@ where
             headers_taken = true;
             std::mem::take(&mut parts.headers)
         };
-        let request = attempt_request(
-            &parts,
-            &bytes,
-            attempt,
-            remaining,
-            headers,
-            had_timeout,
-            extensions,
-        );
+        let request = attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
         let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
                 None => {
