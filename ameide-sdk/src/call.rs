@@ -126,6 +126,12 @@ pub(crate) struct SafeRetries(pub(crate) bool);
 #[derive(Debug, Clone)]
 pub(crate) struct SessionId(pub(crate) Arc<str>);
 
+/// When the call began, if it began before the metadata layer saw it: set by
+/// [`AmeideChannel`](crate::AmeideChannel) for a call that waited for an
+/// in-flight permit, so the wait counts against the call's deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallStart(pub(crate) tokio::time::Instant);
+
 /// The absolute deadline of the call, set by the timeout layer for the retry
 /// layer when no [`CallState`] travels with the request (layers used alone).
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +226,9 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct CallState(Arc<CallStateInner>);
 
+/// `CallStateInner::attempts` of a call that was never sent.
+const UNSENT: u32 = u32::MAX;
+
 #[derive(Debug)]
 struct CallStateInner {
     start: Instant,
@@ -293,9 +302,18 @@ impl CallState {
         self.0.attempts.store(n, Ordering::Relaxed);
     }
 
-    /// Attempts made so far; at least 1 once the call reached the transport.
+    /// Records that the call ends without being sent (its deadline passed
+    /// before it reached the retry layer, e.g. while it waited in line).
+    pub(crate) fn record_unsent(&self) {
+        self.0.attempts.store(UNSENT, Ordering::Relaxed);
+    }
+
+    /// Attempts made so far: 0 for a call never sent, else at least 1.
     pub(crate) fn attempts(&self) -> u32 {
-        self.0.attempts.load(Ordering::Relaxed).max(1)
+        match self.0.attempts.load(Ordering::Relaxed) {
+            UNSENT => 0,
+            n => n.max(1),
+        }
     }
 
     /// Appends one attempt to the history.

@@ -202,6 +202,8 @@ pub enum ConfigErrorKind {
     Tls,
     /// The client was built outside a Tokio runtime.
     Runtime,
+    /// An in-flight limit is out of range.
+    Limit,
 }
 
 /// A configuration value was rejected; the message names the value and what would be valid.

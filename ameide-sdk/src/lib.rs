@@ -50,6 +50,7 @@ mod call;
 mod client;
 pub mod config;
 mod error;
+pub mod gate;
 pub mod layers;
 pub mod server;
 mod transport;
@@ -60,9 +61,11 @@ pub mod testkit;
 pub use call::{AttemptRecord, CallInfo, CallOptions, StopReason};
 pub use client::{
     ACCESSOR_KEYS, AmeideChannel, AmeideClient, AmeideClientBuilder, PlatformClients,
+    ResponseFuture,
 };
 pub use config::{AmeideConfig, ConfigError, ConfigErrorKind};
 pub use error::{Error, IntoAmeideResult, canonical_code_name};
+pub use gate::InFlightLimit;
 pub use transport::{BoxTransport, DEFAULT_CONNECTIONS, TransportOptions};
 
 /// The generated protobuf types of the Ameide core bundle, re-exported verbatim.

@@ -11,6 +11,7 @@
 //! | `sdk` | `AmeideClient`, default stack: tenant, user, session, static token, contract timeout and retry, tracing on the global (no-op) tracer |
 //! | `sdk+otel` | `sdk` with spans exported to the in-process OpenTelemetry pipeline |
 //! | `sdk-pool` | `sdk` over `--pool` connections |
+//! | `sdk-unlimited` | `sdk` with no in-flight limit (`in_flight_limit(None)`): every call on the wire at once |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,7 @@ pub const ALL: &[&str] = &[
     "sdk",
     "sdk+otel",
     "sdk-pool",
+    "sdk-unlimited",
 ];
 
 /// The per-layer rows and the baseline they are compared with.
@@ -201,6 +203,7 @@ pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Ty
                 ..Default::default()
             })
             .build()?),
+        "sdk-unlimited" => sdk(sdk_builder(&endpoint).in_flight_limit(None).build()?),
         other => {
             return Err(format!("unknown client {other:?} (known: {})", ALL.join(", ")).into());
         }

@@ -57,11 +57,28 @@ fn expected(script: &[Fault]) -> (Code, usize) {
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_concurrent_calls_with_random_faults_all_end_as_predicted() {
+    // No in-flight limit: every call gets its whole budget on the wire, so
+    // every outcome is exactly the one the contract's rules predict.
+    thousand_calls(None).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_concurrent_calls_behind_the_in_flight_limit_end_as_predicted_or_in_time() {
+    // The default limit (128): calls wait in line behind slow ones, so a call
+    // may run out of time before its script does. It then ends with
+    // DEADLINE_EXCEEDED after fewer attempts, never later than its deadline.
+    let waited = thousand_calls(Some(ameide_sdk::InFlightLimit::DEFAULT)).await;
+    assert!(waited > 50, "the limit really held calls back: {waited}");
+}
+
+/// Runs the thousand calls; returns how many ended early for lack of time.
+async fn thousand_calls(limit: Option<ameide_sdk::InFlightLimit>) -> usize {
     let server = MockServer::new();
     // Throttling off: this is about per-call outcomes under the contract's rules.
     let client = mock_client(&server)
         .timeout(Duration::from_secs(5))
         .retry_policy(ameide_sdk::layers::RetryPolicy::default().with_throttling(None))
+        .in_flight_limit(limit)
         .build()
         .unwrap();
     let faults = [
@@ -97,20 +114,30 @@ async fn a_thousand_concurrent_calls_with_random_faults_all_end_as_predicted() {
         }));
     }
     let mut outcomes = BTreeMap::new();
+    let mut out_of_time = 0;
     for task in tasks {
         let (id, script, code, took) = task.await.expect("no call panics");
         let (want, attempts) = expected(&script);
-        assert_eq!(code, want, "{id} {script:?}");
         let seen = server
             .attempts()
             .iter()
             .filter(|a| a.header("x-request-id") == Some(id.as_str()))
             .count();
-        assert_eq!(seen, attempts, "{id} {script:?}: attempts on the wire");
         assert!(
             took <= Duration::from_millis(5050),
             "{id} outlived its deadline: {took:?}"
         );
+        if limit.is_some() && (code, seen) != (want, attempts) {
+            assert_eq!(code, Code::DeadlineExceeded, "{id} {script:?}");
+            assert!(
+                seen < attempts,
+                "{id} {script:?}: {seen} attempts on the wire"
+            );
+            out_of_time += 1;
+            continue;
+        }
+        assert_eq!(code, want, "{id} {script:?}");
+        assert_eq!(seen, attempts, "{id} {script:?}: attempts on the wire");
         *outcomes.entry(format!("{want:?}")).or_insert(0) += 1;
     }
     // The mix really exercised every path (ending in UNAVAILABLE or
@@ -125,6 +152,7 @@ async fn a_thousand_concurrent_calls_with_random_faults_all_end_as_predicted() {
     ] {
         assert!(outcomes.get(code).copied().unwrap_or(0) > 5, "{outcomes:?}");
     }
+    out_of_time
 }
 
 #[tokio::test]

@@ -262,7 +262,11 @@ impl<S> MetadataService<S> {
                 }
             },
         };
-        let state = CallState::new(Instant::now(), request_id);
+        let start = request
+            .extensions()
+            .get::<crate::call::CallStart>()
+            .map_or_else(Instant::now, |start| start.0);
+        let state = CallState::new(start, request_id);
         request.extensions_mut().insert(state.clone());
         state
     }

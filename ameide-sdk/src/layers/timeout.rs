@@ -92,6 +92,9 @@ where
         }
         let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero() {
+            if let Some(state) = request.extensions().get::<CallState>() {
+                state.record_unsent();
+            }
             return TimeoutFuture {
                 inner: None,
                 sleep: None,
@@ -115,10 +118,13 @@ where
 /// `grpc-timeout` the caller set, else `default`; counted from the call's
 /// start and capped by the deadline of the inbound request being served.
 pub(crate) fn call_deadline(request: &HttpRequest, default: Duration) -> (Instant, Duration) {
-    let start = request
-        .extensions()
-        .get::<CallState>()
-        .map_or_else(Instant::now, CallState::start);
+    let start = match request.extensions().get::<CallState>() {
+        Some(state) => state.start(),
+        None => request
+            .extensions()
+            .get::<crate::call::CallStart>()
+            .map_or_else(Instant::now, |start| start.0),
+    };
     let timeout = request
         .extensions()
         .get::<CallTimeout>()
