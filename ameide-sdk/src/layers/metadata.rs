@@ -262,9 +262,12 @@ impl<S> MetadataService<S> {
                 }
             },
         };
+        // Taken out, not read: the call state carries it from here on, and an
+        // extension the retry layer does not know would cost it a copy of the
+        // whole extension map per attempt.
         let start = request
-            .extensions()
-            .get::<crate::call::CallStart>()
+            .extensions_mut()
+            .remove::<crate::call::CallStart>()
             .map_or_else(Instant::now, |start| start.0);
         let state = CallState::new(start, request_id);
         request.extensions_mut().insert(state.clone());
