@@ -3,8 +3,12 @@
 //! The stack, outermost first (contract §4; the table in [`crate::layers`] says what each does):
 //!
 //! ```text
-//! AmeideChannel ─ closed? ─ metadata → auth → timeout → retry → tracing → user layers… → transport
+//! AmeideChannel ─ closed? ─ in-flight limit ─ metadata → auth → timeout → retry → tracing → user layers… → transport
 //! ```
+//!
+//! The in-flight limit ([`crate::gate`]) is not a layer: it works in
+//! `AmeideChannel::poll_ready`, so that a call waiting for a place has built
+//! nothing yet.
 
 use std::fmt;
 use std::future::Future;

@@ -9,6 +9,12 @@
 //! | Waiting costs? | nothing but the place in line for the first [`InFlightLimit::max_wait`]; a call still in line then is built and waits on, in the same place in line, inside its own deadline |
 //! | Deadline? | the wait counts: the call's clock starts when it begins to wait; one whose deadline passes in line fails with `DEADLINE_EXCEEDED`, unsent |
 //!
+//! A call dropped while it waits (a `select!`, a timeout around it) leaves
+//! the line with the typed client that made it. `client.graph().get_…()`
+//! makes a fresh typed client per call, so nothing is kept; a typed client
+//! kept and reused holds a place it was granted after its caller gave up
+//! until its next call or its drop, as with tower's `ConcurrencyLimit`.
+//!
 //! Why: past a few hundred calls in flight, a client core spends more on each
 //! call (the state of every call in flight no longer fits the CPU caches, and
 //! the allocator works harder), so its rate *falls* as more callers pile in.

@@ -328,6 +328,41 @@ async fn many_callers_behind_a_small_limit_all_finish() {
     assert!(per_ms.values().all(|&n| n <= 3), "{per_ms:?}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_in_line_gives_its_place_back() {
+    let server = MockServer::new();
+    server.push_for_request(
+        paths::LIST_REPOSITORIES,
+        "slow",
+        Reply::ok().after(Duration::from_millis(300)),
+    );
+    server.fallback(Reply::ok());
+    let client = mock_client(&server)
+        .in_flight_limit(limit(1, 50))
+        .build()
+        .unwrap();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { read(&client, "slow", None).await })
+    };
+    tokio::task::yield_now().await;
+    // Given up by its caller in both parts of the wait.
+    for ms in [20, 200] {
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(ms), read(&client, "dropped", None)).await;
+        assert!(gave_up.is_err());
+    }
+    assert_eq!(slow.await.unwrap().0, Code::Ok);
+    let (code, took) = read(&client, "next", None).await;
+    assert_eq!((code, took), (Code::Ok, Duration::ZERO));
+    assert!(
+        server
+            .attempts()
+            .iter()
+            .all(|a| a.header("x-request-id") != Some("dropped"))
+    );
+}
+
 #[tokio::test]
 async fn a_limit_out_of_range_is_a_config_error_naming_it() {
     for (bad, names) in [
