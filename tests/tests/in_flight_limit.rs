@@ -52,6 +52,55 @@ fn arrivals_ms(server: &MockServer, t0: Instant) -> Vec<u128> {
     at
 }
 
+/// Starts `n` concurrent reads (`c0`, `c1`, …) and waits for all; each must succeed.
+async fn reads_all_ok(client: &AmeideClient, n: usize) {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { read(&client, &format!("c{i}"), None).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().0, Code::Ok);
+    }
+}
+
+/// Starts a read with request id `id` and lets it take its place before returning.
+async fn started(
+    client: &AmeideClient,
+    id: &'static str,
+) -> tokio::task::JoinHandle<(Code, Duration)> {
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { read(&client, id, None).await })
+    };
+    tokio::task::yield_now().await;
+    call
+}
+
+/// A client with one place (`max_wait_ms`), whose place is taken by a read
+/// `"slow"` the server answers after `slow`; every other read is answered at once.
+async fn behind_a_slow_call(
+    slow: Duration,
+    max_wait_ms: u64,
+    timeout: Duration,
+) -> (
+    MockServer,
+    AmeideClient,
+    tokio::task::JoinHandle<(Code, Duration)>,
+) {
+    let server = MockServer::new();
+    server.push_for_request(paths::LIST_REPOSITORIES, "slow", Reply::ok().after(slow));
+    server.fallback(Reply::ok());
+    let client = mock_client(&server)
+        .timeout(timeout)
+        .in_flight_limit(limit(1, max_wait_ms))
+        .build()
+        .unwrap();
+    let call = started(&client, "slow").await;
+    (server, client, call)
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_more_than_the_limit_arrive_at_once_and_the_rest_follow_in_order() {
     let server = MockServer::new();
@@ -61,15 +110,7 @@ async fn no_more_than_the_limit_arrive_at_once_and_the_rest_follow_in_order() {
         .build()
         .unwrap();
     let t0 = Instant::now();
-    let calls: Vec<_> = (0..6)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { read(&client, &format!("c{i}"), None).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().0, Code::Ok);
-    }
+    reads_all_ok(&client, 6).await;
     // Two at a time, 100 ms each: three waves.
     assert_eq!(arrivals_ms(&server, t0), [0, 0, 100, 100, 200, 200]);
 }
@@ -80,15 +121,7 @@ async fn without_a_limit_every_call_arrives_at_once() {
     server.fallback(Reply::ok().after(Duration::from_millis(100)));
     let client = mock_client(&server).in_flight_limit(None).build().unwrap();
     let t0 = Instant::now();
-    let calls: Vec<_> = (0..300)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { read(&client, &format!("c{i}"), None).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().0, Code::Ok);
-    }
+    reads_all_ok(&client, 300).await;
     assert!(arrivals_ms(&server, t0).iter().all(|&ms| ms == 0));
 }
 
@@ -98,15 +131,7 @@ async fn the_default_limit_is_128_calls() {
     server.fallback(Reply::ok().after(Duration::from_millis(100)));
     let client = mock_client(&server).build().unwrap();
     let t0 = Instant::now();
-    let calls: Vec<_> = (0..300)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { read(&client, &format!("c{i}"), None).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().0, Code::Ok);
-    }
+    reads_all_ok(&client, 300).await;
     let at = arrivals_ms(&server, t0);
     for (wave, ms) in [(0, 0), (1, 100), (2, 200)] {
         let n = at.iter().filter(|&&a| a == ms).count();
@@ -124,23 +149,12 @@ async fn a_call_that_waited_sends_what_is_left_of_its_deadline() {
 }
 
 async fn waited_then_sent(max_wait_ms: u64) {
-    let server = MockServer::new();
-    server.push_for_request(
-        paths::LIST_REPOSITORIES,
-        "first",
-        Reply::ok().after(Duration::from_millis(300)),
-    );
-    server.fallback(Reply::ok());
-    let client = mock_client(&server)
-        .timeout(Duration::from_secs(2))
-        .in_flight_limit(limit(1, max_wait_ms))
-        .build()
-        .unwrap();
-    let first = {
-        let client = client.clone();
-        tokio::spawn(async move { read(&client, "first", None).await })
-    };
-    tokio::task::yield_now().await;
+    let (server, client, first) = behind_a_slow_call(
+        Duration::from_millis(300),
+        max_wait_ms,
+        Duration::from_secs(2),
+    )
+    .await;
     let (code, took) = read(&client, "second", None).await;
     assert_eq!(code, Code::Ok);
     assert_eq!(first.await.unwrap().0, Code::Ok);
@@ -160,22 +174,8 @@ async fn waited_then_sent(max_wait_ms: u64) {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_whose_deadline_passes_in_line_fails_on_time_unsent() {
-    let server = MockServer::new();
-    server.push_for_request(
-        paths::LIST_REPOSITORIES,
-        "slow",
-        Reply::ok().after(Duration::from_secs(1)),
-    );
-    server.fallback(Reply::ok());
-    let client = mock_client(&server)
-        .in_flight_limit(limit(1, 50))
-        .build()
-        .unwrap();
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { read(&client, "slow", None).await })
-    };
-    tokio::task::yield_now().await;
+    let (server, client, slow) =
+        behind_a_slow_call(Duration::from_secs(1), 50, Duration::from_secs(5)).await;
 
     // Longer than the first wait: the deadline holds exactly.
     let (code, took) = read(&client, "patient", Some(Duration::from_millis(300))).await;
@@ -213,11 +213,7 @@ async fn the_error_of_a_call_that_ran_out_of_time_in_line_names_it() {
         .in_flight_limit(limit(1, 50))
         .build()
         .unwrap();
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { read(&client, "slow", None).await })
-    };
-    tokio::task::yield_now().await;
+    let slow = started(&client, "slow").await;
     let request = CallOptions::new()
         .request_id("in-line")
         .timeout(Duration::from_millis(200))
@@ -283,11 +279,7 @@ async fn a_stream_behind_a_full_limit_waits_at_most_max_wait() {
         .in_flight_limit(limit(1, 50))
         .build()
         .unwrap();
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { read(&client, "slow", None).await })
-    };
-    tokio::task::yield_now().await;
+    let slow = started(&client, "slow").await;
     let t0 = Instant::now();
     let mut stream = client
         .inference()
@@ -309,15 +301,7 @@ async fn many_callers_behind_a_small_limit_all_finish() {
         .build()
         .unwrap();
     let t0 = Instant::now();
-    let calls: Vec<_> = (0..1500)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { read(&client, &format!("c{i}"), None).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().0, Code::Ok);
-    }
+    reads_all_ok(&client, 1500).await;
     let at = arrivals_ms(&server, t0);
     assert_eq!(at.len(), 1500);
     // Never more than three in any millisecond (each call takes one).
@@ -330,22 +314,8 @@ async fn many_callers_behind_a_small_limit_all_finish() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_dropped_while_in_line_gives_its_place_back() {
-    let server = MockServer::new();
-    server.push_for_request(
-        paths::LIST_REPOSITORIES,
-        "slow",
-        Reply::ok().after(Duration::from_millis(300)),
-    );
-    server.fallback(Reply::ok());
-    let client = mock_client(&server)
-        .in_flight_limit(limit(1, 50))
-        .build()
-        .unwrap();
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { read(&client, "slow", None).await })
-    };
-    tokio::task::yield_now().await;
+    let (server, client, slow) =
+        behind_a_slow_call(Duration::from_millis(300), 50, Duration::from_secs(5)).await;
     // Given up by its caller in both parts of the wait.
     for ms in [20, 200] {
         let gave_up =
