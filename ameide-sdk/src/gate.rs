@@ -5,8 +5,8 @@
 //! |---|---|
 //! | Where? | in [`AmeideChannel`](crate::AmeideChannel)'s `poll_ready`, above every layer: a waiting call has built nothing yet (no request, no span, no timer but the wait's own) |
 //! | Shared by? | every clone of the client and of its typed clients, over all connections |
-//! | Held until? | the response headers of a unary call (its body comes with them); a streaming call gives its place back as it starts, since a stream may live for hours |
-//! | Waiting costs? | nothing but the place in line for the first [`InFlightLimit::max_wait`]; a call still in line then is built and waits on, in the same place in line, inside its own deadline |
+//! | Held until? | the response headers of a unary call of the roster (its body comes with them); a streaming call gives its place back as it starts, since a stream may live for hours, and so does a call on a path outside the roster (its kind is unknown) |
+//! | Waiting costs? | for the first [`InFlightLimit::max_wait`], a place in line, a timer and two small allocations, nothing of the call; a call still in line then is built and waits on, in the same place in line, inside its own deadline |
 //! | Deadline? | the wait counts: the call's clock starts when it begins to wait; one whose deadline passes in line fails with `DEADLINE_EXCEEDED`, unsent |
 //!
 //! A call dropped while it waits (a `select!`, a timeout around it) leaves
