@@ -70,7 +70,23 @@ fn is_unary(path: &str) -> bool {
 }
 
 /// The response future of [`AmeideChannel`]: the layered stack's future, plus
-/// the in-flight place a unary call keeps until its response headers arrive.
+/// the in-flight place a unary call keeps until its response headers arrive
+/// (see [`crate::gate`]). Dropping it gives the place back.
+///
+/// ```
+/// use ameide_sdk::layers::HttpRequest;
+/// use ameide_sdk::{AmeideChannel, ResponseFuture};
+///
+/// fn takes<S: tower::Service<HttpRequest, Future = ResponseFuture>>(_: &S) {}
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let client = ameide_sdk::AmeideClient::builder()
+///     .endpoint("http://127.0.0.1:50051")
+///     .build()
+///     .unwrap();
+/// let channel: AmeideChannel = client.channel();
+/// takes(&channel);
+/// # }
+/// ```
 pub struct ResponseFuture {
     inner: BoxFuture<'static, Result<HttpResponse, BoxError>>,
     permit: Option<OwnedSemaphorePermit>,
