@@ -48,8 +48,8 @@ pub struct InFlightLimit {
     /// Calls on the wire at once, `1..=`[`InFlightLimit::MAX_CALLS`].
     pub max_calls: usize,
     /// How long a call waits for a place *before it is built*,
-    /// `1 ms..=`[`InFlightLimit::MAX_WAIT`]. Waiting there costs nothing but
-    /// the place in line; a call still in line after it is built and waits
+    /// `1 ms..=`[`InFlightLimit::MAX_WAIT`]. Waiting there holds nothing of
+    /// the call (see the module docs); a call still in line after it is built and waits
     /// on, in the same place, until its own deadline. The call's clock starts
     /// when it begins to wait, but its own timeout is only known once it is
     /// built: a call whose timeout is *shorter* than this first wait fails

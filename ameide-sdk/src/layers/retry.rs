@@ -694,8 +694,8 @@ where
         .as_ref()
         .map(|_| std::mem::take(&mut parts.extensions));
     let replay_headers = ReplayHeaders::capture(&parts.headers);
-    // The original headers stay in `parts` until the first send takes them.
-    let mut headers_taken = false;
+    // The first attempt sends the original map, later ones a rebuilt one.
+    let mut first_headers = Some(std::mem::take(&mut parts.headers));
     let throttle = layer.throttle.clone();
     let note = |record: AttemptRecord| {
         if let Some(state) = &state {
@@ -722,12 +722,9 @@ where
             (None, Some(known)) => known.build(),
             (None, None) => parts.extensions.clone(),
         };
-        let headers = if headers_taken {
-            replay_headers.rebuild()
-        } else {
-            headers_taken = true;
-            std::mem::take(&mut parts.headers)
-        };
+        let headers = first_headers
+            .take()
+            .unwrap_or_else(|| replay_headers.rebuild());
         let request = attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
         let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
