@@ -67,10 +67,14 @@ pub fn mock_client(server: &MockServer) -> AmeideClientBuilder {
         .transport(duplex_transport(server.clone()))
 }
 
-/// One call of each kind the fault tests need, as `Result<(), Error>`.
+/// One call of each kind the tests need.
 pub mod calls {
+    use std::time::Duration;
+
     use ameide_sdk::proto::graph::v1::{CreateElementRequest, ListRepositoriesRequest};
-    use ameide_sdk::{AmeideClient, Error, IntoAmeideResult};
+    use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
+    use ameide_sdk::{AmeideClient, CallOptions, Error, IntoAmeideResult};
+    use tonic::Code;
 
     /// `GraphService.ListRepositories` (NO_SIDE_EFFECTS).
     pub async fn read(client: &AmeideClient) -> Result<(), Error> {
@@ -80,6 +84,58 @@ pub mod calls {
             .await
             .into_ameide()
             .map(drop)
+    }
+
+    /// `GraphService.ListRepositories` with request id `id` (and a per-call
+    /// `timeout`, if given): its code and how long it took on tokio's clock.
+    pub async fn read_as(
+        client: &AmeideClient,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> (Code, Duration) {
+        let started = tokio::time::Instant::now();
+        let mut options = CallOptions::new().request_id(id);
+        if let Some(timeout) = timeout {
+            options = options.timeout(timeout);
+        }
+        let request = options
+            .into_request(ListRepositoriesRequest::default())
+            .expect("a valid request id");
+        let result = client
+            .graph()
+            .list_repositories(request)
+            .await
+            .into_ameide();
+        (
+            result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok),
+            started.elapsed(),
+        )
+    }
+
+    /// `InferenceService.Generate`, whose response headers must arrive: the stream.
+    pub async fn generate(client: &AmeideClient) -> tonic::Streaming<GenerateResponse> {
+        client
+            .inference()
+            .generate(GenerateRequest::default())
+            .await
+            .expect("the stream starts")
+            .into_inner()
+    }
+
+    /// Encoded `GenerateResponse` messages for a scripted stream, one per
+    /// token, `index` counting from 0.
+    pub fn tokens<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<bytes::Bytes> {
+        texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, token)| {
+                bytes::Bytes::from(prost::Message::encode_to_vec(&GenerateResponse {
+                    token: token.to_owned(),
+                    index: i32::try_from(i).unwrap_or(i32::MAX),
+                    ..Default::default()
+                }))
+            })
+            .collect()
     }
 
     /// `GraphService.CreateElement` (not idempotent).

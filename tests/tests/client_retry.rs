@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use ameide_sdk::IntoAmeideResult;
-use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
 use ameide_sdk::testkit::{MockServer, Reply};
+use ameide_tests::calls::{generate, tokens};
 use ameide_tests::{fixed_jitter, mock_client, paths};
 use futures_util::StreamExt;
 use tonic::{Code, Status};
@@ -152,25 +152,9 @@ async fn server_streaming_is_retried_before_the_first_message() {
         paths::GENERATE,
         Reply::status(Status::unavailable("not yet")),
     );
-    let tokens: Vec<bytes::Bytes> = ["Hel", "lo"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            bytes::Bytes::from(prost::Message::encode_to_vec(&GenerateResponse {
-                token: t.to_string(),
-                index: i as i32,
-                ..Default::default()
-            }))
-        })
-        .collect();
-    server.push(paths::GENERATE, Reply::messages(tokens));
+    server.push(paths::GENERATE, Reply::messages(tokens(["Hel", "lo"])));
     let client = mock_client(&server).build().unwrap();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = generate(&client).await;
     let mut text = String::new();
     while let Some(item) = stream.next().await {
         text.push_str(&item.unwrap().token);
@@ -182,22 +166,13 @@ async fn server_streaming_is_retried_before_the_first_message() {
 #[tokio::test(start_paused = true)]
 async fn server_streaming_is_not_retried_after_a_message_arrived() {
     let server = MockServer::new();
-    let one = bytes::Bytes::from(prost::Message::encode_to_vec(&GenerateResponse {
-        token: "partial".into(),
-        ..Default::default()
-    }));
     server.push(
         paths::GENERATE,
-        Reply::messages(vec![one]).then_status(Status::unavailable("cut")),
+        Reply::messages(tokens(["partial"])).then_status(Status::unavailable("cut")),
     );
     server.push(paths::GENERATE, Reply::ok());
     let client = mock_client(&server).build().unwrap();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = generate(&client).await;
     assert_eq!(stream.next().await.unwrap().unwrap().token, "partial");
     let err = ameide_sdk::Error::from(stream.next().await.unwrap().unwrap_err());
     assert_eq!(err.code(), Code::Unavailable);
@@ -217,12 +192,7 @@ async fn headers_without_a_status_commit_the_call_even_if_the_stream_then_fails(
         Reply::messages(vec![]).then_status(Status::unavailable("after headers")),
     );
     let client = mock_client(&server).build().unwrap();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = generate(&client).await;
     let err = stream.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(server.attempts_for(paths::GENERATE).len(), 1);

@@ -311,20 +311,27 @@ async fn layer_order_is_proven_by_effects() {
     }
 }
 
+/// A server whose first two `ListRepositories` attempts fail UNAVAILABLE and
+/// the third succeeds: three attempts for one call.
+fn fails_twice_then_answers() -> MockServer {
+    let server = MockServer::new();
+    for reply in [
+        Reply::status(Status::unavailable("1")),
+        Reply::status(Status::unavailable("2")),
+        Reply::ok(),
+    ] {
+        server.push(paths::LIST_REPOSITORIES, reply);
+    }
+    server
+}
+
 /// The retry layer hands the first attempt the request's own extensions and
 /// rebuilds them for replays: tonic's and the SDK's (fast path) as well as a
 /// user's own type (full copy) reach every attempt.
 #[tokio::test(start_paused = true)]
 async fn every_attempt_carries_the_request_extensions() {
     for with_user_mark in [false, true] {
-        let server = MockServer::new();
-        for reply in [
-            Reply::status(Status::unavailable("1")),
-            Reply::status(Status::unavailable("2")),
-            Reply::ok(),
-        ] {
-            server.push(paths::LIST_REPOSITORIES, reply);
-        }
+        let server = fails_twice_then_answers();
         let spy = Spy::default();
         let client = mock_client(&server).layer(spy.clone()).build().unwrap();
         let mut request = tonic::Request::new(list());
@@ -468,14 +475,7 @@ async fn messages_far_larger_than_the_codec_buffer_round_trip() {
 /// span) and `grpc-previous-rpc-attempts` differing.
 #[tokio::test(start_paused = true)]
 async fn replays_carry_every_header_of_the_first_attempt() {
-    let server = MockServer::new();
-    for reply in [
-        Reply::status(Status::unavailable("1")),
-        Reply::status(Status::unavailable("2")),
-        Reply::ok(),
-    ] {
-        server.push(paths::LIST_REPOSITORIES, reply);
-    }
+    let server = fails_twice_then_answers();
     let spy = Spy::default();
     let client = mock_client(&server)
         .tenant_id("t-1")

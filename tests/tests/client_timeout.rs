@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
 use ameide_sdk::testkit::{MockServer, Reply};
 use ameide_sdk::{CallOptions, IntoAmeideResult};
+use ameide_tests::calls::{generate, tokens};
 use ameide_tests::{fixed_jitter, grpc_timeout, mock_client, paths};
 use futures_util::StreamExt;
 use tokio::time::Instant;
@@ -138,34 +138,16 @@ async fn deadline_exceeded_from_the_server_is_retried_while_budget_remains() {
 #[tokio::test(start_paused = true)]
 async fn a_stream_is_cut_with_deadline_exceeded_when_the_budget_runs_out() {
     let server = MockServer::new();
-    let token = |t: &str| {
-        bytes::Bytes::from(prost::Message::encode_to_vec(&GenerateResponse {
-            token: t.into(),
-            ..Default::default()
-        }))
-    };
     server.push(
         paths::GENERATE,
-        Reply::messages(vec![
-            token("a"),
-            token("b"),
-            token("c"),
-            token("d"),
-            token("e"),
-        ])
-        .every(Duration::from_millis(400)),
+        Reply::messages(tokens(["a", "b", "c", "d", "e"])).every(Duration::from_millis(400)),
     );
     let client = mock_client(&server)
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let started = Instant::now();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = generate(&client).await;
     let mut got = String::new();
     let err = loop {
         match stream.next().await {

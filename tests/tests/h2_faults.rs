@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use ameide_sdk::layers::RetryPolicy;
 use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
-use ameide_sdk::proto::inference::v1::GenerateRequest;
 use ameide_sdk::testkit::{H2FaultServer, StreamFault};
 use ameide_sdk::{AmeideClient, AmeideClientBuilder};
 use ameide_tests::paths;
@@ -173,12 +172,7 @@ async fn stream_cut_after_two_messages_reports_internal_and_is_not_replayed() {
     let server = H2FaultServer::start().await.unwrap();
     server.push(StreamFault::CutAfter(2));
     let client = client(&server).build().unwrap();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = ameide_tests::calls::generate(&client).await;
     let mut messages = 0;
     let err = loop {
         match stream.next().await {

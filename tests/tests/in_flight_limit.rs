@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
-use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
 use ameide_sdk::testkit::{MockServer, Reply};
 use ameide_sdk::{AmeideClient, CallOptions, ConfigErrorKind, InFlightLimit, IntoAmeideResult};
+use ameide_tests::calls::{generate, read_as, tokens};
 use ameide_tests::{grpc_timeout, mock_client, paths};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -19,26 +19,6 @@ fn limit(max_calls: usize, max_wait_ms: u64) -> Option<InFlightLimit> {
         max_calls,
         max_wait: Duration::from_millis(max_wait_ms),
     })
-}
-
-async fn read(client: &AmeideClient, id: &str, timeout: Option<Duration>) -> (Code, Duration) {
-    let started = Instant::now();
-    let mut options = CallOptions::new().request_id(id);
-    if let Some(timeout) = timeout {
-        options = options.timeout(timeout);
-    }
-    let request = options
-        .into_request(ListRepositoriesRequest::default())
-        .unwrap();
-    let result = client
-        .graph()
-        .list_repositories(request)
-        .await
-        .into_ameide();
-    (
-        result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok),
-        started.elapsed(),
-    )
 }
 
 /// Arrival offsets (ms from `t0`) of every attempt, sorted.
@@ -57,7 +37,7 @@ async fn reads_all_ok(client: &AmeideClient, n: usize) {
     let calls: Vec<_> = (0..n)
         .map(|i| {
             let client = client.clone();
-            tokio::spawn(async move { read(&client, &format!("c{i}"), None).await })
+            tokio::spawn(async move { read_as(&client, &format!("c{i}"), None).await })
         })
         .collect();
     for call in calls {
@@ -72,10 +52,21 @@ async fn started(
 ) -> tokio::task::JoinHandle<(Code, Duration)> {
     let call = {
         let client = client.clone();
-        tokio::spawn(async move { read(&client, id, None).await })
+        tokio::spawn(async move { read_as(&client, id, None).await })
     };
     tokio::task::yield_now().await;
     call
+}
+
+/// `server` answers every read not otherwise scripted after `reply_after`; the
+/// client in front of it has the in-flight `limit`.
+fn limited(
+    server: &MockServer,
+    reply_after: Duration,
+    limit: Option<InFlightLimit>,
+) -> AmeideClient {
+    server.fallback(Reply::ok().after(reply_after));
+    mock_client(server).in_flight_limit(limit).build().unwrap()
 }
 
 /// A client with one place (`max_wait_ms`), whose place is taken by a read
@@ -104,11 +95,7 @@ async fn behind_a_slow_call(
 #[tokio::test(start_paused = true)]
 async fn no_more_than_the_limit_arrive_at_once_and_the_rest_follow_in_order() {
     let server = MockServer::new();
-    server.fallback(Reply::ok().after(Duration::from_millis(100)));
-    let client = mock_client(&server)
-        .in_flight_limit(limit(2, 50))
-        .build()
-        .unwrap();
+    let client = limited(&server, Duration::from_millis(100), limit(2, 50));
     let t0 = Instant::now();
     reads_all_ok(&client, 6).await;
     // Two at a time, 100 ms each: three waves.
@@ -118,8 +105,7 @@ async fn no_more_than_the_limit_arrive_at_once_and_the_rest_follow_in_order() {
 #[tokio::test(start_paused = true)]
 async fn without_a_limit_every_call_arrives_at_once() {
     let server = MockServer::new();
-    server.fallback(Reply::ok().after(Duration::from_millis(100)));
-    let client = mock_client(&server).in_flight_limit(None).build().unwrap();
+    let client = limited(&server, Duration::from_millis(100), None);
     let t0 = Instant::now();
     reads_all_ok(&client, 300).await;
     assert!(arrivals_ms(&server, t0).iter().all(|&ms| ms == 0));
@@ -155,7 +141,7 @@ async fn waited_then_sent(max_wait_ms: u64) {
         Duration::from_secs(2),
     )
     .await;
-    let (code, took) = read(&client, "second", None).await;
+    let (code, took) = read_as(&client, "second", None).await;
     assert_eq!(code, Code::Ok);
     assert_eq!(first.await.unwrap().0, Code::Ok);
     assert_eq!(took, Duration::from_millis(300));
@@ -178,7 +164,7 @@ async fn a_call_whose_deadline_passes_in_line_fails_on_time_unsent() {
         behind_a_slow_call(Duration::from_secs(1), 50, Duration::from_secs(5)).await;
 
     // Longer than the first wait: the deadline holds exactly.
-    let (code, took) = read(&client, "patient", Some(Duration::from_millis(300))).await;
+    let (code, took) = read_as(&client, "patient", Some(Duration::from_millis(300))).await;
     assert_eq!(
         (code, took),
         (Code::DeadlineExceeded, Duration::from_millis(300))
@@ -186,7 +172,7 @@ async fn a_call_whose_deadline_passes_in_line_fails_on_time_unsent() {
 
     // Shorter than the first wait (its timeout is unknown until the call is
     // built): it ends when the first wait does, the documented bound.
-    let (code, took) = read(&client, "hasty", Some(Duration::from_millis(20))).await;
+    let (code, took) = read_as(&client, "hasty", Some(Duration::from_millis(20))).await;
     assert_eq!(
         (code, took),
         (Code::DeadlineExceeded, Duration::from_millis(50))
@@ -208,11 +194,7 @@ async fn a_call_whose_deadline_passes_in_line_fails_on_time_unsent() {
 #[tokio::test(start_paused = true)]
 async fn the_error_of_a_call_that_ran_out_of_time_in_line_names_it() {
     let server = MockServer::new();
-    server.fallback(Reply::ok().after(Duration::from_secs(1)));
-    let client = mock_client(&server)
-        .in_flight_limit(limit(1, 50))
-        .build()
-        .unwrap();
+    let client = limited(&server, Duration::from_secs(1), limit(1, 50));
     let slow = started(&client, "slow").await;
     let request = CallOptions::new()
         .request_id("in-line")
@@ -232,39 +214,19 @@ async fn the_error_of_a_call_that_ran_out_of_time_in_line_names_it() {
     slow.await.unwrap();
 }
 
-fn tokens(n: usize) -> Vec<bytes::Bytes> {
-    (0..n)
-        .map(|i| {
-            bytes::Bytes::from(prost::Message::encode_to_vec(&GenerateResponse {
-                token: format!("t{i}"),
-                ..Default::default()
-            }))
-        })
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_long_stream_keeps_no_place() {
     let server = MockServer::new();
     server.push(
         paths::GENERATE,
-        Reply::messages(tokens(2)).every(Duration::from_secs(2)),
+        Reply::messages(tokens(["t0", "t1"])).every(Duration::from_secs(2)),
     );
-    server.fallback(Reply::ok().after(Duration::from_millis(10)));
-    let client = mock_client(&server)
-        .in_flight_limit(limit(1, 50))
-        .build()
-        .unwrap();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let client = limited(&server, Duration::from_millis(10), limit(1, 50));
+    let mut stream = generate(&client).await;
     assert_eq!(stream.next().await.unwrap().unwrap().token, "t0");
     // The stream stays open two more seconds; unary calls do not wait for it.
     for i in 0..3 {
-        let (code, took) = read(&client, &format!("r{i}"), None).await;
+        let (code, took) = read_as(&client, &format!("r{i}"), None).await;
         assert_eq!((code, took), (Code::Ok, Duration::from_millis(10)));
     }
     assert_eq!(stream.next().await.unwrap().unwrap().token, "t1");
@@ -273,20 +235,11 @@ async fn a_long_stream_keeps_no_place() {
 #[tokio::test(start_paused = true)]
 async fn a_stream_behind_a_full_limit_waits_at_most_max_wait() {
     let server = MockServer::new();
-    server.push(paths::GENERATE, Reply::messages(tokens(1)));
-    server.fallback(Reply::ok().after(Duration::from_secs(1)));
-    let client = mock_client(&server)
-        .in_flight_limit(limit(1, 50))
-        .build()
-        .unwrap();
+    server.push(paths::GENERATE, Reply::messages(tokens(["t0"])));
+    let client = limited(&server, Duration::from_secs(1), limit(1, 50));
     let slow = started(&client, "slow").await;
     let t0 = Instant::now();
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = generate(&client).await;
     assert_eq!(stream.next().await.unwrap().unwrap().token, "t0");
     assert_eq!(t0.elapsed(), Duration::from_millis(50));
     assert_eq!(slow.await.unwrap().0, Code::Ok);
@@ -295,11 +248,7 @@ async fn a_stream_behind_a_full_limit_waits_at_most_max_wait() {
 #[tokio::test(start_paused = true)]
 async fn many_callers_behind_a_small_limit_all_finish() {
     let server = MockServer::new();
-    server.fallback(Reply::ok().after(Duration::from_millis(1)));
-    let client = mock_client(&server)
-        .in_flight_limit(limit(3, 1))
-        .build()
-        .unwrap();
+    let client = limited(&server, Duration::from_millis(1), limit(3, 1));
     let t0 = Instant::now();
     reads_all_ok(&client, 1500).await;
     let at = arrivals_ms(&server, t0);
@@ -319,11 +268,12 @@ async fn a_call_dropped_while_in_line_gives_its_place_back() {
     // Given up by its caller in both parts of the wait.
     for ms in [20, 200] {
         let gave_up =
-            tokio::time::timeout(Duration::from_millis(ms), read(&client, "dropped", None)).await;
+            tokio::time::timeout(Duration::from_millis(ms), read_as(&client, "dropped", None))
+                .await;
         assert!(gave_up.is_err());
     }
     assert_eq!(slow.await.unwrap().0, Code::Ok);
-    let (code, took) = read(&client, "next", None).await;
+    let (code, took) = read_as(&client, "next", None).await;
     assert_eq!((code, took), (Code::Ok, Duration::ZERO));
     assert!(
         server

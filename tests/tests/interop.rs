@@ -206,12 +206,7 @@ async fn grpc_js_server_sees_the_same_metadata_deadline_and_retries() {
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_millis(700));
 
-    let mut stream = client
-        .inference()
-        .generate(GenerateRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = ameide_tests::calls::generate(&client).await;
     let mut text = String::new();
     while let Some(token) = stream.message().await.unwrap() {
         text.push_str(&token.token);

@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
 use ameide_sdk::testkit::{MockServer, Reply, serve_tcp};
-use ameide_sdk::{AmeideClient, CallOptions, IntoAmeideResult, TransportOptions};
+use ameide_sdk::{AmeideClient, TransportOptions};
 use ameide_tests::{mock_client, paths};
 use tonic::{Code, Status};
 
@@ -99,18 +98,8 @@ async fn thousand_calls(limit: Option<ameide_sdk::InFlightLimit>) -> usize {
         }
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let request = CallOptions::new()
-                .request_id(&id)
-                .into_request(ListRepositoriesRequest::default())
-                .unwrap();
-            let result = client
-                .graph()
-                .list_repositories(request)
-                .await
-                .into_ameide();
-            let code = result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
-            (id, script, code, started.elapsed())
+            let (code, took) = ameide_tests::calls::read_as(&client, &id, None).await;
+            (id, script, code, took)
         }));
     }
     let mut outcomes = BTreeMap::new();
