@@ -190,20 +190,6 @@ impl StopReason {
             StopReason::NotReplayable => "not replayable",
         }
     }
-
-    pub(crate) fn from_str(s: &str) -> Option<Self> {
-        [
-            StopReason::Exhausted,
-            StopReason::NotRetryable,
-            StopReason::Throttled,
-            StopReason::Deadline,
-            StopReason::Committed,
-            StopReason::PushbackSaidNo,
-            StopReason::NotReplayable,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
 }
 
 /// One attempt of a call, as the retry loop saw it.
@@ -268,10 +254,6 @@ impl CallState {
 
     pub(crate) fn start(&self) -> Instant {
         self.0.start
-    }
-
-    pub(crate) fn request_id(&self) -> &str {
-        &self.0.request_id
     }
 
     /// The request id, shared (no copy).
@@ -367,58 +349,81 @@ impl CallState {
     }
 }
 
-/// Header names the SDK adds to an error's metadata so that [`crate::Error`]
-/// can be rebuilt from a plain `tonic::Status`.
-pub(crate) mod stamp {
-    pub(crate) const REQUEST_ID: &str = "ameide-sdk-request-id";
-    pub(crate) const ATTEMPTS: &str = "ameide-sdk-attempts";
-    pub(crate) const ELAPSED_US: &str = "ameide-sdk-elapsed-us";
-    pub(crate) const RETRYABLE: &str = "ameide-sdk-retryable";
-    pub(crate) const STOP: &str = "ameide-sdk-stop";
-    pub(crate) const HISTORY: &str = "ameide-sdk-history-bin";
+/// What the SDK knows about a failed call, carried *in-process* as the
+/// source of its `tonic::Status` (see [`crate::Error`]).
+///
+/// tonic never writes a status's source on the wire, so a service that
+/// returns a downstream failure to its own caller (`?` in a handler) sends
+/// the code, message, details and metadata it received, and nothing of the
+/// SDK's own bookkeeping (contract §8). Nor can a peer forge these facts: they
+/// are never read from metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct CallFacts {
+    pub(crate) request_id: Arc<str>,
+    pub(crate) attempts: u32,
+    pub(crate) elapsed: Duration,
+    pub(crate) retryable: Option<bool>,
+    pub(crate) stop: Option<StopReason>,
+    pub(crate) history: Vec<AttemptRecord>,
+    /// Why the status details the peer sent were dropped, if they were.
+    pub(crate) details_error: Option<Arc<str>>,
+    /// The status as it was before the facts were attached, kept only when it
+    /// had a source of its own (a transport error): the facts hand that source on.
+    pub(crate) cause: Option<tonic::Status>,
 }
 
-/// Attempt history as text: one `code,delay_ms,message` line per attempt, the
-/// message percent-encoded, `delay_ms` suffixed `r` for a refused stream. Carried in the failed status's metadata.
-pub(crate) fn encode_history(history: &[AttemptRecord]) -> String {
-    use percent_encoding::{CONTROLS, utf8_percent_encode};
-    const SET: &percent_encoding::AsciiSet = &CONTROLS.add(b',').add(b'%');
-    history
-        .iter()
-        .map(|r| {
-            format!(
-                "{},{}{},{}",
-                r.code as i32,
-                r.delay_before.as_millis(),
-                if r.refused { "r" } else { "" },
-                utf8_percent_encode(&r.message, SET)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+impl CallFacts {
+    /// The facts of `state` at this moment.
+    pub(crate) fn of(state: &CallState) -> Self {
+        CallFacts {
+            request_id: state.request_id_arc(),
+            attempts: state.attempts(),
+            elapsed: state.start().elapsed(),
+            retryable: state.retryable(),
+            stop: state.stop(),
+            history: state.history(),
+            details_error: None,
+            cause: None,
+        }
+    }
+
+    /// Attaches these facts to `status` as its source, keeping any source it had
+    /// reachable behind them.
+    pub(crate) fn attach(mut self, mut status: tonic::Status) -> tonic::Status {
+        if facts_of(&status).is_some() {
+            // Already stamped (handed through a second metadata layer): the
+            // first facts are the call's.
+            return status;
+        }
+        if std::error::Error::source(&status).is_some() {
+            self.cause = Some(status.clone());
+        }
+        status.set_source(Arc::new(self));
+        status
+    }
 }
 
-/// The inverse of [`encode_history`]; malformed lines are skipped.
-pub(crate) fn decode_history(text: &str) -> Vec<AttemptRecord> {
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ',');
-            let code = tonic::Code::from_i32(parts.next()?.parse().ok()?);
-            let delay = parts.next()?;
-            let (delay, refused) = match delay.strip_suffix('r') {
-                Some(d) => (d, true),
-                None => (delay, false),
-            };
-            let delay = Duration::from_millis(delay.parse().ok()?);
-            let message = percent_encoding::percent_decode_str(parts.next().unwrap_or_default())
-                .decode_utf8_lossy()
-                .into_owned();
-            Some(AttemptRecord {
-                code,
-                message,
-                delay_before: delay,
-                refused,
-            })
-        })
-        .collect()
+/// The facts attached to `status`, if the SDK attached any.
+pub(crate) fn facts_of(status: &tonic::Status) -> Option<&CallFacts> {
+    std::error::Error::source(status)?.downcast_ref::<CallFacts>()
+}
+
+impl std::fmt::Display for CallFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ameide-sdk call facts: request_id={}, attempts={}, elapsed={}ms",
+            self.request_id,
+            self.attempts,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for CallFacts {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_ref()
+            .and_then(|status| std::error::Error::source(status))
+    }
 }

@@ -1,10 +1,15 @@
 //! The one error type of a failed call.
 //!
 //! Every call through [`AmeideClient`](crate::AmeideClient) fails with a
-//! `tonic::Status` whose metadata the SDK has stamped with the request id, the
-//! attempt count, the elapsed time and the retry verdict. [`Error`] rebuilds
-//! all of that, plus the decoded `google.rpc` details from
-//! `grpc-status-details-bin`, and says it in one readable line.
+//! `tonic::Status` to which the SDK has attached, in-process, the request id,
+//! the attempts and their history, why retrying stopped, the elapsed time and
+//! the retry verdict (as the status's `source()`, which tonic never sends on
+//! the wire: a service that returns a downstream status to its caller hands
+//! on nothing of the SDK's). [`Error`] reads all of that back, plus the decoded
+//! `google.rpc` details from `grpc-status-details-bin`, and says it in one
+//! readable line. A status that did not come through the SDK (built by hand,
+//! or a clone made before the SDK saw it) gives an [`Error`] with the
+//! contract's defaults: one attempt, no request id, retryable by code.
 
 use std::fmt;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetail, StatusExt};
 
-use crate::call::{AttemptRecord, StopReason, decode_history, stamp};
+use crate::call::{AttemptRecord, StopReason, facts_of};
 
 /// A failed call: the original `tonic::Status` and what the SDK knows about the call.
 ///
@@ -144,45 +149,42 @@ pub(crate) fn default_retryable(code: Code) -> bool {
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
-        let meta = status.metadata();
-        let text = |key: &str| {
-            meta.get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let attempts = text(stamp::ATTEMPTS)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        let elapsed = text(stamp::ELAPSED_US)
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_micros);
-        let retryable = match text(stamp::RETRYABLE).as_deref() {
-            Some("true") => true,
-            Some("false") => false,
-            _ => default_retryable(status.code()),
-        };
-        let (details, details_error) = match status.check_error_details_vec() {
+        let facts = facts_of(&status);
+        let (details, mut details_error) = match status.check_error_details_vec() {
             Ok(details) => (details, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
-        let history = meta
-            .get_bin(stamp::HISTORY)
-            .and_then(|v| v.to_bytes().ok())
-            .map(|b| decode_history(&String::from_utf8_lossy(&b)))
-            .unwrap_or_default();
-        let stop = text(stamp::STOP).and_then(|s| StopReason::from_str(&s));
-        Error {
-            inner: Box::new(Inner {
-                history,
-                stop,
-                request_id: text(stamp::REQUEST_ID),
-                attempts,
-                elapsed,
-                retryable,
+        if let Some(dropped) = facts.and_then(|f| f.details_error.as_deref()) {
+            details_error = Some(dropped.to_owned());
+        }
+        let inner = match facts {
+            Some(facts) => Inner {
+                request_id: Some(facts.request_id.to_string()),
+                attempts: facts.attempts,
+                elapsed: Some(facts.elapsed),
+                retryable: facts
+                    .retryable
+                    .unwrap_or_else(|| default_retryable(status.code())),
+                history: facts.history.clone(),
+                stop: facts.stop,
                 details,
                 details_error,
                 status,
-            }),
+            },
+            None => Inner {
+                request_id: None,
+                attempts: 1,
+                elapsed: None,
+                retryable: default_retryable(status.code()),
+                history: Vec::new(),
+                stop: None,
+                details,
+                details_error,
+                status,
+            },
+        };
+        Error {
+            inner: Box::new(inner),
         }
     }
 }
@@ -383,8 +385,8 @@ impl<T> IntoAmeideResult<T> for Result<T, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::metadata::MetadataValue;
-    use tonic_types::{ErrorDetails, StatusExt};
+    use crate::call::CallFacts;
+    use tonic_types::ErrorDetails;
 
     #[test]
     fn display_is_one_line_with_everything() {
@@ -395,21 +397,19 @@ mod tests {
             [("tenant".to_string(), "t1".to_string())],
         );
         details.set_retry_info(Some(Duration::from_secs(2)));
-        let mut status =
+        let status =
             Status::with_error_details(Code::ResourceExhausted, "slow\tdown\nplease", details);
-        status
-            .metadata_mut()
-            .insert(stamp::REQUEST_ID, MetadataValue::from_static("req-1"));
-        status
-            .metadata_mut()
-            .insert(stamp::ATTEMPTS, MetadataValue::from_static("3"));
-        status
-            .metadata_mut()
-            .insert(stamp::ELAPSED_US, MetadataValue::from_static("812000"));
-        status
-            .metadata_mut()
-            .insert(stamp::RETRYABLE, MetadataValue::from_static("true"));
-        let err = Error::from(status);
+        let facts = CallFacts {
+            request_id: "req-1".into(),
+            attempts: 3,
+            elapsed: Duration::from_millis(812),
+            retryable: Some(true),
+            stop: None,
+            history: Vec::new(),
+            details_error: None,
+            cause: None,
+        };
+        let err = Error::from(facts.attach(status));
         let shown = err.to_string();
         assert!(!shown.contains('\n'), "{shown}");
         assert_eq!(
@@ -424,6 +424,34 @@ mod tests {
         );
         assert_eq!(err.attempts(), 3);
         assert_eq!(err.request_id(), Some("req-1"));
+    }
+
+    #[test]
+    fn facts_travel_in_process_and_never_as_metadata() {
+        let facts = CallFacts {
+            request_id: "req-9".into(),
+            attempts: 2,
+            elapsed: Duration::from_millis(5),
+            retryable: Some(false),
+            stop: Some(StopReason::NotRetryable),
+            history: Vec::new(),
+            details_error: None,
+            cause: None,
+        };
+        let status = facts.attach(Status::internal("boom"));
+        assert!(status.metadata().is_empty(), "{:?}", status.metadata());
+        let mut wire = http::HeaderMap::new();
+        status.add_header(&mut wire).unwrap();
+        assert_eq!(wire.len(), 2, "only grpc-status and grpc-message: {wire:?}");
+        let err = Error::from(status.clone());
+        assert_eq!(err.request_id(), Some("req-9"));
+        assert_eq!(err.stop_reason(), Some(StopReason::NotRetryable));
+        // A peer cannot forge them through metadata.
+        let mut forged = Status::internal("boom");
+        forged
+            .metadata_mut()
+            .insert("ameide-sdk-attempts", "7".parse().unwrap());
+        assert_eq!(Error::from(forged).attempts(), 1);
     }
 
     #[test]

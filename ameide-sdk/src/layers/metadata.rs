@@ -20,13 +20,12 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::Status;
-use tonic::metadata::MetadataValue;
 use tower::{Layer, Service};
 
 use super::{
     BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error, trailers_only_status,
 };
-use crate::call::{CallInfo, CallState, stamp};
+use crate::call::{CallFacts, CallInfo, CallState};
 use crate::config::{ConfigError, header_value, validate_header};
 
 /// Makes request ids for calls that arrive without one.
@@ -346,34 +345,10 @@ fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, 
     Ok(response.map(|body| tonic::body::Body::new(StampBody { inner: body, state })))
 }
 
-/// Adds the call facts to an error status's metadata.
-pub(crate) fn stamp_status(mut status: Status, state: &CallState) -> Status {
-    let metadata = status.metadata_mut();
-    if let Ok(value) = MetadataValue::try_from(state.request_id()) {
-        metadata.insert(stamp::REQUEST_ID, value);
-    }
-    metadata.insert(stamp::ATTEMPTS, MetadataValue::from(state.attempts()));
-    let elapsed = u64::try_from(state.start().elapsed().as_micros()).unwrap_or(u64::MAX);
-    metadata.insert(stamp::ELAPSED_US, MetadataValue::from(elapsed));
-    if let Some(reason) = state.stop() {
-        metadata.insert(stamp::STOP, MetadataValue::from_static(reason.as_str()));
-    }
-    let history = state.history();
-    if !history.is_empty() {
-        metadata.insert_bin(
-            stamp::HISTORY,
-            tonic::metadata::MetadataValue::from_bytes(
-                crate::call::encode_history(&history).as_bytes(),
-            ),
-        );
-    }
-    if let Some(retryable) = state.retryable() {
-        metadata.insert(
-            stamp::RETRYABLE,
-            MetadataValue::from_static(if retryable { "true" } else { "false" }),
-        );
-    }
-    status
+/// Attaches the call's facts to an error status, in-process (as its source,
+/// never as metadata: see [`CallFacts`]).
+pub(crate) fn stamp_status(status: Status, state: &CallState) -> Status {
+    CallFacts::of(state).attach(status)
 }
 
 pin_project! {
