@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetail, StatusExt};
+use tonic_types::ErrorDetail;
 
 use crate::call::{AttemptRecord, StopReason, facts_of};
 
@@ -150,9 +150,9 @@ pub(crate) fn default_retryable(code: Code) -> bool {
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
         let facts = facts_of(&status);
-        let (details, mut details_error) = match status.check_error_details_vec() {
+        let (details, mut details_error) = match crate::peer::error_details(status.details()) {
             Ok(details) => (details, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+            Err(e) => (Vec::new(), Some(e)),
         };
         if let Some(dropped) = facts.and_then(|f| f.details_error.as_deref()) {
             details_error = Some(dropped.to_owned());

@@ -52,7 +52,9 @@ pub mod config;
 mod error;
 pub mod gate;
 pub mod layers;
+mod peer;
 pub mod server;
+mod time;
 mod transport;
 
 #[cfg(feature = "testkit")]

@@ -563,11 +563,7 @@ where
                         let message = response
                             .headers()
                             .get("grpc-message")
-                            .map(|m| {
-                                percent_decode_str(m.to_str().unwrap_or_default())
-                                    .decode_utf8_lossy()
-                                    .into_owned()
-                            })
+                            .map(|m| crate::peer::decode_message(m.as_bytes()))
                             .unwrap_or_default();
                         end_span(&span, semconv, Side::Server, code, &message);
                         Ok(response)

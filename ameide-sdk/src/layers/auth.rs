@@ -158,7 +158,7 @@ where
         // Wait no longer than the call's own deadline (a per-call timeout may
         // be shorter than the layer's) nor `max_wait`.
         let (deadline, _) = call_deadline(&request, self.max_wait);
-        let wait_until = deadline.min(tokio::time::Instant::now() + self.max_wait);
+        let wait_until = deadline.min(crate::time::add(tokio::time::Instant::now(), self.max_wait));
         AuthFuture {
             kind: Kind::Provider {
                 inner: Box::pin(async move {

@@ -22,9 +22,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{
-    BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error, trailers_only_status,
-};
+use super::{BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error};
 use crate::call::{CallFacts, CallInfo, CallState};
 use crate::config::{ConfigError, header_value, validate_header};
 
@@ -332,10 +330,16 @@ where
 }
 
 fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, BoxError> {
-    if let Some(status) = trailers_only_status(&response)
-        && status.code() != tonic::Code::Ok
-    {
-        return Err(Box::new(stamp_status(status, &state)));
+    if response.headers().contains_key(names::GRPC_STATUS) {
+        // Trailers-only. A failure becomes the call's error here; an OK is
+        // handed up with its headers sanitized, because tonic parses them again.
+        if grpc_code(response.headers()) != Some(tonic::Code::Ok) {
+            if let Some(peer) = crate::peer::status_from_headers(response.headers()) {
+                return Err(Box::new(stamp_peer_status(peer, &state)));
+            }
+        } else if let Some(why) = crate::peer::sanitize(response.headers_mut()) {
+            ::tracing::warn!("{why}");
+        }
     }
     response.extensions_mut().insert(CallInfo {
         request_id: state.request_id_arc(),
@@ -343,6 +347,13 @@ fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, 
         elapsed: state.start().elapsed(),
     });
     Ok(response.map(|body| tonic::body::Body::new(StampBody { inner: body, state })))
+}
+
+/// A status a peer sent, stamped; details the peer garbled are reported.
+fn stamp_peer_status(peer: crate::peer::PeerStatus, state: &CallState) -> Status {
+    let mut facts = CallFacts::of(state);
+    facts.details_error = peer.details_error.map(Into::into);
+    facts.attach(peer.status)
 }
 
 /// Attaches the call's facts to an error status, in-process (as its source,
@@ -370,12 +381,22 @@ impl http_body::Body for StampBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && grpc_code(trailers).is_some_and(|c| c != tonic::Code::Ok)
-                    && let Some(status) = Status::from_header_map(trailers)
-                {
-                    return Poll::Ready(Some(Err(stamp_status(status, this.state))));
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    match grpc_code(trailers) {
+                        Some(tonic::Code::Ok) | None => {
+                            // tonic parses OK trailers again: nothing it could panic on.
+                            if let Some(why) = crate::peer::sanitize(trailers) {
+                                ::tracing::warn!("{why}");
+                            }
+                        }
+                        Some(_) => {
+                            if let Some(peer) = crate::peer::status_from_headers(trailers) {
+                                let status = stamp_peer_status(peer, this.state);
+                                return Poll::Ready(Some(Err(status)));
+                            }
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

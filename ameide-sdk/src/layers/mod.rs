@@ -56,13 +56,10 @@ pub(crate) fn status_response(status: Status) -> HttpResponse {
     status.into_http()
 }
 
-/// The status of a trailers-only response (`grpc-status` in the headers), if it is one.
+/// The status of a trailers-only response (`grpc-status` in the headers), if
+/// it is one; read by [`crate::peer`], so no value a peer sends can panic.
 pub(crate) fn trailers_only_status(response: &HttpResponse) -> Option<Status> {
-    if response.headers().contains_key(names::GRPC_STATUS) {
-        Status::from_header_map(response.headers())
-    } else {
-        None
-    }
+    crate::peer::status_from_headers(response.headers()).map(|p| p.status)
 }
 
 /// The status of a transport error. tonic's channel runs its own timer from

@@ -71,6 +71,18 @@ pub struct RetryPolicy {
     throttle: Option<ThrottleConfig>,
 }
 
+/// The longest `max_backoff` accepted.
+pub const MAX_BACKOFF: Duration = crate::config::MAX_TIMEOUT;
+/// The largest backoff multiplier accepted.
+pub const MAX_MULTIPLIER: f64 = 100.0;
+/// The largest jitter factor accepted.
+pub const MAX_JITTER: f64 = 10.0;
+/// The largest request buffered for replay.
+pub const MAX_REPLAY_BYTES: usize = 256 * 1024 * 1024;
+/// Without a deadline (the layer used alone), a server's retry hint longer
+/// than this stops retrying instead of sleeping.
+pub const MAX_HINT_WITHOUT_DEADLINE: Duration = Duration::from_secs(3600);
+
 /// gRFC A6 retry throttling: a token bucket per target. Every failed attempt
 /// with a retryable code (or a pushback) costs one token, every success adds
 /// `token_ratio`; retries are allowed only while more than half of
@@ -197,22 +209,37 @@ impl RetryPolicy {
                 self.max_attempts
             ));
         }
+        if self.max_backoff > MAX_BACKOFF {
+            return err(format!(
+                "retry max_backoff {:?} must be at most {MAX_BACKOFF:?}",
+                self.max_backoff
+            ));
+        }
         if self.initial_backoff.is_zero() || self.initial_backoff > self.max_backoff {
             return err(format!(
                 "retry initial_backoff {:?} must be > 0 and <= max_backoff {:?}",
                 self.initial_backoff, self.max_backoff
             ));
         }
-        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+        if !(self.multiplier.is_finite() && (1.0..=MAX_MULTIPLIER).contains(&self.multiplier)) {
             return err(format!(
-                "retry multiplier {} must be a finite number >= 1",
+                "retry multiplier {} must be within 1..={MAX_MULTIPLIER}",
                 self.multiplier
             ));
         }
         let (lo, hi) = self.jitter;
-        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= MAX_JITTER) {
             return err(format!(
-                "retry jitter [{lo}, {hi}] must satisfy 0 <= min <= max"
+                "retry jitter [{lo}, {hi}] must satisfy 0 <= min <= max <= {MAX_JITTER}"
+            ));
+        }
+        if self.retryable.contains(&Code::Ok) {
+            return err("retry codes must not include OK: an OK call is never retried".into());
+        }
+        if self.max_replay_bytes > MAX_REPLAY_BYTES {
+            return err(format!(
+                "retry max_replay_bytes {} must be at most {MAX_REPLAY_BYTES}",
+                self.max_replay_bytes
             ));
         }
         if let Some(t) = self.throttle
@@ -244,11 +271,21 @@ impl RetryPolicy {
         self.jitter
     }
 
-    /// The delay before attempt `attempt` (≥ 2), before jitter.
+    /// The delay before attempt `attempt` (≥ 2), before jitter: never more
+    /// than `max_backoff`, whatever the parameters (the arithmetic saturates).
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(2).min(64) as i32;
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
-        Duration::from_secs_f64(secs.min(self.max_backoff.as_secs_f64()))
+        crate::time::secs_f64(secs).min(self.max_backoff)
+    }
+
+    /// The delay before attempt `attempt` (≥ 2) with jitter `factor`: the
+    /// base delay times the factor, the factor held inside the policy's
+    /// jitter range (a factor that is not a number counts as 1).
+    pub fn delay(&self, attempt: u32, factor: f64) -> Duration {
+        let (lo, hi) = self.jitter;
+        let factor = if factor.is_finite() { factor } else { 1.0 };
+        crate::time::mul_f64(self.base_delay(attempt), factor.clamp(lo, hi))
     }
 }
 
@@ -339,7 +376,9 @@ impl Jitter for UniformJitter {
 
 impl<F: Fn(f64, f64) -> f64 + Send + Sync + 'static> Jitter for F {
     fn factor(&self, min: f64, max: f64) -> f64 {
-        self(min, max).clamp(min, max)
+        // The policy clamps again (and treats NaN as 1): a closure cannot
+        // push a delay outside the range.
+        self(min, max)
     }
 }
 
@@ -820,23 +859,28 @@ where
             }
             _ => {
                 let (lo, hi) = policy.jitter;
-                let factor = layer.jitter.factor(lo, hi).clamp(lo, hi);
-                let computed = policy.base_delay(backoff_step).mul_f64(factor);
-                backoff_step += 1;
+                let computed = policy.delay(backoff_step, layer.jitter.factor(lo, hi));
+                backoff_step = backoff_step.saturating_add(1);
                 computed
             }
         };
         if let Some(hint) = retry_info_delay(&status) {
             delay = delay.max(hint);
         }
-        if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+        // Peer-chosen delays are bounded by the deadline (and, without one,
+        // by MAX_HINT_WITHOUT_DEADLINE); the instant arithmetic saturates.
+        let too_late = match deadline {
+            Some(d) => Instant::now().checked_add(delay).is_none_or(|at| at >= d),
+            None => delay > MAX_HINT_WITHOUT_DEADLINE,
+        };
+        if too_late {
             ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the delay would outlive the deadline");
             return stop(StopReason::Deadline, status, response);
         }
         ::tracing::debug!(attempt, ?delay, code = ?status.code(), "retrying");
         layer.sleeper.sleep(delay).await;
         delay_before = delay;
-        attempt += 1;
+        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -863,10 +907,7 @@ fn pushback(response: &HttpResponse) -> Option<Pushback> {
 
 /// The delay of a `google.rpc.RetryInfo` detail, if the status carries one.
 fn retry_info_delay(status: &Status) -> Option<Duration> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_retry_info()
-        .and_then(|info| info.retry_delay)
+    crate::peer::retry_delay(status.details())
 }
 
 pin_project! {

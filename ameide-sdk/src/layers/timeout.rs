@@ -137,7 +137,7 @@ pub(crate) fn call_deadline(request: &HttpRequest, default: Duration) -> (Instan
                 .and_then(decode_grpc_timeout)
         })
         .unwrap_or(default);
-    let mut deadline = start.checked_add(timeout).unwrap_or_else(far_future);
+    let mut deadline = crate::time::add(start, timeout);
     // A call made while serving a request never outlives the caller's deadline.
     if let Some(inbound) = crate::server::inbound_deadline() {
         deadline = deadline.min(inbound);
@@ -205,10 +205,6 @@ where
             },
         }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 pin_project! {

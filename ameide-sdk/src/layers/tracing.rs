@@ -635,9 +635,11 @@ impl http_body::Body for SpanBody {
                     match grpc_code(trailers) {
                         Some(Code::Ok) => end_span(&span, *this.semconv, *this.side, Code::Ok, ""),
                         Some(code) => {
-                            let status = Status::from_header_map(trailers);
-                            let message = status.as_ref().map_or("", |s| s.message());
-                            end_span(&span, *this.semconv, *this.side, code, message)
+                            let message = trailers
+                                .get("grpc-message")
+                                .map(|m| crate::peer::decode_message(m.as_bytes()))
+                                .unwrap_or_default();
+                            end_span(&span, *this.semconv, *this.side, code, &message)
                         }
                         None => end_span(
                             &span,

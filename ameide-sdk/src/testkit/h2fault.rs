@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use h2::Reason;
 use http::{HeaderMap, HeaderValue, Response};
+
+use super::hostile::RawReply;
 use tokio::net::TcpListener;
 
 /// What the [`H2FaultServer`] does with one incoming stream. Streams take
@@ -35,6 +37,16 @@ pub enum StreamFault {
     /// later, so the client has read them) reset the stream with
     /// `INTERNAL_ERROR`.
     CutAfter(usize),
+    /// The stream was answered by a scripted [`RawReply`]
+    /// ([`H2FaultServer::push_reply`]); only ever seen in [`SeenStream`].
+    Raw,
+}
+
+/// One entry of the server's script.
+#[derive(Debug, Clone)]
+enum Scripted {
+    Fault(StreamFault),
+    Reply(Arc<RawReply>),
 }
 
 /// One stream the [`H2FaultServer`] saw.
@@ -46,11 +58,13 @@ pub struct SeenStream {
     pub connection: usize,
     /// What the server did with it.
     pub fault: StreamFault,
+    /// The request headers as they arrived (`grpc-timeout`, `x-request-id`, …).
+    pub headers: HeaderMap,
 }
 
 #[derive(Default)]
 struct Shared {
-    script: Mutex<VecDeque<StreamFault>>,
+    script: Mutex<VecDeque<Scripted>>,
     seen: Mutex<Vec<SeenStream>>,
 }
 
@@ -129,7 +143,29 @@ impl H2FaultServer {
 
     /// Queues the fault for the next stream that arrives.
     pub fn push(&self, fault: StreamFault) {
-        lock(&self.shared.script).push_back(fault);
+        lock(&self.shared.script).push_back(Scripted::Fault(fault));
+    }
+
+    /// Queues a raw response, sent exactly as scripted (malformed values
+    /// included), for the next stream that arrives.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::testkit::{H2FaultServer, RawReply};
+    /// let server = H2FaultServer::start().await.unwrap();
+    /// server.push_reply(RawReply::grpc().header("grpc-status", "5").header("grpc-message", "gone%FF").trailers_only());
+    /// let client = ameide_sdk::AmeideClient::builder().endpoint(server.endpoint()).build().unwrap();
+    /// let status = client
+    ///     .graph()
+    ///     .list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(status.code(), tonic::Code::NotFound);
+    /// assert_eq!(status.message(), "gone\u{fffd}");
+    /// # }
+    /// ```
+    pub fn push_reply(&self, reply: RawReply) {
+        lock(&self.shared.script).push_back(Scripted::Reply(Arc::new(reply)));
     }
 
     /// Every stream seen so far, in arrival order.
@@ -147,12 +183,26 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
         return;
     };
     while let Some(Ok((request, mut respond))) = connection.accept().await {
-        let fault = lock(&shared.script).pop_front().unwrap_or(StreamFault::Ok);
+        let scripted = lock(&shared.script)
+            .pop_front()
+            .unwrap_or(Scripted::Fault(StreamFault::Ok));
+        let fault = match &scripted {
+            Scripted::Fault(fault) => *fault,
+            Scripted::Reply(_) => StreamFault::Raw,
+        };
         lock(&shared.seen).push(SeenStream {
             path: request.uri().path().to_owned(),
             connection: index,
             fault,
+            headers: request.headers().clone(),
         });
+        if let Scripted::Reply(reply) = scripted {
+            tokio::spawn(async move {
+                let _ = read_body(request.into_body()).await;
+                let _ = reply.send(&mut respond).await;
+            });
+            continue;
+        }
         match fault {
             StreamFault::Refuse => respond.send_reset(Reason::REFUSED_STREAM),
             StreamFault::GoAwayAbrupt => {
@@ -167,7 +217,7 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
                 let _ = read_body(request.into_body()).await;
                 return; // dropping `connection` closes the socket
             }
-            StreamFault::Ok | StreamFault::GoAway | StreamFault::CutAfter(_) => {
+            StreamFault::Ok | StreamFault::GoAway | StreamFault::CutAfter(_) | StreamFault::Raw => {
                 tokio::spawn(async move {
                     let _ = read_body(request.into_body()).await;
                     let _ = answer(&mut respond, fault).await;

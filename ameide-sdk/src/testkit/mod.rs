@@ -12,7 +12,11 @@
 //!   paused clock, where retry delays are exact and cost no real time.
 //! - [`H2FaultServer`]: a loopback server on raw HTTP/2 that injects the
 //!   transport faults tonic never produces on demand (`REFUSED_STREAM`,
-//!   `GOAWAY`, a stream reset after N messages, a dropped connection).
+//!   `GOAWAY`, a stream reset after N messages, a dropped connection), and
+//!   hostile replies: [`RawReply`] scripts raw response headers, DATA frames
+//!   and trailers per stream, malformed values included.
+//! - [`RawTcpServer`]: a TCP peer answering with fixed bytes (an HTTP/1.1
+//!   error page where HTTP/2 was expected).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -35,9 +39,11 @@
 //! ```
 
 mod h2fault;
+mod hostile;
 mod server;
 
 pub use h2fault::{H2FaultServer, SeenStream, StreamFault};
+pub use hostile::{RawReply, RawTcpServer};
 pub use server::{MockServer, RecordedAttempt, Reply, duplex_transport, serve_tcp};
 
 /// A retry layer with `policy` and no randomness: every backoff is exactly

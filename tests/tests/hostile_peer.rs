@@ -1,0 +1,316 @@
+//! Hostile peers: servers and proxies that send values at (and past) the edge
+//! of what their formats allow. Every call ends with a clear status before its
+//! deadline, and nothing panics: not the call, and not a task the SDK or its
+//! transport spawned (a panic hook records every panic outside this file).
+
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use ameide_sdk::layers::RetryPolicy;
+use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
+use ameide_sdk::testkit::{H2FaultServer, RawReply, RawTcpServer};
+use ameide_sdk::{AmeideClient, Error, IntoAmeideResult, StopReason};
+use prost::Message;
+use tonic::Code;
+
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Records every panic that does not come from an assertion in this file.
+fn watch_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let here = info
+                .location()
+                .is_some_and(|l| l.file().ends_with("hostile_peer.rs"));
+            if !here {
+                PANICS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(info.to_string());
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn assert_no_panics() {
+    let panics = PANICS.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(panics.is_empty(), "panics outside the test: {panics:#?}");
+}
+
+const BUDGET: Duration = Duration::from_millis(800);
+/// How late a call may end: scheduling on a shared 2-core machine.
+const SLACK: Duration = Duration::from_millis(400);
+
+fn client(server: &H2FaultServer, policy: RetryPolicy) -> AmeideClient {
+    AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .timeout(BUDGET)
+        .retry_policy(policy.with_throttling(None))
+        .build()
+        .unwrap()
+}
+
+async fn call(client: &AmeideClient) -> (Result<(), Error>, Duration) {
+    let started = Instant::now();
+    let result = client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .into_ameide()
+        .map(|_| ());
+    (result, started.elapsed())
+}
+
+/// One reply, one call with retries off: the expected code, by the deadline,
+/// with the SDK's facts attached.
+async fn expect(reply: RawReply, code: Code) -> Error {
+    let err = expect_any(reply).await;
+    assert_eq!(err.code(), code, "{err}");
+    assert!(
+        err.request_id().is_some(),
+        "the SDK's facts are attached: {err}"
+    );
+    err
+}
+
+/// One reply, one call with retries off: an error by the deadline, in one
+/// line. Errors raised by tonic's message decoder (above every layer) carry
+/// no SDK facts yet: the production-transport issue moves framing checks
+/// below it.
+async fn expect_any(reply: RawReply) -> Error {
+    watch_panics();
+    let server = H2FaultServer::start().await.unwrap();
+    server.push_reply(reply);
+    let client = client(&server, RetryPolicy::disabled());
+    let (result, took) = call(&client).await;
+    let err = result.expect_err("a hostile reply is an error");
+    assert!(took < BUDGET + SLACK, "took {took:?}: {err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    assert_no_panics();
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_status_values_that_are_not_codes_are_unknown() {
+    for value in ["abc", "99999999999999999999", "-1", "", "17", "1 4", "0x0e"] {
+        let reply = RawReply::grpc()
+            .header("grpc-status", value)
+            .header("grpc-message", "odd status")
+            .trailers_only();
+        let err = expect(reply, Code::Unknown).await;
+        assert_eq!(err.message(), "odd status", "{value:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_message_that_is_not_utf8_or_not_percent_encoding_is_kept_lossily() {
+    let reply = RawReply::grpc()
+        .header("grpc-status", "5")
+        .header("grpc-message", b"missing %ZZ %FF \xff\xfe end")
+        .trailers_only();
+    let err = expect(reply, Code::NotFound).await;
+    assert_eq!(err.message(), "missing %ZZ \u{fffd} \u{fffd}\u{fffd} end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_that_are_not_base64_are_dropped_with_a_reason_not_a_panic() {
+    // In a trailers-only failure…
+    let reply = RawReply::grpc()
+        .header("grpc-status", "9")
+        .header("grpc-message", "precondition")
+        .header("grpc-status-details-bin", "%%% not base64 %%%")
+        .trailers_only();
+    let err = expect(reply, Code::FailedPrecondition).await;
+    assert!(err.details().is_empty());
+    assert!(err.details_error().unwrap().contains("base64"), "{err}");
+    assert!(err.to_string().contains("not base64"), "{err}");
+
+    // …and in the trailers after a message.
+    let reply = RawReply::grpc()
+        .message(&[])
+        .trailer("grpc-status", "10")
+        .trailer("grpc-status-details-bin", "??");
+    let err = expect(reply, Code::Aborted).await;
+    assert!(err.details_error().is_some(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_trailers_with_garbled_details_still_succeed() {
+    // tonic 0.14's own trailer parser panics on exactly this response.
+    watch_panics();
+    let server = H2FaultServer::start().await.unwrap();
+    server.push_reply(
+        RawReply::grpc()
+            .message(&[])
+            .trailer("grpc-status", "0")
+            .trailer("grpc-status-details-bin", "!!!"),
+    );
+    let client = client(&server, RetryPolicy::disabled());
+    let (result, _) = call(&client).await;
+    result.expect("an OK call succeeds whatever else its trailers hold");
+    assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_that_are_base64_but_not_a_status_are_reported() {
+    let reply = RawReply::grpc()
+        .header("grpc-status", "13")
+        .header("grpc-status-details-bin", "////////")
+        .trailers_only();
+    let err = expect(reply, Code::Internal).await;
+    assert!(err.details_error().is_some(), "{err}");
+}
+
+/// A `google.rpc.Status` with a RetryInfo of `seconds`/`nanos`, base64.
+fn retry_info_details(seconds: i64, nanos: i32) -> String {
+    use base64::Engine as _;
+    let info = tonic_types::pb::RetryInfo {
+        retry_delay: Some(ameide_sdk::prost_types::Duration { seconds, nanos }),
+    };
+    let status = tonic_types::pb::Status {
+        code: 14,
+        message: "later".into(),
+        details: vec![ameide_sdk::prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    };
+    base64::engine::general_purpose::STANDARD.encode(status.encode_to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_hints_at_the_extremes_never_outlive_the_deadline() {
+    watch_panics();
+    let hints: Vec<(&str, String)> = vec![
+        ("grpc-retry-pushback-ms", i64::MAX.to_string()),
+        ("grpc-retry-pushback-ms", "99999999999999999999999".into()),
+        ("grpc-retry-pushback-ms", "-9223372036854775808".into()),
+        ("grpc-retry-pushback-ms", "1e9".into()),
+        (
+            "grpc-status-details-bin",
+            retry_info_details(i64::MAX, 999_999_999),
+        ),
+        (
+            "grpc-status-details-bin",
+            retry_info_details(315_576_000_000, 999_999_999),
+        ),
+        (
+            "grpc-status-details-bin",
+            retry_info_details(i64::MIN, -999_999_999),
+        ),
+        ("grpc-status-details-bin", retry_info_details(0, i32::MAX)),
+    ];
+    for (name, value) in hints {
+        let server = H2FaultServer::start().await.unwrap();
+        for _ in 0..3 {
+            server.push_reply(
+                RawReply::grpc()
+                    .header("grpc-status", "14")
+                    .header("grpc-message", "later")
+                    .header(name, &value)
+                    .trailers_only(),
+            );
+        }
+        let client = client(&server, RetryPolicy::default());
+        let (result, took) = call(&client).await;
+        let err = result.expect_err("UNAVAILABLE every time");
+        assert_eq!(err.code(), Code::Unavailable, "{name}={value}: {err}");
+        assert!(
+            took < BUDGET + SLACK,
+            "{name}={value}: took {took:?}: {err}"
+        );
+        assert!(
+            matches!(
+                err.stop_reason(),
+                Some(StopReason::Deadline | StopReason::PushbackSaidNo | StopReason::Exhausted)
+            ),
+            "{name}={value}: {err}"
+        );
+    }
+    assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_error_page_is_an_error_not_a_hang() {
+    let page = RawReply::new(502)
+        .header("content-type", "text/html")
+        .data("<html><body><h1>502 Bad Gateway</h1></body></html>");
+    let err = expect_any(page).await;
+    assert_ne!(err.code(), Code::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_message_frames_are_clear_errors() {
+    // Compression flag set, no grpc-encoding.
+    let err = expect_any(
+        RawReply::grpc()
+            .data(vec![1, 0, 0, 0, 1, 0])
+            .trailer("grpc-status", "0"),
+    )
+    .await;
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    // A length prefix far past the 4 MiB receive limit.
+    expect_any(
+        RawReply::grpc()
+            .data(vec![0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .trailer("grpc-status", "0"),
+    )
+    .await;
+    // A frame cut short, then OK trailers.
+    let err = expect_any(
+        RawReply::grpc()
+            .data(vec![0, 0, 0, 0, 10, 1, 2])
+            .trailer("grpc-status", "0"),
+    )
+    .await;
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    // A message that is not the response type's protobuf.
+    let err = expect_any(
+        RawReply::grpc()
+            .message(&[0xff, 0xff, 0xff, 0xff])
+            .trailer("grpc-status", "0"),
+    )
+    .await;
+    assert_eq!(err.code(), Code::Internal, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_headers_are_an_error_not_a_hang() {
+    let mut reply = RawReply::grpc();
+    for n in 0..24 {
+        reply = reply.header(&format!("x-filler-{n}"), "f".repeat(1024));
+    }
+    expect_any(reply.message(&[]).trailer("grpc-status", "0")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_silent_is_cut_at_the_deadline() {
+    expect(RawReply::grpc().hang(), Code::DeadlineExceeded).await;
+    expect(RawReply::grpc().message(&[]).hang(), Code::DeadlineExceeded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_answer_where_http2_was_expected_is_an_error_not_a_hang() {
+    watch_panics();
+    let page = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: 11\r\n\r\nbad gateway";
+    for peer in [
+        RawTcpServer::start(page.to_vec()).await.unwrap(),
+        RawTcpServer::hold_open(page.to_vec()).await.unwrap(),
+        RawTcpServer::hold_open(Vec::new()).await.unwrap(),
+    ] {
+        let client = AmeideClient::builder()
+            .endpoint(peer.endpoint())
+            .timeout(BUDGET)
+            .retry_policy(RetryPolicy::disabled())
+            .build()
+            .unwrap();
+        let (result, took) = call(&client).await;
+        let err = result.expect_err("not an HTTP/2 server");
+        assert!(took < BUDGET + SLACK, "took {took:?}: {err}");
+        assert!(err.request_id().is_some(), "{err}");
+    }
+    assert_no_panics();
+}
