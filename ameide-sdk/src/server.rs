@@ -18,6 +18,22 @@
 //! A malformed `traceparent`, `tracestate`, `baggage` entry, `grpc-timeout` or
 //! `x-request-id` is ignored with a `tracing` warning: never an error, never a panic.
 //!
+//! # Bounds on what the caller sends
+//!
+//! Inbound values are carried into downstream calls, echoed back and logged,
+//! so each is bounded and checked first (the warnings quote at most 64
+//! characters of a value, escaped):
+//!
+//! | Value | Accepted | Otherwise |
+//! |---|---|---|
+//! | `x-request-id` | 1 ..= [`MAX_REQUEST_ID_BYTES`] of `A-Z a-z 0-9 - _ . : / + = @` | replaced by a generated id (that one is echoed and forwarded) |
+//! | `x-tenant-id`, `x-user-id` | 1 ..= [`MAX_IDENTITY_BYTES`] of visible ASCII and spaces | ignored (`None`) |
+//! | `traceparent` | the W3C layout, at most 512 bytes | a new trace starts |
+//! | `tracestate` | at most 512 bytes and 32 members (W3C) | dropped |
+//! | `baggage` | at most 8,192 bytes (W3C); the first 64 entries | dropped whole / the rest dropped |
+//! | `ameide.session_id` in `baggage` | as a request id, at most [`MAX_IDENTITY_BYTES`] | no session |
+//! | `grpc-timeout` | at most 8 digits and a unit (the gRPC spec) | no deadline |
+//!
 //! The context travels in a tokio task-local around the handler's future (and
 //! in the request's extensions). Work spawned onto other tasks does not see
 //! it; wrap it with [`InboundContext::scope`].
@@ -66,6 +82,32 @@ use crate::layers::{BoxError, RequestIdGenerator, SemconvMode, grpc_code, names}
 
 tokio::task_local! {
     static INBOUND: InboundContext;
+}
+
+/// The longest inbound `x-request-id` kept (see the module docs).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// The longest inbound tenant, user or session id kept.
+pub const MAX_IDENTITY_BYTES: usize = 256;
+const MAX_TRACEPARENT_BYTES: usize = 512;
+const MAX_TRACESTATE_BYTES: usize = 512;
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+const MAX_BAGGAGE_BYTES: usize = 8192;
+const MAX_BAGGAGE_ENTRIES: usize = 64;
+
+/// Whether an inbound request id may be kept and forwarded.
+pub(crate) fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
+}
+
+/// Whether an inbound tenant, user or session id may be kept.
+fn valid_identity(id: &str) -> bool {
+    !id.trim().is_empty()
+        && id.len() <= MAX_IDENTITY_BYTES
+        && id.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// What a handler knows about the request it is serving. Cheap to clone.
@@ -313,6 +355,7 @@ fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
         Err(_) => {
             ::tracing::warn!(
                 header = name,
+                value = %crate::peer::loggable(value.as_bytes()),
                 "ignoring inbound header that is not visible ASCII"
             );
             None
@@ -320,13 +363,30 @@ fn header<'a, B>(request: &'a http::Request<B>, name: &str) -> Option<&'a str> {
     }
 }
 
+/// An inbound tenant or user id, if it is within bounds (else a warning).
+fn identity<B>(request: &http::Request<B>, name: &str) -> Option<String> {
+    let value = header(request, name)?;
+    if valid_identity(value) {
+        return Some(value.to_owned());
+    }
+    ::tracing::warn!(
+        header = name,
+        value = %crate::peer::loggable(value.as_bytes()),
+        "ignoring inbound identity that is empty, too long or not visible ASCII"
+    );
+    None
+}
+
 /// Parses a W3C `traceparent` (version 00, or a later version's first 55 bytes).
 pub(crate) fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let value = value.trim();
-    if value.len() < 55 || (value.len() > 55 && value.as_bytes()[55] != b'-') {
+    if value.len() > MAX_TRACEPARENT_BYTES
+        || value.len() < 55
+        || (value.len() > 55 && value.as_bytes().get(55) != Some(&b'-'))
+    {
         return None;
     }
-    let mut parts = value[..55].split('-');
+    let mut parts = value.get(..55)?.split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let lower_hex = |s: &str| {
@@ -364,10 +424,41 @@ pub(crate) fn parse_traceparent(value: &str) -> Option<SpanContext> {
     ))
 }
 
+/// Parses a W3C `tracestate` within its limits; anything else is dropped with a warning.
+fn parse_tracestate(value: &str) -> TraceState {
+    let members = value.split(',').filter(|m| !m.trim().is_empty()).count();
+    if value.len() > MAX_TRACESTATE_BYTES || members > MAX_TRACESTATE_MEMBERS {
+        ::tracing::warn!(
+            bytes = value.len(),
+            members,
+            "ignoring inbound tracestate past the W3C limits (512 bytes, 32 members)"
+        );
+        return TraceState::default();
+    }
+    TraceState::from_str(value).unwrap_or_else(|_| {
+        ::tracing::warn!(
+            value = %crate::peer::loggable(value.as_bytes()),
+            "ignoring malformed inbound tracestate"
+        );
+        TraceState::default()
+    })
+}
+
 /// Parses W3C `baggage` entries; malformed ones are skipped with a warning.
 fn parse_baggage(value: &str) -> Vec<KeyValue> {
     let mut entries = Vec::new();
+    if value.len() > MAX_BAGGAGE_BYTES {
+        ::tracing::warn!(
+            bytes = value.len(),
+            "ignoring inbound baggage larger than the W3C limit of 8192 bytes"
+        );
+        return entries;
+    }
     for item in value.split(',') {
+        if entries.len() == MAX_BAGGAGE_ENTRIES {
+            ::tracing::warn!("ignoring inbound baggage entries past the first 64");
+            break;
+        }
         let item = item.trim();
         if item.is_empty() {
             continue;
@@ -384,7 +475,10 @@ fn parse_baggage(value: &str) -> Vec<KeyValue> {
         });
         match parsed {
             Some(kv) => entries.push(kv),
-            None => ::tracing::warn!(entry = item, "ignoring malformed inbound baggage entry"),
+            None => ::tracing::warn!(
+                entry = %crate::peer::loggable(item.as_bytes()),
+                "ignoring malformed inbound baggage entry"
+            ),
         }
     }
     entries
@@ -394,13 +488,24 @@ impl<S> InboundService<S> {
     fn start<B>(&self, request: &mut http::Request<B>) -> InboundContext {
         let config = &self.config;
         let now = Instant::now();
-        let tenant_id = header(request, crate::contract::HEADER_TENANT).map(str::to_owned);
-        let user_id = header(request, crate::contract::HEADER_USER).map(str::to_owned);
+        let tenant_id = identity(request, crate::contract::HEADER_TENANT);
+        let user_id = identity(request, crate::contract::HEADER_USER);
 
         let received_id = header(request, crate::contract::HEADER_REQUEST_ID)
             .map(str::trim)
-            .filter(|id| !id.is_empty())
-            .map(Arc::<str>::from);
+            .filter(|id| !id.is_empty());
+        let received_id = match received_id {
+            Some(id) if valid_request_id(id) => Some(Arc::<str>::from(id)),
+            Some(id) => {
+                ::tracing::warn!(
+                    value = %crate::peer::loggable(id.as_bytes()),
+                    bytes = id.len(),
+                    "replacing an inbound x-request-id that is too long or holds characters outside A-Z a-z 0-9 - _ . : / + = @"
+                );
+                None
+            }
+            None => None,
+        };
         let request_id = match received_id {
             Some(id) => id,
             None => {
@@ -420,7 +525,10 @@ impl<S> InboundService<S> {
         let deadline = header(request, "grpc-timeout").and_then(|value| {
             let parsed = crate::layers::timeout::decode_grpc_timeout(value);
             if parsed.is_none() {
-                ::tracing::warn!(value, "ignoring malformed inbound grpc-timeout");
+                ::tracing::warn!(
+                    value = %crate::peer::loggable(value.as_bytes()),
+                    "ignoring malformed inbound grpc-timeout"
+                );
             }
             parsed.and_then(|d| now.checked_add(d))
         });
@@ -429,16 +537,8 @@ impl<S> InboundService<S> {
         if let Some(value) = header(request, "traceparent") {
             match parse_traceparent(value) {
                 Some(remote) => {
-                    let state =
-                        header(request, "tracestate").map_or_else(TraceState::default, |v| {
-                            TraceState::from_str(v).unwrap_or_else(|_| {
-                                ::tracing::warn!(
-                                    value = v,
-                                    "ignoring malformed inbound tracestate"
-                                );
-                                TraceState::default()
-                            })
-                        });
+                    let state = header(request, "tracestate")
+                        .map_or_else(TraceState::default, parse_tracestate);
                     let remote = SpanContext::new(
                         remote.trace_id(),
                         remote.span_id(),
@@ -448,7 +548,10 @@ impl<S> InboundService<S> {
                     );
                     parent = parent.with_remote_span_context(remote);
                 }
-                None => ::tracing::warn!(value, "ignoring malformed inbound traceparent"),
+                None => ::tracing::warn!(
+                    value = %crate::peer::loggable(value.as_bytes()),
+                    "ignoring malformed inbound traceparent"
+                ),
             }
         }
         let baggage = header(request, "baggage")
@@ -457,7 +560,17 @@ impl<S> InboundService<S> {
         let session_id = baggage
             .iter()
             .find(|kv| kv.key.as_str() == crate::contract::SESSION_BAGGAGE_KEY)
-            .map(|kv| kv.value.as_str().into_owned());
+            .map(|kv| kv.value.as_str().into_owned())
+            .filter(|id| {
+                let ok = valid_identity(id);
+                if !ok {
+                    ::tracing::warn!(
+                        value = %crate::peer::loggable(id.as_bytes()),
+                        "ignoring an inbound session id that is empty, too long or not visible ASCII"
+                    );
+                }
+                ok
+            });
         if !baggage.is_empty() {
             parent = parent.with_baggage(baggage);
         }

@@ -395,3 +395,62 @@ async fn errors_echo_the_request_id_too() {
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "err-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_malformed_inbound_values_are_replaced_or_dropped_not_forwarded() {
+    let c = chain().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.upstream))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw =
+        ameide_sdk::proto::agents::v1::agents_service_client::AgentsServiceClient::new(channel);
+    for (n, bad_id) in ["a".repeat(300), "has space".into(), "semi;colon".into()]
+        .into_iter()
+        .enumerate()
+    {
+        let mut request = Request::new(PublishAgentRequest::default());
+        let meta = request.metadata_mut();
+        meta.insert("x-request-id", bad_id.parse().unwrap());
+        meta.insert("x-tenant-id", "t".repeat(1000).parse().unwrap());
+        meta.insert(
+            "baggage",
+            format!(
+                "ameide.session_id={},x={}",
+                "s".repeat(300),
+                "v".repeat(9000)
+            )
+            .parse()
+            .unwrap(),
+        );
+        meta.insert("tracestate", "k=v,".repeat(40).parse().unwrap());
+        let response = raw.publish_agent(request).await.unwrap();
+        let echoed = response
+            .metadata()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let up = c.up_log.0.lock().unwrap()[n].clone();
+        let down = c.down_log.0.lock().unwrap()[n].clone();
+        assert_ne!(up.request_id, bad_id);
+        assert_eq!(up.request_id.len(), 36, "a generated UUID replaces it");
+        assert_eq!(echoed, up.request_id, "the replacement is echoed");
+        assert_eq!(
+            down.request_id, up.request_id,
+            "and forwarded, not the bad one"
+        );
+        assert_eq!(up.tenant, None, "a 1,000-byte tenant is ignored");
+        assert_eq!(up.session, None, "baggage past 8 KiB is dropped whole");
+        assert_eq!(down.session, None);
+    }
+    // A valid id of the longest accepted length is kept.
+    let mut request = Request::new(PublishAgentRequest::default());
+    let long_ok = "r".repeat(ameide_sdk::server::MAX_REQUEST_ID_BYTES);
+    request
+        .metadata_mut()
+        .insert("x-request-id", long_ok.parse().unwrap());
+    raw.publish_agent(request).await.unwrap();
+    assert_eq!(c.down_log.0.lock().unwrap()[3].request_id, long_ok);
+}
