@@ -386,7 +386,7 @@ impl<T> IntoAmeideResult<T> for Result<T, Status> {
 mod tests {
     use super::*;
     use crate::call::CallFacts;
-    use tonic_types::ErrorDetails;
+    use tonic_types::{ErrorDetails, StatusExt};
 
     #[test]
     fn display_is_one_line_with_everything() {

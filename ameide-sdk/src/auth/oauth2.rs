@@ -14,6 +14,15 @@
 //! | answers something that is not the JSON above | what is malformed |
 //! | is unreachable | the connection error |
 //!
+//! `expires_in` is read at every extreme of its JSON type: an integer, a
+//! float or a numeric string; zero or negative means the token is already
+//! due for renewal (it is used once, never cached as fresh); anything past
+//! [`MAX_EXPIRES_IN`] (a year) is held there; a non-number is an error. The
+//! token URL must be `https`, unless its host is a loopback address
+//! (`localhost`, `127.0.0.0/8`, `::1`) or the caller opts in with
+//! [`ClientCredentials::new_allowing_http`]: the request carries the client
+//! secret.
+//!
 //! Wrap it in a [`CachingTokenProvider`](super::CachingTokenProvider) (or use
 //! [`ClientCredentials::cached`]) so tokens are reused until they near expiry.
 
@@ -76,7 +85,73 @@ impl fmt::Debug for ClientCredentials {
 struct TokenResponse {
     access_token: Option<String>,
     token_type: Option<String>,
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// The longest token lifetime believed: a year. An identity provider that
+/// says more is held to it (the cache still refreshes ahead of it).
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A token endpoint's answer, checked: the token and its lifetime (`None`
+/// when the answer gave none). Pure, so it can be fuzzed.
+pub(crate) fn parse_token_response(
+    status: StatusCode,
+    body: &[u8],
+) -> Result<(String, Option<Duration>), TokenError> {
+    if status != StatusCode::OK {
+        let detail = serde_json::from_slice::<ErrorResponse>(body)
+            .ok()
+            .and_then(|e| match (e.error, e.error_description) {
+                (Some(error), Some(description)) => Some(format!(
+                    ": {} ({})",
+                    crate::peer::bounded(&error, 256),
+                    crate::peer::bounded(&description, 1024)
+                )),
+                (Some(error), None) => Some(format!(": {}", crate::peer::bounded(&error, 256))),
+                _ => None,
+            })
+            .unwrap_or_default();
+        return Err(TokenError::new(format!(
+            "token endpoint answered {status}{detail}"
+        )));
+    }
+    let parsed: TokenResponse = serde_json::from_slice(body)
+        .map_err(|e| TokenError::new(format!("token endpoint answered malformed JSON: {e}")))?;
+    let access_token = parsed
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::new("token endpoint answered without an access_token"))?;
+    if let Some(kind) = &parsed.token_type
+        && !kind.eq_ignore_ascii_case("bearer")
+    {
+        return Err(TokenError::new(format!(
+            "token endpoint issued a {:?} token, not a Bearer token",
+            crate::peer::bounded(kind, 64)
+        )));
+    }
+    let lifetime = match &parsed.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => Some(expires_in(value)?),
+    };
+    Ok((access_token, lifetime))
+}
+
+/// `expires_in` as a lifetime: any JSON number or numeric string, held to
+/// `0 ..= MAX_EXPIRES_IN`.
+fn expires_in(value: &serde_json::Value) -> Result<Duration, TokenError> {
+    let seconds = match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|s| !s.is_nan())
+    .ok_or_else(|| {
+        TokenError::new(format!(
+            "token endpoint answered expires_in {}, not a number of seconds",
+            crate::peer::bounded(&value.to_string(), 64)
+        ))
+    })?;
+    Ok(crate::time::secs_f64(seconds).min(MAX_EXPIRES_IN))
 }
 
 #[derive(Deserialize)]
@@ -86,12 +161,43 @@ struct ErrorResponse {
 }
 
 impl ClientCredentials {
-    /// A provider for `token_url` (`http` or `https`; https verified against
-    /// the webpki roots). Must be created inside a Tokio runtime.
+    /// A provider for `token_url`: `https` (verified against the webpki
+    /// roots), or `http` to a loopback host only. Must be created inside a
+    /// Tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::auth::ClientCredentials;
+    /// assert!(ClientCredentials::new("http://127.0.0.1:8080/token", "id", "secret").is_ok());
+    /// let err = ClientCredentials::new("http://idp.internal/token", "id", "secret").unwrap_err();
+    /// assert!(err.to_string().contains("https"));
+    /// assert!(ClientCredentials::new_allowing_http("http://idp.internal/token", "id", "secret").is_ok());
+    /// # }
+    /// ```
     pub fn new(
         token_url: &str,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(token_url, client_id.into(), client_secret.into(), false)
+    }
+
+    /// Like [`new`](Self::new), but accepts a plaintext `http` token URL to
+    /// any host. The client secret then crosses the network in the clear:
+    /// only for networks you trust (a sidecar, a mesh that encrypts).
+    pub fn new_allowing_http(
+        token_url: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(token_url, client_id.into(), client_secret.into(), true)
+    }
+
+    fn build(
+        token_url: &str,
+        client_id: String,
+        client_secret: String,
+        allow_http: bool,
     ) -> Result<Self, ConfigError> {
         let bad = |why: &str| {
             ConfigError::new(
@@ -105,6 +211,11 @@ impl ClientCredentials {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(bad("needs an http or https scheme and a host"));
         }
+        if uri.scheme_str() == Some("http") && !allow_http && !uri.host().is_some_and(is_loopback) {
+            return Err(bad(
+                "plaintext http would send the client secret in the clear: use https, a loopback host, or ClientCredentials::new_allowing_http",
+            ));
+        }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -112,8 +223,8 @@ impl ClientCredentials {
             .build();
         Ok(ClientCredentials {
             token_url: uri,
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
+            client_id,
+            client_secret,
             scope: None,
             timeout: Duration::from_secs(10),
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -181,42 +292,80 @@ impl ClientCredentials {
                     self.timeout
                 ))
             })??;
-        if status != StatusCode::OK {
-            let detail = serde_json::from_slice::<ErrorResponse>(&body)
-                .ok()
-                .and_then(|e| match (e.error, e.error_description) {
-                    (Some(error), Some(description)) => Some(format!(": {error} ({description})")),
-                    (Some(error), None) => Some(format!(": {error}")),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            return Err(TokenError::new(format!(
-                "token endpoint answered {status}{detail}"
-            )));
-        }
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| TokenError::new(format!("token endpoint answered malformed JSON: {e}")))?;
-        let access_token = parsed
-            .access_token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| TokenError::new("token endpoint answered without an access_token"))?;
-        if let Some(kind) = &parsed.token_type
-            && !kind.eq_ignore_ascii_case("bearer")
-        {
-            return Err(TokenError::new(format!(
-                "token endpoint issued a {kind:?} token, not a Bearer token"
-            )));
-        }
-        let token = AccessToken::new(access_token);
-        Ok(Some(match parsed.expires_in {
-            Some(seconds) => token.with_expiry(Instant::now() + Duration::from_secs(seconds)),
+        let (token, lifetime) = parse_token_response(status, &body)?;
+        let token = AccessToken::new(token);
+        Ok(Some(match lifetime {
+            Some(lifetime) => token.with_expiry(crate::time::add(Instant::now(), lifetime)),
             None => token,
         }))
     }
 }
 
+/// Whether `host` names this machine: `localhost`, `127.0.0.0/8` or `::1`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl TokenProvider for ClientCredentials {
     fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
         Box::pin(self.fetch())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Result<(String, Option<Duration>), TokenError> {
+        parse_token_response(StatusCode::OK, body.as_bytes())
+    }
+
+    #[test]
+    fn expires_in_at_the_extremes_of_its_json_type() {
+        let lifetime =
+            |v: &str| ok(&format!(r#"{{"access_token":"t","expires_in":{v}}}"#)).map(|(_, l)| l);
+        assert_eq!(lifetime("300").unwrap(), Some(Duration::from_secs(300)));
+        assert_eq!(lifetime("\"300\"").unwrap(), Some(Duration::from_secs(300)));
+        assert_eq!(
+            lifetime("299.5").unwrap(),
+            Some(Duration::from_millis(299_500))
+        );
+        assert_eq!(
+            lifetime("18446744073709551615").unwrap(),
+            Some(MAX_EXPIRES_IN)
+        );
+        assert_eq!(lifetime("1e308").unwrap(), Some(MAX_EXPIRES_IN));
+        assert_eq!(
+            lifetime("-9223372036854775808").unwrap(),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(lifetime("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(lifetime("null").unwrap(), None);
+        assert!(lifetime("\"soon\"").is_err());
+        assert!(lifetime("[]").is_err());
+    }
+
+    #[test]
+    fn error_answers_are_bounded() {
+        let body = format!(
+            r#"{{"error":"{}","error_description":"d"}}"#,
+            "e".repeat(5000)
+        );
+        let err = parse_token_response(StatusCode::BAD_REQUEST, body.as_bytes()).unwrap_err();
+        assert!(err.to_string().len() < 400, "{}", err.to_string().len());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]", "::1"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["idp.example.com", "10.0.0.1", "localhost.example.com"] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 }
