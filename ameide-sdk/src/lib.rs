@@ -50,6 +50,9 @@ mod call;
 mod client;
 pub mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod layers;
 mod peer;

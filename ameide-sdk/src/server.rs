@@ -485,7 +485,7 @@ fn parse_baggage(value: &str) -> Vec<KeyValue> {
 }
 
 impl<S> InboundService<S> {
-    fn start<B>(&self, request: &mut http::Request<B>) -> InboundContext {
+    pub(crate) fn start<B>(&self, request: &mut http::Request<B>) -> InboundContext {
         let config = &self.config;
         let now = Instant::now();
         let tenant_id = identity(request, crate::contract::HEADER_TENANT);

@@ -84,19 +84,21 @@ async fn refreshes_ahead_of_expiry_and_others_keep_the_valid_token_meanwhile() {
     assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
     assert_eq!(inner.fetches(), 1, "not yet in the refresh window");
     tokio::time::sleep(Duration::from_secs(2)).await; // 51 s: inside the window, still valid
-    let refresher = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.token().await.unwrap().unwrap().secret().to_owned() })
-    };
-    tokio::task::yield_now().await;
+    let started = Instant::now();
     assert_eq!(
         cache.token().await.unwrap().unwrap().secret(),
         "tok-1",
-        "no waiting while one caller refreshes"
+        "the caller that starts the refresh does not wait for it"
     );
-    assert_eq!(refresher.await.unwrap(), "tok-2");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(
+        cache.token().await.unwrap().unwrap().secret(),
+        "tok-1",
+        "nor does anyone else while it runs"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await; // the refresh took 100 ms
     assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-2");
-    assert_eq!(inner.fetches(), 2);
+    assert_eq!(inner.fetches(), 2, "one refresh, however many callers");
 }
 
 #[tokio::test(start_paused = true)]
@@ -114,7 +116,9 @@ async fn a_failed_refresh_keeps_serving_the_valid_token_and_never_caches_the_fai
         "tok-1",
         "refresh failed, token still valid"
     );
+    tokio::time::sleep(Duration::from_millis(150)).await; // the background refresh failed
     assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(inner.fetches(), 2, "no hammering right after a failure");
     tokio::time::sleep(Duration::from_secs(10)).await; // expired now
     let err = cache.token().await.unwrap_err();
@@ -165,6 +169,104 @@ async fn unauthenticated_invalidates_the_cached_token_and_replays_the_call_once(
     let err = ameide_tests::calls::read(&client).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(server.attempts().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_slower_than_the_call_timeout_still_ends_up_serving_tokens() {
+    let server = MockServer::new();
+    server.fallback(Reply::ok());
+    let mut inner = Counting::new(Duration::from_secs(300));
+    inner.latency = Duration::from_millis(800);
+    let client = mock_client(&server)
+        .timeout(Duration::from_millis(300))
+        .token_provider(CachingTokenProvider::new(inner.clone()))
+        .build()
+        .unwrap();
+    // The first calls give up waiting for the token…
+    for _ in 0..2 {
+        let err = ameide_tests::calls::read(&client).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+        assert!(err.message().contains("did not answer"), "{err}");
+    }
+    // …but the one fetch they started finishes on its own and is cached.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ameide_tests::calls::read(&client).await.unwrap();
+    ameide_tests::calls::read(&client).await.unwrap();
+    assert_eq!(inner.fetches(), 1, "one fetch served every call");
+    let sent: Vec<_> = server
+        .attempts()
+        .iter()
+        .map(|a| a.header("authorization").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            Some("Bearer tok-1".to_owned()),
+            Some("Bearer tok-1".to_owned())
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_caller_does_not_cancel_the_fetch() {
+    let inner = Counting::new(Duration::from_secs(300));
+    let cache = Arc::new(CachingTokenProvider::new(inner.clone()));
+    let caller = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.token().await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    caller.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
+    assert_eq!(started.elapsed(), Duration::ZERO, "served from the cache");
+    assert_eq!(inner.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_rejections_of_one_token_causes_one_refetch() {
+    let server = MockServer::new();
+    server.fallback(Reply::ok());
+    for _ in 0..20 {
+        server.push(
+            paths::LIST_REPOSITORIES,
+            Reply::status(Status::unauthenticated("token revoked")),
+        );
+    }
+    let inner = Counting::new(Duration::from_secs(300));
+    let client = mock_client(&server)
+        .token_provider(CachingTokenProvider::new(inner.clone()))
+        .build()
+        .unwrap();
+    // Warm the cache with tok-1, which the server then rejects 20 times at once.
+    let _ = inner.clone().token().await; // tok-1 from the inner provider is not cached
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { ameide_tests::calls::read(&client).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // One fetch for the first token, one refetch after the burst.
+    assert_eq!(
+        inner.fetches(),
+        1 + 2,
+        "the extra one is the uncached warm-up"
+    );
+    let replays: std::collections::HashSet<_> = server
+        .attempts()
+        .iter()
+        .skip(20)
+        .map(|a| a.header("authorization").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        replays.len(),
+        1,
+        "every replay used the one new token: {replays:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -21,7 +21,7 @@ use crate::config::{ConfigError, ConfigErrorKind};
 
 mod cache;
 #[cfg(feature = "oauth2")]
-mod oauth2;
+pub(crate) mod oauth2;
 
 pub use cache::CachingTokenProvider;
 #[cfg(feature = "oauth2")]
@@ -138,10 +138,13 @@ pub trait TokenProvider: Send + Sync + 'static {
     /// The token for the next call; `Ok(None)` sends no `authorization` header.
     fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>>;
 
-    /// Forgets any cached token: the server rejected it (UNAUTHENTICATED).
-    /// Providers that cache return `true`, and the auth layer then asks again
-    /// and replays the call once; the default does nothing and returns `false`.
-    fn invalidate(&self) -> bool {
+    /// The server rejected `rejected` (UNAUTHENTICATED): forget it if it is
+    /// still the cached token (a newer one stays, so a burst of rejections of
+    /// one token causes one refetch). Providers that cache return `true`, and
+    /// the auth layer then asks again and replays the call once; the default
+    /// does nothing and returns `false`.
+    fn invalidate(&self, rejected: &AccessToken) -> bool {
+        let _ = rejected;
         false
     }
 }

@@ -17,7 +17,7 @@
 //! `expires_in` is read at every extreme of its JSON type: an integer, a
 //! float or a numeric string; zero or negative means the token is already
 //! due for renewal (it is used once, never cached as fresh); anything past
-//! [`MAX_EXPIRES_IN`] (a year) is held there; a non-number is an error. The
+//! [`ClientCredentials::MAX_EXPIRES_IN`] (a year) is held there; a non-number is an error. The
 //! token URL must be `https`, unless its host is a loopback address
 //! (`localhost`, `127.0.0.0/8`, `::1`) or the caller opts in with
 //! [`ClientCredentials::new_allowing_http`]: the request carries the client
@@ -88,10 +88,6 @@ struct TokenResponse {
     expires_in: Option<serde_json::Value>,
 }
 
-/// The longest token lifetime believed: a year. An identity provider that
-/// says more is held to it (the cache still refreshes ahead of it).
-pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// A token endpoint's answer, checked: the token and its lifetime (`None`
 /// when the answer gave none). Pure, so it can be fuzzed.
 pub(crate) fn parse_token_response(
@@ -151,7 +147,7 @@ fn expires_in(value: &serde_json::Value) -> Result<Duration, TokenError> {
             crate::peer::bounded(&value.to_string(), 64)
         ))
     })?;
-    Ok(crate::time::secs_f64(seconds).min(MAX_EXPIRES_IN))
+    Ok(crate::time::secs_f64(seconds).min(ClientCredentials::MAX_EXPIRES_IN))
 }
 
 #[derive(Deserialize)]
@@ -161,6 +157,14 @@ struct ErrorResponse {
 }
 
 impl ClientCredentials {
+    /// The longest token lifetime believed: a year. An identity provider that
+    /// says more is held to it (the cache still refreshes ahead of it).
+    ///
+    /// ```
+    /// assert_eq!(ameide_sdk::auth::ClientCredentials::MAX_EXPIRES_IN.as_secs(), 365 * 24 * 3600);
+    /// ```
+    pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 24 * 3600);
+
     /// A provider for `token_url`: `https` (verified against the webpki
     /// roots), or `http` to a loopback host only. Must be created inside a
     /// Tokio runtime.
@@ -336,9 +340,12 @@ mod tests {
         );
         assert_eq!(
             lifetime("18446744073709551615").unwrap(),
-            Some(MAX_EXPIRES_IN)
+            Some(ClientCredentials::MAX_EXPIRES_IN)
         );
-        assert_eq!(lifetime("1e308").unwrap(), Some(MAX_EXPIRES_IN));
+        assert_eq!(
+            lifetime("1e308").unwrap(),
+            Some(ClientCredentials::MAX_EXPIRES_IN)
+        );
         assert_eq!(
             lifetime("-9223372036854775808").unwrap(),
             Some(Duration::ZERO)

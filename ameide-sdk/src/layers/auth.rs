@@ -162,9 +162,10 @@ where
         AuthFuture {
             kind: Kind::Provider {
                 inner: Box::pin(async move {
-                    if let Err(response) = authorize(&mut request, &*provider, wait_until).await {
-                        return Ok(response);
-                    }
+                    let sent = match authorize(&mut request, &*provider, wait_until).await {
+                        Ok(sent) => sent,
+                        Err(response) => return Ok(response),
+                    };
                     let replayable = ameide_proto::method(request.uri().path())
                         .is_some_and(|m| m.kind.has_single_request());
                     if !replayable {
@@ -188,7 +189,10 @@ where
                         .map_err(Into::into)?;
                     let rejected = trailers_only_status(&response)
                         .is_some_and(|s| s.code() == tonic::Code::Unauthenticated);
-                    if !rejected || !provider.invalidate() {
+                    let Some(sent) = sent.filter(|_| rejected) else {
+                        return Ok(response);
+                    };
+                    if !provider.invalidate(&sent) {
                         return Ok(response);
                     }
                     ::tracing::debug!(
@@ -210,25 +214,25 @@ where
 /// Largest request kept for the one replay after a rejected token.
 const REPLAY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Asks the provider and sets `authorization`; `Err` is the UNAUTHENTICATED
-/// response to return instead of calling.
+/// Asks the provider and sets `authorization`; `Ok` holds the token sent
+/// (if any), `Err` is the UNAUTHENTICATED response to return instead of calling.
 async fn authorize(
     request: &mut HttpRequest,
     provider: &dyn TokenProvider,
     wait_until: tokio::time::Instant,
-) -> Result<(), HttpResponse> {
+) -> Result<Option<AccessToken>, HttpResponse> {
     let max_wait = wait_until.saturating_duration_since(tokio::time::Instant::now());
     match tokio::time::timeout_at(wait_until, provider.token()).await {
         Ok(Ok(Some(token))) => match token.header_value() {
             Ok(value) => {
                 request.headers_mut().insert(AUTHORIZATION, value);
-                Ok(())
+                Ok(Some(token))
             }
             Err(e) => Err(status_response(Status::unauthenticated(format!(
                 "token provider returned an unusable token: {e}"
             )))),
         },
-        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(None)) => Ok(None),
         Ok(Err(e)) => Err(status_response(Status::unauthenticated(format!(
             "token provider failed: {e}"
         )))),
