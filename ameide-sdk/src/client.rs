@@ -338,7 +338,7 @@ impl AmeideClientBuilder {
             user_layers: Vec::new(),
             transport: None,
             transport_options: TransportOptions::default(),
-            in_flight_limit: Some(InFlightLimit::DEFAULT),
+            in_flight_limit: None,
         }
     }
 
@@ -446,9 +446,11 @@ impl AmeideClientBuilder {
         self
     }
 
-    /// How many calls the client keeps on the wire at once
-    /// ([`InFlightLimit::DEFAULT`]: 128, over all clones and connections);
-    /// `None` sends every call at once. The rules are in [`crate::gate`].
+    /// Opt in to a cap on the calls the client keeps on the wire at once
+    /// (over all clones and connections); `None`, the default, sends every
+    /// call at once, as the TypeScript, Go and Python SDKs do.
+    /// [`InFlightLimit::DEFAULT`] (128) is the measured setting. The rules are
+    /// in [`crate::gate`].
     ///
     /// Calls past the limit wait in line, first come first served; the wait
     /// counts against their deadline, and one whose deadline passes in line
@@ -456,7 +458,7 @@ impl AmeideClientBuilder {
     /// its place until its response headers arrive; a streaming call is
     /// delayed by at most [`InFlightLimit::max_wait`] and keeps no place.
     ///
-    /// Why: past a few hundred calls in flight, a client core spends more on
+    /// Why you might: past a few hundred calls in flight, a client core spends more on
     /// each call (the state of every call in flight no longer fits the CPU
     /// caches, and the allocator works harder), so the *rate falls* as more
     /// callers pile in; with the limit, the rate at 1,024 callers stays close
@@ -467,8 +469,10 @@ impl AmeideClientBuilder {
     /// at a 50 ms round trip (across regions) it is 2,560 calls/s per client.
     /// Raise `max_calls`, or turn the limit off, for high-rate use over a slow
     /// link. And as with any limit on calls in flight, a cycle (calls through
-    /// this client waiting on calls that need this client) can wait until
-    /// deadlines once every place is taken by it.
+    /// this client waiting on calls that need this client, e.g. a service
+    /// calling itself through its own client while handling) can wait until
+    /// deadlines once every place is taken by it. That silent cap, and that
+    /// the other SDKs have no such limit, are why it is off by default.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

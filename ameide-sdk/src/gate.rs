@@ -1,5 +1,7 @@
-//! The in-flight limit: how many calls one [`AmeideClient`](crate::AmeideClient)
-//! keeps on the wire at once, and how long a call waits for a place.
+//! The opt-in in-flight limit: how many calls one [`AmeideClient`](crate::AmeideClient)
+//! keeps on the wire at once, and how long a call waits for a place. Off by
+//! default (like the TypeScript, Go and Python SDKs); turn it on with
+//! [`AmeideClientBuilder::in_flight_limit`](crate::AmeideClientBuilder::in_flight_limit).
 //!
 //! | Question | Answer |
 //! |---|---|

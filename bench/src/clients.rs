@@ -11,7 +11,7 @@
 //! | `sdk` | `AmeideClient`, default stack: tenant, user, session, static token, contract timeout and retry, tracing on the global (no-op) tracer |
 //! | `sdk+otel` | `sdk` with spans exported to the in-process OpenTelemetry pipeline |
 //! | `sdk-pool` | `sdk` over `--pool` connections |
-//! | `sdk-unlimited` | `sdk` with no in-flight limit (`in_flight_limit(None)`): every call on the wire at once |
+//! | `sdk-limited` | `sdk` with the opt-in in-flight limit (`in_flight_limit(Some(InFlightLimit::DEFAULT))`: 128 calls on the wire, the rest wait in line); every other `sdk` row has no limit, the default |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,7 @@ pub const ALL: &[&str] = &[
     "sdk",
     "sdk+otel",
     "sdk-pool",
-    "sdk-unlimited",
+    "sdk-limited",
 ];
 
 /// The per-layer rows and the baseline they are compared with.
@@ -203,7 +203,9 @@ pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Ty
                 ..Default::default()
             })
             .build()?),
-        "sdk-unlimited" => sdk(sdk_builder(&endpoint).in_flight_limit(None).build()?),
+        "sdk-limited" => sdk(sdk_builder(&endpoint)
+            .in_flight_limit(Some(ameide_sdk::InFlightLimit::DEFAULT))
+            .build()?),
         other => {
             return Err(format!("unknown client {other:?} (known: {})", ALL.join(", ")).into());
         }

@@ -330,14 +330,14 @@ pub fn targets(report: &Value) -> Vec<(String, String, bool)> {
             floor >= 0.95,
         ));
     }
-    for name in ["raw", "sdk-unlimited", "sdk", "sdk-pool"] {
+    for name in ["raw", "sdk", "sdk-limited", "sdk-pool"] {
         let own =
             f(&unary.cell(1024, name)["calls_per_s"]) / f(&unary.cell(64, name)["calls_per_s"]);
         if own.is_finite() {
             let what = match name {
                 "raw" => "(reference, not a target) raw tonic",
-                "sdk-unlimited" => "(reference, not a target) AmeideClient with no in-flight limit",
-                "sdk" => "AmeideClient (1 connection)",
+                "sdk" => "(reference, not a target) AmeideClient with no in-flight limit (the default)",
+                "sdk-limited" => "AmeideClient with the opt-in in-flight limit of 128 (1 connection)",
                 _ => "AmeideClient over the pool",
             };
             out.push((

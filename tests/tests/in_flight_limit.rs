@@ -112,10 +112,23 @@ async fn without_a_limit_every_call_arrives_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_default_limit_is_128_calls() {
+async fn no_limit_by_default() {
     let server = MockServer::new();
     server.fallback(Reply::ok().after(Duration::from_millis(100)));
     let client = mock_client(&server).build().unwrap();
+    let t0 = Instant::now();
+    reads_all_ok(&client, 300).await;
+    assert!(arrivals_ms(&server, t0).iter().all(|&ms| ms == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_documented_limit_is_128_calls() {
+    let server = MockServer::new();
+    server.fallback(Reply::ok().after(Duration::from_millis(100)));
+    let client = mock_client(&server)
+        .in_flight_limit(Some(ameide_sdk::InFlightLimit::DEFAULT))
+        .build()
+        .unwrap();
     let t0 = Instant::now();
     reads_all_ok(&client, 300).await;
     let at = arrivals_ms(&server, t0);
