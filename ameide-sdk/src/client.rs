@@ -533,6 +533,7 @@ impl AmeideClientBuilder {
         let uri = validate_endpoint(&config.endpoint)?;
         validate_timeout("timeout", config.timeout)?;
         self.retry.validate()?;
+        self.transport_options.validate()?;
         let gate = match self.in_flight_limit {
             Some(limit) => {
                 limit.validate()?;

@@ -204,6 +204,8 @@ pub enum ConfigErrorKind {
     Runtime,
     /// An in-flight limit is out of range.
     Limit,
+    /// A transport option (keepalive, connect timeout, pool size) is out of range.
+    Transport,
 }
 
 /// A configuration value was rejected; the message names the value and what would be valid.

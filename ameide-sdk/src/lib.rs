@@ -56,6 +56,8 @@ pub mod fuzzing;
 pub mod gate;
 pub mod layers;
 mod peer;
+#[cfg(test)]
+mod properties;
 pub mod server;
 mod time;
 mod transport;

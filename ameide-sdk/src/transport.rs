@@ -59,6 +59,58 @@ impl Default for TransportOptions {
 /// The default pool size (see `docs/BENCHMARKS.md` for the measurement).
 pub const DEFAULT_CONNECTIONS: usize = 1;
 
+impl TransportOptions {
+    /// Checks every option against its range; the error names the option.
+    /// [`AmeideClientBuilder::build`](crate::AmeideClientBuilder::build) calls it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ameide_sdk::TransportOptions;
+    /// assert!(TransportOptions::default().validate().is_ok());
+    /// let bad = TransportOptions { keepalive_timeout: Duration::MAX, ..Default::default() };
+    /// assert!(bad.validate().unwrap_err().to_string().contains("keepalive_timeout"));
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis(1);
+        let check = |name: &str, value: Duration, max: Duration| {
+            if value < ms || value > max {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Transport,
+                    format!("transport option {name} {value:?} must be within 1ms..={max:?}"),
+                ));
+            }
+            Ok(())
+        };
+        if let Some(interval) = self.keepalive_interval {
+            check(
+                "keepalive_interval",
+                interval,
+                Duration::from_secs(24 * 3600),
+            )?;
+        }
+        check(
+            "keepalive_timeout",
+            self.keepalive_timeout,
+            Duration::from_secs(3600),
+        )?;
+        check(
+            "connect_timeout",
+            self.connect_timeout,
+            crate::config::MAX_TIMEOUT,
+        )?;
+        if !(1..=64).contains(&self.connections) {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Transport,
+                format!(
+                    "transport option connections {} must be within 1..=64",
+                    self.connections
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Builds the default transport: lazy tonic `Channel`s to `endpoint`.
 pub(crate) fn tonic_channel(
     endpoint: &str,
@@ -102,12 +154,7 @@ pub(crate) fn tonic_channel(
         }
         ep = ep.tls_config(tls).map_err(tls_error)?;
     }
-    if !(1..=64).contains(&options.connections) {
-        return Err(ConfigError::new(
-            ConfigErrorKind::Endpoint,
-            format!("connections {} must be within 1..=64", options.connections),
-        ));
-    }
+    options.validate()?;
     if options.connections == 1 {
         return Ok(BoxCloneSyncService::new(
             ep.connect_lazy().map_err(BoxError::from),

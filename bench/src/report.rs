@@ -336,8 +336,12 @@ pub fn targets(report: &Value) -> Vec<(String, String, bool)> {
         if own.is_finite() {
             let what = match name {
                 "raw" => "(reference, not a target) raw tonic",
-                "sdk" => "(reference, not a target) AmeideClient with no in-flight limit (the default)",
-                "sdk-limited" => "AmeideClient with the opt-in in-flight limit of 128 (1 connection)",
+                "sdk" => {
+                    "(reference, not a target) AmeideClient with no in-flight limit (the default)"
+                }
+                "sdk-limited" => {
+                    "AmeideClient with the opt-in in-flight limit of 128 (1 connection)"
+                }
                 _ => "AmeideClient over the pool",
             };
             out.push((

@@ -91,6 +91,86 @@ async fn bad_configuration_is_rejected_at_build_with_a_clear_error() {
             ConfigErrorKind::Retry,
             "jitter",
         ),
+        // Settings at their extremes: each rejected at build, none can panic later.
+        (
+            AmeideClient::builder().retry_policy(
+                ameide_sdk::layers::RetryPolicy::default().with_max_backoff(Duration::MAX),
+            ),
+            ConfigErrorKind::Retry,
+            "max_backoff",
+        ),
+        (
+            AmeideClient::builder()
+                .retry_policy(ameide_sdk::layers::RetryPolicy::default().with_multiplier(f64::MAX)),
+            ConfigErrorKind::Retry,
+            "multiplier",
+        ),
+        (
+            AmeideClient::builder()
+                .retry_policy(ameide_sdk::layers::RetryPolicy::default().with_jitter(0.5, 1e300)),
+            ConfigErrorKind::Retry,
+            "jitter",
+        ),
+        (
+            AmeideClient::builder()
+                .retry_policy(ameide_sdk::layers::RetryPolicy::default().with_multiplier(f64::NAN)),
+            ConfigErrorKind::Retry,
+            "multiplier",
+        ),
+        (
+            AmeideClient::builder().retry_policy(
+                ameide_sdk::layers::RetryPolicy::default().with_retryable_codes([tonic::Code::Ok]),
+            ),
+            ConfigErrorKind::Retry,
+            "OK",
+        ),
+        (
+            AmeideClient::builder().retry_policy(
+                ameide_sdk::layers::RetryPolicy::default().with_max_replay_bytes(usize::MAX),
+            ),
+            ConfigErrorKind::Retry,
+            "max_replay_bytes",
+        ),
+        (
+            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
+                keepalive_interval: Some(Duration::MAX),
+                ..Default::default()
+            }),
+            ConfigErrorKind::Transport,
+            "keepalive_interval",
+        ),
+        (
+            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
+                keepalive_timeout: Duration::ZERO,
+                ..Default::default()
+            }),
+            ConfigErrorKind::Transport,
+            "keepalive_timeout",
+        ),
+        (
+            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
+                connect_timeout: Duration::MAX,
+                ..Default::default()
+            }),
+            ConfigErrorKind::Transport,
+            "connect_timeout",
+        ),
+        (
+            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
+                connections: 0,
+                ..Default::default()
+            }),
+            ConfigErrorKind::Transport,
+            "connections",
+        ),
+        (
+            AmeideClient::builder().in_flight_limit(Some(ameide_sdk::InFlightLimit {
+                max_calls: usize::MAX,
+                max_wait: Duration::MAX,
+            })),
+            ConfigErrorKind::Limit,
+            "max_calls",
+        ),
     ];
     for (builder, kind, needle) in cases {
         let err = builder.build().unwrap_err();

@@ -15,6 +15,7 @@
 //! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
 //! | `parity [runner args…]` | the parity cases (`parity/cases`) against the Rust reference adapter (see `docs/parity.md`) |
 //! | `soak [--calls N]` | N (default 200,000) calls through one client in release mode; fails if RSS grows past the bound |
+//! | `fuzz [--seconds N] [TARGET…]` | every cargo-fuzz target in `fuzz/` (or those named) for N seconds each (default 60), from the committed seeds; fails on a crash (cargo-fuzz installed into the tools cache on first use; stable toolchain with `RUSTC_BOOTSTRAP=1`) |
 //! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke |
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         ["soak", rest @ ..] => soak(rest),
         ["sync-proto", source] => sync_proto(Path::new(source)),
         ["deny"] => deny(),
+        ["fuzz", rest @ ..] => fuzz(rest),
         ["release", "--dry-run"] => release_dry_run(),
         ["bench", rest @ ..] => bench(rest),
         [] | ["help"] | ["--help"] | ["-h"] => {
@@ -72,6 +74,7 @@ fn print_help() {
          package-smoke       cargo package, unpack, build and run a throwaway consumer\n\
          sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
          deny                cargo deny check bans licenses sources\n\
+         fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
          soak [args]         200k calls through one client; fails if RSS grows past 10 MiB\n\
@@ -337,6 +340,7 @@ fn ci() -> Result<(), String> {
         ("package-smoke", Box::new(package_smoke)),
         ("deny", Box::new(deny)),
         ("parity", Box::new(|| parity(&[]))),
+        ("fuzz --seconds 10", Box::new(|| fuzz(&["--seconds", "10"]))),
         ("bench --smoke", Box::new(|| bench(&["--smoke"]))),
     ];
     let started = Instant::now();
@@ -720,6 +724,108 @@ fn cargo_tool(krate: &str, binary: &str, version: &str) -> Result<PathBuf, Strin
         &format!("cargo install {krate}"),
     )?;
     Ok(bin)
+}
+
+/// The cargo-fuzz release `cargo xtask fuzz` runs.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Runs the fuzz targets in `fuzz/` from their seeds; a crash fails.
+fn fuzz(args: &[&str]) -> Result<(), String> {
+    let mut seconds = 60u64;
+    let mut wanted = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match *arg {
+            "--seconds" => {
+                seconds = rest
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&s| s > 0)
+                    .ok_or("--seconds takes a whole number of seconds > 0")?;
+            }
+            target => wanted.push(target.to_owned()),
+        }
+    }
+    let dir = workspace_root().join("fuzz");
+    let mut targets: Vec<String> = std::fs::read_dir(dir.join("fuzz_targets"))
+        .map_err(|e| format!("reading fuzz/fuzz_targets: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".rs"))
+                .map(str::to_owned)
+        })
+        .collect();
+    targets.sort();
+    if !wanted.is_empty() {
+        for w in &wanted {
+            if !targets.contains(w) {
+                return Err(format!(
+                    "unknown fuzz target {w:?} (known: {})",
+                    targets.join(", ")
+                ));
+            }
+        }
+        targets.retain(|t| wanted.contains(t));
+    }
+    let tool = cargo_tool("cargo-fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)?;
+    // The stable toolchain runs cargo-fuzz's unstable flags with RUSTC_BOOTSTRAP=1;
+    // no sanitizer: the SDK is safe Rust, and the targets check what must hold.
+    run(
+        Command::new(&tool)
+            .args(["fuzz", "build", "-O", "-s", "none"])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(&dir),
+        "cargo fuzz build",
+    )?;
+    let mut rows = Vec::new();
+    for target in &targets {
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
+        let started = Instant::now();
+        let output = Command::new(&tool)
+            .args(["fuzz", "run", "-O", "-s", "none", target])
+            .arg(&corpus)
+            .arg(dir.join("seeds").join(target))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("running cargo fuzz run {target}: {e}"))?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| "?".into());
+        let ok = output.status.success();
+        println!(
+            "fuzz {target:<16} {runs:>12} runs in {:>5.1?}  {}",
+            started.elapsed(),
+            if ok { "0 crashes" } else { "CRASH" }
+        );
+        if !ok {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("{}", tail.join("\n"));
+        }
+        rows.push((target.clone(), runs, ok));
+    }
+    let crashed: Vec<&str> = rows.iter().filter(|r| !r.2).map(|r| r.0.as_str()).collect();
+    if !crashed.is_empty() {
+        return Err(format!(
+            "fuzz targets crashed: {} (inputs in fuzz/artifacts/)",
+            crashed.join(", ")
+        ));
+    }
+    println!("fuzz: {} targets, {seconds} s each, 0 crashes", rows.len());
+    Ok(())
 }
 
 /// The cargo-deny release the dependency policy runs.

@@ -315,21 +315,26 @@ pub(crate) fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
 
 /// Decodes a `grpc-timeout` value; `None` when malformed.
 pub(crate) fn decode_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // Bytes, not string slices: a non-ASCII value must be rejected, not split
+    // inside a character (found by the property tests).
+    let bytes = value.as_bytes();
+    if bytes.len() < 2 || bytes.len() > 9 {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (digits, unit) = bytes.split_at(bytes.len() - 1);
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some(match unit {
-        "n" => Duration::from_nanos(n),
-        "u" => Duration::from_micros(n),
-        "m" => Duration::from_millis(n),
-        "S" => Duration::from_secs(n),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        b"n" => Duration::from_nanos(n),
+        b"u" => Duration::from_micros(n),
+        b"m" => Duration::from_millis(n),
+        b"S" => Duration::from_secs(n),
+        b"M" => Duration::from_secs(n.checked_mul(60)?),
+        b"H" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     })
 }
@@ -360,7 +365,19 @@ mod tests {
 
     #[test]
     fn malformed_grpc_timeout_is_rejected() {
-        for bad in ["", "5", "S", "1x", "-1S", "123456789S", "1.5S", "１S"] {
+        for bad in [
+            "",
+            "5",
+            "S",
+            "1x",
+            "-1S",
+            "123456789S",
+            "1.5S",
+            "１S",
+            "n*Æ",
+            "1Æ",
+            "Æ",
+        ] {
             assert_eq!(decode_grpc_timeout(bad), None, "{bad:?}");
         }
     }
