@@ -208,6 +208,29 @@ async fn a_provider_slower_than_the_call_timeout_still_ends_up_serving_tokens() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_provider_that_never_answers_is_abandoned_and_asked_again() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let cache = CachingTokenProvider::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok(Some(AccessToken::new("late")))
+        }
+    })
+    .fetch_timeout(Duration::from_secs(2));
+    let err = cache.token().await.unwrap_err();
+    assert!(
+        err.to_string().contains("did not answer within 2s"),
+        "{err}"
+    );
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "late");
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_caller_does_not_cancel_the_fetch() {
     let inner = Counting::new(Duration::from_secs(300));
     let cache = Arc::new(CachingTokenProvider::new(inner.clone()));

@@ -10,6 +10,7 @@
 //! | a refresh fails while the token is still valid | keeps serving the last good token; tries again after `retry_after_failure` |
 //! | a fetch fails with no valid token | the error reaches every waiting caller; nothing is cached, so the next call fetches again |
 //! | a provider panics inside a fetch | the waiting callers get an error saying so; the next call fetches again |
+//! | a provider never answers | the fetch is abandoned after `fetch_timeout` (default 30 s) with an error; the next call fetches again |
 //! | the server answered UNAUTHENTICATED | [`invalidate`](TokenProvider::invalidate) drops that token only if it is still the cached one: a burst of rejections of one token causes one refetch |
 //!
 //! The refresh window starts `refresh_ahead × (1 + jitter)` before expiry,
@@ -39,6 +40,7 @@ struct State {
     refresh_ahead: Duration,
     jitter: f64,
     retry_after_failure: Duration,
+    fetch_timeout: Duration,
 }
 
 struct Shared<P> {
@@ -98,6 +100,7 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
                     refresh_ahead: Duration::from_secs(60),
                     jitter: 0.2,
                     retry_after_failure: Duration::from_secs(1),
+                    fetch_timeout: Duration::from_secs(30),
                 }),
             }),
         }
@@ -120,6 +123,13 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
     /// How long to wait after a failed refresh before trying again.
     pub fn retry_after_failure(self, wait: Duration) -> Self {
         self.shared.state().retry_after_failure = wait;
+        self
+    }
+
+    /// How long one fetch may take before it is abandoned as failed, so that
+    /// a provider that never answers cannot hold every later call (default 30 s).
+    pub fn fetch_timeout(self, timeout: Duration) -> Self {
+        self.shared.state().fetch_timeout = timeout;
         self
     }
 
@@ -188,17 +198,31 @@ fn start_fetch<P: TokenProvider>(
         shared: shared.clone(),
         tx: Some(tx),
     };
-    let fetch: BoxFuture<'static, ()> = Box::pin(async move {
-        let mut guard = guard;
-        let fetched = guard.shared.provider.token().await;
-        guard.finish(fetched);
-    });
+    let limit = state.fetch_timeout;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn(fetch);
+            runtime.spawn(async move {
+                let mut guard = guard;
+                let fetched = tokio::time::timeout(limit, guard.shared.provider.token())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(TokenError::new(format!(
+                            "token provider did not answer within {limit:?}; the next call asks again"
+                        )))
+                    });
+                guard.finish(fetched);
+            });
             (rx, None)
         }
-        Err(_) => (rx, Some(fetch)),
+        // No runtime to run it on (nor a timer): the caller drives it.
+        Err(_) => {
+            let fetch: BoxFuture<'static, ()> = Box::pin(async move {
+                let mut guard = guard;
+                let fetched = guard.shared.provider.token().await;
+                guard.finish(fetched);
+            });
+            (rx, Some(fetch))
+        }
     }
 }
 
