@@ -240,7 +240,7 @@ fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     Ok(())
 }
 
-fn fmt_detail(detail: &ErrorDetail, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn fmt_detail(detail: &ErrorDetail, f: &mut impl fmt::Write) -> fmt::Result {
     match detail {
         ErrorDetail::ErrorInfo(i) => {
             write!(f, "ErrorInfo(reason={}, domain={}", i.reason, i.domain)?;
@@ -330,11 +330,16 @@ impl fmt::Display for Error {
                 if n > 0 {
                     f.write_str(", ")?;
                 }
-                fmt_detail(d, f)?;
+                // Details are the peer's text: kept on one line like the message.
+                let mut text = String::new();
+                fmt_detail(d, &mut text)?;
+                write_one_line(f, &text)?;
             }
         }
         if let Some(e) = &self.inner.details_error {
-            write!(f, " details: <undecodable grpc-status-details-bin: {e}>")?;
+            f.write_str(" details: <undecodable grpc-status-details-bin: ")?;
+            write_one_line(f, e)?;
+            f.write_str(">")?;
         }
         Ok(())
     }
@@ -452,6 +457,19 @@ mod tests {
             .metadata_mut()
             .insert("ameide-sdk-attempts", "7".parse().unwrap());
         assert_eq!(Error::from(forged).attempts(), 1);
+    }
+
+    #[test]
+    fn peer_text_in_details_stays_on_one_line() {
+        // Found by the status_details fuzz target: an ErrorInfo whose domain
+        // held a line break broke the one-line Display.
+        let mut details = ErrorDetails::new();
+        details.set_error_info("QUOTA", "a\nb\r\nc", []);
+        details.add_bad_request_violation("field\n", "bad\u{2028}value\n");
+        let err = Error::from(Status::with_error_details(Code::Internal, "x", details));
+        let shown = err.to_string();
+        assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown}");
+        assert!(shown.contains("domain=a\\nb\\r\\nc"), "{shown}");
     }
 
     #[test]
