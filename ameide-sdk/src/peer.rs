@@ -25,9 +25,11 @@ use tonic::{Code, Status};
 /// whole header block at 16 KiB by default).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
-const GRPC_STATUS: &str = "grpc-status";
-const GRPC_MESSAGE: &str = "grpc-message";
-const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+// Parsed once: a lookup by `&str` would parse and validate the name on every call.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+const GRPC_STATUS_DETAILS: http::HeaderName =
+    http::HeaderName::from_static("grpc-status-details-bin");
 
 /// A status read from a peer's headers or trailers.
 #[derive(Debug)]
