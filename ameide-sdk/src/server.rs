@@ -84,9 +84,18 @@ tokio::task_local! {
     static INBOUND: InboundContext;
 }
 
-/// The longest inbound `x-request-id` kept (see the module docs).
+/// The longest inbound `x-request-id` kept (see the module docs); a longer
+/// one is replaced by a generated id.
+///
+/// ```
+/// assert_eq!(ameide_sdk::server::MAX_REQUEST_ID_BYTES, 128);
+/// ```
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
-/// The longest inbound tenant, user or session id kept.
+/// The longest inbound tenant, user or session id kept; a longer one is ignored.
+///
+/// ```
+/// assert_eq!(ameide_sdk::server::MAX_IDENTITY_BYTES, 256);
+/// ```
 pub const MAX_IDENTITY_BYTES: usize = 256;
 const MAX_TRACEPARENT_BYTES: usize = 512;
 const MAX_TRACESTATE_BYTES: usize = 512;

@@ -128,6 +128,20 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
 
     /// How long one fetch may take before it is abandoned as failed, so that
     /// a provider that never answers cannot hold every later call (default 30 s).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use ameide_sdk::auth::{AccessToken, CachingTokenProvider, TokenProvider};
+    /// let stuck = CachingTokenProvider::new(|| async {
+    ///     std::future::pending::<()>().await;
+    ///     Ok(Some(AccessToken::new("never")))
+    /// })
+    /// .fetch_timeout(Duration::from_secs(1));
+    /// let err = stuck.token().await.unwrap_err();
+    /// assert!(err.to_string().contains("did not answer within 1s"));
+    /// # }
+    /// ```
     pub fn fetch_timeout(self, timeout: Duration) -> Self {
         self.shared.state().fetch_timeout = timeout;
         self

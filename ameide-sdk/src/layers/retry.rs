@@ -71,7 +71,21 @@ pub struct RetryPolicy {
     throttle: Option<ThrottleConfig>,
 }
 
-/// The longest `max_backoff` accepted.
+/// The longest `max_backoff` accepted (with the other bounds below, checked
+/// by [`RetryPolicy::validate`]).
+///
+/// ```
+/// use ameide_sdk::layers::{retry, RetryPolicy};
+/// let too_long = RetryPolicy::default().with_max_backoff(retry::MAX_BACKOFF * 2);
+/// assert!(too_long.validate().unwrap_err().to_string().contains("max_backoff"));
+/// let too_steep = RetryPolicy::default().with_multiplier(retry::MAX_MULTIPLIER * 2.0);
+/// assert!(too_steep.validate().is_err());
+/// let too_wide = RetryPolicy::default().with_jitter(0.5, retry::MAX_JITTER + 1.0);
+/// assert!(too_wide.validate().is_err());
+/// let too_big = RetryPolicy::default().with_max_replay_bytes(retry::MAX_REPLAY_BYTES + 1);
+/// assert!(too_big.validate().is_err());
+/// assert_eq!(retry::MAX_HINT_WITHOUT_DEADLINE.as_secs(), 3600);
+/// ```
 pub const MAX_BACKOFF: Duration = crate::config::MAX_TIMEOUT;
 /// The largest backoff multiplier accepted.
 pub const MAX_MULTIPLIER: f64 = 100.0;
@@ -282,6 +296,15 @@ impl RetryPolicy {
     /// The delay before attempt `attempt` (≥ 2) with jitter `factor`: the
     /// base delay times the factor, the factor held inside the policy's
     /// jitter range (a factor that is not a number counts as 1).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ameide_sdk::layers::RetryPolicy;
+    /// let policy = RetryPolicy::default(); // 250 ms ×2 up to 5 s, jitter [0.5, 1.5]
+    /// assert_eq!(policy.delay(2, 1.0), Duration::from_millis(250));
+    /// assert_eq!(policy.delay(3, 99.0), Duration::from_millis(750), "factor held to 1.5");
+    /// assert_eq!(policy.delay(u32::MAX, f64::NAN), Duration::from_secs(5), "capped, NaN is 1");
+    /// ```
     pub fn delay(&self, attempt: u32, factor: f64) -> Duration {
         let (lo, hi) = self.jitter;
         let factor = if factor.is_finite() { factor } else { 1.0 };
