@@ -158,6 +158,77 @@ pub(crate) fn proto_duration(d: prost_types::Duration) -> std::time::Duration {
     std::time::Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs())
 }
 
+/// Whether a response is not gRPC: `Some(code)` by gRPC's HTTP-to-gRPC
+/// mapping when it carries no `grpc-status` and its HTTP status is not 200
+/// or its content type is not `application/grpc…` (contract §8). Decided on
+/// the headers alone, before any body byte is read as gRPC.
+pub(crate) fn non_grpc_code(status: http::StatusCode, headers: &HeaderMap) -> Option<Code> {
+    if headers.contains_key(GRPC_STATUS) {
+        // A proxy that speaks gRPC (Envoy's trailers-only 503 with grpc-status 14): trust it.
+        return None;
+    }
+    let grpc_content = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if status == http::StatusCode::OK && grpc_content {
+        return None;
+    }
+    Some(match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502..=504 => Code::Unavailable,
+        _ => Code::Unknown,
+    })
+}
+
+/// The longest part of a non-gRPC body quoted in the status message.
+pub(crate) const MAX_QUOTED_BODY: usize = 256;
+
+/// The status message for a non-gRPC response: the HTTP status and the start
+/// of its body, on one line (control characters and runs of whitespace
+/// become one space), at most [`MAX_QUOTED_BODY`] bytes of it.
+pub(crate) fn non_grpc_message(
+    status: http::StatusCode,
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+    complete: bool,
+) -> String {
+    let mut message = format!(
+        "not a gRPC response: HTTP {} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned();
+    if let Some(kind) = content_type {
+        message.push_str(&format!(", content-type {}", loggable(kind.as_bytes())));
+    }
+    message.push_str(" (from the server or a proxy in front of it)");
+    let text = String::from_utf8_lossy(body);
+    let mut quoted = String::new();
+    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !quoted.is_empty() {
+            quoted.push(' ');
+        }
+        quoted.push_str(word);
+    }
+    if !quoted.is_empty() {
+        let cut = bounded(&quoted, MAX_QUOTED_BODY);
+        let more = if !complete && !cut.ends_with('…') {
+            "…"
+        } else {
+            ""
+        };
+        message.push_str(&format!(": {cut}{more}"));
+    }
+    message
+}
+
 /// `grpc-message`: percent-decoded, lossy UTF-8, bounded.
 pub(crate) fn decode_message(raw: &[u8]) -> String {
     let decoded = percent_encoding::percent_decode(raw).decode_utf8_lossy();
@@ -266,6 +337,58 @@ mod tests {
         assert_eq!(d(0, -1), std::time::Duration::ZERO);
         assert_eq!(d(i64::MAX, i32::MAX).as_secs(), MAX_PROTO_SECONDS as u64);
         assert_eq!(d(1, 500_000_000), std::time::Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn non_grpc_responses_map_by_http_status_unless_they_carry_grpc_status() {
+        let html = headers(&[("content-type", b"text/html")]);
+        let grpc = headers(&[("content-type", b"application/grpc+proto")]);
+        let code = |s: u16, h: &HeaderMap| non_grpc_code(http::StatusCode::from_u16(s).unwrap(), h);
+        assert_eq!(code(200, &grpc), None);
+        assert_eq!(code(200, &html), Some(Code::Unknown));
+        assert_eq!(code(200, &HeaderMap::new()), Some(Code::Unknown));
+        for (s, c) in [
+            (400, Code::Internal),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::Unimplemented),
+            (429, Code::Unavailable),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::Unavailable),
+            (500, Code::Unknown),
+            (418, Code::Unknown),
+        ] {
+            assert_eq!(code(s, &html), Some(c), "{s}");
+            assert_eq!(code(s, &grpc), Some(c), "{s} with a gRPC content type");
+        }
+        let envoy = headers(&[
+            ("grpc-status", b"14"),
+            ("content-type", b"application/grpc"),
+        ]);
+        assert_eq!(code(503, &envoy), None);
+    }
+
+    #[test]
+    fn non_grpc_messages_quote_the_body_on_one_line_and_bounded() {
+        let page = b"<html>\r\n<h1>502   Bad\tGateway</h1>\x00</html>";
+        let m = non_grpc_message(
+            http::StatusCode::BAD_GATEWAY,
+            Some(&HeaderValue::from_static("text/html")),
+            page,
+            true,
+        );
+        assert_eq!(
+            m,
+            "not a gRPC response: HTTP 502 Bad Gateway, content-type text/html (from the server or a proxy in front of it): <html> <h1>502 Bad Gateway</h1> </html>"
+        );
+        let long = non_grpc_message(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            &[b'x'; 5000],
+            false,
+        );
+        assert!(long.len() < 400 && long.ends_with('…'), "{long}");
     }
 
     #[test]

@@ -243,10 +243,107 @@ pub(crate) fn closed_status() -> Status {
     Status::cancelled("AmeideClient is closed: calls after close() are refused; build a new client")
 }
 
+/// The response future of [`TransportSlot`]: the transport's own, then, for a
+/// response that is not gRPC (a proxy's error page, a wrong content type),
+/// the conversion into a trailers-only gRPC status (see [`non_grpc_response`]).
+/// The gRPC path costs no allocation.
+pub(crate) struct SlotFuture {
+    inner: BoxFuture<'static, Result<HttpResponse, BoxError>>,
+    converted: bool,
+}
+
+impl SlotFuture {
+    fn new(inner: BoxFuture<'static, Result<HttpResponse, BoxError>>) -> Self {
+        SlotFuture {
+            inner,
+            converted: false,
+        }
+    }
+}
+
+impl std::future::Future for SlotFuture {
+    type Output = Result<HttpResponse, BoxError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let result = std::task::ready!(self.inner.as_mut().poll(cx));
+            if self.converted {
+                return Poll::Ready(result);
+            }
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            match crate::peer::non_grpc_code(response.status(), response.headers()) {
+                None => return Poll::Ready(Ok(response)),
+                Some(code) => {
+                    self.inner = Box::pin(non_grpc_response(response, code));
+                    self.converted = true;
+                }
+            }
+        }
+    }
+}
+
+/// How much of a non-gRPC body is read for the status message, and for how long.
+const NON_GRPC_READ_BYTES: usize = 1024;
+const NON_GRPC_READ_WAIT: Duration = Duration::from_millis(200);
+
+/// A response that is not gRPC, as the trailers-only status gRPC's
+/// HTTP-to-gRPC mapping gives it (contract §8). Decided from the HTTP status
+/// and content type before any body byte is decoded as gRPC; then up to
+/// 1 KiB of the body is read (for at most 200 ms, so a proxy trickling its
+/// page cannot hold the call) to quote in the message. The layers above see
+/// an ordinary failed attempt: retried per the policy, stamped with the
+/// request id, attempts and history.
+async fn non_grpc_response(
+    response: HttpResponse,
+    code: tonic::Code,
+) -> Result<HttpResponse, BoxError> {
+    use http_body_util::BodyExt;
+    let (parts, mut body) = response.into_parts();
+    let mut quoted = Vec::new();
+    let mut complete = false;
+    let _ = tokio::time::timeout(NON_GRPC_READ_WAIT, async {
+        while quoted.len() < NON_GRPC_READ_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = NON_GRPC_READ_BYTES - quoted.len();
+                        quoted.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(_)) => break,
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let message = crate::peer::non_grpc_message(
+        parts.status,
+        parts.headers.get(http::header::CONTENT_TYPE),
+        &quoted,
+        complete,
+    );
+    let mut metadata = parts.headers;
+    for name in [http::header::CONTENT_TYPE, http::header::CONTENT_LENGTH] {
+        metadata.remove(name);
+    }
+    let status = Status::with_metadata(
+        code,
+        message,
+        tonic::metadata::MetadataMap::from_headers(metadata),
+    );
+    Ok(status.into_http())
+}
+
 impl Service<HttpRequest> for TransportSlot {
     type Response = HttpResponse;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+    type Future = SlotFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.ready.is_none() {
@@ -263,13 +360,13 @@ impl Service<HttpRequest> for TransportSlot {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        match self.ready.take() {
+        SlotFuture::new(match self.ready.take() {
             Some(mut transport) => transport.call(request),
             // Called without poll_ready (or after close): a ready clone now.
             None => match self.current() {
                 Some(transport) => Box::pin(transport.oneshot(request)),
                 None => Box::pin(async { Err(Box::new(closed_status()) as BoxError) }),
             },
-        }
+        })
     }
 }

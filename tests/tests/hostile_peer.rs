@@ -238,8 +238,9 @@ async fn a_proxy_error_page_is_an_error_not_a_hang() {
     let page = RawReply::new(502)
         .header("content-type", "text/html")
         .data("<html><body><h1>502 Bad Gateway</h1></body></html>");
-    let err = expect_any(page).await;
-    assert_ne!(err.code(), Code::Ok);
+    // Mapped by its HTTP status before any body byte is decoded (contract §8).
+    let err = expect(page, Code::Unavailable).await;
+    assert!(err.message().contains("HTTP 502"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
