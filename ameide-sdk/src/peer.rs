@@ -163,14 +163,16 @@ pub(crate) fn proto_duration(d: prost_types::Duration) -> std::time::Duration {
 /// or its content type is not `application/grpc…` (contract §8). Decided on
 /// the headers alone, before any body byte is read as gRPC.
 pub(crate) fn non_grpc_code(status: http::StatusCode, headers: &HeaderMap) -> Option<Code> {
-    if headers.contains_key(GRPC_STATUS) {
-        // A proxy that speaks gRPC (Envoy's trailers-only 503 with grpc-status 14): trust it.
+    // The common case first, with a standard header's cheap lookup.
+    if status == http::StatusCode::OK
+        && headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
         return None;
     }
-    let grpc_content = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if status == http::StatusCode::OK && grpc_content {
+    if headers.contains_key(GRPC_STATUS) {
+        // A proxy that speaks gRPC (Envoy's trailers-only 503 with grpc-status 14): trust it.
         return None;
     }
     Some(match status.as_u16() {
