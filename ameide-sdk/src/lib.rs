@@ -43,6 +43,32 @@
 //! # Ok(()) }
 //! ```
 
+//! # Hostile peers and settings
+//!
+//! The SDK runs inside every Ameide service, so nothing a peer sends and
+//! nothing a user configures may crash the host or outlive a call's deadline:
+//!
+//! - statuses, messages, `google.rpc` details, retry hints, headers and
+//!   trailers of any shape, proxies' error pages and undecodable messages
+//!   become clear statuses (a non-gRPC response by gRPC's HTTP-to-gRPC
+//!   mapping); tonic 0.14's own status parser, which panics on a
+//!   `grpc-status-details-bin` that is not base64, never sees peer input the
+//!   SDK has not checked;
+//! - durations from peers and settings saturate, and a server's retry hint
+//!   never reaches past the deadline;
+//! - every builder setting is validated at [`AmeideClientBuilder::build`],
+//!   the error naming the setting and its range;
+//! - the [`server::InboundLayer`] bounds what callers send before it is
+//!   forwarded, echoed or logged;
+//! - the per-call facts in [`Error`] travel in-process (the failed status's
+//!   `source()`), so a service that hands a downstream status to its caller
+//!   sends nothing of the SDK's;
+//! - token fetches of [`auth::CachingTokenProvider`] outlive their callers.
+//!
+//! The README's "Hostile peers and settings" section has the details; the
+//! proof is in the hostile-peer tests, the proptest properties and the
+//! cargo-fuzz targets (`cargo xtask fuzz`).
+
 #![deny(missing_docs)]
 
 pub mod auth;
