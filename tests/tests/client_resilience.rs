@@ -8,7 +8,7 @@ use ameide_sdk::proto::graph::v1::{
     CreateElementRequest, ListRepositoriesRequest, UpdateElementRequest,
 };
 use ameide_sdk::testkit::{MockServer, Reply};
-use ameide_sdk::{CallOptions, IntoAmeideResult, StopReason};
+use ameide_sdk::{AmeideClient, CallOptions, IntoAmeideResult, StopReason};
 use ameide_tests::{fixed_jitter, mock_client, paths};
 use tonic::{Code, Status};
 
@@ -284,6 +284,34 @@ fn throttled_policy() -> RetryPolicy {
         max_tokens: 4.0,
         token_ratio: 0.5,
     }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_failures_do_not_spend_the_retry_throttle() {
+    // Connection refused on every attempt: no server answered, so nothing is
+    // charged and every call keeps its full retry policy (issue 14: a deploy's
+    // closing connections ran the bucket dry).
+    let addr = ameide_tests::closed_addr();
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .timeout(std::time::Duration::from_secs(2))
+        .retry_policy(
+            throttled_policy()
+                .with_initial_backoff(std::time::Duration::from_millis(2))
+                .with_max_backoff(std::time::Duration::from_millis(4)),
+        )
+        .build()
+        .unwrap();
+    for n in 0..5 {
+        let err = ameide_tests::calls::read(&client).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "call {n}: {err}");
+        assert_eq!(err.attempts(), 3, "call {n}: {err}");
+        assert_eq!(
+            err.stop_reason(),
+            Some(StopReason::Exhausted),
+            "call {n}: {err}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@
 //! | budget | a delay that would end past the call's deadline is not slept: the last status is returned at once |
 //! | exhausted | the caller gets the last attempt's original status (the metadata layer attaches the attempt count) |
 //! | server hints (beyond the contract) | `grpc-retry-pushback-ms` ≥ 0: wait exactly that long and restart the backoff; negative or malformed: do not retry. `google.rpc.RetryInfo`: wait at least its delay. A hinted delay past the deadline fails at once with the last status |
-//! | throttling (beyond the contract, on by default) | gRFC A6 token bucket per target ([`ThrottleConfig`]: 10 tokens, 0.1 per success); a retry needs more than half the tokens; `with_throttling(None)` switches it off |
+//! | throttling (beyond the contract, on by default) | gRFC A6 token bucket per target ([`ThrottleConfig`]: 10 tokens, 0.1 per success); a retry needs more than half the tokens; only failures the server (or a proxy for it) answered with are charged, transport failures are not; `with_throttling(None)` switches it off |
 //! | safe-retry mode (off by default) | DEADLINE_EXCEEDED, ABORTED and server-sent UNAVAILABLE retried only for `NO_SIDE_EFFECTS`/`IDEMPOTENT` methods; per client or per call |
 //! | history | every attempt's code, message and preceding delay, and the [`crate::StopReason`], reach [`crate::Error`] |
 //!
@@ -850,7 +850,13 @@ where
                 Code::Unavailable => delivery != Delivery::Maybe,
                 _ => true,
             };
-        if (code_retryable || pushback.is_some())
+        // Only failures the server (or a proxy answering for it) produced
+        // charge the throttle: a transport failure (connection refused, a
+        // connection lost, a deploy's closing connection) says nothing about
+        // the target's load, and charging it would run the bucket dry exactly
+        // when retries should carry a deploy.
+        if response.is_some()
+            && (code_retryable || pushback.is_some())
             && let Some(t) = &throttle
         {
             t.failure();
