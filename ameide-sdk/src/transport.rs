@@ -111,7 +111,8 @@ impl TransportOptions {
     }
 }
 
-/// Builds the default transport: lazy tonic `Channel`s to `endpoint`.
+/// Builds the default transport: lazy tonic `Channel`s to `endpoint`, with
+/// `options` as `AmeideClientBuilder::build` validated them.
 pub(crate) fn tonic_channel(
     endpoint: &str,
     options: &TransportOptions,
@@ -154,7 +155,6 @@ pub(crate) fn tonic_channel(
         }
         ep = ep.tls_config(tls).map_err(tls_error)?;
     }
-    options.validate()?;
     if options.connections == 1 {
         return Ok(BoxCloneSyncService::new(
             ep.connect_lazy().map_err(BoxError::from),

@@ -148,28 +148,21 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
     }
 
     async fn get(&self) -> Fetched {
-        let (cached, waiting, inline) = self.plan(Instant::now());
+        // Decided under the lock; awaited after it is released.
+        let (plan, inline) = self.plan(Instant::now());
         if let Some(fetch) = inline {
             fetch.await;
         }
-        match (cached, waiting) {
-            (Some(token), _) => Ok(Some(token)),
-            (None, Some(waiting)) => wait(waiting).await,
-            (None, None) => Err(TokenError::new("token cache: nothing to wait for")),
+        match plan {
+            Plan::Cached(token) => Ok(Some(token)),
+            Plan::Wait(fetch) => wait(fetch).await,
         }
     }
 
-    /// What a call does now (state lock held, nothing awaited): a usable token
-    /// (maybe starting a background refresh), or the fetch to wait for.
-    #[allow(clippy::type_complexity)]
-    fn plan(
-        &self,
-        now: Instant,
-    ) -> (
-        Option<AccessToken>,
-        Option<watch::Receiver<Option<Fetched>>>,
-        Option<BoxFuture<'static, ()>>,
-    ) {
+    /// What a call does now (state lock held, nothing awaited): use a valid
+    /// token (maybe starting a background refresh), or wait for the fetch;
+    /// plus the fetch to drive inline when there is no runtime to spawn it on.
+    fn plan(&self, now: Instant) -> (Plan, Option<BoxFuture<'static, ()>>) {
         let mut state = self.shared.state();
         if let Some(token) = state
             .token
@@ -184,13 +177,21 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
             if due && !backing_off && state.fetch.is_none() {
                 // Refresh in the background; this caller has a valid token.
                 let (_, inline) = start_fetch(&self.shared, &mut state);
-                return (Some(token), None, inline);
+                return (Plan::Cached(token), inline);
             }
-            return (Some(token), None, None);
+            return (Plan::Cached(token), None);
         }
         let (waiting, inline) = start_fetch(&self.shared, &mut state);
-        (None, Some(waiting), inline)
+        (Plan::Wait(waiting), inline)
     }
+}
+
+/// What one call to the cache does.
+enum Plan {
+    /// Use this valid token.
+    Cached(AccessToken),
+    /// Wait for the fetch in flight.
+    Wait(watch::Receiver<Option<Fetched>>),
 }
 
 /// Joins the fetch in flight or starts one (state lock held). The fetch runs

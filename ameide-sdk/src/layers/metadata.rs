@@ -330,15 +330,19 @@ where
 }
 
 fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, BoxError> {
-    if response.headers().contains_key(names::GRPC_STATUS) {
-        // Trailers-only. A failure becomes the call's error here; an OK is
-        // handed up with its headers sanitized, because tonic parses them again.
-        if grpc_code(response.headers()) != Some(tonic::Code::Ok) {
+    // Trailers-only. A failure becomes the call's error here; an OK is handed
+    // up with its headers sanitized, because tonic parses them again.
+    match grpc_code(response.headers()) {
+        None => {}
+        Some(tonic::Code::Ok) => {
+            if let Some(why) = crate::peer::sanitize(response.headers_mut()) {
+                ::tracing::warn!("{why}");
+            }
+        }
+        Some(_) => {
             if let Some(peer) = crate::peer::status_from_headers(response.headers()) {
                 return Err(Box::new(stamp_peer_status(peer, &state)));
             }
-        } else if let Some(why) = crate::peer::sanitize(response.headers_mut()) {
-            ::tracing::warn!("{why}");
         }
     }
     response.extensions_mut().insert(CallInfo {
