@@ -280,3 +280,34 @@ pub mod interop {
         }
     }
 }
+
+/// Serves `service` behind `inbound` (the SDK's inbound layer) on a loopback
+/// port, on the current runtime; returns the address.
+pub async fn serve_inbound<S>(
+    inbound: ameide_sdk::server::InboundLayer,
+    service: S,
+) -> std::net::SocketAddr
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local address");
+    let router = tonic::transport::Server::builder()
+        .layer(inbound)
+        .add_service(service);
+    tokio::spawn(
+        router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}

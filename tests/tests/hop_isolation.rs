@@ -100,15 +100,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = tonic::transport::Server::builder()
-        .layer(InboundLayer::new())
-        .add_service(service);
-    tokio::spawn(
-        router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
+    ameide_tests::serve_inbound(InboundLayer::new(), service).await
 }
 
 fn fast_retries() -> RetryPolicy {

@@ -27,6 +27,23 @@ fn fast_policy() -> RetryPolicy {
         .with_throttling(None)
 }
 
+/// One call with retries off: its error and how long it took.
+async fn call_once(server: &H2FaultServer) -> (Error, Duration) {
+    let client = AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .retry_policy(RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = client
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .into_ameide()
+        .unwrap_err();
+    (err, started.elapsed())
+}
+
 async fn call(server: &H2FaultServer) -> Error {
     let client = AmeideClient::builder()
         .endpoint(server.endpoint())
@@ -135,17 +152,7 @@ async fn a_proxy_that_speaks_grpc_is_trusted_whatever_its_http_status() {
             .header("grpc-message", "upstream overloaded")
             .trailers_only(),
     );
-    let client = AmeideClient::builder()
-        .endpoint(server.endpoint())
-        .retry_policy(RetryPolicy::disabled())
-        .build()
-        .unwrap();
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
+    let (err, _) = call_once(&server).await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert_eq!(err.message(), "upstream overloaded");
 }
@@ -159,23 +166,8 @@ async fn a_huge_or_endless_page_is_quoted_briefly_and_does_not_hold_the_call() {
             .data(vec![b'x'; 64 * 1024])
             .hang(),
     );
-    let client = AmeideClient::builder()
-        .endpoint(server.endpoint())
-        .retry_policy(RetryPolicy::disabled())
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    let (err, took) = call_once(&server).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(err.message().len() < 400, "{}", err.message().len());
     assert!(err.message().ends_with('…'), "{err}");
@@ -188,22 +180,7 @@ async fn a_huge_or_endless_page_is_quoted_briefly_and_does_not_hold_the_call() {
             .data("<html>partial")
             .hang(),
     );
-    let client = AmeideClient::builder()
-        .endpoint(server.endpoint())
-        .retry_policy(RetryPolicy::disabled())
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let err = client
-        .graph()
-        .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    let (err, took) = call_once(&server).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(err.message().contains("<html>partial…"), "{err}");
 }
