@@ -214,7 +214,12 @@ async fn retry_hints_at_the_extremes_never_outlive_the_deadline() {
                     .trailers_only(),
             );
         }
-        let client = client(&server, RetryPolicy::default());
+        // Short backoffs, so the policy's own delays never race the 800 ms
+        // deadline: only the peer's hint can push a retry past it.
+        let policy = RetryPolicy::default()
+            .with_initial_backoff(Duration::from_millis(10))
+            .with_max_backoff(Duration::from_millis(20));
+        let client = client(&server, policy);
         let (result, took) = call(&client).await;
         let err = result.expect_err("UNAVAILABLE every time");
         assert_eq!(err.code(), Code::Unavailable, "{name}={value}: {err}");
