@@ -25,14 +25,16 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::auth::{BoxFuture, TokenProvider};
 use crate::call::CallStart;
-use crate::config::{AmeideConfig, ConfigError, validate_endpoint, validate_timeout};
+use crate::config::{
+    AmeideConfig, ConfigError, ConfigErrorKind, validate_endpoint, validate_timeout,
+};
 use crate::gate::{Acquire, Admission, Admitted, Gate, InFlightLimit};
 use crate::layers::{
     AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, RequestIdGenerator, RetryLayer,
     RetryPolicy, SemconvMode, TimeoutLayer, TracingLayer,
 };
 use crate::transport::{
-    BoxTransport, TransportOptions, TransportSlot, closed_status, tonic_channel,
+    BoxTransport, TransportOptions, TransportSlot, closed_status, http2_transport,
 };
 
 /// The layered channel every typed client runs on. Cheap to clone.
@@ -594,7 +596,10 @@ impl AmeideClientBuilder {
 
         let transport = match self.transport {
             Some(transport) => transport,
-            None => tonic_channel(&config.endpoint, &self.transport_options)?,
+            None => {
+                let (options, ca_file) = with_tls_files(self.transport_options, &config.tls)?;
+                http2_transport(&config.endpoint, &options, ca_file.as_deref())?
+            }
         };
         let slot = TransportSlot::new(transport);
         let layers = BuiltIn {
@@ -628,6 +633,43 @@ impl AmeideClientBuilder {
             endpoint: Arc::from(config.endpoint.as_str()),
         })
     }
+}
+
+/// Fills the TLS options the builder left unset from the files the
+/// configuration names (`AMEIDE_TLS_*`); returns the CA file's path for
+/// error messages.
+fn with_tls_files(
+    mut options: TransportOptions,
+    files: &crate::config::TlsFiles,
+) -> Result<(TransportOptions, Option<std::path::PathBuf>), ConfigError> {
+    let mut ca_file = None;
+    if options.ca_certificate_pem.is_none()
+        && let Some(path) = &files.ca_file
+    {
+        options.ca_certificate_pem =
+            Some(crate::transport::tls::read_file("CA certificate", path)?);
+        ca_file = Some(path.clone());
+    }
+    if options.client_identity.is_none() {
+        match (&files.client_cert_file, &files.client_key_file) {
+            (Some(cert), Some(key)) => {
+                options.client_identity = Some(crate::ClientIdentity::from_files(cert, key)?);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Tls,
+                    "a client certificate file and a client key file go together: set both for mutual TLS, or neither",
+                ));
+            }
+        }
+    }
+    if options.trust_roots == crate::TrustRoots::default()
+        && let Some(roots) = files.roots
+    {
+        options.trust_roots = roots;
+    }
+    Ok((options, ca_file))
 }
 
 /// The built-in layers, in the order of the table at the top of this file.

@@ -8,6 +8,13 @@
 //! | `AMEIDE_USER_ID` | [`AmeideConfig::user_id`] | visible ASCII |
 //! | `AMEIDE_TIMEOUT_MS` | [`AmeideConfig::timeout`] | integer milliseconds, 1 ..= 8640000000 (100 days) |
 //! | `AMEIDE_AUTH_TOKEN` | [`AmeideConfig::auth_token`] | visible ASCII bearer token |
+//! | `AMEIDE_TLS_CA_FILE` | [`TlsFiles::ca_file`] | a PEM file of CA certificates, trusted on top of the roots |
+//! | `AMEIDE_TLS_CLIENT_CERT_FILE` | [`TlsFiles::client_cert_file`] | a PEM certificate chain for mutual TLS (with the key) |
+//! | `AMEIDE_TLS_CLIENT_KEY_FILE` | [`TlsFiles::client_key_file`] | its PEM private key (PKCS#8, PKCS#1 or SEC1) |
+//! | `AMEIDE_TLS_ROOTS` | [`TlsFiles::roots`] | `bundled` (default), `system`, `bundled+system`, `ca-only` |
+//!
+//! The TLS files are read, parsed and matched (key to certificate) when the
+//! client is built; an error names the file and what is wrong with it.
 //!
 //! Reading the environment is explicit ([`AmeideConfig::from_env`]); building a
 //! client never reads it. A variable that is set but malformed (or empty) is an
@@ -49,6 +56,37 @@ pub struct AmeideConfig {
     pub auth_token: Option<AccessToken>,
     /// Extra metadata sent on every call (names are lower-cased when the client is built).
     pub headers: Vec<(String, String)>,
+    /// TLS files and trust roots named by the environment; read and checked
+    /// when the client is built. Options set with
+    /// [`AmeideClientBuilder::transport_options`](crate::AmeideClientBuilder::transport_options) win.
+    pub tls: TlsFiles,
+}
+
+/// TLS material by file name, as `AMEIDE_TLS_*` give it.
+///
+/// ```
+/// use ameide_sdk::{AmeideConfig, TrustRoots};
+/// let vars = [("AMEIDE_TLS_CA_FILE", "/etc/ameide/ca.pem"), ("AMEIDE_TLS_ROOTS", "ca-only")];
+/// let config = AmeideConfig::from_lookup(|n: &str| Ok(vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())))?;
+/// assert_eq!(config.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ameide/ca.pem")));
+/// assert_eq!(config.tls.roots, Some(TrustRoots::CaOnly));
+///
+/// let half = [("AMEIDE_TLS_CLIENT_CERT_FILE", "/etc/ameide/client.pem")];
+/// let err = AmeideConfig::from_lookup(|n: &str| Ok(half.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())))
+///     .unwrap_err();
+/// assert!(err.to_string().contains("AMEIDE_TLS_CLIENT_KEY_FILE"));
+/// # Ok::<(), ameide_sdk::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Extra CA certificate(s), PEM (`AMEIDE_TLS_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain, PEM (`AMEIDE_TLS_CLIENT_CERT_FILE`); needs the key too.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Client private key, PEM (`AMEIDE_TLS_CLIENT_KEY_FILE`); needs the certificate too.
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Trust roots (`AMEIDE_TLS_ROOTS`: `bundled`, `system`, `bundled+system`, `ca-only`).
+    pub roots: Option<crate::TrustRoots>,
 }
 
 impl Default for AmeideConfig {
@@ -61,6 +99,7 @@ impl Default for AmeideConfig {
             timeout: Duration::from_millis(crate::contract::DEFAULT_TIMEOUT_MS),
             auth_token: None,
             headers: Vec::new(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -75,6 +114,7 @@ impl fmt::Debug for AmeideConfig {
             .field("timeout", &self.timeout)
             .field("auth_token", &self.auth_token)
             .field("headers", &self.headers)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -91,6 +131,14 @@ pub mod env {
     pub const TIMEOUT_MS: &str = "AMEIDE_TIMEOUT_MS";
     /// Static bearer token.
     pub const AUTH_TOKEN: &str = "AMEIDE_AUTH_TOKEN";
+    /// Extra CA certificate file (PEM) for `https` endpoints.
+    pub const TLS_CA_FILE: &str = "AMEIDE_TLS_CA_FILE";
+    /// Client certificate chain file (PEM) for mutual TLS.
+    pub const TLS_CLIENT_CERT_FILE: &str = "AMEIDE_TLS_CLIENT_CERT_FILE";
+    /// Client private key file (PEM) for mutual TLS.
+    pub const TLS_CLIENT_KEY_FILE: &str = "AMEIDE_TLS_CLIENT_KEY_FILE";
+    /// Trust roots: `bundled`, `system`, `bundled+system` or `ca-only`.
+    pub const TLS_ROOTS: &str = "AMEIDE_TLS_ROOTS";
 }
 
 impl AmeideConfig {
@@ -179,6 +227,28 @@ impl AmeideConfig {
                 .header_value()
                 .map_err(|e| env_err(env::AUTH_TOKEN, e))?;
             config.auth_token = Some(token);
+        }
+        config.tls = TlsFiles {
+            ca_file: read(env::TLS_CA_FILE)?.map(Into::into),
+            client_cert_file: read(env::TLS_CLIENT_CERT_FILE)?.map(Into::into),
+            client_key_file: read(env::TLS_CLIENT_KEY_FILE)?.map(Into::into),
+            roots: match read(env::TLS_ROOTS)? {
+                Some(roots) => Some(roots.parse().map_err(|e| env_err(env::TLS_ROOTS, e))?),
+                None => None,
+            },
+        };
+        match (&config.tls.client_cert_file, &config.tls.client_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Environment,
+                    format!(
+                        "{} and {} go together: set both for mutual TLS, or neither",
+                        env::TLS_CLIENT_CERT_FILE,
+                        env::TLS_CLIENT_KEY_FILE
+                    ),
+                ));
+            }
+            _ => {}
         }
         Ok(config)
     }

@@ -96,10 +96,12 @@ pub use client::{
     ACCESSOR_KEYS, AmeideChannel, AmeideClient, AmeideClientBuilder, PlatformClients,
     ResponseFuture,
 };
-pub use config::{AmeideConfig, ConfigError, ConfigErrorKind};
+pub use config::{AmeideConfig, ConfigError, ConfigErrorKind, TlsFiles};
 pub use error::{Error, IntoAmeideResult, canonical_code_name};
 pub use gate::InFlightLimit;
-pub use transport::{BoxTransport, DEFAULT_CONNECTIONS, TransportOptions};
+pub use transport::{
+    BoxTransport, ClientIdentity, DEFAULT_CONNECTIONS, TransportOptions, TrustRoots,
+};
 
 /// The generated protobuf types of the Ameide core bundle, re-exported verbatim.
 ///

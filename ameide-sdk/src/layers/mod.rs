@@ -84,7 +84,8 @@ pub(crate) enum Delivery {
     /// or a stream above a graceful `GOAWAY`'s last stream id): eligible for
     /// one transparent retry.
     Refused,
-    /// The request never reached a connection (connect refused, DNS, TLS).
+    /// The request was never written (connect refused, DNS, TLS, or its
+    /// connection closed before it was written).
     NotSent,
     /// It may have been processed (the server answered, or the stream broke).
     Maybe,
@@ -122,26 +123,31 @@ pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
             found = Some((status, Delivery::Maybe));
             break;
         }
+        if let Some(connect) = err.downcast_ref::<crate::transport::connection::ConnectError>() {
+            found = Some((Status::unavailable(connect.to_string()), Delivery::NotSent));
+            break;
+        }
+        if let Some(unwritten) = err.downcast_ref::<crate::transport::connection::Unwritten>() {
+            found = Some((
+                Status::unavailable(unwritten.to_string()),
+                Delivery::NotSent,
+            ));
+            break;
+        }
         if let Some(hyper_err) = err.downcast_ref::<hyper::Error>() {
             saw_http = true;
             if hyper_err.is_canceled() {
-                // hyper gave the request up (the connection went away or was
-                // not ready). tonic says CANCELLED, which no policy retries,
-                // yet nothing was cancelled by the caller: it is a transport
-                // failure. "Not ready" means the request never entered the
-                // connection; anything else may have been sent.
-                let cause = std::error::Error::source(hyper_err).map(|c| c.to_string());
-                let not_ready = cause.as_deref().is_some_and(|c| c.contains("not ready"));
-                let status = Status::unavailable(match cause {
+                // hyper gave the request up (its connection went away). tonic
+                // says CANCELLED, which no policy retries, yet nothing was
+                // cancelled by the caller: it is a transport failure. Whether
+                // it was written only the SDK's own transport can tell (hyper
+                // hands an unwritten request back to it, and it says so with
+                // `Unwritten`); from any other transport it may have been.
+                let status = Status::unavailable(match std::error::Error::source(hyper_err) {
                     Some(cause) => format!("the connection dropped the call: {hyper_err}: {cause}"),
                     None => format!("the connection dropped the call: {hyper_err}"),
                 });
-                let delivery = if not_ready {
-                    Delivery::NotSent
-                } else {
-                    Delivery::Maybe
-                };
-                found = Some((status, delivery));
+                found = Some((status, Delivery::Maybe));
                 break;
             }
         }
@@ -262,11 +268,28 @@ mod tests {
             "{:?}",
             failure.status
         );
-        assert_eq!(failure.delivery, Delivery::NotSent);
+        // From a transport that is not the SDK's, nothing says it was unwritten.
+        assert_eq!(failure.delivery, Delivery::Maybe);
         assert!(
             failure.status.message().contains("connection"),
             "{}",
             failure.status.message()
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_handed_back_unwritten_is_not_sent() {
+        let unwritten = crate::transport::connection::Unwritten {
+            source: hyper_canceled().await,
+        };
+        let failure = classify_error(Box::new(unwritten));
+        assert_eq!(failure.status.code(), Code::Unavailable);
+        assert_eq!(failure.delivery, Delivery::NotSent);
+        let connect = crate::transport::connection::ConnectError {
+            message: "cannot connect to x:1: TCP connect failed".into(),
+        };
+        let failure = classify_error(Box::new(connect));
+        assert_eq!(failure.delivery, Delivery::NotSent);
+        assert!(failure.status.message().contains("TCP connect failed"));
     }
 }

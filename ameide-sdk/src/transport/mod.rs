@@ -1,7 +1,9 @@
-//! The transport under the layers: a lazily connecting tonic `Channel` over
-//! rustls (ring provider, webpki roots unless a CA is given), or any tower
-//! service the caller provides. Wrapped in a slot that [`AmeideClient::close`](crate::AmeideClient::close) empties.
+//! The transport under the layers: lazily made HTTP/2 connections
+//! ([`connection`]) over TCP, or over rustls ([`tls`]: ring provider, no
+//! OpenSSL) for `https`; or any tower service the caller provides. Wrapped in
+//! a slot that [`AmeideClient::close`](crate::AmeideClient::close) empties.
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,13 +11,18 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::Status;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::auth::BoxFuture;
 use crate::config::{ConfigError, ConfigErrorKind, validate_endpoint};
 use crate::layers::{BoxError, HttpRequest, HttpResponse};
+
+pub(crate) mod connection;
+pub(crate) mod tls;
+
+use connection::{Connection, Target};
+pub use tls::{ClientIdentity, TrustRoots};
 
 /// A type-erased transport (or transport plus user layers).
 pub type BoxTransport = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
@@ -36,8 +43,13 @@ pub struct TransportOptions {
     pub keepalive_timeout: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Extra CA certificate (PEM) trusted for `https` endpoints, e.g. a cluster CA.
+    /// Extra CA certificate(s) (PEM) trusted for `https` endpoints, e.g. a
+    /// cluster CA, on top of [`trust_roots`](Self::trust_roots).
     pub ca_certificate_pem: Option<Vec<u8>>,
+    /// Which roots an `https` server's certificate may chain to (default: the bundled Mozilla roots).
+    pub trust_roots: TrustRoots,
+    /// A client certificate and key for mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
     /// HTTP/2 connections to the target, 1 ..= 64; calls are spread over them
     /// round-robin. One connection multiplexes streams, but its single
     /// connection task becomes the bottleneck with hundreds in flight.
@@ -51,6 +63,8 @@ impl Default for TransportOptions {
             keepalive_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(10),
             ca_certificate_pem: None,
+            trust_roots: TrustRoots::default(),
+            client_identity: None,
             connections: DEFAULT_CONNECTIONS,
         }
     }
@@ -111,11 +125,13 @@ impl TransportOptions {
     }
 }
 
-/// Builds the default transport: lazy tonic `Channel`s to `endpoint`, with
-/// `options` as `AmeideClientBuilder::build` validated them.
-pub(crate) fn tonic_channel(
+/// Builds the default transport: lazily made HTTP/2 connections to
+/// `endpoint`, with `options` as `AmeideClientBuilder::build` validated them.
+/// `ca_file` names where the CA came from, for error messages.
+pub(crate) fn http2_transport(
     endpoint: &str,
     options: &TransportOptions,
+    ca_file: Option<&Path>,
 ) -> Result<BoxTransport, ConfigError> {
     let uri = validate_endpoint(endpoint)?;
     if tokio::runtime::Handle::try_current().is_err() {
@@ -124,55 +140,67 @@ pub(crate) fn tonic_channel(
             "AmeideClient::build() must be called inside a Tokio runtime (the transport spawns its connection task there)",
         ));
     }
-    let tls_error = |e: tonic::transport::Error| {
-        ConfigError::new(
-            ConfigErrorKind::Tls,
-            format!("cannot configure TLS for {endpoint:?}: {e}"),
-        )
-    };
-    let mut ep = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| {
+    let https = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tls = if https {
+        let config = tls::client_config(
+            options.trust_roots,
+            options.ca_certificate_pem.as_deref(),
+            ca_file,
+            options.client_identity.as_ref(),
+        )?;
+        let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
             ConfigError::new(
-                ConfigErrorKind::Endpoint,
-                format!("invalid endpoint {endpoint:?}: {e}"),
+                ConfigErrorKind::Tls,
+                format!("{endpoint:?}: {host:?} is not a TLS server name: {e}"),
             )
-        })?
-        .user_agent(concat!("ameide-sdk-rust/", env!("CARGO_PKG_VERSION")))
-        .map_err(|e| ConfigError::new(ConfigErrorKind::Header, format!("invalid user agent: {e}")))?
-        .tcp_nodelay(true)
-        .connect_timeout(options.connect_timeout)
-        .keep_alive_while_idle(false)
-        .keep_alive_timeout(options.keepalive_timeout);
-    if let Some(interval) = options.keepalive_interval {
-        ep = ep.http2_keep_alive_interval(interval);
-    }
-    if uri.scheme_str() == Some("https") {
-        let mut tls = ClientTlsConfig::new()
-            .with_webpki_roots()
-            .domain_name(uri.host().unwrap_or_default().to_owned());
-        if let Some(pem) = &options.ca_certificate_pem {
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        ep = ep.tls_config(tls).map_err(tls_error)?;
-    }
-    if options.connections == 1 {
-        return Ok(BoxCloneSyncService::new(
-            ep.connect_lazy().map_err(BoxError::from),
-        ));
-    }
-    let channels: Vec<Channel> = (0..options.connections)
-        .map(|_| ep.connect_lazy())
+        })?;
+        Some((tokio_rustls::TlsConnector::from(config), name))
+    } else {
+        None
+    };
+    let authority = uri.authority().cloned().ok_or_else(|| {
+        ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!("invalid endpoint {endpoint:?}: no host"),
+        )
+    })?;
+    let target = Arc::new(Target {
+        scheme: if https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        },
+        authority,
+        host,
+        port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        tls,
+        connect_timeout: options.connect_timeout,
+        keepalive_interval: options.keepalive_interval,
+        keepalive_timeout: options.keepalive_timeout,
+        user_agent: http::HeaderValue::from_static(concat!(
+            "ameide-sdk-rust/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    });
+    let connections: Vec<Connection> = (0..options.connections)
+        .map(|_| Connection::new(target.clone()))
         .collect();
     Ok(BoxCloneSyncService::new(Pool {
-        channels: Arc::from(channels),
+        connections: Arc::from(connections),
         next: Arc::new(AtomicUsize::new(0)),
     }))
 }
 
-/// Round-robin over several connections to one target.
+/// Round-robin over one or more connections to one target.
 #[derive(Clone)]
 struct Pool {
-    channels: Arc<[Channel]>,
+    connections: Arc<[Connection]>,
     next: Arc<AtomicUsize>,
 }
 
@@ -186,9 +214,13 @@ impl Service<HttpRequest> for Pool {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        let channel = self.channels[n].clone();
-        Box::pin(async move { channel.oneshot(request).await.map_err(BoxError::from) })
+        let connection = if self.connections.len() == 1 {
+            self.connections[0].clone()
+        } else {
+            let n = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+            self.connections[n].clone()
+        };
+        Box::pin(connection.send(request))
     }
 }
 
