@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod nginx;
 mod peer_install;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

@@ -75,6 +75,9 @@ pub(crate) fn status_from_error(error: BoxError) -> Status {
 pub(crate) struct TransportFailure {
     pub(crate) status: Status,
     pub(crate) delivery: Delivery,
+    /// Trying again cannot help (a TLS certificate rejected, ALPN refused):
+    /// the retry layer stops at once.
+    pub(crate) permanent: bool,
 }
 
 /// Whether a failed attempt reached the server's application.
@@ -100,6 +103,7 @@ pub(crate) enum Delivery {
 pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
     let mut found = None;
     let mut saw_http = false;
+    let mut permanent = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(err) = source {
         if let Some(status) = err.downcast_ref::<Status>()
@@ -124,6 +128,7 @@ pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
             break;
         }
         if let Some(connect) = err.downcast_ref::<crate::transport::connection::ConnectError>() {
+            permanent = connect.permanent;
             found = Some((Status::unavailable(connect.to_string()), Delivery::NotSent));
             break;
         }
@@ -155,7 +160,11 @@ pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
     }
     if let Some((mut status, delivery)) = found {
         status.set_source(std::sync::Arc::from(error));
-        return TransportFailure { status, delivery };
+        return TransportFailure {
+            status,
+            delivery,
+            permanent,
+        };
     }
     let status = Status::from_error(error);
     // Without an HTTP-level error in the chain, the request never reached a
@@ -165,7 +174,11 @@ pub(crate) fn classify_error(error: BoxError) -> TransportFailure {
     } else {
         Delivery::Maybe
     };
-    TransportFailure { status, delivery }
+    TransportFailure {
+        status,
+        delivery,
+        permanent: false,
+    }
 }
 
 /// The status and delivery of an HTTP/2 error.
@@ -287,6 +300,7 @@ mod tests {
         assert_eq!(failure.delivery, Delivery::NotSent);
         let connect = crate::transport::connection::ConnectError {
             message: "cannot connect to x:1: TCP connect failed".into(),
+            permanent: false,
         };
         let failure = classify_error(Box::new(connect));
         assert_eq!(failure.delivery, Delivery::NotSent);

@@ -787,7 +787,15 @@ where
         let headers = first_headers
             .take()
             .unwrap_or_else(|| replay_headers.rebuild());
-        let request = attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
+        let mut request = attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
+        if transparent_used {
+            // gRFC A6: the server may see how many transparent resends came before.
+            request.headers_mut().insert(
+                crate::transport::connection::TRANSPARENT_ATTEMPTS,
+                HeaderValue::from_static("1"),
+            );
+        }
+        let mut permanent = false;
         let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
                 None => {
@@ -822,6 +830,7 @@ where
             },
             Err(error) => {
                 let failure = classify_error(error.into());
+                permanent = failure.permanent;
                 (failure.status, None, failure.delivery)
             }
         };
@@ -868,7 +877,7 @@ where
             }
             Ok(response.unwrap_or_else(|| status_response(status)))
         };
-        if !code_retryable || !allowed_by_safety {
+        if !code_retryable || !allowed_by_safety || permanent {
             return stop(StopReason::NotRetryable, status, response);
         }
         if pushback == Some(Pushback::Stop) {

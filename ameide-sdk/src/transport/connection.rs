@@ -58,6 +58,10 @@ pub(crate) struct Target {
 #[derive(Debug)]
 pub(crate) struct ConnectError {
     pub(crate) message: String,
+    /// Trying again cannot help before the configuration or the server's
+    /// certificate changes (a certificate rejected, ALPN refused): the call
+    /// fails at once instead of waiting out its deadline.
+    pub(crate) permanent: bool,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -164,6 +168,7 @@ impl Connection {
             if deadline.is_some_and(|d| at >= d) {
                 return Err(ConnectError {
                     message: last_error.unwrap_or_else(|| "cannot connect".to_owned()),
+                    permanent: false,
                 });
             }
             tokio::time::sleep_until(at).await;
@@ -218,7 +223,10 @@ impl Connection {
                     };
                     // The next `sender` call fails at once when its connect
                     // would start past the deadline.
-                    if give_up || deadline.is_some_and(|d| self.next_connect_at() >= Some(d)) {
+                    if give_up
+                        || error.permanent
+                        || deadline.is_some_and(|d| self.next_connect_at() >= Some(d))
+                    {
                         return Err(Box::new(error));
                     }
                     resends = resends.saturating_add(1);
@@ -314,6 +322,11 @@ async fn connect(target: &Target) -> Result<SendRequest<tonic::body::Body>, Conn
     let where_ = format!("{}:{}", target.host, target.port);
     let fail = |what: String| ConnectError {
         message: format!("cannot connect to {where_}: {what}"),
+        permanent: false,
+    };
+    let refuse = |what: String| ConnectError {
+        message: format!("cannot connect to {where_}: {what}"),
+        permanent: true,
     };
     let work = async {
         let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
@@ -339,13 +352,19 @@ async fn connect(target: &Target) -> Result<SendRequest<tonic::body::Body>, Conn
         match &target.tls {
             None => handshake(target, TokioIo::new(stream)).await.map_err(fail),
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), stream)
-                    .await
-                    .map_err(|e| fail(format!("TLS handshake failed: {}", tls_cause(&e))))?;
+                let tls = connector.connect(name.clone(), stream).await.map_err(|e| {
+                    let why = format!("TLS handshake failed: {}", tls_cause(&e));
+                    // A rustls verdict (certificate, alert, protocol) stands;
+                    // a connection cut mid-handshake may not.
+                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                        refuse(why)
+                    } else {
+                        fail(why)
+                    }
+                })?;
                 let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
                 if alpn.as_deref() != Some(b"h2") {
-                    return Err(fail(format!(
+                    return Err(refuse(format!(
                         "the server did not agree to HTTP/2 in TLS ALPN (it chose {}); gRPC needs h2",
                         alpn.map_or_else(
                             || "nothing".to_owned(),
