@@ -4,6 +4,7 @@
 pub mod breaking;
 pub mod buf;
 pub mod policy;
+pub mod system;
 pub mod version;
 
 use std::path::Path;

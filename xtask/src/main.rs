@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         ["soak", rest @ ..] => soak(rest),
         ["sync-proto", source] => sync_proto(Path::new(source)),
         ["deny"] => deny(),
+        ["system-packages"] => xtask::system::install(),
         ["fuzz", rest @ ..] => fuzz(rest),
         ["release", "--dry-run"] => release_dry_run(),
         ["bench", rest @ ..] => bench(rest),
@@ -74,6 +75,7 @@ fn print_help() {
          package-smoke       cargo package, unpack, build and run a throwaway consumer\n\
          sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
          deny                cargo deny check bans licenses sources\n\
+         system-packages     apt-get install nginx and openssl when missing (no service started)\n\
          fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
@@ -322,12 +324,15 @@ fn ci() -> Result<(), String> {
                 )
             }),
         ),
+        ("system packages", Box::new(xtask::system::install)),
         (
             "test",
             Box::new(|| {
                 run(
                     cargo()
                         .args(["test", "--workspace", "--locked"])
+                        // The proxy tests fail, rather than skip, without nginx.
+                        .env("AMEIDE_REQUIRE_NGINX", "1")
                         .current_dir(workspace_root()),
                     "cargo test",
                 )
