@@ -25,6 +25,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::auth::{BoxFuture, TokenProvider};
 use crate::call::CallStart;
+use crate::codec::CodecOptions;
 use crate::config::{
     AmeideConfig, ConfigError, ConfigErrorKind, validate_endpoint, validate_timeout,
 };
@@ -43,6 +44,11 @@ use crate::transport::{
 /// client can be built on it: `SomeServiceClient::new(client.channel())`.
 pub struct AmeideChannel {
     service: BoxTransport,
+    /// Limits and compression of the typed clients made on this channel
+    /// (behind an `Arc`: typed clients hold the channel by value).
+    codec: Arc<CodecOptions>,
+    /// The decoding limit the stack checks unless a call says otherwise.
+    stack_decode_limit: usize,
     closed: Arc<AtomicBool>,
     gate: Option<Gate>,
     /// This instance's way through the gate, from `poll_ready` to `call`.
@@ -56,6 +62,8 @@ impl Clone for AmeideChannel {
         // A clone starts unready: readiness (and a place) belong to the instance polled.
         AmeideChannel {
             service: self.service.clone(),
+            codec: self.codec.clone(),
+            stack_decode_limit: self.stack_decode_limit,
             closed: self.closed.clone(),
             gate: self.gate.clone(),
             admission: Admission::default(),
@@ -152,6 +160,11 @@ impl Service<HttpRequest> for AmeideChannel {
                 permit: None,
             };
         }
+        if self.codec.max_decoding_message_size != self.stack_decode_limit {
+            request.extensions_mut().insert(crate::codec::DecodeLimit(
+                self.codec.max_decoding_message_size,
+            ));
+        }
         let unary = is_unary(request.uri().path());
         let permit = match admitted {
             Admitted::Free => None,
@@ -238,7 +251,24 @@ impl fmt::Debug for AmeideClient {
     }
 }
 
-ameide_proto::__ameide_client_set!(AmeideClient, AmeideChannel);
+/// Sets a typed client up with its channel's [`CodecOptions`].
+macro_rules! configure_client {
+    ($channel:expr, $client:expr) => {{
+        let codec: &CodecOptions = &*$channel.codec;
+        let mut client = $client
+            .max_decoding_message_size(codec.max_decoding_message_size)
+            .max_encoding_message_size(codec.max_encoding_message_size);
+        for &encoding in codec.accept_compressed {
+            client = client.accept_compressed(encoding);
+        }
+        if let Some(encoding) = codec.send_compressed {
+            client = client.send_compressed(encoding);
+        }
+        client
+    }};
+}
+
+ameide_proto::__ameide_client_set!(AmeideClient, AmeideChannel, configure_client);
 
 impl AmeideClient {
     /// Starts a builder with the contract's defaults.
@@ -249,6 +279,39 @@ impl AmeideClient {
     /// The layered channel, for building other tonic clients on the same stack.
     pub fn channel(&self) -> AmeideChannel {
         self.channel.clone()
+    }
+
+    /// A clone of this client whose typed clients use `codec` (message size
+    /// limits, compression): for one call or a group of calls. It shares the
+    /// connection, the layers and the retry budget with this client.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::{AmeideClient, CodecOptions};
+    /// use ameide_sdk::tonic::codec::CompressionEncoding;
+    /// let client = AmeideClient::builder().endpoint("http://127.0.0.1:50051").build().unwrap();
+    /// let big = client
+    ///     .with_codec(CodecOptions {
+    ///         max_decoding_message_size: 64 << 20,
+    ///         send_compressed: Some(CompressionEncoding::Zstd),
+    ///         ..client.codec()
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(big.codec().max_decoding_message_size, 64 << 20);
+    /// assert_eq!(client.codec().max_decoding_message_size, 4 << 20);
+    /// assert!(client.with_codec(CodecOptions { max_decoding_message_size: 0, ..client.codec() }).is_err());
+    /// # }
+    /// ```
+    pub fn with_codec(&self, codec: CodecOptions) -> Result<AmeideClient, ConfigError> {
+        codec.validate()?;
+        let mut client = self.clone();
+        client.channel.codec = Arc::new(codec);
+        Ok(client)
+    }
+
+    /// The limits and compression of this client's typed clients.
+    pub fn codec(&self) -> CodecOptions {
+        *self.channel.codec
     }
 
     /// The endpoint the client was built for.
@@ -306,6 +369,7 @@ pub struct AmeideClientBuilder {
     transport: Option<BoxTransport>,
     transport_options: TransportOptions,
     in_flight_limit: Option<InFlightLimit>,
+    codec: CodecOptions,
 }
 
 impl fmt::Debug for AmeideClientBuilder {
@@ -341,6 +405,7 @@ impl AmeideClientBuilder {
             transport: None,
             transport_options: TransportOptions::default(),
             in_flight_limit: None,
+            codec: CodecOptions::default(),
         }
     }
 
@@ -448,6 +513,25 @@ impl AmeideClientBuilder {
         self
     }
 
+    /// Message size limits and compression for every typed client (see
+    /// [`crate::codec`]); [`AmeideClient::with_codec`] changes them for a clone.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::{AmeideClient, CodecOptions};
+    /// let client = AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:50051")
+    ///     .codec(CodecOptions { max_decoding_message_size: 8 << 20, ..Default::default() })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(client.codec().max_decoding_message_size, 8 << 20);
+    /// # }
+    /// ```
+    pub fn codec(mut self, codec: CodecOptions) -> Self {
+        self.codec = codec;
+        self
+    }
+
     /// Opt in to a cap on the calls the client keeps on the wire at once
     /// (over all clones and connections); `None`, the default, sends every
     /// call at once, as the TypeScript, Go and Python SDKs do.
@@ -536,6 +620,7 @@ impl AmeideClientBuilder {
         validate_timeout("timeout", config.timeout)?;
         self.retry.validate()?;
         self.transport_options.validate()?;
+        self.codec.validate()?;
         let gate = match self.in_flight_limit {
             Some(limit) => {
                 limit.validate()?;
@@ -544,7 +629,8 @@ impl AmeideClientBuilder {
             None => None,
         };
 
-        let mut metadata = MetadataLayer::builder();
+        let mut metadata = MetadataLayer::builder()
+            .max_decoding_message_size(self.codec.max_decoding_message_size);
         if let Some(tenant) = &config.tenant_id {
             metadata = metadata.tenant_id(tenant);
         }
@@ -622,6 +708,8 @@ impl AmeideClientBuilder {
         };
         let channel = AmeideChannel {
             service,
+            codec: Arc::new(self.codec),
+            stack_decode_limit: self.codec.max_decoding_message_size,
             closed: Arc::new(AtomicBool::new(false)),
             gate,
             admission: Admission::default(),

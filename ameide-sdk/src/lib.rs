@@ -74,6 +74,7 @@
 pub mod auth;
 mod call;
 mod client;
+pub mod codec;
 pub mod config;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -96,6 +97,7 @@ pub use client::{
     ACCESSOR_KEYS, AmeideChannel, AmeideClient, AmeideClientBuilder, PlatformClients,
     ResponseFuture,
 };
+pub use codec::CodecOptions;
 pub use config::{AmeideConfig, ConfigError, ConfigErrorKind, TlsFiles};
 pub use error::{Error, IntoAmeideResult, canonical_code_name};
 pub use gate::InFlightLimit;

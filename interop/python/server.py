@@ -80,6 +80,15 @@ class Graph(graph_pb2_grpc.GraphServiceServicer):
         context.abort(grpc.StatusCode.NOT_FOUND, "tab\there\r\nline two \U0001F980 \u2713 \u00fcn\u00ef")
 
 
+    def CreateElement(self, request, context):
+        # Echoes the element; with `x-interop-compress: gzip` the response is
+        # gzip-compressed (grpcio decompresses the request whatever it is).
+        record("CreateElement", context)
+        if dict(context.invocation_metadata()).get("x-interop-compress") == "gzip":
+            context.set_compression(grpc.Compression.Gzip)
+        return graph_pb2.CreateElementResponse(element=request.element)
+
+
 class Inference(inference_pb2_grpc.InferenceServiceServicer):
     def Generate(self, request, context):
         record("Generate", context)

@@ -77,9 +77,9 @@ async fn expect(reply: RawReply, code: Code) -> Error {
 }
 
 /// One reply, one call with retries off: an error by the deadline, in one
-/// line. Errors raised by tonic's message decoder (above every layer) carry
-/// no SDK facts yet: the production-transport issue moves framing checks
-/// below it.
+/// line. The SDK checks the framing below tonic (see `ameide_sdk::codec`);
+/// what only tonic's decoder can find (a compressed message without an
+/// encoding, a message that is not the response type) carries no SDK facts.
 async fn expect_any(reply: RawReply) -> Error {
     watch_panics();
     let server = H2FaultServer::start().await.unwrap();
@@ -249,8 +249,36 @@ async fn a_proxy_error_page_is_an_error_not_a_hang() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_message_frames_are_clear_errors() {
-    // Compression flag set, no grpc-encoding.
+async fn malformed_message_frames_are_clear_errors_with_the_request_id() {
+    // A compression flag that is neither 0 nor 1 (an HTML page's '<' is 60).
+    let err = expect(
+        RawReply::grpc()
+            .data(b"<html>bad gateway</html>".to_vec())
+            .trailer("grpc-status", "0"),
+        Code::Internal,
+    )
+    .await;
+    assert!(err.message().contains("compression flag 60"), "{err}");
+    // A length prefix far past the 4 MiB receive limit.
+    let err = expect(
+        RawReply::grpc()
+            .data(vec![0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .trailer("grpc-status", "0"),
+        Code::ResourceExhausted,
+    )
+    .await;
+    assert!(err.message().contains("4294967295 bytes"), "{err}");
+    // A frame cut short, then OK trailers.
+    let err = expect(
+        RawReply::grpc()
+            .data(vec![0, 0, 0, 0, 10, 1, 2])
+            .trailer("grpc-status", "0"),
+        Code::Internal,
+    )
+    .await;
+    assert!(err.message().contains("2 of 10 bytes"), "{err}");
+    // Compression flag set, no grpc-encoding: tonic's decoder finds it,
+    // above every layer, so no SDK facts (yet) on this one.
     let err = expect_any(
         RawReply::grpc()
             .data(vec![1, 0, 0, 0, 1, 0])
@@ -258,22 +286,7 @@ async fn malformed_message_frames_are_clear_errors() {
     )
     .await;
     assert_eq!(err.code(), Code::Internal, "{err}");
-    // A length prefix far past the 4 MiB receive limit.
-    expect_any(
-        RawReply::grpc()
-            .data(vec![0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3])
-            .trailer("grpc-status", "0"),
-    )
-    .await;
-    // A frame cut short, then OK trailers.
-    let err = expect_any(
-        RawReply::grpc()
-            .data(vec![0, 0, 0, 0, 10, 1, 2])
-            .trailer("grpc-status", "0"),
-    )
-    .await;
-    assert_eq!(err.code(), Code::Internal, "{err}");
-    // A message that is not the response type's protobuf.
+    // A message that is not the response type's protobuf: likewise tonic's.
     let err = expect_any(
         RawReply::grpc()
             .message(&[0xff, 0xff, 0xff, 0xff])

@@ -300,3 +300,52 @@ mod grpcio_client {
         );
     }
 }
+
+/// gzip both ways with grpcio: the SDK compresses the request (grpcio must
+/// decompress it to echo it), grpcio compresses the response (the SDK
+/// advertised gzip and decodes it). grpcio has no zstd; `codec_on_the_wire.rs`
+/// covers zstd on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compression_interoperates_with_grpcio_both_ways() {
+    use ameide_sdk::CodecOptions;
+    use ameide_sdk::proto::graph::v1::{CreateElementRequest, Element};
+    use tonic::codec::CompressionEncoding;
+
+    let peer = Peer::python();
+    let base = client(&peer, Duration::from_secs(5));
+    let gzip = base
+        .with_codec(CodecOptions {
+            send_compressed: Some(CompressionEncoding::Gzip),
+            ..base.codec()
+        })
+        .unwrap();
+    let description = "a compressible description ".repeat(8_000);
+    let mut request = tonic::Request::new(CreateElementRequest {
+        element: Some(Element {
+            description: description.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-interop-compress", "gzip".parse().unwrap());
+    let response = gzip
+        .graph()
+        .create_element(request)
+        .await
+        .into_ameide()
+        .expect("gzip both ways");
+    assert_eq!(
+        response
+            .metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip"),
+        "grpcio compressed the response"
+    );
+    let element = response.into_inner().element.expect("echoed element");
+    assert_eq!(element.description, description);
+    let calls = peer.calls("CreateElement");
+    assert_eq!(calls.len(), 1);
+}

@@ -393,3 +393,91 @@ fn tls_files_are_checked_at_build_and_named() {
     let err = build(&[url, ("AMEIDE_TLS_ROOTS", "ca-only".to_owned())]).unwrap_err();
     assert!(err.to_string().contains("CaOnly"), "{err}");
 }
+
+/// A 5 MiB response and a 5 MiB request through nginx: over the default
+/// 4 MiB receive limit the call fails with the request id; with the limit
+/// raised client-wide both go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_mib_messages_pass_once_the_limit_is_raised_client_wide() {
+    use ameide_sdk::CodecOptions;
+    use ameide_sdk::IntoAmeideResult;
+    use ameide_sdk::proto::graph::v1::{
+        CreateElementRequest, Element, ListRepositoriesRequest, ListRepositoriesResponse,
+        Repository,
+    };
+
+    let Some(bin) = nginx::binary("five_mib_messages_pass_once_the_limit_is_raised_client_wide")
+    else {
+        return;
+    };
+    let server = MockServer::new();
+    let big = ListRepositoriesResponse {
+        repositories: (0..24_000)
+            .map(|i| Repository {
+                repository_id: format!("repo-{i:08}"),
+                key: "k".repeat(200),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let size = prost::Message::encoded_len(&big);
+    assert!((5 << 20..6 << 20).contains(&size), "{size}");
+    server.push(
+        "/ameide_core_proto.graph.v1.GraphService/ListRepositories",
+        Reply::message(&big),
+    );
+    server.push(
+        "/ameide_core_proto.graph.v1.GraphService/ListRepositories",
+        Reply::message(&big),
+    );
+    server.fallback(Reply::ok());
+    let addr = serve_tcp(server.clone()).await.expect("upstream");
+    let proxy = Nginx::start(&bin, &grpc_proxy(addr, ""));
+
+    let default = AmeideClient::builder()
+        .endpoint(proxy.endpoint())
+        .build()
+        .unwrap();
+    let err = default
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .into_ameide()
+        .expect_err("5 MiB is over the default limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.request_id().is_some(), "{err}");
+
+    let raised = AmeideClient::builder()
+        .endpoint(proxy.endpoint())
+        .codec(CodecOptions {
+            max_decoding_message_size: 8 << 20,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let response = raised
+        .graph()
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .into_ameide()
+        .expect("5 MiB response with the limit raised");
+    assert_eq!(response.get_ref().repositories.len(), 24_000);
+
+    let request = CreateElementRequest {
+        element: Some(Element {
+            description: "d".repeat(5 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    raised
+        .graph()
+        .create_element(request)
+        .await
+        .into_ameide()
+        .expect("5 MiB request through nginx");
+    let seen = server.attempts_for("/ameide_core_proto.graph.v1.GraphService/CreateElement");
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].messages[0].len() > 5 << 20);
+}

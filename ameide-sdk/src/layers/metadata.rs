@@ -113,9 +113,17 @@ pub struct MetadataLayerBuilder {
     user_id: Option<String>,
     headers: Vec<(String, String)>,
     generator: Option<RequestIdGenerator>,
+    max_decoding_message_size: Option<usize>,
 }
 
 impl MetadataLayerBuilder {
+    /// The largest response message, checked on the wire before tonic
+    /// decodes it (default 4 MiB; see [`crate::CodecOptions`]).
+    pub fn max_decoding_message_size(mut self, bytes: usize) -> Self {
+        self.max_decoding_message_size = Some(bytes);
+        self
+    }
+
     /// Sends `x-tenant-id` (system/bootstrap callers only; user traffic is routed by token).
     pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
         self.tenant_id = Some(tenant_id.into());
@@ -168,6 +176,9 @@ impl MetadataLayerBuilder {
                 user,
                 headers,
                 generator: self.generator.unwrap_or_else(RequestIdGenerator::uuid_v4),
+                decode_limit: self
+                    .max_decoding_message_size
+                    .unwrap_or(crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE),
             }),
         })
     }
@@ -179,6 +190,7 @@ struct MetadataConfig {
     user: Option<HeaderValue>,
     headers: HeaderMap,
     generator: RequestIdGenerator,
+    decode_limit: usize,
 }
 
 /// Sets tenant, user, extra headers and the request id; stamps errors.
@@ -288,9 +300,14 @@ where
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let state = self.prepare(&mut request);
+        let decode_limit = request
+            .extensions()
+            .get::<crate::codec::DecodeLimit>()
+            .map_or(self.config.decode_limit, |l| l.0);
         MetadataFuture {
             inner: self.inner.call(request),
             state: Some(state),
+            decode_limit,
         }
     }
 }
@@ -301,6 +318,7 @@ pin_project! {
         #[pin]
         inner: F,
         state: Option<CallState>,
+        decode_limit: usize,
     }
 }
 
@@ -321,7 +339,7 @@ where
             return Poll::Ready(result.map_err(Into::into));
         };
         Poll::Ready(match result {
-            Ok(response) => finish(response, state),
+            Ok(response) => finish(response, state, *this.decode_limit),
             Err(error) => {
                 Err(Box::new(stamp_status(status_from_error(error.into()), &state)) as BoxError)
             }
@@ -329,7 +347,11 @@ where
     }
 }
 
-fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, BoxError> {
+fn finish(
+    mut response: HttpResponse,
+    state: CallState,
+    decode_limit: usize,
+) -> Result<HttpResponse, BoxError> {
     // Trailers-only. A failure becomes the call's error here; an OK is handed
     // up with its headers sanitized, because tonic parses them again.
     match grpc_code(response.headers()) {
@@ -350,7 +372,14 @@ fn finish(mut response: HttpResponse, state: CallState) -> Result<HttpResponse, 
         attempts: state.attempts(),
         elapsed: state.start().elapsed(),
     });
-    Ok(response.map(|body| tonic::body::Body::new(StampBody { inner: body, state })))
+    Ok(response.map(|body| {
+        tonic::body::Body::new(StampBody {
+            inner: body,
+            state,
+            frames: crate::codec::FrameCheck::new(decode_limit),
+            failed: false,
+        })
+    }))
 }
 
 /// A status a peer sent, stamped; details the peer garbled are reported.
@@ -367,11 +396,14 @@ pub(crate) fn stamp_status(status: Status, state: &CallState) -> Status {
 }
 
 pin_project! {
-    /// Turns error trailers (and body errors) into a stamped status.
+    /// Turns error trailers (and body errors, and framing the SDK rejects:
+    /// see [`crate::codec`]) into a stamped status.
     struct StampBody {
         #[pin]
         inner: tonic::body::Body,
         state: CallState,
+        frames: crate::codec::FrameCheck,
+        failed: bool,
     }
 }
 
@@ -384,11 +416,27 @@ impl http_body::Body for StampBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        let fail = |status: Status, failed: &mut bool, state: &CallState| {
+            *failed = true;
+            Poll::Ready(Some(Err(stamp_status(status, state))))
+        };
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(status) = this.frames.feed(data) {
+                        return fail(status, this.failed, this.state);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 if let Some(trailers) = frame.trailers_mut() {
                     match grpc_code(trailers) {
                         Some(tonic::Code::Ok) | None => {
+                            if let Some(status) = this.frames.cut_off() {
+                                return fail(status, this.failed, this.state);
+                            }
                             // tonic parses OK trailers again: nothing it could panic on.
                             if let Some(why) = crate::peer::sanitize(trailers) {
                                 ::tracing::warn!("{why}");
@@ -396,6 +444,7 @@ impl http_body::Body for StampBody {
                         }
                         Some(_) => {
                             if let Some(peer) = crate::peer::status_from_headers(trailers) {
+                                *this.failed = true;
                                 let status = stamp_peer_status(peer, this.state);
                                 return Poll::Ready(Some(Err(status)));
                             }
@@ -404,10 +453,12 @@ impl http_body::Body for StampBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(status))) => {
-                Poll::Ready(Some(Err(stamp_status(status, this.state))))
-            }
-            other => other,
+            Poll::Ready(Some(Err(status))) => fail(status, this.failed, this.state),
+            Poll::Ready(None) => match this.frames.cut_off() {
+                Some(status) => fail(status, this.failed, this.state),
+                None => Poll::Ready(None),
+            },
+            Poll::Pending => Poll::Pending,
         }
     }
 
