@@ -63,6 +63,16 @@ async fn refused_stream_is_sent_again_once_even_with_retries_off() {
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].fault, StreamFault::Refuse);
     assert_eq!(seen[1].fault, StreamFault::Ok);
+    // gRFC A6: the resend says it is one; neither is a policy retry.
+    assert_eq!(seen[0].headers.get("grpc-transparent-retry-attempts"), None);
+    assert_eq!(
+        seen[1]
+            .headers
+            .get("grpc-transparent-retry-attempts")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert_eq!(seen[1].headers.get("grpc-previous-rpc-attempts"), None);
 }
 
 #[tokio::test]
@@ -343,4 +353,63 @@ async fn a_stream_above_a_graceful_goaway_is_replayed_even_for_a_create_in_safe_
         vec![(0, 1), (0, 3), (1, 1)],
         "stream 3 of connection 0 went again as stream 1 of connection 1"
     );
+}
+
+/// A deploy: nothing listens yet when the call starts; the server comes up
+/// 600 ms later. The request never left the client, so it waits out the
+/// connect backoff and goes as soon as the server is there, inside its
+/// deadline, with retries off and the throttle untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_server_that_is_not_up_yet_goes_once_it_is() {
+    use ameide_sdk::testkit::{MockServer, Reply, serve_tcp_at};
+    let addr = ameide_tests::closed_addr();
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .timeout(Duration::from_secs(4))
+        .retry_policy(RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    let server = MockServer::new();
+    server.fallback(Reply::ok());
+    let late = server.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        serve_tcp_at(late, addr)
+            .await
+            .expect("the port is free again");
+    });
+    let started = std::time::Instant::now();
+    list(&client).await.expect("sent once the server is up");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let seen = server.attempts();
+    assert_eq!(seen.len(), 1, "one request reached the server");
+    let resends: u32 = seen[0]
+        .header("grpc-transparent-retry-attempts")
+        .expect("the request says it was held back")
+        .parse()
+        .unwrap();
+    assert!(resends >= 1, "{resends}");
+    assert_eq!(seen[0].header("grpc-previous-rpc-attempts"), None);
+}
+
+/// Nothing ever listens: the call fails at its deadline's edge with
+/// UNAVAILABLE naming the connect failure (not DEADLINE_EXCEEDED, not at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_comes_up_is_unavailable_by_the_deadline() {
+    let addr = ameide_tests::closed_addr();
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = list(&client).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("TCP connect failed"), "{err}");
+    assert!(
+        took >= Duration::from_millis(500) && took <= Duration::from_millis(2300),
+        "took {took:?}: {err}"
+    );
+    assert!(err.request_id().is_some());
 }

@@ -44,7 +44,7 @@ mod server;
 
 pub use h2fault::{H2FaultServer, SeenStream, StreamFault};
 pub use hostile::{RawReply, RawTcpServer};
-pub use server::{MockServer, RecordedAttempt, Reply, duplex_transport, serve_tcp};
+pub use server::{MockServer, RecordedAttempt, Reply, duplex_transport, serve_tcp, serve_tcp_at};
 
 /// A retry layer with `policy` and no randomness: every backoff is exactly
 /// the policy's nominal delay (jitter factor 1.0), so under tokio's paused

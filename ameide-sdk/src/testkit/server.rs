@@ -398,7 +398,13 @@ pub fn duplex_transport(server: MockServer) -> Channel {
 /// Serves `server` on `127.0.0.1` (a free port) until the runtime shuts down;
 /// returns the address.
 pub async fn serve_tcp(server: MockServer) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    serve_tcp_at(server, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Like [`serve_tcp`], on `addr`: e.g. a port a client is already trying to
+/// reach, to stand for a server that comes up late (a deploy).
+pub async fn serve_tcp_at(server: MockServer, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
