@@ -23,7 +23,7 @@
 //! | 4 | retry: backoff with jitter on retryable codes, `grpc-timeout` per attempt | once per call |
 //! | 5 | tracing: a CLIENT span per attempt, `traceparent`/`tracestate`/`baggage` | per attempt |
 //! | 6 | user layers ([`AmeideClientBuilder::layer`]) | per attempt |
-//! | 7 | transport: tonic `Channel` (rustls) or [`AmeideClientBuilder::transport`] | per attempt |
+//! | 7 | transport: the SDK's HTTP/2 connections (hyper; rustls for `https`; never-written requests resent transparently) or [`AmeideClientBuilder::transport`] | per attempt |
 //!
 //! # Example
 //!

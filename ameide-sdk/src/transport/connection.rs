@@ -156,6 +156,17 @@ impl Connection {
         if let Some(sender) = self.live_sender() {
             return Ok(sender);
         }
+        // The connect path (DNS, TCP, TLS, handshake) is a large state
+        // machine: boxed, so the per-call future that holds this one stays
+        // small (it is moved to the heap on every call).
+        Box::pin(self.connect_shared(deadline)).await
+    }
+
+    /// The slow path of [`sender`](Self::sender): one connect for all waiters.
+    async fn connect_shared(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<SendRequest<tonic::body::Body>, ConnectError> {
         let _connecting = self.connecting.lock().await;
         if let Some(sender) = self.live_sender() {
             return Ok(sender);
