@@ -100,7 +100,7 @@ pub fn token_response(data: &[u8]) {
     }
 }
 
-/// `AmeideConfig::from_lookup` over five values split from the input by NUL.
+/// `AmeideConfig::from_lookup` over nine values split from the input by NUL.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let values: Vec<&str> = text.split('\0').collect();
@@ -110,6 +110,10 @@ pub fn config(data: &[u8]) {
         crate::config::env::USER_ID,
         crate::config::env::TIMEOUT_MS,
         crate::config::env::AUTH_TOKEN,
+        crate::config::env::TLS_CA_FILE,
+        crate::config::env::TLS_CLIENT_CERT_FILE,
+        crate::config::env::TLS_CLIENT_KEY_FILE,
+        crate::config::env::TLS_ROOTS,
     ];
     let lookup = |name: &str| {
         Ok(names
@@ -150,4 +154,41 @@ pub fn retry_delay(data: &[u8]) {
         );
         let _ = crate::time::add(tokio::time::Instant::now(), delay);
     }
+}
+
+/// The response framing check, fed the input whole and split at a point the
+/// input's first byte chooses: the same verdict either way, never a panic.
+pub fn frames(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let limit = 1 + usize::from(first) * 64;
+    let mut whole = crate::codec::FrameCheck::new(limit);
+    let whole_result = whole.feed(rest).map_err(|s| s.code());
+    let at = usize::from(first) % (rest.len() + 1);
+    let mut split = crate::codec::FrameCheck::new(limit);
+    let split_result = split
+        .feed(&rest[..at])
+        .and_then(|()| split.feed(&rest[at..]))
+        .map_err(|s| s.code());
+    assert_eq!(whole_result, split_result);
+    if whole_result.is_ok() {
+        assert_eq!(whole.cut_off().is_some(), split.cut_off().is_some());
+    }
+}
+
+/// TLS material as a user or the environment gives it: a CA PEM and a client
+/// certificate and key, split from the input by NUL. A clear error or a
+/// configuration, never a panic.
+pub fn tls_material(data: &[u8]) {
+    let mut parts = data.split(|b| *b == 0);
+    let ca = parts.next().unwrap_or_default();
+    let cert = parts.next().unwrap_or_default();
+    let key = parts.next().unwrap_or_default();
+    let identity = crate::ClientIdentity::from_pem(cert.to_vec(), key.to_vec());
+    for roots in [crate::TrustRoots::Bundled, crate::TrustRoots::CaOnly] {
+        let _ = crate::transport::tls::client_config(roots, Some(ca), None, Some(&identity));
+        let _ = crate::transport::tls::client_config(roots, Some(ca), None, None);
+    }
+    let _ = String::from_utf8_lossy(data).parse::<crate::TrustRoots>();
 }

@@ -129,3 +129,27 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The response framing check gives the same verdict however the body is
+    /// split into chunks (HTTP/2 DATA frames split messages anywhere).
+    #[test]
+    fn frame_check_is_split_invariant(
+        data in prop::collection::vec(any::<u8>(), 0..512),
+        at in any::<usize>(),
+        limit in 1usize..4096,
+    ) {
+        let mut whole = crate::codec::FrameCheck::new(limit);
+        let whole_result = whole.feed(&data).map_err(|s| s.code());
+        let at = at % (data.len() + 1);
+        let mut split = crate::codec::FrameCheck::new(limit);
+        let split_result = split
+            .feed(&data[..at])
+            .and_then(|()| split.feed(&data[at..]))
+            .map_err(|s| s.code());
+        prop_assert_eq!(whole_result, split_result);
+        if whole_result.is_ok() {
+            prop_assert_eq!(whole.cut_off().is_some(), split.cut_off().is_some());
+        }
+    }
+}
