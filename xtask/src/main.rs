@@ -840,6 +840,15 @@ const CARGO_CYCLONEDX_VERSION: &str = "0.5.9";
 
 fn deny() -> Result<(), String> {
     let tool = cargo_tool("cargo-deny", "cargo-deny", CARGO_DENY_VERSION)?;
+    // cargo-deny reads the metadata of every platform's dependencies
+    // offline; a build downloads only the host's (rustls-native-certs pulls
+    // Windows and macOS crates), so fetch them all first.
+    run(
+        cargo()
+            .args(["fetch", "--locked", "--quiet"])
+            .current_dir(workspace_root()),
+        "cargo fetch",
+    )?;
     run(
         Command::new(tool)
             .args(["--offline", "check", "bans", "licenses", "sources"])
