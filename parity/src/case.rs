@@ -190,6 +190,17 @@ pub struct Expect {
     pub attempts: Option<usize>,
     /// Response messages the client must have received.
     pub messages: Option<usize>,
+    /// The response messages, proto-JSON of the method's response type: the
+    /// client's decoded messages must equal them field by field.
+    pub responses: Option<Vec<serde_json::Value>>,
+    /// The client must report its request id and attempts (they are always
+    /// compared with the wire when reported).
+    #[serde(default)]
+    pub reports_call_facts: bool,
+    /// Every attempt's `traceparent` continues the caller's trace
+    /// (`call.traceparent`): same trace id, a span id of the client's own.
+    #[serde(default)]
+    pub continues_trace: bool,
     /// Error details the client must have decoded.
     #[serde(default)]
     pub details: Vec<Detail>,
@@ -201,9 +212,11 @@ pub struct Expect {
     /// Bounds of the gaps between attempt arrivals.
     #[serde(default)]
     pub delays: Vec<DelayCheck>,
-    /// The call must end no later than this after it started (client clock, ms).
+    /// The call must end no later than this after it started (the adapter's
+    /// clock, ms; the runner's own clock, which also counts the adapter's
+    /// overhead, gets `RUNNER_SLACK_MS` more).
     pub max_elapsed_ms: Option<u64>,
-    /// The call must last at least this long (client clock, ms).
+    /// The call must last at least this long (both clocks, ms).
     pub min_elapsed_ms: Option<u64>,
 }
 
@@ -233,13 +246,15 @@ pub struct HeaderCheck {
     pub contains: Option<String>,
 }
 
-/// The `grpc-timeout` check.
+/// The `grpc-timeout` check: on every attempt, within
+/// [budget left − `tolerance_ms`, budget left + `tolerance_ms`], where the
+/// budget left is `budget_ms` minus the time since the first attempt arrived.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutCheck {
     /// The budget the call started with, ms.
     pub budget_ms: u64,
-    /// Allowed excess, ms.
+    /// Allowed difference either way, ms.
     #[serde(default = "default_tolerance")]
     pub tolerance_ms: u64,
 }

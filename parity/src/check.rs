@@ -1,14 +1,40 @@
-//! Compares an adapter's [`Outcome`] and the server's attempt log with a case's [`Expect`].
+//! Compares an adapter's [`Outcome`] and the server's attempt log with a
+//! case's [`Expect`]. Every check looks at the wire where it can: what the
+//! server decoded, what headers arrived, when; what the adapter reports is
+//! compared with that, never trusted alone.
 
 use std::time::Duration;
 
 use ameide_sdk::testkit::RecordedAttempt;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
 
-use crate::case::Expect;
+use crate::case::Case;
 use crate::protocol::Outcome;
 
-/// Every expectation the outcome or the attempt log violates, as readable lines.
-pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]) -> Vec<String> {
+/// How much longer the runner's clock may see a call than `max_elapsed_ms`:
+/// it also counts writing the request line, the adapter's set-up and
+/// reading the outcome line.
+pub const RUNNER_SLACK_MS: u64 = 400;
+
+/// What a case is judged on.
+pub struct Evidence<'a> {
+    /// The case.
+    pub case: &'a Case,
+    /// What the adapter wrote.
+    pub outcome: &'a Outcome,
+    /// What the server saw, in order.
+    pub attempts: &'a [RecordedAttempt],
+    /// From writing the request line to reading the outcome, runner clock.
+    pub runner_elapsed: Duration,
+    /// The method's request type.
+    pub input: &'a MessageDescriptor,
+    /// The method's response type.
+    pub output: &'a MessageDescriptor,
+}
+
+/// Every expectation the evidence violates, as readable lines.
+pub fn failures(e: &Evidence<'_>) -> Vec<String> {
+    let (expect, outcome, attempts) = (&e.case.expect, e.outcome, e.attempts);
     let mut out = Vec::new();
     if let Some(err) = &outcome.adapter_error {
         out.push(format!("adapter could not run the case: {err}"));
@@ -16,7 +42,7 @@ pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]
     }
     if outcome.code != expect.code {
         out.push(format!(
-            "code: expected {}, got {} ({:?})",
+            "code: expected {}, got {:?} ({:?})",
             expect.code, outcome.code, outcome.message
         ));
     }
@@ -45,13 +71,16 @@ pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]
         ));
     }
     if let Some(n) = expect.messages
-        && outcome.messages != n
+        && outcome.responses.len() != n
     {
         out.push(format!(
             "messages received: expected {n}, got {}",
-            outcome.messages
+            outcome.responses.len()
         ));
     }
+    out.extend(request_checks(e));
+    out.extend(response_checks(e));
+    out.extend(fact_checks(e));
     for detail in &expect.details {
         if !outcome.details.contains(detail) {
             out.push(format!(
@@ -60,24 +89,203 @@ pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]
             ));
         }
     }
-    if let Some(max) = expect.max_elapsed_ms
-        && outcome.elapsed_ms > max
-    {
-        out.push(format!("elapsed {} ms > {max} ms", outcome.elapsed_ms));
+    out.extend(elapsed_checks(e));
+    out.extend(header_checks(e));
+    if expect.continues_trace {
+        out.extend(trace_checks(e));
     }
-    if let Some(min) = expect.min_elapsed_ms
-        && outcome.elapsed_ms < min
-    {
-        out.push(format!("elapsed {} ms < {min} ms", outcome.elapsed_ms));
+    out.extend(timeout_checks(e));
+    for delay in &expect.delays {
+        let (Some(before), Some(after)) = (
+            attempts.get(delay.before_attempt.wrapping_sub(2)),
+            attempts.get(delay.before_attempt.wrapping_sub(1)),
+        ) else {
+            out.push(format!(
+                "delay before attempt {}: attempt missing",
+                delay.before_attempt
+            ));
+            continue;
+        };
+        let gap = (after.at - before.at).as_millis() as u64;
+        if gap < delay.min_ms || gap > delay.max_ms {
+            out.push(format!(
+                "delay before attempt {}: {gap} ms outside [{}, {}] ms",
+                delay.before_attempt, delay.min_ms, delay.max_ms
+            ));
+        }
     }
-    for check in &expect.headers {
+    out
+}
+
+/// Every attempt carried exactly one request message, equal (field by
+/// field, as the server decodes it) to the case's request.
+fn request_checks(e: &Evidence<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let expected = match DynamicMessage::deserialize(e.input.clone(), &e.case.call.request) {
+        Ok(m) => m,
+        Err(err) => {
+            return vec![format!(
+                "case: call.request is not a {}: {err}",
+                e.input.full_name()
+            )];
+        }
+    };
+    for (n, attempt) in e.attempts.iter().enumerate() {
+        let n = n + 1;
+        match attempt.messages.as_slice() {
+            [one] => match DynamicMessage::decode(e.input.clone(), one.as_ref()) {
+                Ok(got) if same(&got, &expected) => {}
+                Ok(got) => out.push(format!(
+                    "attempt {n}: the server decoded request {} but the case's request is {}",
+                    json(&got),
+                    json(&expected)
+                )),
+                Err(err) => out.push(format!(
+                    "attempt {n}: the request is not a {}: {err}",
+                    e.input.full_name()
+                )),
+            },
+            other => out.push(format!(
+                "attempt {n}: {} request messages arrived, expected 1",
+                other.len()
+            )),
+        }
+    }
+    out
+}
+
+/// The client's decoded responses equal the case's, field by field.
+fn response_checks(e: &Evidence<'_>) -> Vec<String> {
+    let Some(expected) = &e.case.expect.responses else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if e.outcome.responses.len() != expected.len() {
+        out.push(format!(
+            "responses: expected {}, got {}",
+            expected.len(),
+            e.outcome.responses.len()
+        ));
+    }
+    for (n, (want, got)) in expected.iter().zip(&e.outcome.responses).enumerate() {
+        let want = match DynamicMessage::deserialize(e.output.clone(), want) {
+            Ok(m) => m,
+            Err(err) => {
+                out.push(format!(
+                    "case: responses[{n}] is not a {}: {err}",
+                    e.output.full_name()
+                ));
+                continue;
+            }
+        };
+        match DynamicMessage::deserialize(e.output.clone(), got) {
+            Ok(got) if same(&got, &want) => {}
+            Ok(got) => out.push(format!(
+                "response {}: expected {}, the client decoded {}",
+                n + 1,
+                json(&want),
+                json(&got)
+            )),
+            Err(err) => out.push(format!(
+                "response {}: {got} is not proto-JSON of {}: {err}",
+                n + 1,
+                e.output.full_name()
+            )),
+        }
+    }
+    out
+}
+
+/// The request id and attempts the adapter reports match the wire.
+fn fact_checks(e: &Evidence<'_>) -> Vec<String> {
+    let (outcome, attempts) = (e.outcome, e.attempts);
+    let mut out = Vec::new();
+    match (&outcome.request_id, attempts.last()) {
+        (Some(reported), Some(last)) => {
+            let wire = last.header("x-request-id");
+            if wire != Some(reported.as_str()) {
+                out.push(format!(
+                    "reported request id {reported:?}, but {wire:?} went on the wire"
+                ));
+            }
+        }
+        (None, _) if e.case.expect.reports_call_facts => {
+            out.push("the client reports no request id".into());
+        }
+        _ => {}
+    }
+    match outcome.attempts {
+        Some(reported) if reported != attempts.len() as u64 => out.push(format!(
+            "reported {reported} attempts, the server saw {}",
+            attempts.len()
+        )),
+        None if e.case.expect.reports_call_facts => {
+            out.push("the client reports no attempt count".into());
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The call's duration on the adapter's clock and on the runner's.
+fn elapsed_checks(e: &Evidence<'_>) -> Vec<String> {
+    let (expect, outcome) = (&e.case.expect, e.outcome);
+    let mut out = Vec::new();
+    let runner = e.runner_elapsed.as_secs_f64() * 1000.0;
+    let reported = outcome.elapsed_ms;
+    if let Some(r) = reported {
+        // A call cannot take longer than the runner waited for it, nor less
+        // than the span over which its attempts arrived.
+        if r > runner + 5.0 {
+            out.push(format!(
+                "reported elapsed {r:.0} ms is more than the runner's {runner:.0} ms"
+            ));
+        }
+        if let (Some(first), Some(last)) = (e.attempts.first(), e.attempts.last()) {
+            let span = (last.at - first.at).as_secs_f64() * 1000.0;
+            if r + 5.0 < span {
+                out.push(format!(
+                    "reported elapsed {r:.0} ms is less than the {span:.0} ms between the first and last attempt"
+                ));
+            }
+        }
+    }
+    if let Some(max) = expect.max_elapsed_ms {
+        match reported {
+            Some(r) if r > max as f64 => out.push(format!("elapsed {r:.0} ms > {max} ms")),
+            None => out.push("elapsed_ms not reported".into()),
+            _ => {}
+        }
+        if runner > (max + RUNNER_SLACK_MS) as f64 {
+            out.push(format!(
+                "the runner waited {runner:.0} ms > {max} ms + {RUNNER_SLACK_MS} ms"
+            ));
+        }
+    }
+    if let Some(min) = expect.min_elapsed_ms {
+        match reported {
+            Some(r) if r < min as f64 => out.push(format!("elapsed {r:.0} ms < {min} ms")),
+            None => out.push("elapsed_ms not reported".into()),
+            _ => {}
+        }
+        if runner < min as f64 {
+            out.push(format!("the runner waited only {runner:.0} ms < {min} ms"));
+        }
+    }
+    out
+}
+
+fn header_checks(e: &Evidence<'_>) -> Vec<String> {
+    let attempts = e.attempts;
+    let mut out = Vec::new();
+    for check in &e.case.expect.headers {
         let which: Vec<usize> = if check.attempts.is_empty() {
             (1..=attempts.len()).collect()
         } else {
             check.attempts.clone()
         };
         for n in which {
-            let Some(attempt) = attempts.get(n - 1) else {
+            let Some(attempt) = attempts.get(n.wrapping_sub(1)) else {
                 out.push(format!("header {}: attempt {n} never arrived", check.name));
                 continue;
             };
@@ -103,7 +311,7 @@ pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]
                 match regex::Regex::new(&format!("^(?:{pattern})$")) {
                     Ok(re) if value.is_some_and(|v| re.is_match(v)) => {}
                     Ok(_) => out.push(format!("{at} must match /{pattern}/, got {value:?}")),
-                    Err(e) => out.push(format!("{at}: bad pattern {pattern:?}: {e}")),
+                    Err(err) => out.push(format!("{at}: bad pattern {pattern:?}: {err}")),
                 }
             }
             if check.same_as_previous && n > 1 {
@@ -117,41 +325,93 @@ pub fn failures(expect: &Expect, outcome: &Outcome, attempts: &[RecordedAttempt]
             }
         }
     }
-    if let Some(t) = &expect.grpc_timeout
-        && let Some(first) = attempts.first()
-    {
-        let budget = Duration::from_millis(t.budget_ms);
-        let tolerance = Duration::from_millis(t.tolerance_ms);
-        for (n, attempt) in attempts.iter().enumerate() {
-            let left = budget.saturating_sub(attempt.at - first.at);
-            match attempt.header("grpc-timeout").and_then(ameide_sdk::testkit::decode_grpc_timeout) {
-                Some(sent) if sent <= left + tolerance => {}
-                Some(sent) => out.push(format!(
-                    "attempt {}: grpc-timeout {sent:?} exceeds the budget left ({left:?} ± {tolerance:?})",
-                    n + 1
-                )),
-                None => out.push(format!("attempt {}: no valid grpc-timeout", n + 1)),
-            }
-        }
+    out
+}
+
+/// `traceparent` on every attempt: the caller's trace id, a parent span id
+/// that is not the caller's (the client's own span), valid W3C syntax.
+fn trace_checks(e: &Evidence<'_>) -> Vec<String> {
+    let Some(caller) = e.case.call.traceparent.as_deref() else {
+        return vec!["case: continues_trace needs call.traceparent".into()];
+    };
+    let caller: Vec<&str> = caller.split('-').collect();
+    let mut out = Vec::new();
+    if e.attempts.is_empty() {
+        out.push("no attempt arrived to carry a traceparent".into());
     }
-    for delay in &expect.delays {
-        let (Some(before), Some(after)) = (
-            attempts.get(delay.before_attempt.wrapping_sub(2)),
-            attempts.get(delay.before_attempt.wrapping_sub(1)),
-        ) else {
-            out.push(format!(
-                "delay before attempt {}: attempt missing",
-                delay.before_attempt
-            ));
+    for (n, attempt) in e.attempts.iter().enumerate() {
+        let n = n + 1;
+        let Some(value) = attempt.header("traceparent") else {
+            out.push(format!("attempt {n}: no traceparent"));
             continue;
         };
-        let gap = (after.at - before.at).as_millis() as u64;
-        if gap < delay.min_ms || gap > delay.max_ms {
+        let parts: Vec<&str> = value.split('-').collect();
+        let valid = parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[3].len() == 2
+            && parts
+                .iter()
+                .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !valid {
             out.push(format!(
-                "delay before attempt {}: {gap} ms outside [{}, {}] ms",
-                delay.before_attempt, delay.min_ms, delay.max_ms
+                "attempt {n}: traceparent {value:?} is not W3C version 00"
+            ));
+            continue;
+        }
+        if caller.get(1) != Some(&parts[1]) {
+            out.push(format!(
+                "attempt {n}: trace id {} is not the caller's {:?}",
+                parts[1],
+                caller.get(1)
+            ));
+        }
+        if caller.get(2) == Some(&parts[2]) {
+            out.push(format!(
+                "attempt {n}: parent span id {} is the caller's own: the client made no span (it forwarded the caller's traceparent)",
+                parts[2]
             ));
         }
     }
     out
+}
+
+/// `grpc-timeout` within the budget left, from below and from above.
+fn timeout_checks(e: &Evidence<'_>) -> Vec<String> {
+    let (Some(t), Some(first)) = (&e.case.expect.grpc_timeout, e.attempts.first()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let budget = Duration::from_millis(t.budget_ms);
+    let tolerance = Duration::from_millis(t.tolerance_ms);
+    for (n, attempt) in e.attempts.iter().enumerate() {
+        let left = budget.saturating_sub(attempt.at - first.at);
+        match attempt
+            .header("grpc-timeout")
+            .and_then(ameide_sdk::testkit::decode_grpc_timeout)
+        {
+            Some(sent) if sent > left + tolerance => out.push(format!(
+                "attempt {}: grpc-timeout {sent:?} exceeds the budget left ({left:?} + {tolerance:?})",
+                n + 1
+            )),
+            Some(sent) if sent + tolerance < left => out.push(format!(
+                "attempt {}: grpc-timeout {sent:?} is short of the budget left ({left:?} − {tolerance:?})",
+                n + 1
+            )),
+            Some(_) => {}
+            None => out.push(format!("attempt {}: no valid grpc-timeout", n + 1)),
+        }
+    }
+    out
+}
+
+/// Equal as proto-JSON (which leaves out fields at their default value,
+/// so `{"index": 0}` and `{}` are the same message, as on the wire).
+fn same(a: &DynamicMessage, b: &DynamicMessage) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+fn json(message: &DynamicMessage) -> String {
+    serde_json::to_string(message).unwrap_or_else(|_| format!("{message:?}"))
 }

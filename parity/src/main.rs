@@ -3,7 +3,9 @@
 //! ```text
 //! ameide-parity run [--cases DIR] [--adapter "CMD ARGS…"] [--run TEXT] [--skip TEXT]
 //!                   [--known-failing FILE] [--report FILE] [--break BEHAVIOUR]…
+//!                   [--case-timeout SECONDS]
 //! ameide-parity server                # the harness server alone, for adapter development
+//! ameide-parity descriptor-set FILE   # the bundle's FileDescriptorSet, for adapters
 //! ```
 //!
 //! `run` serves the harness server on loopback, starts the adapter (default:
@@ -106,7 +108,11 @@ struct Options {
     known_failing: Option<PathBuf>,
     report: Option<PathBuf>,
     breaks: Vec<String>,
+    case_timeout: Duration,
 }
+
+/// How long an adapter may take to exit once its input has ended.
+const LINGER: Duration = Duration::from_secs(5);
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -121,6 +127,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         known_failing: Some(root.join("known-failing.txt")).filter(|p| p.exists()),
         report: None,
         breaks: Vec::new(),
+        case_timeout: Duration::from_secs(60),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -131,12 +138,22 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match arg.as_str() {
             "--cases" => o.cases = value()?.into(),
+            // Split on whitespace, no quoting: put a command with spaces in a script.
             "--adapter" => o.adapter = value()?.split_whitespace().map(str::to_owned).collect(),
             "--run" => o.run.push(value()?),
             "--skip" => o.skip.push(value()?),
             "--known-failing" => o.known_failing = Some(value()?.into()),
             "--report" => o.report = Some(value()?.into()),
             "--break" => o.breaks.push(value()?),
+            "--case-timeout" => {
+                let text = value()?;
+                let secs: f64 = text
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                    .ok_or_else(|| format!("--case-timeout {text:?}: seconds in (0, 3600]"))?;
+                o.case_timeout = Duration::from_secs_f64(secs);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -169,6 +186,145 @@ fn load_cases(dir: &std::path::Path) -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
+/// A running adapter: its stdin, and its stdout lines through a channel (a
+/// task reads them, so a timeout never loses half a line).
+struct Adapter {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Adapter {
+    fn start(o: &Options) -> Result<Adapter, String> {
+        let mut command = tokio::process::Command::new(&o.adapter[0]);
+        command.args(&o.adapter[1..]);
+        for b in &o.breaks {
+            command.args(["--break", b]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the adapter {:?}: {e}", o.adapter))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("the adapter has no stdout")?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Adapter {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    async fn send(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("the adapter's stdin is closed")?;
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("cannot write to the adapter: {e}"))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| format!("cannot write to the adapter: {e}"))
+    }
+
+    /// How it ended, if it did.
+    fn exit(&mut self) -> String {
+        match self.child.try_wait() {
+            Ok(Some(status)) => format!("the adapter exited ({status})"),
+            _ => "the adapter closed its output".into(),
+        }
+    }
+
+    /// Ends input and waits [`LINGER`] for the adapter to exit, then kills it.
+    async fn finish(mut self) -> Option<String> {
+        drop(self.stdin.take());
+        match tokio::time::timeout(LINGER, self.child.wait()).await {
+            Ok(_) => None,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Some(format!(
+                    "the adapter was still running {LINGER:?} after its input ended: stopped (an adapter must exit at end of input)"
+                ))
+            }
+        }
+    }
+}
+
+fn shorten(line: &str) -> String {
+    let mut s: String = line.chars().take(160).collect();
+    if s.len() < line.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// Sends one case and reads its outcome: lines for other ids, unreadable
+/// lines, an exit and a timeout are problems of this case; `restart` says
+/// the adapter must be started again.
+async fn exchange(
+    adapter: &mut Adapter,
+    request: &Request,
+    timeout: Duration,
+) -> (Option<Outcome>, Vec<String>, Duration, bool) {
+    let mut problems = Vec::new();
+    let mut line = match serde_json::to_string(request) {
+        Ok(line) => line,
+        Err(e) => {
+            return (
+                None,
+                vec![format!("cannot encode the request: {e}")],
+                Duration::ZERO,
+                false,
+            );
+        }
+    };
+    line.push('\n');
+    let started = tokio::time::Instant::now();
+    if let Err(e) = adapter.send(&line).await {
+        problems.push(format!("{e}; {}", adapter.exit()));
+        return (None, problems, started.elapsed(), true);
+    }
+    let deadline = started + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, adapter.lines.recv()).await {
+            Err(_) => {
+                problems.push(format!(
+                    "no outcome within {timeout:?} (--case-timeout): adapter stopped and restarted"
+                ));
+                return (None, problems, started.elapsed(), true);
+            }
+            Ok(None) => {
+                // Give the exit status a moment to be collected.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                problems.push(format!("{} without an outcome", adapter.exit()));
+                return (None, problems, started.elapsed(), true);
+            }
+            Ok(Some(text)) => match serde_json::from_str::<Outcome>(&text) {
+                Ok(outcome) if outcome.id == request.id => {
+                    return (Some(outcome), problems, started.elapsed(), false);
+                }
+                Ok(outcome) => problems.push(format!(
+                    "a line for case {:?} arrived while waiting for this one: {}",
+                    outcome.id,
+                    shorten(&text)
+                )),
+                Err(e) => problems.push(format!("unreadable outcome line {}: {e}", shorten(&text))),
+            },
+        }
+    }
+}
+
 async fn run(o: Options) -> Result<bool, String> {
     let pool = wire::pool()?;
     let cases = load_cases(&o.cases)?;
@@ -186,22 +342,7 @@ async fn run(o: Options) -> Result<bool, String> {
         .await
         .map_err(|e| format!("cannot serve: {e}"))?;
     let endpoint = format!("http://{addr}");
-
-    let mut command = tokio::process::Command::new(&o.adapter[0]);
-    command.args(&o.adapter[1..]);
-    for b in &o.breaks {
-        command.args(["--break", b]);
-    }
-    let mut adapter = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the adapter {:?}: {e}", o.adapter))?;
-    let mut to_adapter = adapter.stdin.take().ok_or("adapter has no stdin")?;
-    let mut from_adapter =
-        BufReader::new(adapter.stdout.take().ok_or("adapter has no stdout")?).lines();
+    let mut adapter = Some(Adapter::start(&o)?);
 
     let (mut passed, mut failed, mut xfail) = (0, 0, 0);
     let mut report = Vec::new();
@@ -229,7 +370,8 @@ async fn run(o: Options) -> Result<bool, String> {
                 ));
             }
         };
-        let output = wire::method(&pool, &path)?.output();
+        let method = wire::method(&pool, &path)?;
+        let (input, output) = (method.input(), method.output());
         server.reset();
         for attempt in &case.server.attempts {
             server.push(&path, reply(attempt, &output, kind == "unary")?);
@@ -238,31 +380,41 @@ async fn run(o: Options) -> Result<bool, String> {
             server.fallback(reply(last, &output, kind == "unary")?);
         }
         let request = Request {
+            id: case.id.clone(),
             endpoint: endpoint.clone(),
-            path: path.clone(),
             kind: kind.to_owned(),
-            case: case.clone(),
+            client: case.client.clone(),
+            call: case.call.clone(),
         };
-        let mut line = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        line.push('\n');
-        to_adapter
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| format!("adapter stdin: {e}"))?;
-        to_adapter
-            .flush()
-            .await
-            .map_err(|e| format!("adapter stdin: {e}"))?;
-        let answer = tokio::time::timeout(Duration::from_secs(60), from_adapter.next_line())
-            .await
-            .map_err(|_| format!("{}: the adapter did not answer within 60 s", case.id))?
-            .map_err(|e| format!("adapter stdout: {e}"))?
-            .ok_or_else(|| format!("{}: the adapter exited", case.id))?;
-        let outcome: Outcome = serde_json::from_str(&answer)
-            .map_err(|e| format!("{}: unreadable outcome {answer:?}: {e}", case.id))?;
-        // Let late attempts (a retry after the response) land before judging.
+        let running = match adapter.as_mut() {
+            Some(a) => a,
+            None => adapter.insert(Adapter::start(&o)?),
+        };
+        let (outcome, mut problems, runner_elapsed, restart) =
+            exchange(running, &request, o.case_timeout).await;
+        // Let late attempts (a retry after the response) and stray extra
+        // lines land before judging.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let problems = check::failures(&case.expect, &outcome, &server.attempts_for(&path));
+        if restart {
+            adapter = None;
+        } else if let Some(a) = adapter.as_mut() {
+            while let Ok(extra) = a.lines.try_recv() {
+                problems.push(format!(
+                    "an extra line after the outcome: {}",
+                    shorten(&extra)
+                ));
+            }
+        }
+        if let Some(outcome) = &outcome {
+            problems.extend(check::failures(&check::Evidence {
+                case: &case,
+                outcome,
+                attempts: &server.attempts_for(&path),
+                runner_elapsed,
+                input: &input,
+                output: &output,
+            }));
+        }
         let is_known = known.contains(&case.id);
         let result = match (problems.is_empty(), is_known) {
             (true, false) => {
@@ -290,8 +442,10 @@ async fn run(o: Options) -> Result<bool, String> {
         println!("{:<48} {:<8} {}", case.id, result, note);
         report.push(serde_json::json!({ "id": case.id, "result": result, "problems": problems }));
     }
-    drop(to_adapter);
-    let _ = adapter.wait().await;
+    let lingering = match adapter {
+        Some(a) => a.finish().await,
+        None => None,
+    };
     if let Some(file) = &o.report {
         std::fs::write(
             file,
@@ -300,6 +454,9 @@ async fn run(o: Options) -> Result<bool, String> {
         .map_err(|e| format!("{}: {e}", file.display()))?;
     }
     println!();
+    if let Some(note) = &lingering {
+        println!("note: {note}");
+    }
     if passed + failed + xfail == 0 {
         return Err("no case ran: check --cases, --run and --skip".into());
     }
@@ -338,7 +495,16 @@ async fn main() {
             Err(e) => Err(e),
         },
         Some("server") => serve(&args[1..]).await,
-        _ => Err("usage: ameide-parity run [options] | ameide-parity server".into()),
+        Some("descriptor-set") => match args.get(1..) {
+            Some([file]) => std::fs::write(file, ameide_sdk::proto::DESCRIPTOR_SET)
+                .map(|()| true)
+                .map_err(|e| format!("{file}: {e}")),
+            _ => Err("usage: ameide-parity descriptor-set FILE".into()),
+        },
+        _ => Err(
+            "usage: ameide-parity run [options] | ameide-parity server | ameide-parity descriptor-set FILE"
+                .into(),
+        ),
     };
     match result {
         Ok(true) => {}

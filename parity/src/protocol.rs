@@ -1,47 +1,100 @@
 //! The adapter protocol: the runner writes one JSON object per line to the
 //! adapter's stdin ([`Request`]); the adapter makes the call and writes one
 //! JSON object per line to stdout ([`Outcome`]). Anything else the adapter
-//! prints must go to stderr.
+//! prints must go to stderr. `docs/parity.md` has the tables.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::case::{Case, Detail};
+use crate::case::{Call, ClientConfig, Detail};
 
-/// Runner → adapter.
+/// Runner → adapter. What the client is and what call to make; never what
+/// the case expects, and never the resolved path: resolving the roster key
+/// is part of what an SDK must do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Request {
-    /// The harness server to call, e.g. `http://127.0.0.1:41234`.
+    /// The case id, to be echoed in the outcome.
+    pub id: String,
+    /// The harness server to call, e.g. `http://127.0.0.1:41234` (plaintext HTTP/2).
     pub endpoint: String,
-    /// The fully-qualified path of the call, resolved by the runner from the roster.
-    pub path: String,
     /// `unary` or `server_streaming`.
     pub kind: String,
-    /// The case.
-    pub case: Case,
+    /// The client to build (absent fields arrive as `null`: the contract's defaults).
+    pub client: ClientConfig,
+    /// The call: roster key (`service`), method, request (proto-JSON), per-call settings.
+    pub call: Call,
 }
 
-/// Adapter → runner.
+/// Adapter → runner. Only `id` is required; an outcome with `adapter_error`
+/// alone says the adapter could not run the case.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
-    /// The case id.
+    /// The case id, as the request gave it.
     pub id: String,
-    /// Final status code name.
+    /// Final status code name (`OK`, `UNAVAILABLE`, …).
+    #[serde(default)]
     pub code: String,
     /// Final status message.
     #[serde(default)]
     pub message: String,
-    /// Response messages received.
+    /// The response messages received, decoded with the method's response
+    /// type and written as proto-JSON, in order.
     #[serde(default)]
-    pub messages: usize,
+    pub responses: Vec<serde_json::Value>,
     /// Decoded error details.
     #[serde(default)]
     pub details: Vec<Detail>,
-    /// The request id the SDK reports for the call.
+    /// The request id the SDK reports for the call (`null`: not reported).
+    #[serde(default)]
     pub request_id: Option<String>,
-    /// The attempts the SDK reports.
-    pub attempts: Option<u32>,
-    /// Wall time of the call in ms (adapter clock).
-    pub elapsed_ms: u64,
+    /// The attempts the SDK reports (`null`: not reported); any JSON number.
+    #[serde(default, deserialize_with = "number_u64")]
+    pub attempts: Option<u64>,
+    /// Wall time of the call in ms on the adapter's clock; any JSON number.
+    #[serde(default, deserialize_with = "number_f64")]
+    pub elapsed_ms: Option<f64>,
     /// Set when the adapter could not run the case at all (bad case, bad config).
+    #[serde(default)]
     pub adapter_error: Option<String>,
+}
+
+/// Any JSON number (or `null`) as a non-negative float.
+fn number_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let value = Option::<serde_json::Number>::deserialize(d)?;
+    match value.and_then(|n| n.as_f64()) {
+        Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
+        Some(f) => Err(serde::de::Error::custom(format!(
+            "{f} is not a non-negative number"
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Any JSON number (or `null`) with no fractional part, as a count.
+fn number_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match number_f64(d)? {
+        Some(f) if f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(Some(f as u64)),
+        Some(f) => Err(serde::de::Error::custom(format!(
+            "{f} is not a whole count"
+        ))),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_of_any_json_shape_are_accepted() {
+        let o: Outcome =
+            serde_json::from_str(r#"{"id":"x","code":"OK","elapsed_ms":12.5,"attempts":2.0}"#)
+                .unwrap();
+        assert_eq!(o.elapsed_ms, Some(12.5));
+        assert_eq!(o.attempts, Some(2));
+        let o: Outcome = serde_json::from_str(r#"{"id":"x","adapter_error":"no"}"#).unwrap();
+        assert_eq!(o.adapter_error.as_deref(), Some("no"));
+        assert!(serde_json::from_str::<Outcome>(r#"{"id":"x","attempts":1.5}"#).is_err());
+        assert!(serde_json::from_str::<Outcome>(r#"{"id":"x","elapsed_ms":-1}"#).is_err());
+    }
 }

@@ -302,13 +302,23 @@ async fn transport_failures_do_not_spend_the_retry_throttle() {
         )
         .build()
         .unwrap();
+    // Each attempt's request waits for connects until the next one would
+    // start past the deadline (transparent, no policy attempt); the policy
+    // then retries what is left, if anything is. A charged bucket (4 tokens,
+    // retries need more than 2) would stop the third call's retries as
+    // "throttled"; transport failures never get there.
     for n in 0..5 {
         let err = ameide_tests::calls::read(&client).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "call {n}: {err}");
-        assert_eq!(err.attempts(), 3, "call {n}: {err}");
-        assert_eq!(
-            err.stop_reason(),
-            Some(StopReason::Exhausted),
+        assert!(
+            matches!(
+                err.stop_reason(),
+                Some(StopReason::Exhausted | StopReason::Deadline)
+            ),
+            "call {n}: {err}"
+        );
+        assert!(
+            err.message().contains("TCP connect failed"),
             "call {n}: {err}"
         );
     }

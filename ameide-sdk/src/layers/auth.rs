@@ -1,7 +1,7 @@
 //! Auth layer: asks a [`TokenProvider`] for a bearer token once per call.
 //!
 //! - A token → `authorization: Bearer <token>` (marked sensitive).
-//! - `None` → no header.
+//! - `None`, or an empty token → no header.
 //! - A provider error, an unusable token, or no answer within `max_wait` →
 //!   the call fails at once with `UNAUTHENTICATED` carrying the reason; the
 //!   transport is never reached.
@@ -164,7 +164,15 @@ where
                 inner: Box::pin(async move {
                     let sent = match authorize(&mut request, &*provider, wait_until).await {
                         Ok(sent) => sent,
-                        Err(response) => return Ok(response),
+                        Err(response) => {
+                            // Failed before any attempt: the error reports 0 attempts.
+                            if let Some(state) =
+                                request.extensions().get::<crate::call::CallState>()
+                            {
+                                state.record_unsent();
+                            }
+                            return Ok(response);
+                        }
                     };
                     let replayable = ameide_proto::method(request.uri().path())
                         .is_some_and(|m| m.kind.has_single_request());
@@ -223,6 +231,9 @@ async fn authorize(
 ) -> Result<Option<AccessToken>, HttpResponse> {
     let max_wait = wait_until.saturating_duration_since(tokio::time::Instant::now());
     match tokio::time::timeout_at(wait_until, provider.token()).await {
+        // An empty token is no token (as in the other SDKs, where an empty
+        // string is falsy): no header, the call goes on.
+        Ok(Ok(Some(token))) if token.secret().is_empty() => Ok(None),
         Ok(Ok(Some(token))) => match token.header_value() {
             Ok(value) => {
                 request.headers_mut().insert(AUTHORIZATION, value);

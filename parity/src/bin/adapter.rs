@@ -2,16 +2,23 @@
 //! with the public `AmeideClient` API, writes one outcome per line on stdout.
 //!
 //! Negative controls (`--break <behaviour>`, repeatable) make the adapter wrong
-//! on purpose, to prove the cases catch it:
+//! on purpose, to prove the cases catch it (`parity/tests/negative_controls.rs`):
 //! - `drop-request-id`: a user layer strips `x-request-id` before the wire;
 //! - `retry-non-retryable`: INVALID_ARGUMENT, INTERNAL, NOT_FOUND, UNAUTHENTICATED and
 //!   PERMISSION_DENIED are retried too;
-//! - `ignore-deadline`: the client and per-call timeouts become one hour.
+//! - `ignore-deadline`: the client and per-call timeouts become one hour;
+//! - `default-timeout-1s`: a client without `timeout_ms` gets 1 s instead of the contract's 5 s;
+//! - `scaled-budget`: every timeout (client and per call) is halved;
+//! - `ignore-request`: the method's empty request is sent instead of the case's;
+//! - `wrong-response-type`: responses are decoded as `google.protobuf.Empty`;
+//! - `no-roster`: the path is guessed from the roster key (`/ameide_core_proto.<key>.v1.<Key>Service/<Method>`) instead of looked up;
+//! - `forward-traceparent`: the caller's `traceparent` is put on the wire as it came (a user layer), no span of the client's own;
+//! - `misreport`: the reported request id and attempt count are not the call's.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use ameide_parity::case::{Case, Detail, Token};
+use ameide_parity::case::{Detail, Token};
 use ameide_parity::protocol::{Outcome, Request};
 use ameide_parity::wire::{self, BytesCodec};
 use ameide_sdk::auth::{AccessToken, TokenError};
@@ -28,8 +35,22 @@ fn strip_request_id(mut request: HttpRequest) -> HttpRequest {
     request
 }
 
-fn client(case: &Case, endpoint: &str, breaks: &[String]) -> Result<AmeideClient, String> {
-    let c = &case.client;
+fn has(breaks: &[String], what: &str) -> bool {
+    breaks.iter().any(|b| b == what)
+}
+
+/// Halves a timeout under `--break scaled-budget`.
+fn budget(ms: u64, breaks: &[String]) -> Duration {
+    if has(breaks, "scaled-budget") {
+        Duration::from_millis(ms / 2)
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+fn client(request: &Request, breaks: &[String]) -> Result<AmeideClient, String> {
+    let c = &request.client;
+    let endpoint = request.endpoint.as_str();
     let mut builder = AmeideClient::builder().endpoint(endpoint);
     if let Some(t) = &c.tenant_id {
         builder = builder.tenant_id(t);
@@ -43,8 +64,15 @@ fn client(case: &Case, endpoint: &str, breaks: &[String]) -> Result<AmeideClient
     for (k, v) in &c.headers {
         builder = builder.header(k, v);
     }
-    if let Some(ms) = c.timeout_ms {
-        builder = builder.timeout(Duration::from_millis(ms));
+    match c.timeout_ms {
+        Some(ms) => builder = builder.timeout(budget(ms, breaks)),
+        None if has(breaks, "default-timeout-1s") => {
+            builder = builder.timeout(Duration::from_secs(1))
+        }
+        None if has(breaks, "scaled-budget") => {
+            builder = builder.timeout(budget(ameide_sdk::contract::DEFAULT_TIMEOUT_MS, breaks));
+        }
+        None => {}
     }
     if breaks.iter().any(|b| b == "ignore-deadline") {
         builder = builder.timeout(Duration::from_secs(3600));
@@ -98,9 +126,20 @@ fn client(case: &Case, endpoint: &str, breaks: &[String]) -> Result<AmeideClient
         ]);
     }
     builder = builder.retry_policy(policy);
-    if breaks.iter().any(|b| b == "drop-request-id") {
+    if has(breaks, "drop-request-id") {
         builder = builder.layer(tower::util::MapRequestLayer::new(
             strip_request_id as fn(HttpRequest) -> HttpRequest,
+        ));
+    }
+    if has(breaks, "forward-traceparent")
+        && let Some(caller) = &request.call.traceparent
+    {
+        let value = http::HeaderValue::from_str(caller).map_err(|e| e.to_string())?;
+        builder = builder.layer(tower::util::MapRequestLayer::new(
+            move |mut r: HttpRequest| {
+                r.headers_mut().insert("traceparent", value.clone());
+                r
+            },
         ));
     }
     builder.build().map_err(|e| e.to_string())
@@ -160,40 +199,96 @@ fn failed(outcome: &mut Outcome, status: tonic::Status) {
     outcome.message = err.message().to_owned();
     outcome.details = details(&err);
     outcome.request_id = err.request_id().map(str::to_owned);
-    outcome.attempts = Some(err.attempts());
+    outcome.attempts = Some(u64::from(err.attempts()));
+}
+
+/// The call's path from its roster key and method, as the SDK resolves it
+/// (or, under `--break no-roster`, guessed from the key).
+fn resolve(request: &Request, breaks: &[String]) -> Result<String, String> {
+    let key = &request.call.service;
+    if has(breaks, "no-roster") {
+        let pascal: String = key
+            .split(['_', '.'])
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        return Ok(format!(
+            "/ameide_core_proto.{key}.v1.{pascal}Service/{}",
+            request.call.method
+        ));
+    }
+    let entry = ameide_sdk::methods::ROSTER
+        .iter()
+        .find(|r| r.key == key.as_str())
+        .ok_or_else(|| format!("no roster key {key:?}"))?;
+    Ok(format!("/{}/{}", entry.service, request.call.method))
+}
+
+/// A response message as proto-JSON of the method's response type (or,
+/// under `--break wrong-response-type`, of `google.protobuf.Empty`).
+fn response_json(
+    bytes: &Bytes,
+    output: &prost_reflect::MessageDescriptor,
+    pool: &prost_reflect::DescriptorPool,
+    breaks: &[String],
+) -> serde_json::Value {
+    let descriptor = if has(breaks, "wrong-response-type") {
+        pool.get_message_by_name("google.protobuf.Empty")
+            .unwrap_or_else(|| output.clone())
+    } else {
+        output.clone()
+    };
+    match prost_reflect::DynamicMessage::decode(descriptor, bytes.as_ref()) {
+        Ok(message) => serde_json::to_value(&message).unwrap_or(serde_json::Value::Null),
+        Err(e) => serde_json::Value::String(format!("undecodable: {e}")),
+    }
 }
 
 async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[String]) -> Outcome {
-    let case = &request.case;
     let mut outcome = Outcome {
-        id: case.id.clone(),
+        id: request.id.clone(),
         ..Default::default()
     };
     let prepared = (|| -> Result<_, String> {
-        let client = client(case, &request.endpoint, breaks)?;
-        let method = wire::method(pool, &request.path)?;
-        let body = wire::encode(method.input(), &case.call.request)?;
+        let client = client(&request, breaks)?;
+        let path = resolve(&request, breaks)?;
+        let method = wire::method(pool, &path)?;
+        let body = if has(breaks, "ignore-request") {
+            Bytes::new()
+        } else {
+            wire::encode(method.input(), &request.call.request)?
+        };
         let mut options = CallOptions::new();
-        if let Some(id) = &case.call.request_id {
+        if let Some(id) = &request.call.request_id {
             options = options.request_id(id);
         }
-        if let Some(ms) = case.call.timeout_ms
-            && !breaks.iter().any(|b| b == "ignore-deadline")
+        if let Some(ms) = request.call.timeout_ms
+            && !has(breaks, "ignore-deadline")
         {
-            options = options.timeout(Duration::from_millis(ms));
+            options = options.timeout(budget(ms, breaks));
         }
         let call = options.into_request(body).map_err(|e| e.to_string())?;
-        let path = PathAndQuery::from_str(&request.path).map_err(|e| e.to_string())?;
-        Ok((client, call, path))
+        let output = method.output();
+        let path = PathAndQuery::from_str(&path).map_err(|e| e.to_string())?;
+        Ok((client, call, path, output))
     })();
-    let (client, call, path) = match prepared {
+    let (client, call, path, output) = match prepared {
         Ok(p) => p,
         Err(e) => {
             outcome.adapter_error = Some(e);
             return outcome;
         }
     };
-    let parent = match &case.call.traceparent {
+    let traceparent = request
+        .call
+        .traceparent
+        .as_ref()
+        .filter(|_| !has(breaks, "forward-traceparent"));
+    let parent = match traceparent {
         Some(tp) => match remote_parent(tp) {
             Some(cx) => cx,
             None => {
@@ -224,12 +319,14 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
             Ok(response) => {
                 if let Some(info) = response.extensions().get::<CallInfo>() {
                     outcome.request_id = Some(info.request_id.to_string());
-                    outcome.attempts = Some(info.attempts);
+                    outcome.attempts = Some(u64::from(info.attempts));
                 }
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
-                        Ok(Some(_)) => outcome.messages += 1,
+                        Ok(Some(bytes)) => outcome
+                            .responses
+                            .push(response_json(&bytes, &output, pool, breaks)),
                         Ok(None) => break Ok(()),
                         Err(status) => break Err(status),
                     }
@@ -242,18 +339,24 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
             Ok(response) => {
                 if let Some(info) = response.extensions().get::<CallInfo>() {
                     outcome.request_id = Some(info.request_id.to_string());
-                    outcome.attempts = Some(info.attempts);
+                    outcome.attempts = Some(u64::from(info.attempts));
                 }
-                outcome.messages = 1;
+                outcome
+                    .responses
+                    .push(response_json(response.get_ref(), &output, pool, breaks));
                 Ok(())
             }
             Err(status) => Err(status),
         }
     };
-    outcome.elapsed_ms = started.elapsed().as_millis() as u64;
+    outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     match result {
         Ok(()) => outcome.code = "OK".into(),
         Err(status) => failed(&mut outcome, status),
+    }
+    if has(breaks, "misreport") {
+        outcome.request_id = Some("00000000-0000-4000-8000-000000000000".into());
+        outcome.attempts = Some(outcome.attempts.unwrap_or(0) + 1);
     }
     client.close();
     outcome
@@ -269,12 +372,18 @@ async fn main() {
             ("--break", Some(what)) => breaks.push(what.clone()),
             _ => {
                 eprintln!(
-                    "usage: parity-adapter-rust [--break drop-request-id|retry-non-retryable|ignore-deadline]…"
+                    "usage: parity-adapter-rust [--break BEHAVIOUR]… (see the module docs for the behaviours)"
                 );
                 std::process::exit(2);
             }
         }
     }
+    // An OpenTelemetry SDK tracer (no exporter): spans get ids of their own,
+    // as in a service that has tracing set up. With the API's no-op tracer a
+    // client has no span to put in `traceparent`.
+    opentelemetry::global::set_tracer_provider(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+    );
     let pool = match wire::pool() {
         Ok(pool) => pool,
         Err(e) => {
