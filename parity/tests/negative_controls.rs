@@ -1,9 +1,17 @@
-//! Negative controls: an adapter broken on purpose in one behaviour must fail
-//! the cases about that behaviour, and a correct adapter must pass them.
+//! Negative controls: the reference adapter broken on purpose in one
+//! behaviour (`--break <mode>`) must fail exactly the cases about that
+//! behaviour, over the whole suite; the unbroken adapter passes everything.
+//! A case set that a broken client passes proves nothing.
+//!
+//! Each mode lists the cases it must fail and the few it may fail too (a
+//! broken budget can push a timing case either way on a loaded machine);
+//! any other failure, or a missing one, fails the test.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
-fn run(breaks: &[&str], ids: &[&str]) -> (bool, Vec<(String, String)>) {
+/// Runs the whole suite; returns whether the run passed and the failed ids.
+fn run(breaks: &[&str]) -> (bool, BTreeSet<String>, usize) {
     let report = std::env::temp_dir().join(format!(
         "parity-report-{}-{}.json",
         std::process::id(),
@@ -14,9 +22,6 @@ fn run(breaks: &[&str], ids: &[&str]) -> (bool, Vec<(String, String)>) {
     for b in breaks {
         command.args(["--break", b]);
     }
-    for id in ids {
-        command.args(["--run", id]);
-    }
     let output = command.output().expect("run ameide-parity");
     let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
         panic!(
@@ -26,73 +31,189 @@ fn run(breaks: &[&str], ids: &[&str]) -> (bool, Vec<(String, String)>) {
     });
     let _ = std::fs::remove_file(&report);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    let results = rows
+    let failed = rows
         .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_owned(),
-                r["result"].as_str().unwrap().to_owned(),
-            )
-        })
+        .filter(|r| r["result"] != "pass")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect();
-    (output.status.success(), results)
+    (output.status.success(), failed, rows.len())
 }
 
-fn assert_broken_fails_and_correct_passes(behaviour: &str, ids: &[&str]) {
-    let (ok, results) = run(&[behaviour], ids);
-    assert!(!ok, "--break {behaviour} must fail the run");
-    for id in ids {
-        let result = results
-            .iter()
-            .find(|(r, _)| r == id)
-            .map(|(_, v)| v.as_str());
-        assert_eq!(
-            result,
-            Some("FAIL"),
-            "--break {behaviour}: case {id} must fail, results {results:?}"
-        );
-    }
-    let (ok, results) = run(&[], ids);
-    assert!(ok, "the reference adapter must pass {ids:?}: {results:?}");
-    assert_eq!(results.len(), ids.len(), "{results:?}");
+fn all_cases() -> BTreeSet<String> {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/cases"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+enum Must<'a> {
+    Exactly(&'a [&'a str]),
+    AllBut(&'a [&'a str]),
+}
+
+fn control(mode: &str, must: Must<'_>, may: &[&str]) {
+    let must: BTreeSet<String> = match must {
+        Must::Exactly(ids) => ids.iter().map(|s| s.to_string()).collect(),
+        Must::AllBut(ids) => {
+            let mut all = all_cases();
+            for id in ids {
+                assert!(all.remove(*id), "{id} is not a case");
+            }
+            all
+        }
+    };
+    let (ok, failed, ran) = run(&[mode]);
+    assert!(ran >= 50, "--break {mode}: only {ran} cases ran");
+    assert!(!ok, "--break {mode} must fail the run");
+    let missing: Vec<&String> = must.difference(&failed).collect();
+    assert!(
+        missing.is_empty(),
+        "--break {mode}: these cases must fail and passed: {missing:?}"
+    );
+    let extra: Vec<&String> = failed
+        .iter()
+        .filter(|id| !must.contains(*id) && !may.contains(&id.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "--break {mode}: these cases failed but are not about this behaviour: {extra:?}"
+    );
+}
+
+/// Cases whose budget decides the outcome, for modes that change the budget.
+const DEADLINE_CASES: &[&str] = &[
+    "deadline-exceeded-when-server-is-slow",
+    "deadline-spans-all-attempts",
+    "default-budget-on-a-stream",
+    "defaults-unary-ok",
+    "grpc-timeout-carries-the-client-timeout",
+    "grpc-timeout-shrinks-across-attempts",
+    "no-backoff-past-the-deadline",
+    "per-call-timeout-overrides",
+    "stream-cut-by-the-deadline",
+];
+
+/// Cases that last long enough (slow replies, backoffs) that a shorter
+/// budget may or may not cut them.
+const LONG_CASES: &[&str] = &[
+    "server-deadline-exceeded-retried-while-budget-remains",
+    "exhausted-returns-last-status",
+    "aborted-exhausted",
+    "backoff-within-jitter-bounds",
+    "retry-max-attempts-override",
+    "error-details-retryinfo",
+    "session-baggage-on-every-retry",
+    "reported-facts-of-a-failed-call-match-the-wire",
+    "non-idempotent-method-retried-by-default",
+    "retry-aborted-then-ok",
+    "retry-deadline-exceeded-then-ok",
+    "retry-resource-exhausted-then-ok",
+    "retry-unavailable-then-ok",
+    "reported-request-id-and-attempts-match-the-wire",
+    "stream-retried-before-first-message",
+];
+
+#[test]
+fn the_reference_adapter_passes_every_case() {
+    let (ok, failed, ran) = run(&[]);
+    assert!(ok && failed.is_empty(), "failed: {failed:?}");
+    assert_eq!(ran, all_cases().len());
 }
 
 #[test]
-fn dropping_the_request_id_fails_the_request_id_cases() {
-    assert_broken_fails_and_correct_passes(
+fn dropping_the_request_id() {
+    // The reported id is then never on the wire: every case that reaches
+    // the server fails, the id cases among them.
+    control(
         "drop-request-id",
-        &[
-            "defaults-unary-ok",
-            "request-id-preset-is-kept",
-            "request-id-same-on-every-retry",
-            "request-id-preset-same-on-retry",
-        ],
+        Must::AllBut(&["auth-provider-error-is-unauthenticated"]),
+        &[],
     );
 }
 
 #[test]
-fn retrying_non_retryable_codes_fails_the_no_retry_cases() {
-    assert_broken_fails_and_correct_passes(
+fn misreporting_the_request_id_and_attempts() {
+    control("misreport", Must::AllBut(&[]), &[]);
+}
+
+#[test]
+fn retrying_non_retryable_codes() {
+    control(
         "retry-non-retryable",
-        &[
-            "no-retry-invalid-argument",
+        Must::Exactly(&[
+            "error-details-errorinfo-and-badrequest",
             "no-retry-internal",
-            "no-retry-unauthenticated",
+            "no-retry-invalid-argument",
             "no-retry-not-found",
             "no-retry-permission-denied",
-        ],
+            "no-retry-unauthenticated",
+        ]),
+        &[],
     );
 }
 
 #[test]
-fn ignoring_the_deadline_fails_the_deadline_cases() {
-    assert_broken_fails_and_correct_passes(
-        "ignore-deadline",
-        &[
-            "deadline-exceeded-when-server-is-slow",
-            "per-call-timeout-overrides",
+fn ignoring_the_deadline() {
+    control("ignore-deadline", Must::Exactly(DEADLINE_CASES), &[]);
+}
+
+#[test]
+fn a_scaled_budget() {
+    control("scaled-budget", Must::Exactly(DEADLINE_CASES), LONG_CASES);
+}
+
+#[test]
+fn a_one_second_default_timeout() {
+    control(
+        "default-timeout-1s",
+        Must::Exactly(&["default-budget-on-a-stream", "defaults-unary-ok"]),
+        LONG_CASES,
+    );
+}
+
+#[test]
+fn ignoring_the_request() {
+    control(
+        "ignore-request",
+        Must::Exactly(&[
+            "default-budget-on-a-stream",
+            "platform-key-resolves",
+            "request-payload-is-proto-json",
+            "response-message-is-received",
+            "stream-committed-on-headers",
             "stream-cut-by-the-deadline",
-            "no-backoff-past-the-deadline",
-        ],
+            "stream-metadata-same-as-unary",
+            "stream-not-retried-after-a-message",
+            "stream-retried-before-first-message",
+        ]),
+        &[],
+    );
+}
+
+#[test]
+fn decoding_responses_as_the_wrong_type() {
+    control(
+        "wrong-response-type",
+        Must::Exactly(&["default-budget-on-a-stream", "response-message-is-received"]),
+        &[],
+    );
+}
+
+#[test]
+fn no_roster() {
+    control("no-roster", Must::Exactly(&["platform-key-resolves"]), &[]);
+}
+
+#[test]
+fn forwarding_the_callers_traceparent() {
+    control(
+        "forward-traceparent",
+        Must::Exactly(&["traceparent-continues-the-callers-trace"]),
+        &[],
     );
 }

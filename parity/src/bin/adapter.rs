@@ -10,7 +10,7 @@
 //! - `default-timeout-1s`: a client without `timeout_ms` gets 1 s instead of the contract's 5 s;
 //! - `scaled-budget`: every timeout (client and per call) is halved;
 //! - `ignore-request`: the method's empty request is sent instead of the case's;
-//! - `wrong-response-type`: responses are decoded as `google.protobuf.Empty`;
+//! - `wrong-response-type`: responses are decoded as the method's request type;
 //! - `no-roster`: the path is guessed from the roster key (`/ameide_core_proto.<key>.v1.<Key>Service/<Method>`) instead of looked up;
 //! - `forward-traceparent`: the caller's `traceparent` is put on the wire as it came (a user layer), no span of the client's own;
 //! - `misreport`: the reported request id and attempt count are not the call's.
@@ -229,18 +229,16 @@ fn resolve(request: &Request, breaks: &[String]) -> Result<String, String> {
 }
 
 /// A response message as proto-JSON of the method's response type (or,
-/// under `--break wrong-response-type`, of `google.protobuf.Empty`).
+/// under `--break wrong-response-type`, of its request type).
 fn response_json(
     bytes: &Bytes,
-    output: &prost_reflect::MessageDescriptor,
-    pool: &prost_reflect::DescriptorPool,
+    method: &prost_reflect::MethodDescriptor,
     breaks: &[String],
 ) -> serde_json::Value {
     let descriptor = if has(breaks, "wrong-response-type") {
-        pool.get_message_by_name("google.protobuf.Empty")
-            .unwrap_or_else(|| output.clone())
+        method.input()
     } else {
-        output.clone()
+        method.output()
     };
     match prost_reflect::DynamicMessage::decode(descriptor, bytes.as_ref()) {
         Ok(message) => serde_json::to_value(&message).unwrap_or(serde_json::Value::Null),
@@ -272,11 +270,10 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
             options = options.timeout(budget(ms, breaks));
         }
         let call = options.into_request(body).map_err(|e| e.to_string())?;
-        let output = method.output();
         let path = PathAndQuery::from_str(&path).map_err(|e| e.to_string())?;
-        Ok((client, call, path, output))
+        Ok((client, call, path, method))
     })();
-    let (client, call, path, output) = match prepared {
+    let (client, call, path, method) = match prepared {
         Ok(p) => p,
         Err(e) => {
             outcome.adapter_error = Some(e);
@@ -326,7 +323,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
                     match stream.message().await {
                         Ok(Some(bytes)) => outcome
                             .responses
-                            .push(response_json(&bytes, &output, pool, breaks)),
+                            .push(response_json(&bytes, &method, breaks)),
                         Ok(None) => break Ok(()),
                         Err(status) => break Err(status),
                     }
@@ -343,7 +340,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
                 }
                 outcome
                     .responses
-                    .push(response_json(response.get_ref(), &output, pool, breaks));
+                    .push(response_json(response.get_ref(), &method, breaks));
                 Ok(())
             }
             Err(status) => Err(status),
