@@ -556,6 +556,7 @@ fn package_smoke() -> Result<(), String> {
 /// Packages the publishable crates of the workspace at `dir` (verifying
 /// each), writing `.crate` files under `root/target/package`.
 fn package_crates(dir: &Path, root: &Path) -> Result<(), String> {
+    forget_stale_local_packages();
     let mut command = cargo();
     command
         .arg("package")
@@ -572,6 +573,39 @@ fn package_crates(dir: &Path, root: &Path) -> Result<(), String> {
         command.arg("--allow-dirty");
     }
     run(&mut command, "cargo package")
+}
+
+/// `cargo package` verifies each crate against the others through a
+/// temporary local registry under the target dir, and cargo extracts those
+/// `.crate`s into `$CARGO_HOME/registry/src/-<hash of the path>/` without
+/// checking an existing extraction: a second packaging at the same path (a
+/// CI clone at a fixed path, a rerun) would build against the previous
+/// run's sources. Our own crates' extractions in those local registries
+/// (never crates.io's, whose directory is named after its host) are removed.
+fn forget_stale_local_packages() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry/src")) else {
+        return;
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(crates) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for krate in crates.flatten() {
+            let name = krate.file_name().to_string_lossy().into_owned();
+            if PUBLISHED.iter().any(|p| name.starts_with(&format!("{p}-"))) {
+                let _ = std::fs::remove_dir_all(krate.path());
+            }
+        }
+    }
 }
 
 const CONSUMER_MAIN: &str = r#"//! Built by `cargo xtask package-smoke` against the unpacked packages.
