@@ -64,7 +64,7 @@ impl CallOptions {
         self
     }
 
-    /// Safe-retry mode for this call (see [`RetryPolicy::with_safe_retries`](crate::layers::RetryPolicy::with_safe_retries)),
+    /// Safe-retry mode for this call (see `layers::RetryPolicy::with_safe_retries`),
     /// whatever the client's policy says.
     pub fn safe_retries(mut self, safe: bool) -> Self {
         self.safe_retries = Some(safe);

@@ -22,7 +22,7 @@
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Status};
 
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config_error::{ConfigError, ConfigErrorKind};
 
 /// gRPC's default receive limit.
 pub const DEFAULT_MAX_DECODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;

@@ -56,9 +56,9 @@ pub fn timeouts(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Some(d) = crate::layers::timeout::decode_grpc_timeout(text) {
-        let encoded = crate::layers::timeout::encode_grpc_timeout(d);
-        let back = crate::layers::timeout::decode_grpc_timeout(encoded.to_str().unwrap_or(""))
+    if let Some(d) = crate::grpc_timeout::decode_grpc_timeout(text) {
+        let encoded = crate::grpc_timeout::encode_grpc_timeout(d);
+        let back = crate::grpc_timeout::decode_grpc_timeout(encoded.to_str().unwrap_or(""))
             .expect("what the SDK encodes, it decodes");
         assert!(back >= d.min(Duration::from_secs(99_999_999 * 3600)));
         let _ = crate::time::add(tokio::time::Instant::now(), d);

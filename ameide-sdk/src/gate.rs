@@ -33,7 +33,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config_error::{ConfigError, ConfigErrorKind};
 
 /// How many calls a client keeps on the wire at once, and how long a call
 /// waits for a place before it is built (see [`AmeideClientBuilder::in_flight_limit`](crate::AmeideClientBuilder::in_flight_limit)).

@@ -76,11 +76,14 @@ mod call;
 mod client;
 pub mod codec;
 pub mod config;
+mod config_error;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
+mod grpc_timeout;
+mod inbound;
 pub mod layers;
 mod peer;
 #[cfg(test)]
@@ -88,6 +91,7 @@ mod properties;
 pub mod server;
 mod time;
 mod transport;
+mod wire_types;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
+use crate::grpc_timeout::{decode_grpc_timeout, encode_grpc_timeout};
 use crate::layers::RetryPolicy;
-use crate::layers::timeout::{decode_grpc_timeout, encode_grpc_timeout};
 
 fn header_pairs() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
     let names = prop_oneof![

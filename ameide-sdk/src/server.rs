@@ -56,7 +56,6 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
 
 use http::HeaderValue;
 use opentelemetry::baggage::BaggageExt;
@@ -74,15 +73,12 @@ use tokio::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use crate::call::CallOptions;
+pub use crate::inbound::InboundContext;
+use crate::inbound::{INBOUND, Inner};
 use crate::layers::tracing::{
     Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
 };
 use crate::layers::{BoxError, RequestIdGenerator, SemconvMode, grpc_code, names};
-
-tokio::task_local! {
-    static INBOUND: InboundContext;
-}
 
 /// The longest inbound `x-request-id` kept (see the module docs); a longer
 /// one is replaced by a generated id.
@@ -117,141 +113,6 @@ fn valid_identity(id: &str) -> bool {
     !id.trim().is_empty()
         && id.len() <= MAX_IDENTITY_BYTES
         && id.bytes().all(|b| (0x20..0x7f).contains(&b))
-}
-
-/// What a handler knows about the request it is serving. Cheap to clone.
-///
-/// ```
-/// # async fn handler(request: ameide_sdk::tonic::Request<()>) {
-/// use ameide_sdk::server::InboundContext;
-/// if let Some(ctx) = InboundContext::of(&request) {
-///     println!("request {} for tenant {:?}", ctx.request_id(), ctx.tenant_id());
-/// }
-/// // Or, anywhere inside the handler's task:
-/// let same = InboundContext::current();
-/// # }
-/// ```
-#[derive(Clone)]
-pub struct InboundContext {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    tenant_id: Option<String>,
-    user_id: Option<String>,
-    request_id: Arc<str>,
-    session_id: Option<String>,
-    deadline: Option<Instant>,
-    otel: Context,
-}
-
-impl fmt::Debug for InboundContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InboundContext")
-            .field("tenant_id", &self.inner.tenant_id)
-            .field("user_id", &self.inner.user_id)
-            .field("request_id", &self.inner.request_id)
-            .field("session_id", &self.inner.session_id)
-            .field("deadline", &self.inner.deadline)
-            .field("trace_id", &self.trace_id())
-            .finish()
-    }
-}
-
-impl InboundContext {
-    /// The context of the request being handled by the current task, if any.
-    pub fn current() -> Option<InboundContext> {
-        INBOUND.try_with(Clone::clone).ok()
-    }
-
-    /// The context the inbound layer attached to `request`.
-    pub fn of<T>(request: &tonic::Request<T>) -> Option<&InboundContext> {
-        request.extensions().get::<InboundContext>()
-    }
-
-    /// `x-tenant-id` as received.
-    pub fn tenant_id(&self) -> Option<&str> {
-        self.inner.tenant_id.as_deref()
-    }
-
-    /// `x-user-id` as received.
-    pub fn user_id(&self) -> Option<&str> {
-        self.inner.user_id.as_deref()
-    }
-
-    /// `x-request-id` as received, or the one generated for this request.
-    pub fn request_id(&self) -> &str {
-        &self.inner.request_id
-    }
-
-    /// `ameide.session_id` from the inbound `baggage`.
-    pub fn session_id(&self) -> Option<&str> {
-        self.inner.session_id.as_deref()
-    }
-
-    /// When the caller stops waiting (from `grpc-timeout`), if it said.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.inner.deadline
-    }
-
-    /// Budget left until [`deadline`](Self::deadline).
-    pub fn remaining(&self) -> Option<Duration> {
-        self.inner
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// The OpenTelemetry context of the SERVER span (with the inbound baggage).
-    pub fn otel_context(&self) -> &Context {
-        &self.inner.otel
-    }
-
-    /// The trace this request belongs to, when it is traced.
-    pub fn trace_id(&self) -> Option<TraceId> {
-        let span = self.inner.otel.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| sc.trace_id())
-    }
-
-    /// Per-call options that forward the inbound tenant and user to a downstream call.
-    ///
-    /// ```
-    /// # async fn handler(client: ameide_sdk::AmeideClient) -> Result<(), Box<dyn std::error::Error>> {
-    /// use ameide_sdk::server::InboundContext;
-    /// use ameide_sdk::proto::inference::v1::ListAgentsRequest;
-    /// if let Some(ctx) = InboundContext::current() {
-    ///     let request = ctx.forward_identity().into_request(ListAgentsRequest::default())?;
-    ///     client.inference().list_agents(request).await?;
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn forward_identity(&self) -> CallOptions {
-        let mut options = CallOptions::new();
-        if let Some(tenant) = &self.inner.tenant_id {
-            options = options.header(crate::contract::HEADER_TENANT, tenant.clone());
-        }
-        if let Some(user) = &self.inner.user_id {
-            options = options.header(crate::contract::HEADER_USER, user.clone());
-        }
-        options
-    }
-
-    /// Runs `future` as part of this request (for work spawned onto another task):
-    /// outbound calls in it continue the request as if made by the handler.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        let otel = self.inner.otel.clone();
-        INBOUND.scope(self, future.with_context(otel)).await
-    }
-}
-
-/// The inbound request id of the current task, for the client's metadata layer.
-pub(crate) fn inbound_request_id() -> Option<Arc<str>> {
-    INBOUND.try_with(|c| c.inner.request_id.clone()).ok()
-}
-
-/// The inbound deadline of the current task, for the client's timeout layer.
-pub(crate) fn inbound_deadline() -> Option<Instant> {
-    INBOUND.try_with(|c| c.inner.deadline).ok().flatten()
 }
 
 /// Reads the inbound metadata into an [`InboundContext`], starts a SERVER span,
@@ -532,7 +393,7 @@ impl<S> InboundService<S> {
         };
 
         let deadline = header(request, "grpc-timeout").and_then(|value| {
-            let parsed = crate::layers::timeout::decode_grpc_timeout(value);
+            let parsed = crate::grpc_timeout::decode_grpc_timeout(value);
             if parsed.is_none() {
                 ::tracing::warn!(
                     value = %crate::peer::loggable(value.as_bytes()),

@@ -11,13 +11,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config_error::{ConfigError, ConfigErrorKind};
 
 mod cache;
 #[cfg(feature = "oauth2")]
@@ -27,8 +26,7 @@ pub use cache::CachingTokenProvider;
 #[cfg(feature = "oauth2")]
 pub use oauth2::ClientCredentials;
 
-/// A boxed, `Send` future, as returned by [`TokenProvider::token`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::wire_types::BoxFuture;
 
 /// A bearer token and, optionally, when it stops being valid.
 ///

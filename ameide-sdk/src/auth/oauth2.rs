@@ -41,7 +41,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{AccessToken, BoxFuture, CachingTokenProvider, TokenError, TokenProvider};
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config_error::{ConfigError, ConfigErrorKind};
 
 /// Largest token response read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;

@@ -27,7 +27,7 @@ use super::retry::{Buffered, buffer, replay_request};
 use super::timeout::call_deadline;
 use super::{BoxError, HttpRequest, HttpResponse, status_response, trailers_only_status};
 use crate::auth::{AccessToken, BoxFuture, TokenProvider};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Adds `authorization: Bearer …` from a [`TokenProvider`].
 ///

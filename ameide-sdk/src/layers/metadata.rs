@@ -248,7 +248,7 @@ impl<S> MetadataService<S> {
         let request_id: Arc<str> = match existing {
             Some(id) => Arc::from(id),
             // Inside a request handled behind the inbound layer: continue its id.
-            None => match crate::server::inbound_request_id()
+            None => match crate::inbound::inbound_request_id()
                 .filter(|id| HeaderValue::from_str(id).is_ok())
             {
                 Some(id) => {

@@ -33,14 +33,14 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 use tower::{Layer, Service, ServiceExt};
 
-use super::timeout::encode_grpc_timeout;
 use super::{
     BoxError, Delivery, HttpRequest, HttpResponse, classify_error, names, status_response,
     trailers_only_status,
 };
 use crate::auth::BoxFuture;
 use crate::call::{AttemptRecord, CallState, Deadline, SafeRetries, StopReason};
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config_error::{ConfigError, ConfigErrorKind};
+use crate::grpc_timeout::encode_grpc_timeout;
 
 /// When and how often to retry.
 ///

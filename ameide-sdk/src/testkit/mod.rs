@@ -108,5 +108,5 @@ pub fn paused_client(server: &MockServer) -> crate::AmeideClientBuilder {
 /// assert_eq!(ameide_sdk::testkit::decode_grpc_timeout("soon"), None);
 /// ```
 pub fn decode_grpc_timeout(value: &str) -> Option<std::time::Duration> {
-    crate::layers::timeout::decode_grpc_timeout(value)
+    crate::grpc_timeout::decode_grpc_timeout(value)
 }

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::layers::{BoxError, HttpRequest, HttpResponse};
+use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
 
 /// Resends of a request hyper handed back unwritten, per call.
 pub(crate) const MAX_UNWRITTEN_RESENDS: u32 = 4;

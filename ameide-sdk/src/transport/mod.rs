@@ -14,11 +14,11 @@ use tonic::Status;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::auth::BoxFuture;
 use crate::config::{ConfigError, ConfigErrorKind, validate_endpoint};
-use crate::layers::{BoxError, HttpRequest, HttpResponse};
+use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 pub(crate) mod connection;
+pub(crate) mod failure;
 pub(crate) mod tls;
 
 use connection::{Connection, Target};

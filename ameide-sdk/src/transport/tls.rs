@@ -14,7 +14,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config_error::{ConfigError, ConfigErrorKind};
 
 /// Which certificate authorities an `https` endpoint's certificate may chain to.
 /// An extra CA ([`TransportOptions::ca_certificate_pem`](super::TransportOptions::ca_certificate_pem))
