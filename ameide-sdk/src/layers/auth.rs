@@ -23,7 +23,7 @@ use pin_project_lite::pin_project;
 use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
-use super::retry::{Buffered, buffer, replay_request};
+use super::replay::{Buffered, buffer, replay_request};
 use super::timeout::call_deadline;
 use super::{BoxError, HttpRequest, HttpResponse, status_response, trailers_only_status};
 use crate::auth::{AccessToken, BoxFuture, TokenProvider};

@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod metadata;
+pub(crate) mod replay;
 pub mod retry;
 pub mod timeout;
 pub mod tracing;
