@@ -82,13 +82,16 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
+mod grpc_headers;
 mod grpc_timeout;
 mod inbound;
 pub mod layers;
 mod peer;
 #[cfg(test)]
 mod properties;
+mod request_id;
 pub mod server;
+mod telemetry;
 mod time;
 mod transport;
 mod wire_types;

@@ -73,12 +73,13 @@ use tokio::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
 
+use crate::grpc_headers::{grpc_code, names};
 pub use crate::inbound::InboundContext;
 use crate::inbound::{INBOUND, Inner};
-use crate::layers::tracing::{
-    Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
-};
-use crate::layers::{BoxError, RequestIdGenerator, SemconvMode, grpc_code, names};
+use crate::request_id::RequestIdGenerator;
+use crate::telemetry::SemconvMode;
+use crate::telemetry::{Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes};
+use crate::wire_types::BoxError;
 
 /// The longest inbound `x-request-id` kept (see the module docs); a longer
 /// one is replaced by a generated id.

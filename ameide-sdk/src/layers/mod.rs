@@ -43,43 +43,7 @@ pub use retry::{Jitter, RetryLayer, RetryPolicy, RetryService, Sleeper, Throttle
 pub use timeout::{TimeoutLayer, TimeoutService};
 pub use tracing::{SemconvMode, TracingLayer, TracingService};
 
-use tonic::Status;
-
 pub use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
 
-/// A trailers-only gRPC response carrying `status`.
-pub(crate) fn status_response(status: Status) -> HttpResponse {
-    status.into_http()
-}
-
-/// The status of a trailers-only response (`grpc-status` in the headers), if
-/// it is one; read by [`crate::peer`], so no value a peer sends can panic.
-pub(crate) fn trailers_only_status(response: &HttpResponse) -> Option<Status> {
-    crate::peer::status_from_headers(response.headers()).map(|p| p.status)
-}
-
+pub(crate) use crate::grpc_headers::{grpc_code, names, status_response, trailers_only_status};
 pub(crate) use crate::transport::failure::{Delivery, classify_error, status_from_error};
-
-/// Header names the layers look up on every call, parsed once.
-pub(crate) mod names {
-    #![allow(dead_code)]
-    use http::HeaderName;
-
-    pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-    pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-    pub(crate) const PREVIOUS_ATTEMPTS: HeaderName =
-        HeaderName::from_static("grpc-previous-rpc-attempts");
-    pub(crate) const REQUEST_ID: HeaderName =
-        HeaderName::from_static(crate::contract::HEADER_REQUEST_ID);
-    pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-    pub(crate) const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
-}
-
-/// The `grpc-status` code in `headers` without building a `Status` (which
-/// clones the whole map): `None` when absent.
-pub(crate) fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get(names::GRPC_STATUS)
-        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
-}

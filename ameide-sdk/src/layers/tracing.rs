@@ -18,7 +18,6 @@
 //! `opentelemetry` API only: it uses the global tracer provider unless given
 //! one; the application installs exporters.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,70 +25,20 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use http::HeaderValue;
-use http_body::Frame;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::BoxedTracer;
-use opentelemetry::trace::{
-    SpanKind, Status as SpanStatus, TraceContextExt, Tracer, TracerProvider,
-};
-use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+use percent_encoding::utf8_percent_encode;
 use pin_project_lite::pin_project;
-use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::{
-    BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error, trailers_only_status,
-};
+use super::{BoxError, HttpRequest, HttpResponse, names, status_from_error, trailers_only_status};
 use crate::call::SessionId;
-use crate::error::canonical_code_name;
 
-/// Which RPC semantic conventions the spans follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SemconvMode {
-    /// The experimental names the other Ameide SDKs emit (default).
-    Legacy,
-    /// The stable names only (`OTEL_SEMCONV_STABILITY_OPT_IN=rpc`).
-    Stable,
-    /// Both (`OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup`, which wins over `rpc`).
-    Duplicate,
-}
-
-impl SemconvMode {
-    /// Reads `OTEL_SEMCONV_STABILITY_OPT_IN`.
-    ///
-    /// ```
-    /// use ameide_sdk::layers::SemconvMode;
-    /// assert_eq!(SemconvMode::parse("http,rpc"), SemconvMode::Stable);
-    /// assert_eq!(SemconvMode::parse("rpc, rpc/dup"), SemconvMode::Duplicate);
-    /// assert_eq!(SemconvMode::parse("http"), SemconvMode::Legacy);
-    /// ```
-    pub fn from_env() -> Self {
-        std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN")
-            .map(|v| Self::parse(&v))
-            .unwrap_or(SemconvMode::Legacy)
-    }
-
-    /// Parses a comma-separated opt-in list.
-    pub fn parse(value: &str) -> Self {
-        let items: Vec<&str> = value.split(',').map(str::trim).collect();
-        if items.contains(&"rpc/dup") {
-            SemconvMode::Duplicate
-        } else if items.contains(&"rpc") {
-            SemconvMode::Stable
-        } else {
-            SemconvMode::Legacy
-        }
-    }
-
-    fn legacy(self) -> bool {
-        matches!(self, SemconvMode::Legacy | SemconvMode::Duplicate)
-    }
-
-    fn stable(self) -> bool {
-        matches!(self, SemconvMode::Stable | SemconvMode::Duplicate)
-    }
-}
+pub use crate::telemetry::SemconvMode;
+use crate::telemetry::propagation::{BAGGAGE_VALUE, inject};
+use crate::telemetry::{Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes};
 
 struct TracingConfig {
     tracer: Arc<BoxedTracer>,
@@ -126,29 +75,6 @@ impl Default for TracingLayer {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("ameide-sdk")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
-}
-
-/// The SDK's tracer from the global provider (client and server spans alike).
-pub(crate) fn global_tracer() -> Arc<BoxedTracer> {
-    Arc::new(opentelemetry::global::tracer_with_scope(scope()))
-}
-
-/// The SDK's tracer from an explicit provider.
-pub(crate) fn provider_tracer<P, T, S>(provider: &P) -> Arc<BoxedTracer>
-where
-    P: TracerProvider<Tracer = T>,
-    T: Tracer<Span = S> + Send + Sync + 'static,
-    S: opentelemetry::trace::Span + Send + Sync + 'static,
-{
-    Arc::new(BoxedTracer::new(Box::new(
-        provider.tracer_with_scope(scope()),
-    )))
 }
 
 impl TracingLayer {
@@ -247,15 +173,6 @@ impl<S> fmt::Debug for TracingService<S> {
     }
 }
 
-/// W3C baggage values: everything outside `baggage-octet` is percent-encoded.
-const BAGGAGE_VALUE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b',')
-    .add(b';')
-    .add(b'\\')
-    .add(b'%');
-
 impl<S> TracingService<S> {
     fn start_span(&self, request: &mut HttpRequest) -> (Context, SemconvMode) {
         let config = &self.config;
@@ -319,180 +236,6 @@ impl<S> TracingService<S> {
         }
         (cx, config.semconv)
     }
-}
-
-fn inject(cx: &Context, request: &mut HttpRequest, session_id: Option<Arc<str>>) {
-    let span = cx.span();
-    let sc = span.span_context();
-    let headers = request.headers_mut();
-    if sc.is_valid() {
-        let traceparent = format_traceparent(
-            sc.trace_id().to_bytes(),
-            sc.span_id().to_bytes(),
-            sc.trace_flags().to_u8(),
-        );
-        if let Ok(mut v) = HeaderValue::from_bytes(&traceparent) {
-            // Unique per attempt: never-indexed (see the metadata layer).
-            v.set_sensitive(true);
-            headers.insert(names::TRACEPARENT, v);
-        }
-        let state = sc.trace_state().header();
-        if !state.is_empty()
-            && let Ok(v) = HeaderValue::try_from(state)
-        {
-            headers.insert(names::TRACESTATE, v);
-        }
-    }
-    let mut entries: Vec<String> = cx
-        .baggage()
-        .iter()
-        .filter(|(k, _)| k.as_str() != crate::contract::SESSION_BAGGAGE_KEY || session_id.is_none())
-        .map(|(k, (v, _))| {
-            format!(
-                "{}={}",
-                k.as_str(),
-                utf8_percent_encode(v.as_str(), BAGGAGE_VALUE)
-            )
-        })
-        .collect();
-    if let Some(session) = session_id {
-        entries.push(format!(
-            "{}={}",
-            crate::contract::SESSION_BAGGAGE_KEY,
-            utf8_percent_encode(&session, BAGGAGE_VALUE)
-        ));
-    }
-    if entries.is_empty() {
-        return;
-    }
-    let existing = headers
-        .get(names::BAGGAGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .map(str::to_owned);
-    let mut value = existing.unwrap_or_default();
-    for entry in entries {
-        let key = entry.split('=').next().unwrap_or_default();
-        let already = value
-            .split(',')
-            .any(|item| item.split('=').next().map(str::trim) == Some(key));
-        if !already {
-            if !value.is_empty() {
-                value.push(',');
-            }
-            value.push_str(&entry);
-        }
-    }
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(names::BAGGAGE, v);
-    }
-}
-
-/// `00-<trace id>-<span id>-<flags>` in lower-case hex, without `format!`.
-/// Pushes the `rpc.*` attributes of `path` and returns the span name
-/// (`<package>.<Service>/<Method>`). Bundle methods get their names as
-/// `&'static str` from the method table: no allocation per span.
-pub(crate) fn rpc_attributes(
-    path: &str,
-    semconv: SemconvMode,
-    attributes: &mut Vec<KeyValue>,
-) -> Cow<'static, str> {
-    let known = ameide_proto::method(path);
-    let (full_method, service, method): (StringValue, StringValue, StringValue) = match known {
-        Some(info) => (
-            StringValue::from(&info.path[1..]),
-            StringValue::from(info.service),
-            StringValue::from(info.method),
-        ),
-        None => {
-            let full = path.strip_prefix('/').unwrap_or(path);
-            let (service, method) = full.split_once('/').unwrap_or((full, ""));
-            (
-                StringValue::from(full.to_owned()),
-                StringValue::from(service.to_owned()),
-                StringValue::from(method.to_owned()),
-            )
-        }
-    };
-    if semconv.legacy() {
-        attributes.push(KeyValue::new("rpc.system", "grpc"));
-        attributes.push(KeyValue::new("rpc.service", service));
-        if !semconv.stable() {
-            attributes.push(KeyValue::new("rpc.method", method));
-        }
-    }
-    if semconv.stable() {
-        attributes.push(KeyValue::new("rpc.system.name", "grpc"));
-        attributes.push(KeyValue::new("rpc.method", full_method.clone()));
-    }
-    match known {
-        Some(info) => Cow::Borrowed(&info.path[1..]),
-        None => Cow::Owned(full_method.as_str().to_owned()),
-    }
-}
-
-fn format_traceparent(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 55] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'-'; 55];
-    out[0] = b'0';
-    out[1] = b'0';
-    let mut put = |at: usize, bytes: &[u8]| {
-        for (i, b) in bytes.iter().enumerate() {
-            out[at + 2 * i] = HEX[usize::from(b >> 4)];
-            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-    };
-    put(3, &trace_id);
-    put(36, &span_id);
-    put(53, &[flags]);
-    out
-}
-
-/// Which end of the call a span describes; it decides which codes mark the span as an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    /// Any non-OK code is an error (the caller did not get what it asked for).
-    Client,
-    /// Only codes that mean the server failed (OpenTelemetry's gRPC server rule):
-    /// `UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`.
-    Server,
-}
-
-impl Side {
-    fn is_error(self, code: Code) -> bool {
-        match self {
-            Side::Client => code != Code::Ok,
-            Side::Server => matches!(
-                code,
-                Code::Unknown
-                    | Code::DeadlineExceeded
-                    | Code::Unimplemented
-                    | Code::Internal
-                    | Code::Unavailable
-                    | Code::DataLoss
-            ),
-        }
-    }
-}
-
-pub(crate) fn end_span(cx: &Context, semconv: SemconvMode, side: Side, code: Code, message: &str) {
-    let span = cx.span();
-    if semconv.legacy() {
-        span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
-    }
-    if semconv.stable() {
-        span.set_attribute(KeyValue::new(
-            "rpc.response.status_code",
-            canonical_code_name(code),
-        ));
-        if code != Code::Ok {
-            span.set_attribute(KeyValue::new("error.type", canonical_code_name(code)));
-        }
-    }
-    if side.is_error(code) {
-        span.set_status(SpanStatus::error(message.to_owned()));
-    }
-    span.end();
 }
 
 impl<S> Service<HttpRequest> for TracingService<S>
@@ -580,112 +323,10 @@ where
     }
 }
 
-pin_project! {
-    /// Ends the attempt span when the response stream ends.
-    pub(crate) struct SpanBody {
-        #[pin]
-        inner: tonic::body::Body,
-        span: Option<Context>,
-        semconv: SemconvMode,
-        side: Side,
-    }
-
-    impl PinnedDrop for SpanBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(cx) = this.span.take() {
-                end_span(&cx, *this.semconv, *this.side, Code::Cancelled, "response stream dropped before it ended");
-            }
-        }
-    }
-}
-
-impl SpanBody {
-    /// Wraps `body` so that `span` ends with the call's status when the stream ends.
-    pub(crate) fn wrap(
-        body: tonic::body::Body,
-        span: Context,
-        semconv: SemconvMode,
-        side: Side,
-    ) -> tonic::body::Body {
-        tonic::body::Body::new(SpanBody {
-            inner: body,
-            span: Some(span),
-            semconv,
-            side,
-        })
-    }
-}
-
-impl http_body::Body for SpanBody {
-    type Data = bytes::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(span) = this.span.take()
-                {
-                    match grpc_code(trailers) {
-                        Some(Code::Ok) => end_span(&span, *this.semconv, *this.side, Code::Ok, ""),
-                        Some(code) => {
-                            let message = trailers
-                                .get("grpc-message")
-                                .map(|m| crate::peer::decode_message(m.as_bytes()))
-                                .unwrap_or_default();
-                            end_span(&span, *this.semconv, *this.side, code, &message)
-                        }
-                        None => end_span(
-                            &span,
-                            *this.semconv,
-                            *this.side,
-                            Code::Unknown,
-                            "trailers without grpc-status",
-                        ),
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(status))) => {
-                if let Some(span) = this.span.take() {
-                    end_span(
-                        &span,
-                        *this.semconv,
-                        *this.side,
-                        status.code(),
-                        status.message(),
-                    );
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(span) = this.span.take() {
-                    end_span(
-                        &span,
-                        *this.semconv,
-                        *this.side,
-                        Code::Unknown,
-                        "response stream ended without grpc-status",
-                    );
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::propagation::format_traceparent;
 
     #[test]
     fn traceparent_matches_the_w3c_layout() {
