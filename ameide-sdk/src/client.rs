@@ -661,13 +661,7 @@ impl AmeideClientBuilder {
             retry = retry.safe_retries(safe);
         }
 
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
+        let port = crate::config::port_of(&uri);
         let mut tracing = self
             .tracing
             .unwrap_or_default()

@@ -257,6 +257,16 @@ impl AmeideConfig {
 pub use crate::config_error::{ConfigError, ConfigErrorKind};
 
 /// Validates an endpoint: `http` or `https`, a host, an optional port, no path or query.
+/// The port of an endpoint URI: its own, else 443 for `https` and 80 for `http`.
+pub(crate) fn port_of(uri: &Uri) -> u16 {
+    uri.port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        })
+}
+
 pub(crate) fn validate_endpoint(endpoint: &str) -> Result<Uri, ConfigError> {
     let bad = |why: &str| {
         ConfigError::new(

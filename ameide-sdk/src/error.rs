@@ -139,12 +139,9 @@ impl Error {
     }
 }
 
-/// The codes the contract retries by default.
+/// The codes the contract retries by default (its names, the one source).
 pub(crate) fn default_retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted
-    )
+    crate::contract::RETRYABLE_CODES.contains(&canonical_code_name(code))
 }
 
 impl From<Status> for Error {

@@ -3,6 +3,7 @@
 
 pub mod breaking;
 pub mod buf;
+pub mod layering;
 pub mod policy;
 pub mod system;
 pub mod version;

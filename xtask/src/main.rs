@@ -405,9 +405,18 @@ fn policy() -> Result<(), String> {
         &root.join("ameide-proto"),
         &buf_binary()?,
     ));
+    let src = root.join("ameide-sdk/src");
+    for message in xtask::layering::problems(&xtask::layering::graph(&src)?) {
+        findings.push(xtask::policy::Finding {
+            check: "layering",
+            file: src.clone(),
+            line: None,
+            message,
+        });
+    }
     if findings.is_empty() {
         println!(
-            "policy: all checks pass (proto-dependency, build-script-codegen, patch-or-git, lockfile, manifest-fresh, bundle-lint)"
+            "policy: all checks pass (proto-dependency, build-script-codegen, patch-or-git, lockfile, manifest-fresh, bundle-lint, layering)"
         );
         return Ok(());
     }

@@ -220,7 +220,7 @@ where
 }
 
 /// Largest request kept for the one replay after a rejected token.
-const REPLAY_LIMIT: usize = 4 * 1024 * 1024;
+const REPLAY_LIMIT: usize = super::replay::DEFAULT_MAX_REPLAY_BYTES;
 
 /// Asks the provider and sets `authorization`; `Ok` holds the token sent
 /// (if any), `Err` is the UNAUTHENTICATED response to return instead of calling.

@@ -15,6 +15,11 @@ use tonic::Status;
 use crate::call::{CallState, Deadline, SafeRetries};
 use crate::layers::HttpRequest;
 
+/// How much of a request the layers keep for sending it again by default
+/// (the retry policy's `max_replay_bytes`, and the auth layer's one replay
+/// after a rejected token): gRPC's default message limit.
+pub(crate) const DEFAULT_MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
+
 /// A request body read into memory for replay, or given back when too large.
 pub(crate) enum Buffered {
     /// The whole body.

@@ -181,13 +181,7 @@ impl<S> TracingService<S> {
         let server = config.server.clone().or_else(|| {
             let uri = request.uri();
             uri.host().map(|h| {
-                let port = uri
-                    .port_u16()
-                    .unwrap_or(if uri.scheme_str() == Some("https") {
-                        443
-                    } else {
-                        80
-                    });
+                let port = crate::config::port_of(uri);
                 (StringValue::from(h.to_owned()), port)
             })
         });

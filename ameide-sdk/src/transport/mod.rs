@@ -178,7 +178,7 @@ pub(crate) fn http2_transport(
         },
         authority,
         host,
-        port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        port: crate::config::port_of(&uri),
         tls,
         connect_timeout: options.connect_timeout,
         keepalive_interval: options.keepalive_interval,

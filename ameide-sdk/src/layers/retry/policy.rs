@@ -72,13 +72,16 @@ impl Default for RetryPolicy {
             multiplier: c::RETRY_BACKOFF_MULTIPLIER,
             max_backoff: Duration::from_millis(c::RETRY_MAX_BACKOFF_MS),
             jitter: (c::RETRY_JITTER_MIN, c::RETRY_JITTER_MAX),
-            retryable: vec![
-                Code::Unavailable,
-                Code::DeadlineExceeded,
-                Code::Aborted,
-                Code::ResourceExhausted,
-            ],
-            max_replay_bytes: 4 * 1024 * 1024,
+            // The contract's names are the one source of the default codes.
+            retryable: c::RETRYABLE_CODES
+                .iter()
+                .filter_map(|name| {
+                    (0..=16)
+                        .map(Code::from_i32)
+                        .find(|code| crate::error::canonical_code_name(*code) == *name)
+                })
+                .collect(),
+            max_replay_bytes: crate::layers::replay::DEFAULT_MAX_REPLAY_BYTES,
             safe: false,
             throttle: Some(ThrottleConfig::default()),
         }
@@ -251,5 +254,28 @@ impl RetryPolicy {
         let (lo, hi) = self.jitter;
         let factor = if factor.is_finite() { factor } else { 1.0 };
         crate::time::mul_f64(self.base_delay(attempt), factor.clamp(lo, hi))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_codes_are_the_contracts() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.retryable.len(),
+            crate::contract::RETRYABLE_CODES.len(),
+            "every contract name maps to a code"
+        );
+        for name in crate::contract::RETRYABLE_CODES {
+            assert!(
+                policy
+                    .retryable
+                    .iter()
+                    .any(|c| crate::error::canonical_code_name(*c) == *name)
+            );
+        }
     }
 }
