@@ -149,6 +149,7 @@ pub(crate) struct Deadline(pub(crate) Instant);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallInfo {
     /// The `x-request-id` the call carried on every attempt.
     pub request_id: Arc<str>,
@@ -160,6 +161,7 @@ pub struct CallInfo {
 
 /// Why the retry loop stopped making attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The attempt limit was reached.
     Exhausted,
@@ -194,6 +196,7 @@ impl StopReason {
 
 /// One attempt of a call, as the retry loop saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttemptRecord {
     /// The attempt's status code (`OK` for the attempt that committed).
     pub code: tonic::Code,

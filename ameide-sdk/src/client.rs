@@ -6,7 +6,7 @@
 //! AmeideChannel ─ closed? ─ in-flight limit ─ metadata → auth → timeout → retry → tracing → user layers… → transport
 //! ```
 //!
-//! The in-flight limit ([`crate::gate`]) is not a layer: it works in
+//! The in-flight limit ([`InFlightLimit`], `gate.rs`) is not a layer: it works in
 //! `AmeideChannel::poll_ready`, so that a call waiting for a place has built
 //! nothing yet.
 
@@ -81,7 +81,7 @@ fn is_unary(path: &str) -> bool {
 
 /// The response future of [`AmeideChannel`]: the layered stack's future, plus
 /// the in-flight place a unary call keeps until its response headers arrive
-/// (see [`crate::gate`]). Dropping it gives the place back.
+/// (see [`InFlightLimit`]). Dropping it gives the place back.
 ///
 /// ```
 /// use ameide_sdk::layers::HttpRequest;
@@ -287,19 +287,20 @@ impl AmeideClient {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// use ameide_sdk::{AmeideClient, CodecOptions};
+    /// use ameide_sdk::AmeideClient;
     /// use ameide_sdk::tonic::codec::CompressionEncoding;
     /// let client = AmeideClient::builder().endpoint("http://127.0.0.1:50051").build().unwrap();
     /// let big = client
-    ///     .with_codec(CodecOptions {
-    ///         max_decoding_message_size: 64 << 20,
-    ///         send_compressed: Some(CompressionEncoding::Zstd),
-    ///         ..client.codec()
-    ///     })
+    ///     .with_codec(
+    ///         client
+    ///             .codec()
+    ///             .with_max_decoding_message_size(64 << 20)
+    ///             .with_send_compressed(CompressionEncoding::Zstd),
+    ///     )
     ///     .unwrap();
     /// assert_eq!(big.codec().max_decoding_message_size, 64 << 20);
     /// assert_eq!(client.codec().max_decoding_message_size, 4 << 20);
-    /// assert!(client.with_codec(CodecOptions { max_decoding_message_size: 0, ..client.codec() }).is_err());
+    /// assert!(client.with_codec(client.codec().with_max_decoding_message_size(0)).is_err());
     /// # }
     /// ```
     pub fn with_codec(&self, codec: CodecOptions) -> Result<AmeideClient, ConfigError> {
@@ -358,6 +359,9 @@ type UserLayer = Box<dyn FnOnce(BoxTransport) -> BoxTransport + Send>;
 /// ```
 pub struct AmeideClientBuilder {
     config: AmeideConfig,
+    /// What the setters set, applied over `config` at build: a setter wins
+    /// over [`config`](Self::config) whatever the order of the calls.
+    explicit: Explicit,
     token_provider: Option<Arc<dyn TokenProvider>>,
     retry: RetryPolicy,
     retry_layer: Option<RetryLayer>,
@@ -394,6 +398,7 @@ impl AmeideClientBuilder {
     pub fn new() -> Self {
         AmeideClientBuilder {
             config: AmeideConfig::default(),
+            explicit: Explicit::default(),
             token_provider: None,
             retry: RetryPolicy::default(),
             retry_layer: None,
@@ -409,7 +414,23 @@ impl AmeideClientBuilder {
         }
     }
 
-    /// Replaces the whole configuration, e.g. with [`AmeideConfig::from_env`].
+    /// Starts from `config` (e.g. [`AmeideConfig::from_env`]) instead of the
+    /// contract's defaults. Values set with the builder's own setters win
+    /// over it whatever the order of the calls; a second `config` replaces
+    /// the first.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::{AmeideClient, AmeideConfig};
+    /// let from_env = AmeideConfig { endpoint: "http://envoy-grpc:9000".into(), ..AmeideConfig::default() };
+    /// let client = AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:50051") // set first, still wins
+    ///     .config(from_env)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(client.endpoint(), "http://127.0.0.1:50051");
+    /// # }
+    /// ```
     pub fn config(mut self, config: AmeideConfig) -> Self {
         self.config = config;
         self
@@ -417,43 +438,43 @@ impl AmeideClientBuilder {
 
     /// Sets the endpoint: `https://host[:port]` (TLS) or `http://host[:port]` (h2c).
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.config.endpoint = endpoint.into();
+        self.explicit.endpoint = Some(endpoint.into());
         self
     }
 
     /// Sends `x-tenant-id` on every call (system/bootstrap callers only).
     pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
-        self.config.tenant_id = Some(tenant_id.into());
+        self.explicit.tenant_id = Some(tenant_id.into());
         self
     }
 
     /// Sends `x-user-id` on every call.
     pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
-        self.config.user_id = Some(user_id.into());
+        self.explicit.user_id = Some(user_id.into());
         self
     }
 
     /// Sends `ameide.session_id` in `baggage` on every call.
     pub fn session_id(mut self, session_id: impl Into<String>) -> Self {
-        self.config.session_id = Some(session_id.into());
+        self.explicit.session_id = Some(session_id.into());
         self
     }
 
     /// Sets the whole-call timeout (all attempts, streams included).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
+        self.explicit.timeout = Some(timeout);
         self
     }
 
     /// Sends an extra header on every call; the name is lower-cased.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.headers.push((name.into(), value.into()));
+        self.explicit.headers.push((name.into(), value.into()));
         self
     }
 
     /// Sends `authorization: Bearer <token>` with a fixed token.
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
-        self.config.auth_token = Some(crate::auth::AccessToken::new(token));
+        self.explicit.auth_token = Some(crate::auth::AccessToken::new(token));
         self
     }
 
@@ -521,7 +542,7 @@ impl AmeideClientBuilder {
     /// use ameide_sdk::{AmeideClient, CodecOptions};
     /// let client = AmeideClient::builder()
     ///     .endpoint("http://127.0.0.1:50051")
-    ///     .codec(CodecOptions { max_decoding_message_size: 8 << 20, ..Default::default() })
+    ///     .codec(CodecOptions::default().with_max_decoding_message_size(8 << 20))
     ///     .build()
     ///     .unwrap();
     /// assert_eq!(client.codec().max_decoding_message_size, 8 << 20);
@@ -536,7 +557,7 @@ impl AmeideClientBuilder {
     /// (over all clones and connections); `None`, the default, sends every
     /// call at once, as the TypeScript, Go and Python SDKs do.
     /// [`InFlightLimit::DEFAULT`] (128) is the measured setting. The rules are
-    /// in [`crate::gate`].
+    /// in [`InFlightLimit`].
     ///
     /// Calls past the limit wait in line, first come first served; the wait
     /// counts against their deadline, and one whose deadline passes in line
@@ -615,7 +636,7 @@ impl AmeideClientBuilder {
     /// Validates the configuration and builds the client. Must run inside a
     /// Tokio runtime when the default transport is used.
     pub fn build(self) -> Result<AmeideClient, ConfigError> {
-        let config = self.config;
+        let config = self.explicit.apply(self.config);
         let uri = validate_endpoint(&config.endpoint)?;
         validate_timeout("timeout", config.timeout)?;
         self.retry.validate()?;
@@ -752,6 +773,46 @@ fn with_tls_files(
         options.trust_roots = roots;
     }
     Ok((options, ca_file))
+}
+
+/// The values the builder's setters gave, kept apart from the base
+/// configuration so that they win over [`AmeideClientBuilder::config`]
+/// whatever the order of the calls.
+#[derive(Default)]
+struct Explicit {
+    endpoint: Option<String>,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    timeout: Option<Duration>,
+    auth_token: Option<crate::auth::AccessToken>,
+    headers: Vec<(String, String)>,
+}
+
+impl Explicit {
+    fn apply(self, mut config: AmeideConfig) -> AmeideConfig {
+        if let Some(endpoint) = self.endpoint {
+            config.endpoint = endpoint;
+        }
+        if self.tenant_id.is_some() {
+            config.tenant_id = self.tenant_id;
+        }
+        if self.user_id.is_some() {
+            config.user_id = self.user_id;
+        }
+        if self.session_id.is_some() {
+            config.session_id = self.session_id;
+        }
+        if let Some(timeout) = self.timeout {
+            config.timeout = timeout;
+        }
+        if self.auth_token.is_some() {
+            config.auth_token = self.auth_token;
+        }
+        // Extra headers add up: the configuration's, then the setters'.
+        config.headers.extend(self.headers);
+        config
+    }
 }
 
 /// The built-in layers, in the order of the table at the top of this file.

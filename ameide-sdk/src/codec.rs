@@ -38,11 +38,12 @@ pub const MAX_MESSAGE_SIZE: usize = u32::MAX as usize;
 /// assert_eq!(options.max_decoding_message_size, 4 * 1024 * 1024);
 /// assert_eq!(options.send_compressed, None);
 /// assert_eq!(options.accept_compressed, &[CompressionEncoding::Gzip, CompressionEncoding::Zstd]);
-/// let large = CodecOptions { max_decoding_message_size: 16 << 20, ..options };
+/// let large = options.with_max_decoding_message_size(16 << 20);
 /// assert!(large.validate().is_ok());
-/// assert!(CodecOptions { max_decoding_message_size: 0, ..options }.validate().is_err());
+/// assert!(options.with_max_decoding_message_size(0).validate().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CodecOptions {
     /// The largest response message accepted, in bytes (1 ..= 4 GiB − 1).
     pub max_decoding_message_size: usize,
@@ -66,6 +67,30 @@ impl Default for CodecOptions {
 }
 
 impl CodecOptions {
+    /// Sets [`max_decoding_message_size`](Self::max_decoding_message_size).
+    pub fn with_max_decoding_message_size(mut self, value: usize) -> Self {
+        self.max_decoding_message_size = value;
+        self
+    }
+
+    /// Sets [`max_encoding_message_size`](Self::max_encoding_message_size).
+    pub fn with_max_encoding_message_size(mut self, value: usize) -> Self {
+        self.max_encoding_message_size = value;
+        self
+    }
+
+    /// Sets [`send_compressed`](Self::send_compressed).
+    pub fn with_send_compressed(mut self, value: impl Into<Option<CompressionEncoding>>) -> Self {
+        self.send_compressed = value.into();
+        self
+    }
+
+    /// Sets [`accept_compressed`](Self::accept_compressed).
+    pub fn with_accept_compressed(mut self, value: &'static [CompressionEncoding]) -> Self {
+        self.accept_compressed = value;
+        self
+    }
+
     /// Checks the sizes; the error names the option.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [

@@ -81,7 +81,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gate;
+mod gate;
 mod grpc_headers;
 mod grpc_timeout;
 mod inbound;

@@ -198,10 +198,7 @@ pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Ty
             .tracer_provider(&otel.provider)
             .build()?),
         "sdk-pool" => sdk(sdk_builder(&endpoint)
-            .transport_options(TransportOptions {
-                connections: pool,
-                ..Default::default()
-            })
+            .transport_options(TransportOptions::default().with_connections(pool))
             .build()?),
         "sdk-limited" => sdk(sdk_builder(&endpoint)
             .in_flight_limit(Some(ameide_sdk::InFlightLimit::DEFAULT))

@@ -132,34 +132,30 @@ async fn bad_configuration_is_rejected_at_build_with_a_clear_error() {
             "max_replay_bytes",
         ),
         (
-            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
-                keepalive_interval: Some(Duration::MAX),
-                ..Default::default()
-            }),
+            AmeideClient::builder().transport_options(
+                ameide_sdk::TransportOptions::default()
+                    .with_keepalive_interval(Some(Duration::MAX)),
+            ),
             ConfigErrorKind::Transport,
             "keepalive_interval",
         ),
         (
-            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
-                keepalive_timeout: Duration::ZERO,
-                ..Default::default()
-            }),
+            AmeideClient::builder().transport_options(
+                ameide_sdk::TransportOptions::default().with_keepalive_timeout(Duration::ZERO),
+            ),
             ConfigErrorKind::Transport,
             "keepalive_timeout",
         ),
         (
-            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
-                connect_timeout: Duration::MAX,
-                ..Default::default()
-            }),
+            AmeideClient::builder().transport_options(
+                ameide_sdk::TransportOptions::default().with_connect_timeout(Duration::MAX),
+            ),
             ConfigErrorKind::Transport,
             "connect_timeout",
         ),
         (
-            AmeideClient::builder().transport_options(ameide_sdk::TransportOptions {
-                connections: 0,
-                ..Default::default()
-            }),
+            AmeideClient::builder()
+                .transport_options(ameide_sdk::TransportOptions::default().with_connections(0)),
             ConfigErrorKind::Transport,
             "connections",
         ),

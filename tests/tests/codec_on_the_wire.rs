@@ -47,10 +47,7 @@ async fn requests_go_uncompressed_by_default_and_compressed_when_asked() {
         .unwrap();
     for encoding in [CompressionEncoding::Zstd, CompressionEncoding::Gzip] {
         let compressed = client
-            .with_codec(CodecOptions {
-                send_compressed: Some(encoding),
-                ..client.codec()
-            })
+            .with_codec(client.codec().with_send_compressed(Some(encoding)))
             .unwrap();
         compressed
             .graph()
@@ -113,10 +110,7 @@ async fn the_decoding_limit_is_set_once_and_its_error_keeps_the_request_id() {
     assert!(err.request_id().is_some(), "{err}");
 
     // Raised for a clone (one call), and client-wide.
-    let raised = CodecOptions {
-        max_decoding_message_size: 8 << 20,
-        ..CodecOptions::default()
-    };
+    let raised = CodecOptions::default().with_max_decoding_message_size(8 << 20);
     let response = client
         .with_codec(raised)
         .unwrap()
@@ -145,10 +139,7 @@ async fn the_encoding_limit_is_an_error_with_the_request_id_and_nothing_is_sent(
     server.fallback(Reply::ok());
     let client = client_for(
         &server,
-        CodecOptions {
-            max_encoding_message_size: 1024,
-            ..CodecOptions::default()
-        },
+        CodecOptions::default().with_max_encoding_message_size(1024),
     )
     .await;
     let err = client

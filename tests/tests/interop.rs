@@ -307,17 +307,16 @@ mod grpcio_client {
 /// covers zstd on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_compression_interoperates_with_grpcio_both_ways() {
-    use ameide_sdk::CodecOptions;
     use ameide_sdk::proto::graph::v1::{CreateElementRequest, Element};
     use tonic::codec::CompressionEncoding;
 
     let peer = Peer::python();
     let base = client(&peer, Duration::from_secs(5));
     let gzip = base
-        .with_codec(CodecOptions {
-            send_compressed: Some(CompressionEncoding::Gzip),
-            ..base.codec()
-        })
+        .with_codec(
+            base.codec()
+                .with_send_compressed(Some(CompressionEncoding::Gzip)),
+        )
         .unwrap();
     let description = "a compressible description ".repeat(8_000);
     let mut request = tonic::Request::new(CreateElementRequest {

@@ -228,10 +228,7 @@ fn tls_client(port: u16, host: &str, options: TransportOptions) -> AmeideClient 
 }
 
 fn with_ca(certs: &Certs) -> TransportOptions {
-    TransportOptions {
-        ca_certificate_pem: Some(certs.read("ca.pem")),
-        ..Default::default()
-    }
+    TransportOptions::default().with_ca_certificate_pem(Some(certs.read("ca.pem")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,10 +333,7 @@ async fn mutual_tls_through_the_proxy_from_options_and_from_the_environment() {
 
     // With the client certificate in the options.
     let identity = ClientIdentity::from_pem(certs.read("client.pem"), certs.read("client.key"));
-    let options = TransportOptions {
-        client_identity: Some(identity),
-        ..with_ca(&certs)
-    };
+    let options = with_ca(&certs).with_client_identity(Some(identity));
     calls::read(&tls_client(proxy.port, "localhost", options))
         .await
         .expect("mTLS");
@@ -495,10 +489,7 @@ async fn five_mib_messages_pass_once_the_limit_is_raised_client_wide() {
 
     let raised = AmeideClient::builder()
         .endpoint(proxy.endpoint())
-        .codec(CodecOptions {
-            max_decoding_message_size: 8 << 20,
-            ..Default::default()
-        })
+        .codec(CodecOptions::default().with_max_decoding_message_size(8 << 20))
         .build()
         .unwrap();
     let response = raised

@@ -150,10 +150,7 @@ async fn a_pool_spreads_calls_over_its_connections() {
     let addr = serve_tcp(server.clone()).await.unwrap();
     let client = AmeideClient::builder()
         .endpoint(format!("http://{addr}"))
-        .transport_options(TransportOptions {
-            connections: 3,
-            ..Default::default()
-        })
+        .transport_options(TransportOptions::default().with_connections(3))
         .build()
         .unwrap();
     for _ in 0..9 {
@@ -172,10 +169,7 @@ async fn a_pool_spreads_calls_over_its_connections() {
     for bad in [0, 65] {
         let err = AmeideClient::builder()
             .endpoint(format!("http://{addr}"))
-            .transport_options(TransportOptions {
-                connections: bad,
-                ..Default::default()
-            })
+            .transport_options(TransportOptions::default().with_connections(bad))
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("connections"), "{err}");

@@ -59,10 +59,7 @@ async fn checks_in_a_process_with_ssl_cert_file() {
         AmeideClient::builder()
             .endpoint(format!("https://localhost:{port}"))
             .timeout(Duration::from_secs(5))
-            .transport_options(TransportOptions {
-                trust_roots: roots,
-                ..Default::default()
-            })
+            .transport_options(TransportOptions::default().with_trust_roots(roots))
             .build()
             .unwrap()
     };

@@ -12,6 +12,7 @@ use crate::error::canonical_code_name;
 
 /// Which RPC semantic conventions the spans follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SemconvMode {
     /// The experimental names the other Ameide SDKs emit (default).
     Legacy,

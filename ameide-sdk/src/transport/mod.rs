@@ -35,6 +35,7 @@ pub type BoxTransport = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>
 /// assert_eq!(options.keepalive_interval, Some(Duration::from_secs(60)));
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TransportOptions {
     /// HTTP/2 PING interval while calls are in flight; `None` disables keepalive.
     /// 60 s stays clear of gRPC servers' default ping-abuse policy while data flows.
@@ -74,6 +75,48 @@ impl Default for TransportOptions {
 pub const DEFAULT_CONNECTIONS: usize = 1;
 
 impl TransportOptions {
+    /// Sets [`keepalive_interval`](Self::keepalive_interval).
+    pub fn with_keepalive_interval(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.keepalive_interval = value.into();
+        self
+    }
+
+    /// Sets [`keepalive_timeout`](Self::keepalive_timeout).
+    pub fn with_keepalive_timeout(mut self, value: Duration) -> Self {
+        self.keepalive_timeout = value;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn with_connect_timeout(mut self, value: Duration) -> Self {
+        self.connect_timeout = value;
+        self
+    }
+
+    /// Sets [`ca_certificate_pem`](Self::ca_certificate_pem).
+    pub fn with_ca_certificate_pem(mut self, value: impl Into<Option<Vec<u8>>>) -> Self {
+        self.ca_certificate_pem = value.into();
+        self
+    }
+
+    /// Sets [`trust_roots`](Self::trust_roots).
+    pub fn with_trust_roots(mut self, value: TrustRoots) -> Self {
+        self.trust_roots = value;
+        self
+    }
+
+    /// Sets [`client_identity`](Self::client_identity).
+    pub fn with_client_identity(mut self, value: impl Into<Option<ClientIdentity>>) -> Self {
+        self.client_identity = value.into();
+        self
+    }
+
+    /// Sets [`connections`](Self::connections).
+    pub fn with_connections(mut self, value: usize) -> Self {
+        self.connections = value;
+        self
+    }
+
     /// Checks every option against its range; the error names the option.
     /// [`AmeideClientBuilder::build`](crate::AmeideClientBuilder::build) calls it.
     ///
@@ -81,7 +124,7 @@ impl TransportOptions {
     /// use std::time::Duration;
     /// use ameide_sdk::TransportOptions;
     /// assert!(TransportOptions::default().validate().is_ok());
-    /// let bad = TransportOptions { keepalive_timeout: Duration::MAX, ..Default::default() };
+    /// let bad = TransportOptions::default().with_keepalive_timeout(Duration::MAX);
     /// assert!(bad.validate().unwrap_err().to_string().contains("keepalive_timeout"));
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -44,7 +44,7 @@ impl Throttle {
 
     /// The bucket shared by every retry layer for `target` with the same
     /// configuration (clients built separately for one target share it).
-    pub fn for_target(target: &str, config: ThrottleConfig) -> Arc<Throttle> {
+    pub(crate) fn for_target(target: &str, config: ThrottleConfig) -> Arc<Throttle> {
         use std::collections::HashMap;
         use std::sync::{Mutex, OnceLock, Weak};
         static BUCKETS: OnceLock<Mutex<HashMap<String, Weak<Throttle>>>> = OnceLock::new();
