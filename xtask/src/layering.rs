@@ -15,17 +15,17 @@ use std::path::Path;
 
 /// `(from, to)` path prefixes (relative to `ameide-sdk/src`) no arrow may join.
 pub const FORBIDDEN: &[(&str, &str)] = &[
-    ("layers/", "server.rs"),
+    ("layers/", "server"),
     ("layers/", "client"),
     ("transport/", "layers/"),
     ("transport/", "client"),
-    ("transport/", "server.rs"),
+    ("transport/", "server"),
     ("telemetry/", "layers/"),
-    ("telemetry/", "server.rs"),
+    ("telemetry/", "server"),
     ("telemetry/", "client"),
-    ("server.rs", "layers/"),
-    ("server.rs", "client"),
-    ("inbound.rs", "server.rs"),
+    ("server", "layers/"),
+    ("server", "client"),
+    ("inbound.rs", "server"),
     ("inbound.rs", "layers/"),
 ];
 
