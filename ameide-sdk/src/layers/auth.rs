@@ -32,10 +32,23 @@ use crate::config_error::ConfigError;
 /// Adds `authorization: Bearer …` from a [`TokenProvider`].
 ///
 /// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::time::Duration;
-/// use ameide_sdk::{auth::StaticTokenProvider, layers::AuthLayer};
+/// use ameide_sdk::{auth::StaticTokenProvider, layers::{AuthLayer, HttpRequest}};
+/// use tower::{Layer, ServiceExt};
+///
+/// let server = tower::service_fn(|request: HttpRequest| async move {
+///     assert_eq!(request.headers()["authorization"], "Bearer t0k3n");
+///     Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http())
+/// });
 /// let layer = AuthLayer::new(StaticTokenProvider::new("t0k3n")).max_wait(Duration::from_secs(1));
-/// # let _ = layer;
+/// let request = http::Request::builder()
+///     .uri("/ameide_core_proto.graph.v1.GraphService/ListRepositories")
+///     .body(tonic::body::Body::empty())
+///     .unwrap();
+/// let response = layer.layer(server).oneshot(request).await.unwrap();
+/// assert_eq!(response.headers()["grpc-status"], "0");
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct AuthLayer {

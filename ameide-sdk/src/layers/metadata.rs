@@ -115,6 +115,30 @@ struct MetadataConfig {
 }
 
 /// Sets tenant, user, extra headers and the request id; stamps errors.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ameide_sdk::layers::{HttpRequest, MetadataLayer};
+/// use tower::{Layer, ServiceExt};
+///
+/// let server = tower::service_fn(|request: HttpRequest| async move {
+///     assert_eq!(request.headers()["x-tenant-id"], "tenant-a");
+///     assert_eq!(request.headers()["x-team"], "core");
+///     assert_eq!(request.headers()["x-request-id"].len(), 36); // a UUID v4
+///     Ok::<_, std::convert::Infallible>(tonic::Status::unavailable("down").into_http())
+/// });
+/// let layer = MetadataLayer::builder().tenant_id("tenant-a").header("X-Team", "core").build().unwrap();
+/// let request = http::Request::builder()
+///     .uri("/ameide_core_proto.graph.v1.GraphService/ListRepositories")
+///     .body(tonic::body::Body::empty())
+///     .unwrap();
+/// // A failed call comes back as an error stamped with the SDK's facts.
+/// let error = layer.layer(server).oneshot(request).await.unwrap_err();
+/// let error = ameide_sdk::Error::from(*error.downcast::<tonic::Status>().unwrap());
+/// assert_eq!(error.code(), tonic::Code::Unavailable);
+/// assert_eq!(error.request_id().map(str::len), Some(36));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct MetadataLayer {
     config: Arc<MetadataConfig>,

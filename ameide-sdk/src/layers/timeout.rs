@@ -27,9 +27,26 @@ use crate::call::{CallState, CallTimeout, Deadline};
 /// Enforces a whole-call deadline and sends it as `grpc-timeout`.
 ///
 /// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::time::Duration;
-/// let layer = ameide_sdk::layers::TimeoutLayer::new(Duration::from_secs(5));
-/// # let _ = layer;
+/// use ameide_sdk::layers::{HttpRequest, TimeoutLayer};
+/// use tower::{Layer, ServiceExt};
+///
+/// // A server slower than the budget; it sees the budget as grpc-timeout.
+/// let slow = tower::service_fn(|request: HttpRequest| async move {
+///     assert!(request.headers().contains_key("grpc-timeout"));
+///     tokio::time::sleep(Duration::from_secs(5)).await;
+///     Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http())
+/// });
+/// let service = TimeoutLayer::new(Duration::from_millis(50)).layer(slow);
+/// let request = http::Request::builder()
+///     .uri("/ameide_core_proto.graph.v1.GraphService/ListRepositories")
+///     .body(tonic::body::Body::empty())
+///     .unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// // DEADLINE_EXCEEDED (4) from the SDK itself, at the budget.
+/// assert_eq!(response.headers()["grpc-status"], "4");
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer {

@@ -52,9 +52,29 @@ struct TracingConfig {
 /// Creates one CLIENT span per attempt and injects W3C trace context.
 ///
 /// ```
-/// use ameide_sdk::layers::{SemconvMode, TracingLayer};
-/// let layer = TracingLayer::new().with_semconv(SemconvMode::Stable).with_server("api.ameide.io", 443);
-/// # let _ = layer;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ameide_sdk::layers::{HttpRequest, SemconvMode, TracingLayer};
+/// use tower::{Layer, ServiceExt};
+///
+/// // With an OpenTelemetry SDK provider, each attempt is a CLIENT span whose
+/// // context goes on the wire as traceparent.
+/// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+/// let server = tower::service_fn(|request: HttpRequest| async move {
+///     let traceparent = request.headers()["traceparent"].to_str().unwrap().to_owned();
+///     assert!(traceparent.starts_with("00-") && traceparent.len() == 55, "{traceparent}");
+///     Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http())
+/// });
+/// let layer = TracingLayer::new()
+///     .with_tracer_provider(&provider)
+///     .with_semconv(SemconvMode::Stable)
+///     .with_server("api.ameide.io", 443);
+/// let request = http::Request::builder()
+///     .uri("/ameide_core_proto.graph.v1.GraphService/ListRepositories")
+///     .body(tonic::body::Body::empty())
+///     .unwrap();
+/// let response = layer.layer(server).oneshot(request).await.unwrap();
+/// assert_eq!(response.headers()["grpc-status"], "0");
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct TracingLayer {

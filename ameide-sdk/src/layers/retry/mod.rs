@@ -49,10 +49,38 @@ use crate::layers::{BoxError, HttpRequest, HttpResponse};
 /// Retries per a [`RetryPolicy`], driven by the bundle's method table.
 ///
 /// ```
-/// use ameide_sdk::layers::{RetryLayer, RetryPolicy};
-/// let layer = RetryLayer::new(RetryPolicy::default())?.with_jitter(|_min: f64, _max: f64| 1.0);
-/// # let _ = layer;
-/// # Ok::<(), ameide_sdk::ConfigError>(())
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), ameide_sdk::ConfigError> {
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use ameide_sdk::layers::{HttpRequest, RetryLayer, RetryPolicy};
+/// use tower::{Layer, ServiceExt};
+///
+/// // UNAVAILABLE once, then OK; the retry says which attempt it is.
+/// let seen = Arc::new(AtomicU32::new(0));
+/// let counter = seen.clone();
+/// let flaky = tower::service_fn(move |request: HttpRequest| {
+///     let n = counter.fetch_add(1, Ordering::SeqCst);
+///     async move {
+///         let status = if n == 0 {
+///             tonic::Status::unavailable("warming up")
+///         } else {
+///             assert_eq!(request.headers()["grpc-previous-rpc-attempts"], "1");
+///             tonic::Status::ok("")
+///         };
+///         Ok::<_, std::convert::Infallible>(status.into_http())
+///     }
+/// });
+/// let policy = RetryPolicy::default().with_initial_backoff(Duration::from_millis(1));
+/// let service = RetryLayer::new(policy)?.with_jitter(|_min: f64, _max: f64| 1.0).layer(flaky);
+/// let request = http::Request::builder()
+///     .uri("/ameide_core_proto.graph.v1.GraphService/ListRepositories")
+///     .body(tonic::body::Body::empty())
+///     .unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// assert_eq!(response.headers()["grpc-status"], "0");
+/// assert_eq!(seen.load(Ordering::SeqCst), 2);
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RetryLayer {
