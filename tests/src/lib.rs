@@ -139,6 +139,21 @@ pub mod calls {
             .collect()
     }
 
+    /// A `ListRepositoriesResponse` of `count` repositories of about 220
+    /// bytes each (24,000 are a little over 5 MiB), for message-size tests.
+    pub fn repositories(count: usize) -> ameide_sdk::proto::graph::v1::ListRepositoriesResponse {
+        ameide_sdk::proto::graph::v1::ListRepositoriesResponse {
+            repositories: (0..count)
+                .map(|i| ameide_sdk::proto::graph::v1::Repository {
+                    repository_id: format!("repo-{i:08}"),
+                    key: "k".repeat(200),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     /// `GraphService.CreateElement` (not idempotent).
     pub async fn write(client: &AmeideClient) -> Result<(), Error> {
         client

@@ -32,10 +32,7 @@ pub fn binary(test: &str) -> Option<PathBuf> {
 
 /// A free loopback port (bound, then released for nginx to take).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    crate::closed_addr().port()
 }
 
 /// A running nginx; stopped (fast shutdown) when dropped.

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use ameide_sdk::proto::graph::v1::{
-    CreateElementRequest, Element, ListRepositoriesResponse, Repository,
-};
+use ameide_sdk::proto::graph::v1::{CreateElementRequest, Element};
 use ameide_sdk::testkit::{MockServer, Reply, serve_tcp};
 use ameide_sdk::{AmeideClient, CodecOptions, IntoAmeideResult};
 use tonic::Code;
@@ -79,18 +77,7 @@ async fn requests_go_uncompressed_by_default_and_compressed_when_asked() {
     }
 }
 
-fn repositories(count: usize) -> ListRepositoriesResponse {
-    ListRepositoriesResponse {
-        repositories: (0..count)
-            .map(|i| Repository {
-                repository_id: format!("repo-{i:08}"),
-                key: "k".repeat(200),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
+use ameide_tests::calls::repositories;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decoding_limit_is_set_once_and_its_error_keeps_the_request_id() {

@@ -440,26 +440,14 @@ fn tls_files_are_checked_at_build_and_named() {
 async fn five_mib_messages_pass_once_the_limit_is_raised_client_wide() {
     use ameide_sdk::CodecOptions;
     use ameide_sdk::IntoAmeideResult;
-    use ameide_sdk::proto::graph::v1::{
-        CreateElementRequest, Element, ListRepositoriesRequest, ListRepositoriesResponse,
-        Repository,
-    };
+    use ameide_sdk::proto::graph::v1::{CreateElementRequest, Element, ListRepositoriesRequest};
 
     let Some(bin) = nginx::binary("five_mib_messages_pass_once_the_limit_is_raised_client_wide")
     else {
         return;
     };
     let server = MockServer::new();
-    let big = ListRepositoriesResponse {
-        repositories: (0..24_000)
-            .map(|i| Repository {
-                repository_id: format!("repo-{i:08}"),
-                key: "k".repeat(200),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let big = calls::repositories(24_000);
     let size = prost::Message::encoded_len(&big);
     assert!((5 << 20..6 << 20).contains(&size), "{size}");
     server.push(

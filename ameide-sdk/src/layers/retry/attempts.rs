@@ -132,8 +132,11 @@ where
         let mut permanent = false;
         let (status, response, delivery) = match (&mut inner).oneshot(request).await {
             Ok(response) => match trailers_only_status(&response) {
-                None => {
-                    // Committed: headers arrived without a status.
+                Some(status) if status.code() != Code::Ok => {
+                    (status, Some(response), Delivery::Maybe)
+                }
+                // Headers without a status (committed), or a trailers-only OK.
+                status => {
                     if let Some(t) = &throttle {
                         t.success();
                     }
@@ -143,24 +146,13 @@ where
                         delay_before,
                         refused: false,
                     });
-                    if let Some(state) = &state {
+                    if status.is_none()
+                        && let Some(state) = &state
+                    {
                         state.record_stop(StopReason::Committed);
                     }
                     return Ok(response);
                 }
-                Some(status) if status.code() == Code::Ok => {
-                    if let Some(t) = &throttle {
-                        t.success();
-                    }
-                    note(AttemptRecord {
-                        code: Code::Ok,
-                        message: String::new(),
-                        delay_before,
-                        refused: false,
-                    });
-                    return Ok(response);
-                }
-                Some(status) => (status, Some(response), Delivery::Maybe),
             },
             Err(error) => {
                 let failure = classify_error(error.into());
