@@ -22,7 +22,7 @@ use ameide_sdk::proto::inference::v1::inference_service_server::{
 };
 use ameide_sdk::proto::inference::v1::{GenerateRequest, GenerateResponse};
 use ameide_sdk::server::{InboundContext, InboundLayer};
-use ameide_sdk::{AmeideClient, CallOptions, IntoAmeideResult};
+use ameide_sdk::{AmeideClient, CallOptions};
 use futures_util::StreamExt;
 use opentelemetry::trace::{TraceContextExt, Tracer};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
@@ -223,8 +223,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             ..Default::default()
         })
-        .await
-        .into_ameide()?
+        .await?
         .into_inner()
         .agent
         .unwrap_or_default();
@@ -243,7 +242,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     let published = {
         let _attached = cx.clone().attach();
-        caller.agents().publish_agent(request).await.into_ameide()?
+        caller.agents().publish_agent(request).await?
     };
     cx.span().end();
     let agent = published.into_inner().agent.unwrap_or_default();

@@ -225,6 +225,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "AmeideClient: tenant=acme-system user=ada, static bearer token, 5 s timeout, 3 attempts\n"
     );
 
+    walkthrough(&client, &log).await?;
+    Ok(())
+}
+
+/// The calls. Returning `ameide_sdk::Result` lets `?` turn each typed call's
+/// `tonic::Status` into `ameide_sdk::Error` (request id, attempts, history).
+async fn walkthrough(client: &AmeideClient, log: &Log) -> ameide_sdk::Result<()> {
     println!("1. graph.CreateRepository (unary)");
     let created = client
         .graph()
@@ -236,28 +243,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             ..Default::default()
         })
-        .await
-        .into_ameide()?;
+        .await?;
     let repo = created.get_ref().repository.clone().unwrap_or_default();
     println!(
         "     created {} {:?}",
         repo.repository_id, repo.display_name
     );
     print_info(&created);
-    print_seen(&log);
+    print_seen(log);
 
     println!("\n2. graph.ListRepositories (the server fails the first attempt with UNAVAILABLE)");
     let listed = client
         .graph()
         .list_repositories(ListRepositoriesRequest::default())
-        .await
-        .into_ameide()?;
+        .await?;
     println!(
         "     {} repository(ies) after a retry; same request id on both attempts",
         listed.get_ref().repositories.len()
     );
     print_info(&listed);
-    print_seen(&log);
+    print_seen(log);
 
     println!("\n3. inference.Generate (server streaming), with a per-call request id");
     let request = CallOptions::new()
@@ -266,18 +271,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             prompt: "what is Ameide?".into(),
             ..Default::default()
         })?;
-    let response = client.inference().generate(request).await.into_ameide()?;
+    let response = client.inference().generate(request).await?;
     print_info(&response);
     let mut stream = response.into_inner();
     print!("     tokens: ");
     let mut count = 0;
     while let Some(token) = stream.next().await {
-        let token = token.into_ameide()?;
+        let token = token?;
         print!("{}", token.token);
         count += 1;
     }
     println!("\n     ({count} messages)");
-    print_seen(&log);
+    print_seen(log);
 
     println!("\n4. graph.GetRepository for a missing id (NOT_FOUND is not retried)");
     let missing = client
@@ -292,7 +297,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => println!("     unexpectedly found"),
         Err(err) => println!("     error: {err}"),
     }
-    print_seen(&log);
+    print_seen(log);
 
     println!("\n5. close(), then one more call");
     client.close();

@@ -11,6 +11,7 @@
 //! - [`METHODS`] and [`method`]: the streaming kind and idempotency level of
 //!   every `/package.Service/Method` path, for the client layers;
 //! - [`ROSTER`]: the client keys of the manifest;
+//! - [`pagination`]: which methods page, and the traits their messages implement;
 //! - [`contract`]: the parity constants (defaults, header names, layer order).
 //!
 //! ```
@@ -28,6 +29,7 @@
 mod method_table;
 
 pub mod codec;
+pub mod pagination;
 
 pub use method_table::{Idempotency, MethodInfo, RosterEntry, StreamingKind, method};
 

@@ -34,10 +34,11 @@ use crate::config::{ConfigError, validate_header};
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     timeout: Option<Duration>,
-    request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
     session_id: Option<String>,
     headers: Vec<(String, String)>,
     safe_retries: Option<bool>,
+    idle_timeout: Option<Duration>,
 }
 
 impl CallOptions {
@@ -49,6 +50,31 @@ impl CallOptions {
     /// Whole-call timeout for this call, all attempts included, instead of the client's.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs this call **without the client's whole-call deadline**, guarded
+    /// by an idle timeout instead: the call ends with `DEADLINE_EXCEEDED`
+    /// ("idle timeout") when nothing arrives from the server within `idle` —
+    /// neither the response headers nor a message of the stream — and lives
+    /// as long as the server keeps sending. For long-lived streams (a
+    /// `Generate` streaming tokens for minutes, a watch). No `grpc-timeout`
+    /// is sent, unless [`timeout`](Self::timeout) is set too: then both
+    /// apply. A call made while serving an inbound request still ends at
+    /// that request's deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let request = ameide_sdk::CallOptions::new()
+    ///     .idle_timeout(Duration::from_secs(30))
+    ///     .into_request(())?;
+    /// assert!(request.metadata().get("grpc-timeout").is_none());
+    /// let bad = ameide_sdk::CallOptions::new().idle_timeout(Duration::ZERO).into_request(());
+    /// assert!(bad.unwrap_err().to_string().contains("idle timeout"));
+    /// # Ok::<(), ameide_sdk::ConfigError>(())
+    /// ```
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -101,6 +127,10 @@ impl CallOptions {
             crate::config::validate_timeout("per-call timeout", timeout)?;
             request.extensions_mut().insert(CallTimeout(timeout));
         }
+        if let Some(idle) = self.idle_timeout {
+            crate::config::validate_timeout("per-call idle timeout", idle)?;
+            request.extensions_mut().insert(IdleTimeout(idle));
+        }
         if let Some(safe) = self.safe_retries {
             request.extensions_mut().insert(SafeRetries(safe));
         }
@@ -117,6 +147,11 @@ impl CallOptions {
 /// Per-call timeout, set by [`CallOptions::timeout`]; read by the timeout layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallTimeout(pub(crate) Duration);
+
+/// Per-call idle timeout, set by [`CallOptions::idle_timeout`]: no
+/// whole-call deadline unless a timeout is set too; read by the timeout layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleTimeout(pub(crate) Duration);
 
 /// Per-call safe-retry mode, set by [`CallOptions::safe_retries`]; read by the retry layer.
 #[derive(Debug, Clone, Copy)]
@@ -142,8 +177,8 @@ pub(crate) struct Deadline(pub(crate) Instant);
 ///
 /// ```no_run
 /// # async fn demo(client: ameide_sdk::AmeideClient) -> Result<(), ameide_sdk::Error> {
-/// use ameide_sdk::{CallInfo, IntoAmeideResult};
-/// let response = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await.into_ameide()?;
+/// use ameide_sdk::CallInfo;
+/// let response = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await?;
 /// let info = response.extensions().get::<CallInfo>().unwrap();
 /// println!("request {} took {} attempt(s)", info.request_id, info.attempts);
 /// # Ok(()) }

@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 use tonic_types::ErrorDetail;
 
 use crate::call::{AttemptRecord, StopReason, facts_of};
+use crate::config_error::ConfigError;
 
 /// A failed call: the original `tonic::Status` and what the SDK knows about the call.
 ///
@@ -47,6 +48,17 @@ struct Inner {
 }
 
 impl Error {
+    /// The rejected setting, when the call failed before it was sent because
+    /// of one (see `From<ConfigError>`).
+    ///
+    /// ```
+    /// let err = ameide_sdk::Error::from(tonic::Status::internal("x"));
+    /// assert!(err.config_error().is_none());
+    /// ```
+    pub fn config_error(&self) -> Option<&ConfigError> {
+        std::error::Error::source(&self.inner.status)?.downcast_ref()
+    }
+
     /// Every attempt: its code, message and the delay before it.
     ///
     /// ```
@@ -186,6 +198,50 @@ impl From<Status> for Error {
     }
 }
 
+/// A rejected setting met while making a call (for example from
+/// [`CallOptions::into_request`](crate::CallOptions::into_request)) becomes an
+/// [`Error`] with `?`: `INVALID_ARGUMENT`, zero attempts (nothing was sent),
+/// not retryable, the [`ConfigError`] kept as [`Error::config_error`].
+///
+/// ```
+/// # fn demo() -> Result<(), ameide_sdk::Error> {
+/// use std::time::Duration;
+/// let options = ameide_sdk::CallOptions::new().timeout(Duration::ZERO);
+/// let err = options.into_request(()).map(|_| ()).map_err(ameide_sdk::Error::from).unwrap_err();
+/// assert_eq!(err.code(), tonic::Code::InvalidArgument);
+/// assert_eq!(err.attempts(), 0);
+/// assert!(!err.is_retryable());
+/// assert!(err.config_error().is_some());
+/// assert!(err.to_string().contains("per-call timeout"), "{err}");
+/// # Ok(()) }
+/// # demo().unwrap();
+/// ```
+impl From<ConfigError> for Error {
+    fn from(err: ConfigError) -> Self {
+        let mut status = Status::invalid_argument(err.to_string());
+        status.set_source(std::sync::Arc::new(err));
+        let mut error = Error::from(status);
+        error.inner.attempts = 0;
+        error.inner.retryable = false;
+        error
+    }
+}
+
+/// An [`Error`] becomes the original `tonic::Status` again, so a tonic
+/// handler can use `?` on it: the caller gets the downstream code, message,
+/// details and metadata, and nothing of the SDK's in-process facts.
+///
+/// ```
+/// use ameide_sdk::Error;
+///
+/// fn handler_step(downstream: Result<u32, Error>) -> Result<u32, tonic::Status> {
+///     Ok(downstream? + 1)
+/// }
+/// let status = handler_step(Err(Error::from(tonic::Status::not_found("no repo")))).unwrap_err();
+/// assert_eq!(status.code(), tonic::Code::NotFound);
+/// assert_eq!(status.message(), "no repo");
+/// assert_eq!(handler_step(Ok(1)).unwrap(), 2);
+/// ```
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         err.inner.status
@@ -365,12 +421,15 @@ impl std::error::Error for Error {
     }
 }
 
-/// Turns the `Result<_, tonic::Status>` of a generated client into `Result<_, ameide_sdk::Error>`.
+/// Turns the `Result<_, tonic::Status>` of a generated client into
+/// `Result<_, ameide_sdk::Error>` where `?` does not (a `match`, a closure).
+/// In a function returning [`crate::Result`], plain `?` does the same.
 ///
 /// ```no_run
 /// # async fn demo(client: ameide_sdk::AmeideClient) -> Result<(), ameide_sdk::Error> {
 /// use ameide_sdk::IntoAmeideResult;
-/// let repos = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await.into_ameide()?;
+/// let repos = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await.into_ameide();
+/// if let Err(err) = &repos { eprintln!("{err}"); }
 /// # Ok(()) }
 /// ```
 pub trait IntoAmeideResult<T> {

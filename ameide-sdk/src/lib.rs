@@ -28,20 +28,24 @@
 //! # Example
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use ameide_sdk::{AmeideClient, AmeideConfig, CallOptions, IntoAmeideResult};
+//! # async fn demo() -> ameide_sdk::Result<()> {
+//! use ameide_sdk::{AmeideClient, AmeideConfig, CallOptions};
 //! use ameide_sdk::proto::graph::v1::GetRepositoryRequest;
 //!
 //! let client = AmeideClient::builder().config(AmeideConfig::from_env()?).build()?;
 //! let request = CallOptions::new()
 //!     .timeout(std::time::Duration::from_secs(1))
 //!     .into_request(GetRepositoryRequest { repository_id: "repo-1".into(), ..Default::default() })?;
-//! match client.graph().get_repository(request).await.into_ameide() {
-//!     Ok(response) => println!("{:?}", response.get_ref().repository),
-//!     Err(err) => eprintln!("{err}"), // CODE: message [request_id=…, attempts=N, …]
-//! }
+//! // `?` turns the typed call's tonic::Status into ameide_sdk::Error, whose
+//! // Display is one line: CODE: message [request_id=…, attempts=N, …]
+//! let response = client.graph().get_repository(request).await?;
+//! println!("{:?}", response.get_ref().repository);
 //! # Ok(()) }
 //! ```
+//!
+//! The same `?` works the other way in a tonic handler: an [`Error`] becomes
+//! the original `tonic::Status`. A rejected setting ([`ConfigError`]) becomes
+//! an [`Error`] too (`INVALID_ARGUMENT`, zero attempts).
 
 //! # Hostile peers and settings
 //!
@@ -86,6 +90,7 @@ mod grpc_headers;
 mod grpc_timeout;
 mod inbound;
 pub mod layers;
+pub mod pagination;
 mod peer;
 #[cfg(test)]
 mod properties;
@@ -107,6 +112,19 @@ pub use client::{
 pub use codec::CodecOptions;
 pub use config::{AmeideConfig, ConfigError, ConfigErrorKind, TlsFiles};
 pub use error::{Error, IntoAmeideResult, canonical_code_name};
+
+/// `Result<T, ameide_sdk::Error>`: the return type that lets `?` take a
+/// typed call's `tonic::Status`, a [`ConfigError`] and an [`Error`] alike.
+///
+/// ```
+/// fn parse(timeout_ms: u64) -> ameide_sdk::Result<tonic::Request<()>> {
+///     let options = ameide_sdk::CallOptions::new().timeout(std::time::Duration::from_millis(timeout_ms));
+///     Ok(options.into_request(())?)
+/// }
+/// assert!(parse(100).is_ok());
+/// assert_eq!(parse(0).unwrap_err().code(), tonic::Code::InvalidArgument);
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub use gate::InFlightLimit;
 pub use transport::{
     BoxTransport, ClientIdentity, DEFAULT_CONNECTIONS, TransportOptions, TrustRoots,

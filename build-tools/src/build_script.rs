@@ -53,6 +53,10 @@ pub fn generate(crate_dir: &Path, out_dir: &Path) -> Result<(), String> {
         codegen::render_client_set(&inputs.roster)?.as_bytes(),
     )?;
     write(
+        &out_dir.join(crate::pagination::PAGINATION_FILE),
+        crate::pagination::render(&inputs.roster, &inputs.services)?.as_bytes(),
+    )?;
+    write(
         &out_dir.join(codegen::DESCRIPTOR_SET_FILE),
         inputs.bundle.reflection_descriptor_set(),
     )?;

@@ -26,6 +26,7 @@ pub mod codegen;
 pub mod contract;
 pub mod manifest;
 pub mod model;
+pub mod pagination;
 pub mod roster;
 
 use std::fmt;

@@ -54,11 +54,18 @@ pub fn render(bundle_digest: &str, roster: &Roster, services: &[ServiceModel]) -
             .methods
             .iter()
             .map(|m| {
-                json!({
+                let mut method = json!({
                     "name": m.name,
                     "kind": m.kind.manifest_name(),
                     "idempotency": m.idempotency.manifest_name(),
-                })
+                });
+                if let (Some(p), Some(object)) = (&m.pagination, method.as_object_mut()) {
+                    object.insert(
+                        "pagination".into(),
+                        json!({ "items": p.items_field, "item_type": p.item_type }),
+                    );
+                }
+                method
             })
             .collect();
         out_services.insert(

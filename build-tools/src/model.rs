@@ -1,6 +1,8 @@
 //! The service model derived from the bundle: services, methods, streaming kinds, idempotency.
 
+use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::method_options::IdempotencyLevel;
+use prost_types::{DescriptorProto, FileDescriptorSet};
 
 use crate::bundle::Bundle;
 
@@ -81,6 +83,95 @@ pub struct MethodModel {
     pub kind: StreamingKind,
     /// Idempotency level.
     pub idempotency: Idempotency,
+    /// How the method pages, when it does (see [`Pagination`]).
+    pub pagination: Option<Pagination>,
+}
+
+/// The fully-qualified name of the bundle's page request message.
+pub const PAGINATION_REQUEST: &str = ".ameide_core_proto.common.v1.PaginationRequest";
+/// The fully-qualified name of the bundle's page response message.
+pub const PAGINATION_RESPONSE: &str = ".ameide_core_proto.common.v1.PaginationResponse";
+
+/// A paginated method: a unary method whose request carries
+/// `PaginationRequest pagination` and whose response carries
+/// `PaginationResponse pagination` plus exactly one repeated field, the items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pagination {
+    /// The request message, fully qualified with a leading dot.
+    pub request_type: String,
+    /// The response message, fully qualified with a leading dot.
+    pub response_type: String,
+    /// The response's repeated field (proto name).
+    pub items_field: String,
+    /// The items' type: a message or enum name with a leading dot, or a
+    /// scalar's proto name (`string`, `int64`, …).
+    pub item_type: String,
+}
+
+fn find_message<'a>(set: &'a FileDescriptorSet, full_name: &str) -> Option<&'a DescriptorProto> {
+    let name = full_name.strip_prefix('.')?;
+    set.file.iter().find_map(|file| {
+        let local = if file.package().is_empty() {
+            name
+        } else {
+            name.strip_prefix(file.package())?.strip_prefix('.')?
+        };
+        file.message_type.iter().find(|m| m.name() == local)
+    })
+}
+
+fn has_field(message: &DescriptorProto, name: &str, type_name: &str) -> bool {
+    message.field.iter().any(|f| {
+        f.name() == name
+            && f.label() != Label::Repeated
+            && f.r#type() == Type::Message
+            && f.type_name() == type_name
+    })
+}
+
+/// The pagination of a method from its request and response messages, if it pages.
+pub fn pagination(
+    set: &FileDescriptorSet,
+    kind: StreamingKind,
+    input_type: &str,
+    output_type: &str,
+) -> Option<Pagination> {
+    if kind != StreamingKind::Unary {
+        return None;
+    }
+    let request = find_message(set, input_type)?;
+    let response = find_message(set, output_type)?;
+    if !has_field(request, "pagination", PAGINATION_REQUEST)
+        || !has_field(response, "pagination", PAGINATION_RESPONSE)
+    {
+        return None;
+    }
+    let mut repeated = response.field.iter().filter(|f| {
+        f.label() == Label::Repeated
+            // A map field is a repeated field of a synthetic `…Entry` message.
+            && !(f.r#type() == Type::Message
+                && response
+                    .nested_type
+                    .iter()
+                    .any(|n| n.options.as_ref().is_some_and(|o| o.map_entry()) && f.type_name().ends_with(&format!(".{}", n.name()))))
+    });
+    let items = repeated.next()?;
+    if repeated.next().is_some() {
+        return None;
+    }
+    let item_type = match items.r#type() {
+        Type::Message | Type::Enum => items.type_name().to_owned(),
+        other => other
+            .as_str_name()
+            .trim_start_matches("TYPE_")
+            .to_ascii_lowercase(),
+    };
+    Some(Pagination {
+        request_type: input_type.to_owned(),
+        response_type: output_type.to_owned(),
+        items_field: items.name().to_owned(),
+        item_type,
+    })
 }
 
 /// One service of the bundle.
@@ -96,6 +187,7 @@ pub struct ServiceModel {
 
 /// Every service of the bundle, in file order, then declaration order.
 pub fn services(bundle: &Bundle) -> Vec<ServiceModel> {
+    let all = bundle.descriptors_with_imports();
     let mut out = Vec::new();
     for file in &bundle.descriptors().file {
         for service in &file.service {
@@ -129,6 +221,7 @@ pub fn services(bundle: &Bundle) -> Vec<ServiceModel> {
                         path: format!("/{full_name}/{}", m.name()),
                         kind,
                         idempotency,
+                        pagination: pagination(all, kind, m.input_type(), m.output_type()),
                     }
                 })
                 .collect();

@@ -64,6 +64,7 @@ pub struct AmeideClientBuilder {
     transport_options: TransportOptions,
     in_flight_limit: Option<InFlightLimit>,
     codec: CodecOptions,
+    stream_idle: Option<Duration>,
 }
 
 impl fmt::Debug for AmeideClientBuilder {
@@ -101,6 +102,7 @@ impl AmeideClientBuilder {
             transport_options: TransportOptions::default(),
             in_flight_limit: None,
             codec: CodecOptions::default(),
+            stream_idle: None,
         }
     }
 
@@ -153,6 +155,38 @@ impl AmeideClientBuilder {
     /// Sets the whole-call timeout (all attempts, streams included).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.explicit.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs the streaming methods (server, client and bidi streaming) of
+    /// this client without the whole-call [`timeout`](Self::timeout),
+    /// guarded instead by an idle timeout: a stream ends with
+    /// `DEADLINE_EXCEEDED` ("idle timeout") when nothing arrives from the
+    /// server within `idle`, and lives as long as the server keeps sending.
+    /// Unary calls keep the whole-call timeout; a call with its own
+    /// [`CallOptions::timeout`](crate::CallOptions::timeout) keeps it;
+    /// [`CallOptions::idle_timeout`](crate::CallOptions::idle_timeout) does
+    /// the same for one call of any kind. Off by default (the contract's
+    /// 5 s cuts every stream). `1 ms..=100 days`, checked at build.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:50051")
+    ///     .stream_idle_timeout(Duration::from_secs(30))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// let err = ameide_sdk::AmeideClient::builder()
+    ///     .stream_idle_timeout(Duration::ZERO)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("stream idle timeout"), "{err}");
+    /// # }
+    /// ```
+    pub fn stream_idle_timeout(mut self, idle: Duration) -> Self {
+        self.stream_idle = Some(idle);
         self
     }
 
@@ -329,6 +363,9 @@ impl AmeideClientBuilder {
         let config = self.explicit.apply(self.config);
         let uri = validate_endpoint(&config.endpoint)?;
         validate_timeout("timeout", config.timeout)?;
+        if let Some(idle) = self.stream_idle {
+            validate_timeout("stream idle timeout", idle)?;
+        }
         self.retry.validate()?;
         self.transport_options.validate()?;
         self.codec.validate()?;
@@ -396,7 +433,10 @@ impl AmeideClientBuilder {
         let layers = BuiltIn {
             metadata,
             auth,
-            timeout: TimeoutLayer::new(config.timeout),
+            timeout: match self.stream_idle {
+                Some(idle) => TimeoutLayer::new(config.timeout).stream_idle_timeout(idle),
+                None => TimeoutLayer::new(config.timeout),
+            },
             retry,
             tracing,
         };

@@ -27,8 +27,8 @@ use crate::transport::TransportSlot;
 /// The Ameide client: one layered channel, a typed client per roster service.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use ameide_sdk::{AmeideClient, IntoAmeideResult};
+/// # async fn demo() -> ameide_sdk::Result<()> {
+/// use ameide_sdk::AmeideClient;
 /// use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
 ///
 /// let client = AmeideClient::builder()
@@ -36,7 +36,7 @@ use crate::transport::TransportSlot;
 ///     .user_id("user-1")
 ///     .bearer_token("t0k3n")
 ///     .build()?;
-/// let repos = client.graph().list_repositories(ListRepositoriesRequest::default()).await.into_ameide()?;
+/// let repos = client.graph().list_repositories(ListRepositoriesRequest::default()).await?;
 /// println!("{} repositories", repos.get_ref().repositories.len());
 /// client.close();
 /// # Ok(()) }

@@ -1,0 +1,291 @@
+//! Page and item streams for every paginated method of the bundle.
+//!
+//! Which methods page is read from the descriptors at build time (see
+//! [`ameide_proto::pagination`]): a unary method whose request carries
+//! `PaginationRequest pagination` and whose response carries
+//! `PaginationResponse pagination` plus one repeated field. For each, the
+//! build generates two methods on the typed client, in a `<Service>Pages`
+//! trait of this module:
+//!
+//! - `<method>_pages(request)`: a [`Pages`] stream of whole responses,
+//!   following `next_page_token` from the request's own token until it comes
+//!   back empty;
+//! - `<method>_items(request)`: an [`Items`] stream of the repeated field's
+//!   items of every page, in order.
+//!
+//! | Question | Answer |
+//! |---|---|
+//! | Each page? | a call through the whole stack: its own request id, deadline, retries, span |
+//! | Page size? | the request's, kept on every page (only the token changes) |
+//! | Options? | [`Pages::options`]: a timeout, headers and so on for every page; a request id `id` is sent as `id` on the first page and `id-page-N` on page N |
+//! | Lazy? | nothing is sent until the stream is polled; the next page is asked for when the stream is polled past the current one |
+//! | An error? | the stream yields it as an [`Error`] and ends |
+//! | A server that repeats a token? | the stream ends with `INTERNAL` ("sent next_page_token … a second time") instead of looping forever |
+//!
+//! ```
+//! # #[cfg(not(feature = "testkit"))] fn main() {}
+//! # #[cfg(feature = "testkit")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> ameide_sdk::Result<()> {
+//! use ameide_sdk::pagination::GraphServicePages;
+//! use ameide_sdk::proto::graph::v1::{ListRepositoriesRequest, ListRepositoriesResponse, Repository};
+//! use ameide_sdk::proto::common::v1::PaginationResponse;
+//! use ameide_sdk::testkit::{MockServer, Reply};
+//! use tokio_stream::StreamExt;
+//!
+//! // A server with two pages: "a", "b", then "c".
+//! let page = |ids: &[&str], next: &str| ListRepositoriesResponse {
+//!     repositories: ids.iter().map(|id| Repository { repository_id: id.to_string(), ..Default::default() }).collect(),
+//!     pagination: Some(PaginationResponse { next_page_token: next.into(), total_size: 3 }),
+//! };
+//! let server = MockServer::new();
+//! let path = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+//! server.push(path, Reply::message(&page(&["a", "b"], "p2")));
+//! server.push(path, Reply::message(&page(&["c"], "")));
+//! let client = ameide_sdk::AmeideClient::builder()
+//!     .endpoint("http://mock.test:9000")
+//!     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+//!     .build()?;
+//!
+//! let items: Vec<Repository> = client
+//!     .graph()
+//!     .list_repositories_items(ListRepositoriesRequest::default())
+//!     .collect::<Result<_, _>>()
+//!     .await?;
+//! let ids: Vec<_> = items.iter().map(|r| r.repository_id.as_str()).collect();
+//! assert_eq!(ids, ["a", "b", "c"]);
+//! assert_eq!(server.attempts().len(), 2, "one call per page");
+//! # Ok(()) }
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ameide_proto::pagination::{PagedRequest, PagedResponse};
+use futures_core::Stream;
+use tonic::Status;
+
+use crate::call::CallOptions;
+use crate::client::AmeideChannel;
+use crate::error::Error;
+use crate::wire_types::BoxFuture;
+
+pub use ameide_proto::pagination::{PAGINATED, PaginatedMethod};
+
+type PageFuture<R> = BoxFuture<'static, Result<tonic::Response<R>, Status>>;
+type Fetch<R> =
+    Box<dyn FnMut(String, &CallOptions) -> Result<PageFuture<R>, crate::ConfigError> + Send>;
+
+enum Next {
+    /// Ask for the page of this token.
+    Page(String),
+    /// The server sent this token before: end with an error.
+    Loop(String),
+    Done,
+}
+
+/// The pages of a paginated method, each a whole response (see the
+/// [module docs](self)). A `Stream` of `Result<Response, Error>`.
+pub struct Pages<R> {
+    fetch: Fetch<R>,
+    options: CallOptions,
+    in_flight: Option<PageFuture<R>>,
+    next: Next,
+    /// Hashes of every token followed (a repeat means a loop).
+    seen: std::collections::HashSet<u64>,
+    hasher: RandomState,
+    /// Pages asked for so far.
+    asked: u32,
+}
+
+impl<R> fmt::Debug for Pages<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pages")
+            .field("options", &self.options)
+            .field("pages_asked", &self.asked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: PagedResponse + Send + 'static> Pages<R> {
+    /// Used by the generated `<method>_pages`: the pages of `request`, each
+    /// asked for with `call(client.clone(), page_request)`.
+    #[doc(hidden)]
+    pub fn new<Req, C, F, Fut>(request: Req, client: C, call: F) -> Self
+    where
+        Req: PagedRequest + Clone + Send + 'static,
+        C: Clone + Send + 'static,
+        F: Fn(C, tonic::Request<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
+    {
+        let first = request.page_token().to_owned();
+        let hasher = RandomState::new();
+        let mut seen = std::collections::HashSet::new();
+        if !first.is_empty() {
+            seen.insert(hasher.hash_one(&first));
+        }
+        let fetch: Fetch<R> = Box::new(move |token: String, options: &CallOptions| {
+            let mut message = request.clone();
+            message.set_page_token(token);
+            let request = options.into_request(message)?;
+            Ok(Box::pin(call(client.clone(), request)) as PageFuture<R>)
+        });
+        Pages {
+            fetch,
+            options: CallOptions::new(),
+            in_flight: None,
+            next: Next::Page(first),
+            seen,
+            hasher,
+            asked: 0,
+        }
+    }
+
+    /// Options for every page's call (timeout, headers, session, …). A
+    /// request id `id` goes out as `id` on the first page and `id-page-N` on
+    /// page N, so that each call has its own. Set before the first poll.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ameide_sdk::AmeideClient) {
+    /// use std::time::Duration;
+    /// use ameide_sdk::pagination::GraphServicePages;
+    /// let pages = client
+    ///     .graph()
+    ///     .list_repositories_pages(Default::default())
+    ///     .options(ameide_sdk::CallOptions::new().timeout(Duration::from_secs(1)));
+    /// # drop(pages); }
+    /// ```
+    pub fn options(mut self, options: CallOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The items of every page, in order.
+    pub fn items(self) -> Items<R::Item>
+    where
+        R::Item: Send + 'static,
+    {
+        Items {
+            pages: Box::pin(ItemPages(self)),
+            buffered: Vec::new().into_iter(),
+        }
+    }
+
+    fn ask(&mut self, token: String) -> Result<PageFuture<R>, Error> {
+        self.asked = self.asked.saturating_add(1);
+        let options = match (&self.options.request_id, self.asked) {
+            (Some(id), n) if n > 1 => self.options.clone().request_id(format!("{id}-page-{n}")),
+            _ => self.options.clone(),
+        };
+        (self.fetch)(token, &options).map_err(Error::from)
+    }
+}
+
+fn loop_error(token: &str, page: u32) -> Error {
+    let shown: String = token
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    let more = if token.chars().count() > 64 {
+        "…"
+    } else {
+        ""
+    };
+    Error::from(Status::internal(format!(
+        "pagination stopped: after page {page} the server sent next_page_token \"{shown}{more}\" \
+         a second time; following it would loop forever"
+    )))
+}
+
+impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
+    type Item = Result<R, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(call) = this.in_flight.as_mut() {
+                let result = std::task::ready!(call.as_mut().poll(cx));
+                this.in_flight = None;
+                let page = match result {
+                    Ok(response) => response.into_inner(),
+                    Err(status) => {
+                        this.next = Next::Done;
+                        return Poll::Ready(Some(Err(Error::from(status))));
+                    }
+                };
+                let token = page.next_page_token();
+                this.next = if token.is_empty() {
+                    Next::Done
+                } else if this.seen.insert(this.hasher.hash_one(token)) {
+                    Next::Page(token.to_owned())
+                } else {
+                    Next::Loop(token.to_owned())
+                };
+                return Poll::Ready(Some(Ok(page)));
+            }
+            match std::mem::replace(&mut this.next, Next::Done) {
+                Next::Done => return Poll::Ready(None),
+                Next::Loop(token) => return Poll::Ready(Some(Err(loop_error(&token, this.asked)))),
+                Next::Page(token) => match this.ask(token) {
+                    Ok(call) => this.in_flight = Some(call),
+                    Err(error) => return Poll::Ready(Some(Err(error))),
+                },
+            }
+        }
+    }
+}
+
+/// [`Pages`] as a stream of each page's items.
+struct ItemPages<R>(Pages<R>);
+
+impl<R: PagedResponse + Send + 'static> Stream for ItemPages<R> {
+    type Item = Result<Vec<R::Item>, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().0)
+            .poll_next(cx)
+            .map(|page| page.map(|page| page.map(PagedResponse::into_items)))
+    }
+}
+
+/// The items of every page of a paginated method, in order (see the
+/// [module docs](self)). A `Stream` of `Result<Item, Error>`.
+pub struct Items<T> {
+    pages: Pin<Box<dyn Stream<Item = Result<Vec<T>, Error>> + Send>>,
+    buffered: std::vec::IntoIter<T>,
+}
+
+impl<T> fmt::Debug for Items<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Items")
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Unpin for Items<T> {}
+
+impl<T> Stream for Items<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.buffered.next() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            match std::task::ready!(this.pages.as_mut().poll_next(cx)) {
+                Some(Ok(items)) => this.buffered = items.into_iter(),
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+ameide_proto::__ameide_pagination!(AmeideChannel, Pages, Items);
