@@ -5,7 +5,7 @@
 //!
 //! | Question | Answer |
 //! |---|---|
-//! | Where? | in [`AmeideChannel`](crate::AmeideChannel)'s `poll_ready`, above every layer: a waiting call has built nothing yet (no request, no span, no timer but the wait's own) |
+//! | Where? | [`Admit`], the tower service in front of the layered stack, in its `poll_ready` (in [`AmeideChannel`](crate::AmeideChannel), above every layer): a waiting call has built nothing yet (no request, no span, no timer but the wait's own) |
 //! | Shared by? | every clone of the client and of its typed clients, over all connections |
 //! | Held until? | the response headers of a unary call of the roster (its body comes with them); a streaming call gives its place back as it starts, since a stream may live for hours, and so does a call on a path outside the roster (its kind is unknown) |
 //! | Waiting costs? | for the first [`InFlightLimit::max_wait`], a place in line, a timer and two small allocations, nothing of the call; a call still in line then is built and waits on, in the same place in line, inside its own deadline |
@@ -23,6 +23,7 @@
 //! Waiting here, before the request is even built, keeps the rate at 1,024
 //! callers close to the rate at 64 (`docs/BENCHMARKS.md`).
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,8 +33,11 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep};
+use tower::{Service, ServiceExt};
 
+use crate::call::CallStart;
 use crate::config_error::{ConfigError, ConfigErrorKind};
+use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 /// How many calls a client keeps on the wire at once, and how long a call
 /// waits for a place before it is built (see [`AmeideClientBuilder::in_flight_limit`](crate::AmeideClientBuilder::in_flight_limit)).
@@ -230,6 +234,199 @@ impl Admission {
                 }
             }
             _ => Admitted::Free,
+        }
+    }
+}
+
+/// Only a unary call keeps its place until its response headers arrive: it
+/// ends by its deadline, so the place always comes back. A stream (a watch,
+/// say) may live for hours; keeping a place for it would starve the rest.
+fn is_unary(path: &str) -> bool {
+    ameide_proto::method(path).is_some_and(|m| m.kind == ameide_proto::StreamingKind::Unary)
+}
+
+/// The response future of [`AmeideChannel`](crate::AmeideChannel): the layered stack's future, plus
+/// the in-flight place a unary call keeps until its response headers arrive
+/// (see [`InFlightLimit`]). Dropping it gives the place back.
+///
+/// ```
+/// use ameide_sdk::layers::HttpRequest;
+/// use ameide_sdk::{AmeideChannel, ResponseFuture};
+///
+/// fn takes<S: tower::Service<HttpRequest, Future = ResponseFuture>>(_: &S) {}
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let client = ameide_sdk::AmeideClient::builder()
+///     .endpoint("http://127.0.0.1:50051")
+///     .build()
+///     .unwrap();
+/// let channel: AmeideChannel = client.channel();
+/// takes(&channel);
+/// # }
+/// ```
+pub struct ResponseFuture {
+    inner: BoxFuture<'static, Result<HttpResponse, BoxError>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("holds_place", &self.permit.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<HttpResponse, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.inner.as_mut().poll(cx));
+        self.permit = None;
+        Poll::Ready(result)
+    }
+}
+
+impl ResponseFuture {
+    /// A future that is already done (a call refused before the stack).
+    pub(crate) fn ready(result: Result<HttpResponse, BoxError>) -> Self {
+        ResponseFuture {
+            inner: Box::pin(std::future::ready(result)),
+            permit: None,
+        }
+    }
+}
+
+/// The in-flight limit as a tower service over the layered stack: admission
+/// in `poll_ready`, the place kept by the [`ResponseFuture`] of a unary call
+/// until its response headers arrive. Without a gate it passes calls through.
+pub(crate) struct Admit<S> {
+    inner: S,
+    gate: Option<Gate>,
+    /// This instance's way through the gate, from `poll_ready` to `call`.
+    admission: Admission,
+    /// `inner` was polled ready for the next call.
+    inner_ready: bool,
+}
+
+impl<S: Clone> Clone for Admit<S> {
+    fn clone(&self) -> Self {
+        // A clone starts unready: readiness (and a place) belong to the instance polled.
+        Admit {
+            inner: self.inner.clone(),
+            gate: self.gate.clone(),
+            admission: Admission::default(),
+            inner_ready: false,
+        }
+    }
+}
+
+impl<S> Admit<S> {
+    pub(crate) fn new(inner: S, gate: Option<Gate>) -> Self {
+        Admit {
+            inner,
+            gate,
+            admission: Admission::default(),
+            inner_ready: false,
+        }
+    }
+
+    /// Gives up what `poll_ready` obtained (a call refused before the stack).
+    pub(crate) fn forget(&mut self) {
+        drop(self.admission.take());
+    }
+}
+
+impl<S> Service<HttpRequest> for Admit<S>
+where
+    S: Service<
+            HttpRequest,
+            Response = HttpResponse,
+            Error = BoxError,
+            Future = BoxFuture<'static, Result<HttpResponse, BoxError>>,
+        > + Clone
+        + Send
+        + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(gate) = &self.gate {
+            // Still in line after `max_wait`: ready now, without readying the
+            // stack (a call waiting on must not hold a slot of the transport's
+            // request buffer); `call` waits on inside the call's deadline.
+            if !std::task::ready!(self.admission.poll_admit(gate, cx)) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if !self.inner_ready {
+            std::task::ready!(self.inner.poll_ready(cx))?;
+            self.inner_ready = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: HttpRequest) -> Self::Future {
+        let unary = is_unary(request.uri().path());
+        let permit = match self.admission.take() {
+            Admitted::Free => None,
+            Admitted::Place(permit, since) => {
+                if let Some(since) = since {
+                    // The wait counts against the call's deadline.
+                    request.extensions_mut().insert(CallStart(since));
+                }
+                // A stream gives its place back as it starts.
+                unary.then_some(permit)
+            }
+            Admitted::InLine(acquire, since) => {
+                request.extensions_mut().insert(CallStart(since));
+                if unary {
+                    return self.wait_then_call(acquire, request);
+                }
+                None
+            }
+        };
+        let inner = if std::mem::take(&mut self.inner_ready) {
+            self.inner.call(request)
+        } else {
+            // Not readied by poll_ready: ready a clone now.
+            Box::pin(self.inner.clone().oneshot(request))
+        };
+        ResponseFuture { inner, permit }
+    }
+}
+
+impl<S> Admit<S>
+where
+    S: Service<
+            HttpRequest,
+            Response = HttpResponse,
+            Error = BoxError,
+            Future = BoxFuture<'static, Result<HttpResponse, BoxError>>,
+        > + Clone
+        + Send
+        + 'static,
+{
+    /// A unary call still in line after `max_wait`: wait on, in the same place,
+    /// until the call's deadline. One whose deadline passes in line still goes
+    /// down the stack, where the timeout layer fails it with
+    /// `DEADLINE_EXCEEDED` (request id and all) without sending it.
+    fn wait_then_call(&mut self, acquire: Acquire, request: HttpRequest) -> ResponseFuture {
+        let timeout = self.gate.as_ref().map_or(Duration::ZERO, Gate::timeout);
+        let (deadline, _) = crate::layers::timeout::call_deadline(&request, timeout);
+        let service = self.inner.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let permit = tokio::time::timeout_at(deadline, acquire)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                let response = service.oneshot(request).await;
+                drop(permit);
+                response
+            }),
+            permit: None,
         }
     }
 }

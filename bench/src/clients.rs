@@ -9,7 +9,8 @@
 //! | `metadata`, `auth`, `timeout`, `retry`, `tracing` | one built-in layer alone on a raw channel, boxed like `raw-boxed` (`tracing` with the global, no-op tracer) |
 //! | `tracing+otel` | the tracing layer exporting to the in-process OpenTelemetry pipeline |
 //! | `sdk` | `AmeideClient`, default stack: tenant, user, session, static token, contract timeout and retry, tracing on the global (no-op) tracer |
-//! | `sdk+otel` | `sdk` with spans exported to the in-process OpenTelemetry pipeline |
+//! | `sdk+metrics` | `sdk` recording gRPC's metrics (gRFC A66) into a real OpenTelemetry SDK `MeterProvider` (a manual reader: every measurement aggregated, nothing exported per call) |
+//! | `sdk+otel` | `sdk` with spans exported to the in-process OpenTelemetry pipeline and metrics recorded as in `sdk+metrics` |
 //! | `sdk-pool` | `sdk` over `--pool` connections |
 //! | `sdk-limited` | `sdk` with the opt-in in-flight limit (`in_flight_limit(Some(InFlightLimit::DEFAULT))`: 128 calls on the wire, the rest wait in line); every other `sdk` row has no limit, the default |
 
@@ -27,6 +28,9 @@ use ameide_sdk::proto::graph::v1::graph_service_client::GraphServiceClient;
 use ameide_sdk::proto::inference::v1::GenerateRequest;
 use ameide_sdk::proto::inference::v1::inference_service_client::InferenceServiceClient;
 use ameide_sdk::{AmeideChannel, AmeideClient, TransportOptions};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -45,6 +49,7 @@ pub const ALL: &[&str] = &[
     "tracing",
     "tracing+otel",
     "sdk",
+    "sdk+metrics",
     "sdk+otel",
     "sdk-pool",
     "sdk-limited",
@@ -67,6 +72,10 @@ type BoxChan = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
 pub struct Otel {
     /// The provider the `+otel` clients use.
     pub provider: SdkTracerProvider,
+    /// The meter provider of `sdk+metrics` and `sdk+otel`: the OpenTelemetry
+    /// SDK's, aggregating every measurement; its periodic reader exports
+    /// once an hour (to nowhere), so nothing is exported per call.
+    pub meters: SdkMeterProvider,
     exported: Arc<AtomicU64>,
 }
 
@@ -80,13 +89,43 @@ impl SpanExporter for CountingExporter {
     }
 }
 
+/// A metric exporter that drops what it is given.
+#[derive(Debug)]
+struct DropExporter;
+
+impl PushMetricExporter for DropExporter {
+    async fn export(&self, _metrics: &ResourceMetrics) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
 impl Otel {
     pub fn new() -> Self {
         let exported = Arc::new(AtomicU64::new(0));
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(CountingExporter(exported.clone()))
             .build();
-        Otel { provider, exported }
+        let reader = PeriodicReader::builder(DropExporter)
+            .with_interval(Duration::from_secs(3600))
+            .build();
+        let meters = SdkMeterProvider::builder().with_reader(reader).build();
+        Otel {
+            provider,
+            meters,
+            exported,
+        }
     }
 
     /// Spans exported so far.
@@ -194,8 +233,12 @@ pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Ty
             connect(&endpoint).await?,
         ),
         "sdk" => sdk(sdk_builder(&endpoint).build()?),
+        "sdk+metrics" => sdk(sdk_builder(&endpoint)
+            .meter_provider(&otel.meters)
+            .build()?),
         "sdk+otel" => sdk(sdk_builder(&endpoint)
             .tracer_provider(&otel.provider)
+            .meter_provider(&otel.meters)
             .build()?),
         "sdk-pool" => sdk(sdk_builder(&endpoint)
             .transport_options(TransportOptions::default().with_connections(pool))

@@ -15,10 +15,10 @@ use crate::codec::CodecOptions;
 use crate::config::{
     AmeideConfig, ConfigError, ConfigErrorKind, validate_endpoint, validate_timeout,
 };
-use crate::gate::{Admission, Gate, InFlightLimit};
+use crate::gate::{Admit, Gate, InFlightLimit};
 use crate::layers::{
-    AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, RequestIdGenerator, RetryLayer,
-    RetryPolicy, SemconvMode, TimeoutLayer, TracingLayer,
+    AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, MetricsLayer,
+    RequestIdGenerator, RetryLayer, RetryPolicy, SemconvMode, TimeoutLayer, TracingLayer,
 };
 use crate::transport::{BoxTransport, TransportOptions, TransportSlot, http2_transport};
 
@@ -65,6 +65,7 @@ pub struct AmeideClientBuilder {
     in_flight_limit: Option<InFlightLimit>,
     codec: CodecOptions,
     stream_idle: Option<Duration>,
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl fmt::Debug for AmeideClientBuilder {
@@ -103,6 +104,7 @@ impl AmeideClientBuilder {
             in_flight_limit: None,
             codec: CodecOptions::default(),
             stream_idle: None,
+            meter: None,
         }
     }
 
@@ -246,6 +248,41 @@ impl AmeideClientBuilder {
         self
     }
 
+    /// Records gRPC's standard metrics (gRFC A66: `grpc.client.attempt.*`,
+    /// `grpc.client.call.duration`) with `provider` instead of the global
+    /// `MeterProvider`. Without this, the client records through the global
+    /// provider as installed when [`build`](Self::build) runs (OpenTelemetry's
+    /// no-op until an application installs one), as it does for spans.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    /// let exporter = InMemoryMetricExporter::default();
+    /// let provider = SdkMeterProvider::builder()
+    ///     .with_reader(PeriodicReader::builder(exporter.clone()).build())
+    ///     .build();
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:1")
+    ///     .timeout(std::time::Duration::from_millis(50))
+    ///     .meter_provider(&provider)
+    ///     .build()
+    ///     .unwrap();
+    /// let _ = client.graph().list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default()).await;
+    /// provider.force_flush().unwrap();
+    /// let names: Vec<String> = exporter.get_finished_metrics().unwrap().iter()
+    ///     .flat_map(|rm| rm.scope_metrics()).flat_map(|sm| sm.metrics())
+    ///     .map(|m| m.name().to_owned()).collect();
+    /// assert!(names.contains(&"grpc.client.call.duration".to_owned()), "{names:?}");
+    /// # }
+    /// ```
+    pub fn meter_provider<P: opentelemetry::metrics::MeterProvider + ?Sized>(
+        mut self,
+        provider: &P,
+    ) -> Self {
+        self.meter = Some(crate::telemetry::metrics::provider_meter(provider));
+        self
+    }
+
     /// Overrides `OTEL_SEMCONV_STABILITY_OPT_IN` for this client.
     pub fn semconv(mut self, mode: SemconvMode) -> Self {
         self.semconv = Some(mode);
@@ -377,8 +414,17 @@ impl AmeideClientBuilder {
             None => None,
         };
 
+        let meter = self
+            .meter
+            .unwrap_or_else(crate::telemetry::metrics::global_meter);
+        let metrics = crate::telemetry::metrics::ClientMetrics::new(
+            &meter,
+            &config.endpoint,
+            self.semconv.unwrap_or_else(SemconvMode::from_env),
+        );
         let mut metadata = MetadataLayer::builder()
-            .max_decoding_message_size(self.codec.max_decoding_message_size);
+            .max_decoding_message_size(self.codec.max_decoding_message_size)
+            .call_metrics(metrics.clone());
         if let Some(tenant) = &config.tenant_id {
             metadata = metadata.tenant_id(tenant);
         }
@@ -439,6 +485,7 @@ impl AmeideClientBuilder {
             },
             retry,
             tracing,
+            metrics: MetricsLayer::from_metrics(metrics),
         };
         // Without user layers the built-in stack sits on the slot itself: one
         // box (and, per call, one boxed future and one clone) less.
@@ -452,13 +499,10 @@ impl AmeideClientBuilder {
             layers.stack(below)
         };
         let channel = AmeideChannel {
-            service,
+            service: Admit::new(service, gate),
             codec: Arc::new(self.codec),
             stack_decode_limit: self.codec.max_decoding_message_size,
             closed: Arc::new(AtomicBool::new(false)),
-            gate,
-            admission: Admission::default(),
-            inner_ready: false,
         };
         Ok(AmeideClient {
             channel,
@@ -552,6 +596,7 @@ struct BuiltIn {
     timeout: TimeoutLayer,
     retry: RetryLayer,
     tracing: TracingLayer,
+    metrics: MetricsLayer,
 }
 
 impl BuiltIn {
@@ -570,6 +615,7 @@ impl BuiltIn {
             .layer(self.timeout)
             .layer(self.retry)
             .layer(self.tracing)
+            .layer(self.metrics)
             .service(below);
         BoxCloneSyncService::new(stack.map_err(Into::<BoxError>::into))
     }

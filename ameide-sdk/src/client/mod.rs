@@ -6,9 +6,10 @@
 //! AmeideChannel ─ closed? ─ in-flight limit ─ metadata → auth → timeout → retry → tracing → user layers… → transport
 //! ```
 //!
-//! The in-flight limit ([`InFlightLimit`], `gate.rs`) is not a layer: it works in
-//! `AmeideChannel::poll_ready`, so that a call waiting for a place has built
-//! nothing yet.
+//! The in-flight limit ([`InFlightLimit`]) is a tower service of its own
+//! (`Admit`, `gate.rs`) between the channel's closed check and the stack: it
+//! admits in `poll_ready`, so that a call waiting for a place has built
+//! nothing yet, and its response future holds a unary call's place.
 
 mod builder;
 mod channel;

@@ -24,6 +24,20 @@ use tower::{Layer, Service};
 use super::{BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error};
 use crate::call::{CallFacts, CallInfo, CallState};
 use crate::config::{ConfigError, header_value, validate_header};
+use crate::telemetry::metrics::{ClientMetrics, grpc_method};
+
+/// What recording the call's duration needs (when metrics are on).
+struct CallEnd {
+    metrics: Arc<ClientMetrics>,
+    method: &'static str,
+}
+
+impl CallEnd {
+    fn record(self, code: tonic::Code, state: &CallState) {
+        self.metrics
+            .call_ended(self.method, code, state.start().elapsed());
+    }
+}
 
 pub use crate::request_id::RequestIdGenerator;
 
@@ -35,6 +49,7 @@ pub struct MetadataLayerBuilder {
     headers: Vec<(String, String)>,
     generator: Option<RequestIdGenerator>,
     max_decoding_message_size: Option<usize>,
+    metrics: Option<Arc<ClientMetrics>>,
 }
 
 impl MetadataLayerBuilder {
@@ -69,6 +84,13 @@ impl MetadataLayerBuilder {
         self
     }
 
+    /// Records `grpc.client.call.duration` (and its stable-convention twin)
+    /// of every call with these instruments.
+    pub(crate) fn call_metrics(mut self, metrics: Arc<ClientMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Validates everything; an invalid name or value is an error naming it.
     ///
     /// ```
@@ -100,6 +122,7 @@ impl MetadataLayerBuilder {
                 decode_limit: self
                     .max_decoding_message_size
                     .unwrap_or(crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE),
+                metrics: self.metrics,
             }),
         })
     }
@@ -112,6 +135,7 @@ struct MetadataConfig {
     headers: HeaderMap,
     generator: RequestIdGenerator,
     decode_limit: usize,
+    metrics: Option<Arc<ClientMetrics>>,
 }
 
 /// Sets tenant, user, extra headers and the request id; stamps errors.
@@ -249,10 +273,15 @@ where
             .extensions()
             .get::<crate::codec::DecodeLimit>()
             .map_or(self.config.decode_limit, |l| l.0);
+        let call = self.config.metrics.as_ref().map(|metrics| CallEnd {
+            metrics: metrics.clone(),
+            method: grpc_method(request.uri().path()),
+        });
         MetadataFuture {
             inner: self.inner.call(request),
             state: Some(state),
             decode_limit,
+            call,
         }
     }
 }
@@ -264,6 +293,16 @@ pin_project! {
         inner: F,
         state: Option<CallState>,
         decode_limit: usize,
+        call: Option<CallEnd>,
+    }
+
+    impl<F> PinnedDrop for MetadataFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Some(call), Some(state)) = (this.call.take(), this.state.as_ref()) {
+                call.record(tonic::Code::Cancelled, state);
+            }
+        }
     }
 }
 
@@ -283,10 +322,15 @@ where
         let Some(state) = this.state.take() else {
             return Poll::Ready(result.map_err(Into::into));
         };
+        let call = this.call.take();
         Poll::Ready(match result {
-            Ok(response) => finish(response, state, *this.decode_limit),
+            Ok(response) => finish(response, state, *this.decode_limit, call),
             Err(error) => {
-                Err(Box::new(stamp_status(status_from_error(error.into()), &state)) as BoxError)
+                let status = status_from_error(error.into());
+                if let Some(call) = call {
+                    call.record(status.code(), &state);
+                }
+                Err(Box::new(stamp_status(status, &state)) as BoxError)
             }
         })
     }
@@ -296,10 +340,18 @@ fn finish(
     mut response: HttpResponse,
     state: CallState,
     decode_limit: usize,
+    mut call: Option<CallEnd>,
 ) -> Result<HttpResponse, BoxError> {
     // Trailers-only. A failure becomes the call's error here; an OK is handed
-    // up with its headers sanitized, because tonic parses them again.
-    match grpc_code(response.headers()) {
+    // up with its headers sanitized, because tonic parses them again. Either
+    // way the call ends here.
+    let trailers_only = grpc_code(response.headers());
+    if let Some(code) = trailers_only
+        && let Some(call) = call.take()
+    {
+        call.record(code, &state);
+    }
+    match trailers_only {
         None => {}
         Some(tonic::Code::Ok) => {
             if let Some(why) = crate::peer::sanitize(response.headers_mut()) {
@@ -323,6 +375,7 @@ fn finish(
             state,
             frames: crate::codec::FrameCheck::new(decode_limit),
             failed: false,
+            call,
         })
     }))
 }
@@ -349,6 +402,27 @@ pin_project! {
         state: CallState,
         frames: crate::codec::FrameCheck,
         failed: bool,
+        // Recorded with the status the caller gets: the trailers' or the
+        // error's, or CANCELLED when the stream is dropped unfinished.
+        call: Option<CallEnd>,
+    }
+
+    impl PinnedDrop for StampBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(call) = this.call.take() {
+                call.record(tonic::Code::Cancelled, this.state);
+            }
+        }
+    }
+}
+
+impl StampBody {
+    fn ended(self: Pin<&mut Self>, code: tonic::Code) {
+        let this = self.project();
+        if let Some(call) = this.call.take() {
+            call.record(code, this.state);
+        }
     }
 }
 
@@ -357,9 +431,39 @@ impl http_body::Body for StampBody {
     type Error = Status;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = self.as_mut().stamp_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|t| grpc_code(t).unwrap_or(tonic::Code::Ok)),
+            Poll::Ready(Some(Err(status))) => Some(status.code()),
+            // Ended without trailers: tonic turns that into an error.
+            Poll::Ready(None) => Some(tonic::Code::Internal),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code {
+            self.ended(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl StampBody {
+    fn stamp_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Status>>> {
         let this = self.project();
         if *this.failed {
             return Poll::Ready(None);
@@ -368,7 +472,7 @@ impl http_body::Body for StampBody {
             *failed = true;
             Poll::Ready(Some(Err(stamp_status(status, state))))
         };
-        match this.inner.poll_frame(cx) {
+        match http_body::Body::poll_frame(this.inner, cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if let Err(status) = this.frames.feed(data) {
@@ -405,13 +509,5 @@ impl http_body::Body for StampBody {
             },
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

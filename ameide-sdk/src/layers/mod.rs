@@ -10,6 +10,7 @@
 //! | 3 | [`TimeoutLayer`] | whole-call deadline, streams included; `DEADLINE_EXCEEDED` on expiry | call |
 //! | 4 | [`RetryLayer`] | replays unary and server-streaming requests on retryable codes until committed; `grpc-timeout` with the remaining budget on every attempt | call |
 //! | 5 | [`TracingLayer`] | one CLIENT span per attempt; `traceparent`, `tracestate`, `baggage` | attempt |
+//! | 5′ | [`MetricsLayer`] | gRPC's per-attempt metrics (gRFC A66); the per-call duration is the metadata layer's | attempt |
 //! | 6 | user layers | whatever [`AmeideClientBuilder::layer`](crate::AmeideClientBuilder::layer) added, in order | attempt |
 //! | 7 | transport | tonic `Channel` (or the override) | attempt |
 //!
@@ -32,6 +33,7 @@
 
 pub mod auth;
 pub mod metadata;
+pub mod metrics;
 pub(crate) mod replay;
 pub mod retry;
 pub mod timeout;
@@ -39,6 +41,7 @@ pub mod tracing;
 
 pub use auth::{AuthLayer, AuthService};
 pub use metadata::{MetadataLayer, MetadataLayerBuilder, MetadataService, RequestIdGenerator};
+pub use metrics::{MetricsLayer, MetricsService};
 pub use retry::{Jitter, RetryLayer, RetryPolicy, RetryService, Sleeper, Throttle, ThrottleConfig};
 pub use timeout::{TimeoutLayer, TimeoutService};
 pub use tracing::{SemconvMode, TracingLayer, TracingService};

@@ -75,10 +75,16 @@ pub use crate::inbound::InboundContext;
 use crate::inbound::{INBOUND, Inner};
 use crate::request_id::RequestIdGenerator;
 use crate::telemetry::SemconvMode;
+use crate::telemetry::metrics::{ServerMetrics, global_meter, grpc_method, provider_meter};
 use crate::telemetry::{Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes};
 use crate::wire_types::BoxError;
+use opentelemetry::metrics::MeterProvider;
 
+mod metrics;
 mod values;
+
+pub use metrics::InboundBody;
+use metrics::{ServerCallBody, ServerCallEnd};
 
 use values::*;
 pub use values::{MAX_IDENTITY_BYTES, MAX_REQUEST_ID_BYTES};
@@ -101,6 +107,7 @@ struct Config {
     tracer: Arc<BoxedTracer>,
     semconv: SemconvMode,
     generator: RequestIdGenerator,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl fmt::Debug for InboundLayer {
@@ -118,13 +125,16 @@ impl Default for InboundLayer {
 }
 
 impl InboundLayer {
-    /// Uses the global tracer provider, `OTEL_SEMCONV_STABILITY_OPT_IN` and UUID v4 request ids.
+    /// Uses the global tracer and meter providers (as installed now),
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN` and UUID v4 request ids.
     pub fn new() -> Self {
+        let semconv = SemconvMode::from_env();
         InboundLayer {
             config: Arc::new(Config {
                 tracer: global_tracer(),
-                semconv: SemconvMode::from_env(),
+                semconv,
                 generator: RequestIdGenerator::uuid_v4(),
+                metrics: ServerMetrics::new(&global_meter(), semconv),
             }),
         }
     }
@@ -134,11 +144,27 @@ impl InboundLayer {
             tracer: self.config.tracer.clone(),
             semconv: self.config.semconv,
             generator: self.config.generator.clone(),
+            metrics: self.config.metrics.clone(),
         };
         f(&mut config);
         InboundLayer {
             config: Arc::new(config),
         }
+    }
+
+    /// Records gRPC's server metrics (gRFC A66: `grpc.server.call.started`,
+    /// `grpc.server.call.duration`, the sent and received message sizes) with
+    /// `provider` instead of the global `MeterProvider`.
+    ///
+    /// ```
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
+    /// let provider = SdkMeterProvider::builder().build();
+    /// let layer = ameide_sdk::server::InboundLayer::new().with_meter_provider(&provider);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_meter_provider<P: MeterProvider + ?Sized>(self, provider: &P) -> Self {
+        let meter = provider_meter(provider);
+        self.edit(|c| c.metrics = ServerMetrics::new(&meter, c.semconv))
     }
 
     /// Creates SERVER spans with `provider` instead of the global one.
@@ -152,7 +178,9 @@ impl InboundLayer {
         self.edit(|c| c.tracer = tracer)
     }
 
-    /// Overrides the semantic-convention mode read from the environment.
+    /// Overrides the semantic-convention mode read from the environment
+    /// (for spans, and for the `rpc.server.call.duration` metric of a layer
+    /// whose meter provider is set after this).
     pub fn with_semconv(self, mode: SemconvMode) -> Self {
         self.edit(|c| c.semconv = mode)
     }
@@ -308,7 +336,7 @@ impl<S> InboundService<S> {
 
 impl<S, B, ResBody> Service<http::Request<B>> for InboundService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<InboundBody<B>>, Response = http::Response<ResBody>>,
     ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -321,16 +349,27 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let method = grpc_method(request.uri().path());
+        self.config.metrics.call_started(method);
+        let rcvd = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let end = ServerCallEnd {
+            metrics: self.config.metrics.clone(),
+            method,
+            start: Instant::now(),
+            rcvd: rcvd.clone(),
+        };
         let context = self.start(&mut request);
         request.extensions_mut().insert(context.clone());
         let otel = context.inner.otel.clone();
         let echo = HeaderValue::from_str(&context.inner.request_id).ok();
+        let request = request.map(|body| InboundBody::new(body, rcvd));
         let future = INBOUND.scope(context, self.inner.call(request).with_context(otel.clone()));
         InboundFuture {
             inner: future,
             span: Some(otel),
             echo,
             semconv: self.config.semconv,
+            end: Some(end),
         }
     }
 }
@@ -343,6 +382,15 @@ pin_project! {
         span: Option<Context>,
         echo: Option<HeaderValue>,
         semconv: SemconvMode,
+        end: Option<ServerCallEnd>,
+    }
+
+    impl<F> PinnedDrop for InboundFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(end) = this.project().end.take() {
+                end.record(Code::Cancelled, 0);
+            }
+        }
     }
 }
 
@@ -362,9 +410,18 @@ where
         };
         let span = this.span.take();
         let semconv = *this.semconv;
+        let end = this.end.take();
         Poll::Ready(match result {
             Ok(response) => {
-                let mut response = response.map(tonic::body::Body::new);
+                let trailers_only = grpc_code(response.headers());
+                let mut response = match (end, trailers_only) {
+                    (Some(end), Some(code)) => {
+                        end.record(code, 0);
+                        response.map(tonic::body::Body::new)
+                    }
+                    (Some(end), None) => response.map(|body| ServerCallBody::wrap(body, end)),
+                    (None, _) => response.map(tonic::body::Body::new),
+                };
                 if let Some(echo) = this.echo.take() {
                     response
                         .headers_mut()
@@ -390,6 +447,9 @@ where
                 }
             }
             Err(error) => {
+                if let Some(end) = end {
+                    end.record(Code::Unknown, 0);
+                }
                 if let Some(span) = span {
                     end_span(
                         &span,

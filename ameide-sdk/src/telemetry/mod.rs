@@ -2,6 +2,7 @@
 //! layer: semantic conventions, the tracer, propagation, and the span-ending
 //! response body. Below both sides; neither imports the other for it.
 
+pub(crate) mod metrics;
 pub(crate) mod propagation;
 pub(crate) mod semconv;
 pub(crate) mod span_body;

@@ -7,7 +7,8 @@ use opentelemetry::InstrumentationScope;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{Tracer, TracerProvider};
 
-fn scope() -> InstrumentationScope {
+/// The SDK's instrumentation scope, for its spans and its metrics.
+pub(crate) fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("ameide-sdk")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()

@@ -1,0 +1,363 @@
+//! gRPC's standard OpenTelemetry metrics (gRFC A66), for the client and the
+//! server alike: the instruments, their attributes, and the byte counter of
+//! gRPC messages. The layers decide *when* to record; this module says *what*.
+//!
+//! | Instrument | Kind, unit | Attributes | Recorded by |
+//! |---|---|---|---|
+//! | `grpc.client.attempt.started` | counter, `{attempt}` | `grpc.method`, `grpc.target` | `layers::MetricsLayer`, per attempt |
+//! | `grpc.client.attempt.duration` | histogram, `s` | + `grpc.status` | the same, when the attempt ends (trailers, error, drop) |
+//! | `grpc.client.attempt.sent_total_compressed_message_size` | histogram, `By` | + `grpc.status` | the same: request message bytes, framing excluded |
+//! | `grpc.client.attempt.rcvd_total_compressed_message_size` | histogram, `By` | + `grpc.status` | the same: response message bytes, framing excluded |
+//! | `grpc.client.call.duration` | histogram, `s` | `grpc.method`, `grpc.target`, `grpc.status` | the metadata layer, when the status reaches the caller |
+//! | `grpc.server.call.started` | counter, `{call}` | `grpc.method` | `server::InboundLayer` |
+//! | `grpc.server.call.duration` | histogram, `s` | `grpc.method`, `grpc.status` | the same, when the response stream ends |
+//! | `grpc.server.call.sent_total_compressed_message_size` / `rcvd_…` | histogram, `By` | `grpc.method`, `grpc.status` | the same |
+//! | `rpc.client.call.duration` / `rpc.server.call.duration` | histogram, `s` | `rpc.system.name`, `rpc.method`, `rpc.response.status_code`, `error.type` | beside the above when `OTEL_SEMCONV_STABILITY_OPT_IN` has `rpc` or `rpc/dup` |
+//!
+//! `grpc.method` is `package.Service/Method` for the bundle's methods and
+//! `other` for any other path, so a peer cannot grow the number of series
+//! (`rpc.method` is `_OTHER` there, as the semantic conventions say).
+//! `grpc.target` is the client's endpoint as configured. Histograms carry the
+//! bucket boundaries A66 recommends (an SDK view can override them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
+use opentelemetry::{KeyValue, StringValue};
+use tonic::Code;
+
+use crate::error::canonical_code_name;
+use crate::telemetry::SemconvMode;
+
+/// A66's latency buckets, in seconds.
+pub(crate) const LATENCY_BUCKETS: [f64; 41] = [
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+
+/// A66's size buckets, in bytes.
+pub(crate) const SIZE_BUCKETS: [f64; 14] = [
+    0.0,
+    1024.0,
+    2048.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
+
+/// The `grpc.method` of a path: `package.Service/Method` for the bundle's
+/// methods, `other` for anything else (bounded cardinality).
+pub(crate) fn grpc_method(path: &str) -> &'static str {
+    ameide_proto::method(path).map_or("other", |m| &m.path[1..])
+}
+
+/// The SDK's meter from the global provider (the default).
+pub(crate) fn global_meter() -> Meter {
+    opentelemetry::global::meter_with_scope(super::tracer::scope())
+}
+
+/// The SDK's meter from an explicit provider.
+pub(crate) fn provider_meter<P: MeterProvider + ?Sized>(provider: &P) -> Meter {
+    provider.meter_with_scope(super::tracer::scope())
+}
+
+fn latency(meter: &Meter, name: &'static str, description: &'static str) -> Histogram<f64> {
+    meter
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(LATENCY_BUCKETS.to_vec())
+        .build()
+}
+
+fn size(meter: &Meter, name: &'static str, description: &'static str) -> Histogram<u64> {
+    meter
+        .u64_histogram(name)
+        .with_unit("By")
+        .with_description(description)
+        .with_boundaries(SIZE_BUCKETS.to_vec())
+        .build()
+}
+
+/// The stable RPC convention's call duration, when opted in.
+fn rpc_duration(meter: &Meter, semconv: SemconvMode, name: &'static str) -> Option<Histogram<f64>> {
+    matches!(semconv, SemconvMode::Stable | SemconvMode::Duplicate).then(|| {
+        latency(
+            meter,
+            name,
+            "Duration of the RPC (OpenTelemetry RPC semantic conventions).",
+        )
+    })
+}
+
+fn record_rpc(histogram: &Histogram<f64>, method: &'static str, code: Code, seconds: f64) {
+    let method = if method == "other" { "_OTHER" } else { method };
+    let status = canonical_code_name(code);
+    let base = [
+        KeyValue::new("rpc.system.name", "grpc"),
+        KeyValue::new("rpc.method", method),
+        KeyValue::new("rpc.response.status_code", status),
+    ];
+    if code == Code::Ok {
+        histogram.record(seconds, &base);
+    } else {
+        let [a, b, c] = base;
+        histogram.record(seconds, &[a, b, c, KeyValue::new("error.type", status)]);
+    }
+}
+
+/// The client instruments of one `AmeideClient` (or one
+/// `layers::MetricsLayer`).
+pub(crate) struct ClientMetrics {
+    attempt_started: Counter<u64>,
+    attempt_duration: Histogram<f64>,
+    attempt_sent: Histogram<u64>,
+    attempt_rcvd: Histogram<u64>,
+    call_duration: Histogram<f64>,
+    rpc_call_duration: Option<Histogram<f64>>,
+    target: StringValue,
+}
+
+impl std::fmt::Debug for ClientMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMetrics")
+            .field("target", &self.target.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientMetrics {
+    pub(crate) fn new(meter: &Meter, target: &str, semconv: SemconvMode) -> Arc<Self> {
+        Arc::new(ClientMetrics {
+            attempt_started: meter
+                .u64_counter("grpc.client.attempt.started")
+                .with_unit("{attempt}")
+                .with_description("Number of client call attempts started.")
+                .build(),
+            attempt_duration: latency(
+                meter,
+                "grpc.client.attempt.duration",
+                "Time taken to complete a client call attempt.",
+            ),
+            attempt_sent: size(
+                meter,
+                "grpc.client.attempt.sent_total_compressed_message_size",
+                "Compressed message bytes sent per client call attempt.",
+            ),
+            attempt_rcvd: size(
+                meter,
+                "grpc.client.attempt.rcvd_total_compressed_message_size",
+                "Compressed message bytes received per call attempt.",
+            ),
+            call_duration: latency(
+                meter,
+                "grpc.client.call.duration",
+                "Time taken by the gRPC library to complete a client call.",
+            ),
+            rpc_call_duration: rpc_duration(meter, semconv, "rpc.client.call.duration"),
+            target: StringValue::from(Arc::<str>::from(target)),
+        })
+    }
+
+    fn base(&self, method: &'static str) -> [KeyValue; 2] {
+        [
+            KeyValue::new("grpc.method", method),
+            KeyValue::new("grpc.target", self.target.clone()),
+        ]
+    }
+
+    pub(crate) fn attempt_started(&self, method: &'static str) {
+        self.attempt_started.add(1, &self.base(method));
+    }
+
+    pub(crate) fn attempt_ended(
+        &self,
+        method: &'static str,
+        code: Code,
+        elapsed: Duration,
+        sent: u64,
+        rcvd: u64,
+    ) {
+        let [m, t] = self.base(method);
+        let attributes = [
+            m,
+            t,
+            KeyValue::new("grpc.status", canonical_code_name(code)),
+        ];
+        self.attempt_duration
+            .record(elapsed.as_secs_f64(), &attributes);
+        self.attempt_sent.record(sent, &attributes);
+        self.attempt_rcvd.record(rcvd, &attributes);
+    }
+
+    pub(crate) fn call_ended(&self, method: &'static str, code: Code, elapsed: Duration) {
+        let [m, t] = self.base(method);
+        let attributes = [
+            m,
+            t,
+            KeyValue::new("grpc.status", canonical_code_name(code)),
+        ];
+        self.call_duration
+            .record(elapsed.as_secs_f64(), &attributes);
+        if let Some(rpc) = &self.rpc_call_duration {
+            record_rpc(rpc, method, code, elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// The server instruments of one `server::InboundLayer`.
+pub(crate) struct ServerMetrics {
+    started: Counter<u64>,
+    duration: Histogram<f64>,
+    sent: Histogram<u64>,
+    rcvd: Histogram<u64>,
+    rpc_duration: Option<Histogram<f64>>,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetrics").finish_non_exhaustive()
+    }
+}
+
+impl ServerMetrics {
+    pub(crate) fn new(meter: &Meter, semconv: SemconvMode) -> Arc<Self> {
+        Arc::new(ServerMetrics {
+            started: meter
+                .u64_counter("grpc.server.call.started")
+                .with_unit("{call}")
+                .with_description("Number of server calls started.")
+                .build(),
+            duration: latency(
+                meter,
+                "grpc.server.call.duration",
+                "Time taken to complete a call from the server's perspective.",
+            ),
+            sent: size(
+                meter,
+                "grpc.server.call.sent_total_compressed_message_size",
+                "Compressed message bytes sent per server call.",
+            ),
+            rcvd: size(
+                meter,
+                "grpc.server.call.rcvd_total_compressed_message_size",
+                "Compressed message bytes received per server call.",
+            ),
+            rpc_duration: rpc_duration(meter, semconv, "rpc.server.call.duration"),
+        })
+    }
+
+    pub(crate) fn call_started(&self, method: &'static str) {
+        self.started.add(1, &[KeyValue::new("grpc.method", method)]);
+    }
+
+    pub(crate) fn call_ended(
+        &self,
+        method: &'static str,
+        code: Code,
+        elapsed: Duration,
+        sent: u64,
+        rcvd: u64,
+    ) {
+        let attributes = [
+            KeyValue::new("grpc.method", method),
+            KeyValue::new("grpc.status", canonical_code_name(code)),
+        ];
+        self.duration.record(elapsed.as_secs_f64(), &attributes);
+        self.sent.record(sent, &attributes);
+        self.rcvd.record(rcvd, &attributes);
+        if let Some(rpc) = &self.rpc_duration {
+            record_rpc(rpc, method, code, elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Counts the message bytes of a gRPC-framed stream: every 5-byte prefix is
+/// read (its length says how much message follows) and left out, however
+/// the stream is split into chunks. Saturates; never panics.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MessageBytes {
+    head: [u8; 5],
+    filled: u8,
+    left: u64,
+    total: u64,
+}
+
+impl MessageBytes {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = usize::try_from(self.left).map_or(data.len(), |left| left.min(data.len()));
+                self.left -= n as u64;
+                self.total = self.total.saturating_add(n as u64);
+                data = &data[n..];
+                continue;
+            }
+            let at = usize::from(self.filled);
+            let n = (5 - at).min(data.len());
+            self.head[at..at + n].copy_from_slice(&data[..n]);
+            self.filled += n as u8;
+            data = &data[n..];
+            if self.filled < 5 {
+                break;
+            }
+            self.filled = 0;
+            let [_, a, b, c, d] = self.head;
+            self.left = u64::from(u32::from_be_bytes([a, b, c, d]));
+        }
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(message: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    #[test]
+    fn message_bytes_leave_the_framing_out_however_it_is_split() {
+        let mut wire = frame(b"hello");
+        wire.extend(frame(b""));
+        wire.extend(frame(&[7; 300]));
+        for split in 0..wire.len() {
+            let mut count = MessageBytes::default();
+            count.feed(&wire[..split]);
+            count.feed(&wire[split..]);
+            assert_eq!(count.total(), 305, "split at {split}");
+        }
+        let mut byte_by_byte = MessageBytes::default();
+        for b in &wire {
+            byte_by_byte.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(byte_by_byte.total(), 305);
+    }
+
+    #[test]
+    fn methods_outside_the_bundle_are_other() {
+        assert_eq!(
+            grpc_method("/ameide_core_proto.graph.v1.GraphService/ListRepositories"),
+            "ameide_core_proto.graph.v1.GraphService/ListRepositories"
+        );
+        assert_eq!(grpc_method("/evil.Service/Random123"), "other");
+        assert_eq!(grpc_method(""), "other");
+    }
+}

@@ -1,0 +1,617 @@
+//! gRPC's standard OpenTelemetry metrics (gRFC A66, issue 17), read back
+//! through opentelemetry_sdk's in-memory exporter: client metrics after a
+//! retried, a failed, a streamed and a successful call; server metrics from
+//! the inbound layer on a real tonic server; the stable RPC convention's
+//! `rpc.*.call.duration` when opted in.
+
+use std::collections::BTreeMap;
+
+use ameide_sdk::layers::SemconvMode;
+use ameide_sdk::proto::common::v1::PaginationRequest;
+use ameide_sdk::proto::graph::v1::{ListRepositoriesRequest, ListRepositoriesResponse, Repository};
+use ameide_sdk::proto::inference::v1::inference_service_server::{
+    InferenceService, InferenceServiceServer,
+};
+use ameide_sdk::proto::inference::v1::{
+    GenerateRequest, GenerateResponse, ListAgentsRequest, ListAgentsResponse,
+};
+use ameide_sdk::server::InboundLayer;
+use ameide_sdk::testkit::{MockServer, Reply};
+use ameide_sdk::{AmeideClient, CallOptions};
+use ameide_tests::calls::tokens;
+use ameide_tests::{fixed_jitter, mock_client, paths};
+use futures_util::StreamExt;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use prost::Message;
+use tonic::{Code, Request, Response, Status};
+
+/// One recorded series: for a counter its sum, for a histogram its count and sum.
+#[derive(Debug, Clone, PartialEq)]
+struct Point {
+    count: u64,
+    sum: f64,
+    bounds: usize,
+}
+
+type Series = BTreeMap<(String, Vec<(String, String)>), Point>;
+
+struct Recorder {
+    exporter: InMemoryMetricExporter,
+    provider: SdkMeterProvider,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        Recorder { exporter, provider }
+    }
+
+    /// Every series recorded so far (cumulative), keyed by name and attributes.
+    fn series(&self) -> Series {
+        self.provider.force_flush().unwrap();
+        let mut out = Series::new();
+        let Some(last) = self.exporter.get_finished_metrics().unwrap().pop() else {
+            return out;
+        };
+        for scope in last.scope_metrics() {
+            assert_eq!(scope.scope().name(), "ameide-sdk");
+            for metric in scope.metrics() {
+                let mut add = |attributes: Vec<(String, String)>, point: Point| {
+                    out.insert((metric.name().to_owned(), attributes), point);
+                };
+                let attrs = |kvs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+                    let mut v: Vec<(String, String)> = kvs
+                        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                        .collect();
+                    v.sort();
+                    v
+                };
+                match metric.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                        for p in sum.data_points() {
+                            let point = Point {
+                                count: p.value(),
+                                sum: p.value() as f64,
+                                bounds: 0,
+                            };
+                            add(attrs(&mut p.attributes()), point);
+                        }
+                    }
+                    AggregatedMetrics::U64(MetricData::Histogram(h)) => {
+                        for p in h.data_points() {
+                            let point = Point {
+                                count: p.count(),
+                                sum: p.sum() as f64,
+                                bounds: p.bounds().count(),
+                            };
+                            add(attrs(&mut p.attributes()), point);
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                        for p in h.data_points() {
+                            let point = Point {
+                                count: p.count(),
+                                sum: p.sum(),
+                                bounds: p.bounds().count(),
+                            };
+                            add(attrs(&mut p.attributes()), point);
+                        }
+                    }
+                    other => panic!("unexpected data for {}: {other:?}", metric.name()),
+                }
+            }
+        }
+        out
+    }
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn get<'a>(series: &'a Series, name: &str, pairs: &[(&str, &str)]) -> &'a Point {
+    series
+        .get(&(name.to_owned(), attrs(pairs)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {name} {pairs:?} in {:#?}",
+                series.keys().collect::<Vec<_>>()
+            )
+        })
+}
+
+const LIST: &str = "ameide_core_proto.graph.v1.GraphService/ListRepositories";
+const GENERATE: &str = "ameide_core_proto.inference.v1.InferenceService/Generate";
+
+fn list_request() -> ListRepositoriesRequest {
+    ListRepositoriesRequest {
+        pagination: Some(PaginationRequest {
+            page_size: 25,
+            page_token: "page-7".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_retried_call_is_one_call_of_three_attempts() {
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("down")),
+    );
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("still down")),
+    );
+    let response = ListRepositoriesResponse {
+        repositories: vec![Repository {
+            repository_id: "r-1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    server.push(paths::LIST_REPOSITORIES, Reply::message(&response));
+    let client = mock_client(&server)
+        .retry_layer(fixed_jitter(0.0))
+        .meter_provider(&recorder.provider)
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap();
+    let target = client.endpoint().to_owned();
+    let series = recorder.series();
+
+    let base = [("grpc.method", LIST), ("grpc.target", target.as_str())];
+    assert_eq!(get(&series, "grpc.client.attempt.started", &base).count, 3);
+    let unavailable = [base[0], base[1], ("grpc.status", "UNAVAILABLE")];
+    let ok = [base[0], base[1], ("grpc.status", "OK")];
+    assert_eq!(
+        get(&series, "grpc.client.attempt.duration", &unavailable).count,
+        2
+    );
+    assert_eq!(get(&series, "grpc.client.attempt.duration", &ok).count, 1);
+    let call = get(&series, "grpc.client.call.duration", &ok);
+    assert_eq!(call.count, 1, "one call");
+    assert_eq!(call.bounds, 41, "A66 latency buckets");
+    assert!(
+        !series.contains_key(&("grpc.client.call.duration".to_owned(), attrs(&unavailable))),
+        "the call itself did not fail"
+    );
+
+    // Sizes: the request message on every attempt, the response message on the last.
+    let request_bytes = list_request().encoded_len() as f64;
+    let sent = get(
+        &series,
+        "grpc.client.attempt.sent_total_compressed_message_size",
+        &unavailable,
+    );
+    assert_eq!(
+        (sent.count, sent.sum, sent.bounds),
+        (2, 2.0 * request_bytes, 14)
+    );
+    let sent_ok = get(
+        &series,
+        "grpc.client.attempt.sent_total_compressed_message_size",
+        &ok,
+    );
+    assert_eq!(sent_ok.sum, request_bytes);
+    let rcvd = get(
+        &series,
+        "grpc.client.attempt.rcvd_total_compressed_message_size",
+        &ok,
+    );
+    assert_eq!(rcvd.sum, response.encoded_len() as f64);
+    let rcvd_failed = get(
+        &series,
+        "grpc.client.attempt.rcvd_total_compressed_message_size",
+        &unavailable,
+    );
+    assert_eq!(rcvd_failed.sum, 0.0);
+    // Nothing of the stable convention unless opted in.
+    assert!(
+        !series.keys().any(|(name, _)| name.starts_with("rpc.")),
+        "{series:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_call_and_a_stream_carry_their_status() {
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::not_found("no such page")),
+    );
+    let texts = ["to", "ken", "s!"];
+    let messages = tokens(texts);
+    let streamed: u64 = messages.iter().map(|m| m.len() as u64).sum();
+    server.push(
+        paths::GENERATE,
+        Reply::messages(messages).then_status(Status::resource_exhausted("quota")),
+    );
+    server.push(paths::GENERATE, Reply::messages(tokens(texts)));
+    let client = mock_client(&server)
+        .meter_provider(&recorder.provider)
+        .build()
+        .unwrap();
+    let target = client.endpoint().to_owned();
+
+    let err = client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A stream cut by the server after three messages (not retried: committed).
+    let mut stream = client
+        .inference()
+        .generate(GenerateRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = 0;
+    let mut end = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => got += 1,
+            Err(status) => end = Some(status.code()),
+        }
+    }
+    assert_eq!((got, end), (3, Some(Code::ResourceExhausted)));
+    // And one read to its OK end.
+    let mut stream = client
+        .inference()
+        .generate(GenerateRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.next().await.is_some() {}
+
+    let series = recorder.series();
+    let failed = [
+        ("grpc.method", LIST),
+        ("grpc.target", target.as_str()),
+        ("grpc.status", "NOT_FOUND"),
+    ];
+    assert_eq!(get(&series, "grpc.client.call.duration", &failed).count, 1);
+    assert_eq!(
+        get(&series, "grpc.client.attempt.duration", &failed).count,
+        1
+    );
+
+    let g = |status| {
+        [
+            ("grpc.method", GENERATE),
+            ("grpc.target", target.as_str()),
+            ("grpc.status", status),
+        ]
+    };
+    assert_eq!(
+        get(
+            &series,
+            "grpc.client.call.duration",
+            &g("RESOURCE_EXHAUSTED")
+        )
+        .count,
+        1
+    );
+    assert_eq!(get(&series, "grpc.client.call.duration", &g("OK")).count, 1);
+    let rcvd = get(
+        &series,
+        "grpc.client.attempt.rcvd_total_compressed_message_size",
+        &g("RESOURCE_EXHAUSTED"),
+    );
+    assert_eq!(
+        rcvd.sum, streamed as f64,
+        "three token messages, framing left out"
+    );
+    assert_eq!(
+        get(
+            &series,
+            "grpc.client.attempt.started",
+            &[("grpc.method", GENERATE), ("grpc.target", target.as_str())]
+        )
+        .count,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_stream_dropped_by_its_caller_is_cancelled_and_methods_outside_the_bundle_are_other() {
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(
+        paths::GENERATE,
+        Reply::messages(tokens(["a", "b", "c"])).every(std::time::Duration::from_secs(30)),
+    );
+    server.fallback(Reply::ok());
+    let client = mock_client(&server)
+        .meter_provider(&recorder.provider)
+        .build()
+        .unwrap();
+    let target = client.endpoint().to_owned();
+    let mut stream = client
+        .inference()
+        .generate(GenerateRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.next().await.unwrap().is_ok());
+    drop(stream);
+
+    // A path no roster service has: recorded as "other".
+    let mut grpc = tonic::client::Grpc::new(client.channel());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/evil.Scanner/Probe12345");
+    let codec =
+        tonic_prost::ProstCodec::<ListRepositoriesRequest, ListRepositoriesResponse>::default();
+    grpc.unary(
+        Request::new(ListRepositoriesRequest::default()),
+        path,
+        codec,
+    )
+    .await
+    .unwrap();
+
+    let series = recorder.series();
+    let cancelled = [
+        ("grpc.method", GENERATE),
+        ("grpc.target", target.as_str()),
+        ("grpc.status", "CANCELLED"),
+    ];
+    assert_eq!(
+        get(&series, "grpc.client.call.duration", &cancelled).count,
+        1
+    );
+    assert_eq!(
+        get(&series, "grpc.client.attempt.duration", &cancelled).count,
+        1
+    );
+    let other = [
+        ("grpc.method", "other"),
+        ("grpc.target", target.as_str()),
+        ("grpc.status", "OK"),
+    ];
+    assert_eq!(get(&series, "grpc.client.call.duration", &other).count, 1);
+    assert!(
+        !series
+            .keys()
+            .any(|(_, a)| a.iter().any(|(_, v)| v.contains("evil"))),
+        "the peer's method name never becomes a series"
+    );
+}
+
+#[tokio::test]
+async fn the_stable_rpc_convention_adds_rpc_client_call_duration() {
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::permission_denied("no")),
+    );
+    let client = mock_client(&server)
+        .semconv(SemconvMode::Duplicate)
+        .meter_provider(&recorder.provider)
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap_err();
+    let series = recorder.series();
+    let rpc = get(
+        &series,
+        "rpc.client.call.duration",
+        &[
+            ("rpc.system.name", "grpc"),
+            ("rpc.method", LIST),
+            ("rpc.response.status_code", "PERMISSION_DENIED"),
+            ("error.type", "PERMISSION_DENIED"),
+        ],
+    );
+    assert_eq!(rpc.count, 1);
+    // The A66 series is there beside it.
+    assert_eq!(
+        get(
+            &series,
+            "grpc.client.call.duration",
+            &[
+                ("grpc.method", LIST),
+                ("grpc.target", client.endpoint()),
+                ("grpc.status", "PERMISSION_DENIED")
+            ]
+        )
+        .count,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_a_provider_records_nothing_anywhere() {
+    // Built before any global MeterProvider is installed (this test binary
+    // never installs one): OpenTelemetry's no-op instruments.
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    let client = mock_client(&server).build().unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap();
+    assert!(recorder.series().is_empty());
+}
+
+/// A server whose handlers use `?` on `ameide_sdk::Error`.
+struct Inference;
+
+fn lookup(id: &str) -> ameide_sdk::Result<ListAgentsResponse> {
+    Err(ameide_sdk::Error::from(Status::not_found(format!(
+        "no agents under {id}"
+    ))))
+}
+
+#[tonic::async_trait]
+impl InferenceService for Inference {
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let page = request.get_ref().pagination.clone().unwrap_or_default();
+        // An ameide_sdk::Error becomes the original status with `?`.
+        Ok(Response::new(lookup(&page.page_token)?))
+    }
+
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<GenerateResponse>>, Status> {
+        let words: Vec<String> = request
+            .get_ref()
+            .prompt
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        let stream = futures_util::stream::iter(words.into_iter().enumerate().map(|(i, w)| {
+            Ok(GenerateResponse {
+                token: w,
+                index: i as i32,
+                ..Default::default()
+            })
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tokio::test]
+async fn the_inbound_layer_records_server_calls_and_handlers_return_sdk_errors_with_question_mark()
+{
+    let recorder = Recorder::new();
+    let addr = ameide_tests::serve_inbound(
+        InboundLayer::new().with_meter_provider(&recorder.provider),
+        InferenceServiceServer::new(Inference),
+    )
+    .await;
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .build()
+        .unwrap();
+
+    let request = ListAgentsRequest {
+        pagination: Some(PaginationRequest {
+            page_size: 1,
+            page_token: "t-1".into(),
+        }),
+        ..Default::default()
+    };
+    let request_bytes = request.encoded_len() as f64;
+    let err = client.inference().list_agents(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        err.message(),
+        "no agents under t-1",
+        "the original status, unchanged"
+    );
+
+    let prompt = "one two three";
+    let generate = GenerateRequest {
+        prompt: prompt.into(),
+        ..Default::default()
+    };
+    let generate_bytes = generate.encoded_len() as f64;
+    let mut stream = client
+        .inference()
+        .generate(generate)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sent_back = 0.0;
+    while let Some(token) = stream.next().await {
+        sent_back += token.unwrap().encoded_len() as f64;
+    }
+
+    // The server records when its response stream ends, a moment after the
+    // client has read it: wait for it.
+    let list = "ameide_core_proto.inference.v1.InferenceService/ListAgents";
+    let mut series = recorder.series();
+    for _ in 0..100 {
+        if series
+            .keys()
+            .filter(|(n, _)| n == "grpc.server.call.duration")
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        series = recorder.series();
+    }
+    assert_eq!(
+        get(
+            &series,
+            "grpc.server.call.started",
+            &[("grpc.method", list)]
+        )
+        .count,
+        1
+    );
+    assert_eq!(
+        get(
+            &series,
+            "grpc.server.call.started",
+            &[("grpc.method", GENERATE)]
+        )
+        .count,
+        1
+    );
+    let not_found = [("grpc.method", list), ("grpc.status", "NOT_FOUND")];
+    assert_eq!(
+        get(&series, "grpc.server.call.duration", &not_found).count,
+        1
+    );
+    assert_eq!(
+        get(
+            &series,
+            "grpc.server.call.rcvd_total_compressed_message_size",
+            &not_found
+        )
+        .sum,
+        request_bytes
+    );
+    let ok = [("grpc.method", GENERATE), ("grpc.status", "OK")];
+    assert_eq!(get(&series, "grpc.server.call.duration", &ok).count, 1);
+    assert_eq!(
+        get(
+            &series,
+            "grpc.server.call.sent_total_compressed_message_size",
+            &ok
+        )
+        .sum,
+        sent_back
+    );
+    assert_eq!(
+        get(
+            &series,
+            "grpc.server.call.rcvd_total_compressed_message_size",
+            &ok
+        )
+        .sum,
+        generate_bytes
+    );
+    let _ = CallOptions::new();
+}
