@@ -2,7 +2,7 @@
 //! layers share through request extensions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -144,6 +144,19 @@ impl CallOptions {
     }
 }
 
+/// The bundle's method of a request: from its [`CallState`] (looked up once
+/// per call by the metadata layer), else from the method table (a layer used
+/// alone). The method table is a binary search over the paths; every layer
+/// asking it again per call cost about 400 instructions each.
+pub(crate) fn method_of(
+    request: &http::Request<tonic::body::Body>,
+) -> Option<&'static ameide_proto::MethodInfo> {
+    match request.extensions().get::<CallState>() {
+        Some(state) => state.method(),
+        None => ameide_proto::method(request.uri().path()),
+    }
+}
+
 /// Per-call timeout, set by [`CallOptions::timeout`]; read by the timeout layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallTimeout(pub(crate) Duration);
@@ -257,12 +270,23 @@ const UNSENT: u32 = u32::MAX;
 struct CallStateInner {
     start: Instant,
     request_id: Arc<str>,
+    /// The bundle's method of the call's path, looked up once per call.
+    method: Option<&'static ameide_proto::MethodInfo>,
     attempts: AtomicU32,
     retryable: AtomicU8,
     history: std::sync::Mutex<History>,
     stop: std::sync::Mutex<Option<StopReason>>,
     /// The call's deadline as nanoseconds after `start`; `u64::MAX` when unset.
     deadline_nanos: AtomicU64,
+    /// The metadata layer records the committed attempt's end (it has the
+    /// metrics and sees the response stream end): set by it, read by the
+    /// metrics layer, which then hands that attempt over instead of wrapping
+    /// its response body.
+    records_attempts: AtomicBool,
+    /// The committed attempt handed over: its start (nanoseconds after
+    /// `start`; `u64::MAX` when none) and its request message bytes.
+    committed_start_nanos: AtomicU64,
+    committed_sent: AtomicU64,
 }
 
 /// The attempt history: the first attempt inline (most calls have one, and
@@ -278,20 +302,67 @@ const RETRYABLE_NO: u8 = 1;
 const RETRYABLE_YES: u8 = 2;
 
 impl CallState {
-    pub(crate) fn new(start: Instant, request_id: Arc<str>) -> Self {
+    pub(crate) fn new(
+        start: Instant,
+        request_id: Arc<str>,
+        method: Option<&'static ameide_proto::MethodInfo>,
+    ) -> Self {
         CallState(Arc::new(CallStateInner {
             start,
             request_id,
+            method,
             attempts: AtomicU32::new(0),
             retryable: AtomicU8::new(RETRYABLE_UNKNOWN),
             history: std::sync::Mutex::new(History::default()),
             stop: std::sync::Mutex::new(None),
             deadline_nanos: AtomicU64::new(u64::MAX),
+            records_attempts: AtomicBool::new(false),
+            committed_start_nanos: AtomicU64::new(u64::MAX),
+            committed_sent: AtomicU64::new(0),
         }))
     }
 
     pub(crate) fn start(&self) -> Instant {
         self.0.start
+    }
+
+    /// Says that the metadata layer records the committed attempt's end.
+    pub(crate) fn set_records_attempts(&self) {
+        self.0.records_attempts.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the metadata layer records the committed attempt's end.
+    pub(crate) fn records_attempts(&self) -> bool {
+        self.0.records_attempts.load(Ordering::Relaxed)
+    }
+
+    /// Hands the committed attempt (begun at `at`, `sent` request bytes)
+    /// to the metadata layer, which records its end with the call's.
+    pub(crate) fn hand_over_attempt(&self, at: Instant, sent: u64) {
+        let nanos = at.saturating_duration_since(self.0.start).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.0.committed_sent.store(sent, Ordering::Relaxed);
+        self.0.committed_start_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The committed attempt handed over, if one was: its start and sent bytes.
+    pub(crate) fn take_committed_attempt(&self) -> Option<(Instant, u64)> {
+        match self
+            .0
+            .committed_start_nanos
+            .swap(u64::MAX, Ordering::Relaxed)
+        {
+            u64::MAX => None,
+            nanos => Some((
+                self.0.start + Duration::from_nanos(nanos),
+                self.0.committed_sent.load(Ordering::Relaxed),
+            )),
+        }
+    }
+
+    /// The bundle's method of the call (kind, idempotency, names), if any.
+    pub(crate) fn method(&self) -> Option<&'static ameide_proto::MethodInfo> {
+        self.0.method
     }
 
     /// The request id, shared (no copy).

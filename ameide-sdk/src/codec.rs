@@ -124,6 +124,8 @@ pub(crate) struct FrameCheck {
     left: usize,
     /// Length of the message being read, for the cut-off message.
     len: usize,
+    /// Message bytes read so far (prefixes left out), for the metrics.
+    message_bytes: u64,
 }
 
 impl FrameCheck {
@@ -134,6 +136,7 @@ impl FrameCheck {
             filled: 0,
             left: 0,
             len: 0,
+            message_bytes: 0,
         }
     }
 
@@ -143,6 +146,7 @@ impl FrameCheck {
             if self.left > 0 {
                 let n = self.left.min(data.len());
                 self.left -= n;
+                self.message_bytes = self.message_bytes.saturating_add(n as u64);
                 data = &data[n..];
                 continue;
             }
@@ -176,6 +180,11 @@ impl FrameCheck {
             self.left = len;
         }
         Ok(())
+    }
+
+    /// Message bytes read so far, the 5-byte prefixes left out.
+    pub(crate) fn message_bytes(&self) -> u64 {
+        self.message_bytes
     }
 
     /// The status of a body that ends here, when it ends inside a message.

@@ -89,6 +89,41 @@ enum Next {
 
 /// The pages of a paginated method, each a whole response (see the
 /// [module docs](self)). A `Stream` of `Result<Response, Error>`.
+///
+/// ```
+/// # #[cfg(not(feature = "testkit"))] fn main() {}
+/// # #[cfg(feature = "testkit")]
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ameide_sdk::pagination::GraphServicePages;
+/// use ameide_sdk::proto::common::v1::PaginationResponse;
+/// use ameide_sdk::proto::graph::v1::ListRepositoriesResponse;
+/// use ameide_sdk::testkit::{MockServer, Reply};
+/// use tokio_stream::StreamExt;
+///
+/// let server = MockServer::new();
+/// let path = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+/// let page = |next: &str| ListRepositoriesResponse {
+///     pagination: Some(PaginationResponse { next_page_token: next.into(), total_size: 0 }),
+///     ..Default::default()
+/// };
+/// server.push(path, Reply::message(&page("p2")));
+/// server.push(path, Reply::message(&page("")));
+/// let client = ameide_sdk::AmeideClient::builder()
+///     .endpoint("http://mock.test:9000")
+///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+///     .build()
+///     .unwrap();
+/// let pages: Vec<_> = client
+///     .graph()
+///     .list_repositories_pages(Default::default())
+///     .options(ameide_sdk::CallOptions::new().request_id("listing"))
+///     .collect()
+///     .await;
+/// assert_eq!(pages.len(), 2);
+/// let ids: Vec<_> = server.attempts().iter().map(|a| a.header("x-request-id").unwrap().to_owned()).collect();
+/// assert_eq!(ids, ["listing", "listing-page-2"]);
+/// # }
+/// ```
 pub struct Pages<R> {
     fetch: Fetch<R>,
     options: CallOptions,
@@ -184,6 +219,8 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
     }
 }
 
+/// The error of a repeated token; the peer's token is shown escaped, at
+/// most 64 characters of it.
 fn loop_error(token: &str, page: u32) -> Error {
     let shown: String = token
         .chars()
@@ -254,7 +291,30 @@ impl<R: PagedResponse + Send + 'static> Stream for ItemPages<R> {
 }
 
 /// The items of every page of a paginated method, in order (see the
-/// [module docs](self)). A `Stream` of `Result<Item, Error>`.
+/// [module docs](self)). A `Stream` of `Result<Item, Error>`; the first error
+/// ends it.
+///
+/// ```
+/// # #[cfg(not(feature = "testkit"))] fn main() {}
+/// # #[cfg(feature = "testkit")]
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ameide_sdk::pagination::GraphServicePages;
+/// use ameide_sdk::testkit::{MockServer, Reply};
+/// use tokio_stream::StreamExt;
+///
+/// let server = MockServer::new();
+/// server.fallback(Reply::status(tonic::Status::permission_denied("not yours")));
+/// let client = ameide_sdk::AmeideClient::builder()
+///     .endpoint("http://mock.test:9000")
+///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+///     .build()
+///     .unwrap();
+/// let mut items = client.graph().list_repositories_items(Default::default());
+/// let err = items.next().await.unwrap().unwrap_err();
+/// assert_eq!(err.code(), tonic::Code::PermissionDenied);
+/// assert!(items.next().await.is_none(), "an error ends the stream");
+/// # }
+/// ```
 pub struct Items<T> {
     pages: Pin<Box<dyn Stream<Item = Result<Vec<T>, Error>> + Send>>,
     buffered: std::vec::IntoIter<T>,
@@ -289,3 +349,20 @@ impl<T> Stream for Items<T> {
 }
 
 ameide_proto::__ameide_pagination!(AmeideChannel, Pages, Items);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_repeated_token_is_shown_short_and_on_one_line() {
+        let token = format!("a\nb\u{202e}{}", "x".repeat(10_000));
+        let err = loop_error(&token, 7);
+        assert_eq!(err.code(), tonic::Code::Internal);
+        let message = err.message();
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.len() < 300, "{}", message.len());
+        assert!(message.contains("after page 7"), "{message}");
+        assert!(message.contains("a\\nb"), "{message}");
+    }
+}

@@ -150,6 +150,38 @@ proptest! {
         prop_assert_eq!(whole_result, split_result);
         if whole_result.is_ok() {
             prop_assert_eq!(whole.cut_off().is_some(), split.cut_off().is_some());
+            // The metrics' count of message bytes agrees too.
+            prop_assert_eq!(whole.message_bytes(), split.message_bytes());
         }
+    }
+
+    /// The metrics' message-byte counter, on any bytes a peer sends: never
+    /// panics, never counts more than arrived, the same however split, and
+    /// on well-framed messages exactly their lengths.
+    #[test]
+    fn message_bytes_are_split_invariant_and_bounded(
+        data in prop::collection::vec(any::<u8>(), 0..512),
+        at in any::<usize>(),
+        messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..6),
+    ) {
+        use crate::telemetry::metrics::MessageBytes;
+        let mut whole = MessageBytes::default();
+        whole.feed(&data);
+        let at = at % (data.len() + 1);
+        let mut split = MessageBytes::default();
+        split.feed(&data[..at]);
+        split.feed(&data[at..]);
+        prop_assert_eq!(whole.total(), split.total());
+        prop_assert!(whole.total() <= data.len() as u64);
+
+        let mut framed = Vec::new();
+        for m in &messages {
+            framed.push(0);
+            framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            framed.extend_from_slice(m);
+        }
+        let mut count = MessageBytes::default();
+        count.feed(&framed);
+        prop_assert_eq!(count.total(), messages.iter().map(|m| m.len() as u64).sum::<u64>());
     }
 }

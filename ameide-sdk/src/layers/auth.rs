@@ -187,7 +187,7 @@ where
                             return Ok(response);
                         }
                     };
-                    let replayable = ameide_proto::method(request.uri().path())
+                    let replayable = crate::call::method_of(&request)
                         .is_some_and(|m| m.kind.has_single_request());
                     if !replayable {
                         return inner.call(request).await.map_err(Into::into);

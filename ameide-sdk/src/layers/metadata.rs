@@ -33,9 +33,19 @@ struct CallEnd {
 }
 
 impl CallEnd {
-    fn record(self, code: tonic::Code, state: &CallState) {
-        self.metrics
-            .call_ended(self.method, code, state.start().elapsed());
+    /// Records the call's end, and the committed attempt's if the metrics
+    /// layer handed it over (`rcvd`: its response message bytes).
+    fn record(self, code: tonic::Code, state: &CallState, rcvd: u64) {
+        let now = Instant::now();
+        let attempt = state
+            .take_committed_attempt()
+            .map(|(at, sent)| (now.saturating_duration_since(at), sent, rcvd));
+        self.metrics.call_ended(
+            self.method,
+            code,
+            now.saturating_duration_since(state.start()),
+            attempt,
+        );
     }
 }
 
@@ -247,7 +257,8 @@ impl<S> MetadataService<S> {
             .extensions_mut()
             .remove::<crate::call::CallStart>()
             .map_or_else(Instant::now, |start| start.0);
-        let state = CallState::new(start, request_id);
+        let method = ameide_proto::method(request.uri().path());
+        let state = CallState::new(start, request_id, method);
         request.extensions_mut().insert(state.clone());
         state
     }
@@ -273,9 +284,12 @@ where
             .extensions()
             .get::<crate::codec::DecodeLimit>()
             .map_or(self.config.decode_limit, |l| l.0);
-        let call = self.config.metrics.as_ref().map(|metrics| CallEnd {
-            metrics: metrics.clone(),
-            method: grpc_method(request.uri().path()),
+        let call = self.config.metrics.as_ref().map(|metrics| {
+            state.set_records_attempts();
+            CallEnd {
+                metrics: metrics.clone(),
+                method: grpc_method(state.method()),
+            }
         });
         MetadataFuture {
             inner: self.inner.call(request),
@@ -300,7 +314,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let (Some(call), Some(state)) = (this.call.take(), this.state.as_ref()) {
-                call.record(tonic::Code::Cancelled, state);
+                call.record(tonic::Code::Cancelled, state, 0);
             }
         }
     }
@@ -328,7 +342,7 @@ where
             Err(error) => {
                 let status = status_from_error(error.into());
                 if let Some(call) = call {
-                    call.record(status.code(), &state);
+                    call.record(status.code(), &state, 0);
                 }
                 Err(Box::new(stamp_status(status, &state)) as BoxError)
             }
@@ -349,7 +363,7 @@ fn finish(
     if let Some(code) = trailers_only
         && let Some(call) = call.take()
     {
-        call.record(code, &state);
+        call.record(code, &state, 0);
     }
     match trailers_only {
         None => {}
@@ -411,7 +425,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(call) = this.call.take() {
-                call.record(tonic::Code::Cancelled, this.state);
+                call.record(tonic::Code::Cancelled, this.state, this.frames.message_bytes());
             }
         }
     }
@@ -421,7 +435,7 @@ impl StampBody {
     fn ended(self: Pin<&mut Self>, code: tonic::Code) {
         let this = self.project();
         if let Some(call) = this.call.take() {
-            call.record(code, this.state);
+            call.record(code, this.state, this.frames.message_bytes());
         }
     }
 }

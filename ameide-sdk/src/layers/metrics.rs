@@ -25,6 +25,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_only_status};
+use crate::call::CallState;
 use crate::telemetry::SemconvMode;
 use crate::telemetry::metrics::{
     ClientMetrics, MessageBytes, global_meter, grpc_method, provider_meter,
@@ -137,8 +138,8 @@ enum Sent {
 }
 
 impl Sent {
-    fn of(request: &mut HttpRequest) -> Sent {
-        let single = ameide_proto::method(request.uri().path()).is_some_and(|m| {
+    fn of(request: &mut HttpRequest, info: Option<&'static ameide_proto::MethodInfo>) -> Sent {
+        let single = info.is_some_and(|m| {
             matches!(
                 m.kind,
                 ameide_proto::StreamingKind::Unary | ameide_proto::StreamingKind::ServerStreaming
@@ -172,6 +173,9 @@ struct AttemptEnd {
     method: &'static str,
     start: Instant,
     sent: Sent,
+    /// The call's record, when its metadata layer records the committed
+    /// attempt's end: a response with a body is handed over to it.
+    hand_over: Option<CallState>,
 }
 
 impl AttemptEnd {
@@ -200,9 +204,18 @@ where
     }
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
-        let method = grpc_method(request.uri().path());
+        let info = crate::call::method_of(&request);
+        let method = grpc_method(info);
         self.metrics.attempt_started(method);
-        let sent = Sent::of(&mut request);
+        let sent = Sent::of(&mut request, info);
+        let hand_over = match &sent {
+            Sent::Known(_) => request
+                .extensions()
+                .get::<CallState>()
+                .filter(|state| state.records_attempts())
+                .cloned(),
+            Sent::Counted(_) => None,
+        };
         MetricsFuture {
             inner: self.inner.call(request),
             end: Some(AttemptEnd {
@@ -210,6 +223,7 @@ where
                 method,
                 start: Instant::now(),
                 sent,
+                hand_over,
             }),
         }
     }
@@ -243,7 +257,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        let Some(end) = this.end.take() else {
+        let Some(mut end) = this.end.take() else {
             return Poll::Ready(result.map_err(Into::into));
         };
         Poll::Ready(match result {
@@ -252,13 +266,22 @@ where
                     end.record(status.code(), 0);
                     Ok(response)
                 }
-                None => Ok(response.map(|body| {
-                    tonic::body::Body::new(AttemptBody {
-                        inner: body,
-                        bytes: MessageBytes::default(),
-                        end: Some(end),
-                    })
-                })),
+                None => match end.hand_over.take() {
+                    // The metadata layer counts the response's message bytes
+                    // anyway and sees its end: it records this attempt's end
+                    // with the call's (no body wrapper here).
+                    Some(state) => {
+                        state.hand_over_attempt(end.start, end.sent.get());
+                        Ok(response)
+                    }
+                    None => Ok(response.map(|body| {
+                        tonic::body::Body::new(AttemptBody {
+                            inner: body,
+                            bytes: MessageBytes::default(),
+                            end: Some(end),
+                        })
+                    })),
+                },
             },
             Err(error) => {
                 let status = status_from_error(error.into());

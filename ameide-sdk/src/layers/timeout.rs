@@ -135,7 +135,7 @@ impl<S> TimeoutService<S> {
             return Some(idle.0);
         }
         let idle = self.stream_idle?;
-        let streaming = ameide_proto::method(request.uri().path())
+        let streaming = crate::call::method_of(request)
             .is_some_and(|m| m.kind != ameide_proto::StreamingKind::Unary);
         (streaming && explicit_timeout(request).is_none()).then_some(idle)
     }

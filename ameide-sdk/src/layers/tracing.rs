@@ -197,7 +197,8 @@ impl<S> TracingService<S> {
     fn start_span(&self, request: &mut HttpRequest) -> (Context, SemconvMode) {
         let config = &self.config;
         let mut attributes = Vec::with_capacity(8);
-        let name = rpc_attributes(request.uri().path(), config.semconv, &mut attributes);
+        let known = crate::call::method_of(request);
+        let name = rpc_attributes(request.uri().path(), known, config.semconv, &mut attributes);
         let server = config.server.clone().or_else(|| {
             let uri = request.uri();
             uri.host().map(|h| {

@@ -20,6 +20,28 @@ pin_project! {
     /// The request body a service behind [`InboundLayer`](super::InboundLayer)
     /// receives: the caller's body, unchanged, its gRPC message bytes counted
     /// for `grpc.server.call.rcvd_total_compressed_message_size`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::server::{InboundBody, InboundLayer};
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// // A service behind the layer reads the caller's bytes as they came.
+    /// let echo = tower::service_fn(|request: http::Request<InboundBody<http_body_util::Full<bytes::Bytes>>>| async move {
+    ///     let bytes = request.into_body().collect().await.unwrap().to_bytes();
+    ///     assert_eq!(&bytes[..], b"\0\0\0\0\x02hi");
+    ///     Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http::<tonic::body::Body>())
+    /// });
+    /// let service = InboundLayer::new().layer(echo);
+    /// let request = http::Request::builder()
+    ///     .uri("/ameide_core_proto.graph.v1.GraphService/GetRepository")
+    ///     .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")))
+    ///     .unwrap();
+    /// let response = service.oneshot(request).await.unwrap();
+    /// assert_eq!(response.headers()["grpc-status"], "0");
+    /// # }
+    /// ```
     pub struct InboundBody<B> {
         #[pin]
         inner: B,

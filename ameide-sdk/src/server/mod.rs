@@ -157,10 +157,32 @@ impl InboundLayer {
     /// `provider` instead of the global `MeterProvider`.
     ///
     /// ```
-    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
-    /// let provider = SdkMeterProvider::builder().build();
-    /// let layer = ameide_sdk::server::InboundLayer::new().with_meter_provider(&provider);
-    /// # let _ = layer;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// let exporter = InMemoryMetricExporter::default();
+    /// let provider = SdkMeterProvider::builder()
+    ///     .with_reader(PeriodicReader::builder(exporter.clone()).build())
+    ///     .build();
+    /// let handler = tower::service_fn(|_request: http::Request<_>| async {
+    ///     Ok::<_, std::convert::Infallible>(tonic::Status::not_found("no").into_http::<tonic::body::Body>())
+    /// });
+    /// let service = ameide_sdk::server::InboundLayer::new()
+    ///     .with_meter_provider(&provider)
+    ///     .layer(handler);
+    /// let request = http::Request::builder()
+    ///     .uri("/ameide_core_proto.graph.v1.GraphService/GetRepository")
+    ///     .body(tonic::body::Body::empty())
+    ///     .unwrap();
+    /// service.oneshot(request).await.unwrap();
+    /// provider.force_flush().unwrap();
+    /// let names: Vec<String> = exporter.get_finished_metrics().unwrap().iter()
+    ///     .flat_map(|rm| rm.scope_metrics()).flat_map(|sm| sm.metrics())
+    ///     .map(|m| m.name().to_owned()).collect();
+    /// assert!(names.contains(&"grpc.server.call.started".to_owned()), "{names:?}");
+    /// assert!(names.contains(&"grpc.server.call.duration".to_owned()), "{names:?}");
+    /// # }
     /// ```
     pub fn with_meter_provider<P: MeterProvider + ?Sized>(self, provider: &P) -> Self {
         let meter = provider_meter(provider);
@@ -307,7 +329,13 @@ impl<S> InboundService<S> {
         }
 
         let mut attributes = Vec::with_capacity(6);
-        let name = rpc_attributes(request.uri().path(), config.semconv, &mut attributes);
+        let path = request.uri().path();
+        let name = rpc_attributes(
+            path,
+            ameide_proto::method(path),
+            config.semconv,
+            &mut attributes,
+        );
         attributes.push(KeyValue::new(
             "ameide.request_id",
             StringValue::from(request_id.clone()),
@@ -349,7 +377,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let method = grpc_method(request.uri().path());
+        let method = grpc_method(ameide_proto::method(request.uri().path()));
         self.config.metrics.call_started(method);
         let rcvd = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let end = ServerCallEnd {

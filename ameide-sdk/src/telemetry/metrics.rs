@@ -57,8 +57,8 @@ pub(crate) const SIZE_BUCKETS: [f64; 14] = [
 
 /// The `grpc.method` of a path: `package.Service/Method` for the bundle's
 /// methods, `other` for anything else (bounded cardinality).
-pub(crate) fn grpc_method(path: &str) -> &'static str {
-    ameide_proto::method(path).map_or("other", |m| &m.path[1..])
+pub(crate) fn grpc_method(method: Option<&'static ameide_proto::MethodInfo>) -> &'static str {
+    method.map_or("other", |m| &m.path[1..])
 }
 
 /// The SDK's meter from the global provider (the default).
@@ -200,7 +200,16 @@ impl ClientMetrics {
         self.attempt_rcvd.record(rcvd, &attributes);
     }
 
-    pub(crate) fn call_ended(&self, method: &'static str, code: Code, elapsed: Duration) {
+    /// The call's end, and with it the end of its committed attempt (begun
+    /// `attempt.0` ago, having sent and received these message bytes) when
+    /// the metrics layer handed that attempt over: one set of attributes for both.
+    pub(crate) fn call_ended(
+        &self,
+        method: &'static str,
+        code: Code,
+        elapsed: Duration,
+        attempt: Option<(Duration, u64, u64)>,
+    ) {
         let [m, t] = self.base(method);
         let attributes = [
             m,
@@ -209,6 +218,12 @@ impl ClientMetrics {
         ];
         self.call_duration
             .record(elapsed.as_secs_f64(), &attributes);
+        if let Some((took, sent, rcvd)) = attempt {
+            self.attempt_duration
+                .record(took.as_secs_f64(), &attributes);
+            self.attempt_sent.record(sent, &attributes);
+            self.attempt_rcvd.record(rcvd, &attributes);
+        }
         if let Some(rpc) = &self.rpc_call_duration {
             record_rpc(rpc, method, code, elapsed.as_secs_f64());
         }
@@ -353,11 +368,12 @@ mod tests {
 
     #[test]
     fn methods_outside_the_bundle_are_other() {
+        let method = |path| grpc_method(ameide_proto::method(path));
         assert_eq!(
-            grpc_method("/ameide_core_proto.graph.v1.GraphService/ListRepositories"),
+            method("/ameide_core_proto.graph.v1.GraphService/ListRepositories"),
             "ameide_core_proto.graph.v1.GraphService/ListRepositories"
         );
-        assert_eq!(grpc_method("/evil.Service/Random123"), "other");
-        assert_eq!(grpc_method(""), "other");
+        assert_eq!(method("/evil.Service/Random123"), "other");
+        assert_eq!(method(""), "other");
     }
 }

@@ -64,10 +64,10 @@ impl SemconvMode {
 /// `&'static str` from the method table: no allocation per span.
 pub(crate) fn rpc_attributes(
     path: &str,
+    known: Option<&'static ameide_proto::MethodInfo>,
     semconv: SemconvMode,
     attributes: &mut Vec<KeyValue>,
 ) -> Cow<'static, str> {
-    let known = ameide_proto::method(path);
     let (full_method, service, method): (StringValue, StringValue, StringValue) = match known {
         Some(info) => (
             StringValue::from(&info.path[1..]),

@@ -83,8 +83,11 @@ where
         .extensions
         .get::<SafeRetries>()
         .map_or(policy.safe, |s| s.0);
-    let method_is_safe =
-        ameide_proto::method(parts.uri.path()).is_some_and(|m| m.idempotency.is_safe_to_repeat());
+    let method = match &state {
+        Some(state) => state.method(),
+        None => ameide_proto::method(parts.uri.path()),
+    };
+    let method_is_safe = method.is_some_and(|m| m.idempotency.is_safe_to_repeat());
     let known = KnownExtensions::capture(&parts.extensions);
     let mut first_extensions = known
         .as_ref()

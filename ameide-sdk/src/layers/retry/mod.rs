@@ -186,7 +186,7 @@ where
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         let replayable =
-            ameide_proto::method(request.uri().path()).is_some_and(|m| m.kind.has_single_request());
+            crate::call::method_of(&request).is_some_and(|m| m.kind.has_single_request());
         let state = request.extensions().get::<CallState>().cloned();
         if !replayable {
             if let Some(state) = &state {
