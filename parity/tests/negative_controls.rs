@@ -99,8 +99,12 @@ const DEADLINE_CASES: &[&str] = &[
 ];
 
 /// Cases that last long enough (slow replies, backoffs) that a shorter
-/// budget may or may not cut them.
+/// budget may or may not cut them. Three attempts under the default policy
+/// wait two jittered backoffs, 125–375 ms and 250–750 ms: 0.4–1.1 s in all,
+/// so a 1 s budget cuts them or not by the draw.
 const LONG_CASES: &[&str] = &[
+    "previous-attempts-header-counts",
+    "request-id-same-on-every-retry",
     "server-deadline-exceeded-retried-while-budget-remains",
     "exhausted-returns-last-status",
     "aborted-exhausted",

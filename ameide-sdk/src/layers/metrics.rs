@@ -28,7 +28,7 @@ use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_onl
 use crate::call::CallState;
 use crate::telemetry::SemconvMode;
 use crate::telemetry::metrics::{
-    ClientMetrics, MessageBytes, global_meter, grpc_method, provider_meter,
+    ClientMetrics, CountedBody, MessageBytes, global_meter, grpc_method, provider_meter,
 };
 
 /// Records gRPC's per-attempt metrics (gRFC A66) of every attempt.
@@ -151,11 +151,7 @@ impl Sent {
         }
         let counted = Arc::new(AtomicU64::new(0));
         let body = std::mem::take(request.body_mut());
-        *request.body_mut() = tonic::body::Body::new(CountBody {
-            inner: body,
-            bytes: MessageBytes::default(),
-            out: counted.clone(),
-        });
+        *request.body_mut() = tonic::body::Body::new(CountedBody::new(body, counted.clone()));
         Sent::Counted(counted)
     }
 
@@ -343,44 +339,6 @@ impl http_body::Body for AttemptBody {
             && let Some(end) = this.end.take()
         {
             end.record(code, this.bytes.total());
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-pin_project! {
-    /// Counts the message bytes of a streamed request.
-    struct CountBody {
-        #[pin]
-        inner: tonic::body::Body,
-        bytes: MessageBytes,
-        out: Arc<AtomicU64>,
-    }
-}
-
-impl http_body::Body for CountBody {
-    type Data = bytes::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.bytes.feed(data);
-            this.out.store(this.bytes.total(), Ordering::Relaxed);
         }
         polled
     }

@@ -1,6 +1,7 @@
 //! The inbound layer's metrics (gRFC A66, server side): the request body
-//! that counts received message bytes, and the response body that counts
-//! sent ones and records the call when its status goes out.
+//! that counts received message bytes ([`InboundBody`], shared with the
+//! client's metrics layer), and the response body that counts sent ones and
+//! records the call when its status goes out.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,88 +17,7 @@ use tonic::{Code, Status};
 use crate::grpc_headers::grpc_code;
 use crate::telemetry::metrics::{MessageBytes, ServerMetrics};
 
-pin_project! {
-    /// The request body a service behind [`InboundLayer`](super::InboundLayer)
-    /// receives: the caller's body, unchanged, its gRPC message bytes counted
-    /// for `grpc.server.call.rcvd_total_compressed_message_size`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// use ameide_sdk::server::{InboundBody, InboundLayer};
-    /// use http_body_util::BodyExt;
-    /// use tower::{Layer, ServiceExt};
-    ///
-    /// // A service behind the layer reads the caller's bytes as they came.
-    /// let echo = tower::service_fn(|request: http::Request<InboundBody<http_body_util::Full<bytes::Bytes>>>| async move {
-    ///     let bytes = request.into_body().collect().await.unwrap().to_bytes();
-    ///     assert_eq!(&bytes[..], b"\0\0\0\0\x02hi");
-    ///     Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http::<tonic::body::Body>())
-    /// });
-    /// let service = InboundLayer::new().layer(echo);
-    /// let request = http::Request::builder()
-    ///     .uri("/ameide_core_proto.graph.v1.GraphService/GetRepository")
-    ///     .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")))
-    ///     .unwrap();
-    /// let response = service.oneshot(request).await.unwrap();
-    /// assert_eq!(response.headers()["grpc-status"], "0");
-    /// # }
-    /// ```
-    pub struct InboundBody<B> {
-        #[pin]
-        inner: B,
-        bytes: MessageBytes,
-        out: Arc<AtomicU64>,
-    }
-}
-
-impl<B> std::fmt::Debug for InboundBody<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboundBody")
-            .field("message_bytes", &self.bytes.total())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B> InboundBody<B> {
-    pub(super) fn new(inner: B, out: Arc<AtomicU64>) -> Self {
-        InboundBody {
-            inner,
-            bytes: MessageBytes::default(),
-            out,
-        }
-    }
-}
-
-impl<B> http_body::Body for InboundBody<B>
-where
-    B: http_body::Body<Data = bytes::Bytes>,
-{
-    type Data = bytes::Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.bytes.feed(data);
-            this.out.store(this.bytes.total(), Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub use crate::telemetry::metrics::CountedBody as InboundBody;
 
 /// What recording a server call's end needs.
 pub(super) struct ServerCallEnd {

@@ -20,8 +20,14 @@
 //! `grpc.target` is the client's endpoint as configured. Histograms carry the
 //! bucket boundaries A66 recommends (an SDK view can override them).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+
+use http_body::Frame;
+use pin_project_lite::pin_project;
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
 use opentelemetry::{KeyValue, StringValue};
@@ -334,6 +340,91 @@ impl MessageBytes {
 
     pub(crate) fn total(&self) -> u64 {
         self.total
+    }
+}
+
+pin_project! {
+    /// A body passed on unchanged, its gRPC message bytes counted (into a
+    /// shared counter) as they go by. Public as `server::InboundBody`: the
+    /// request body a service behind `server::InboundLayer` receives, counted
+    /// for `grpc.server.call.rcvd_total_compressed_message_size`; the client's
+    /// metrics layer counts a streamed request with it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::server::{InboundBody, InboundLayer};
+    /// use http_body_util::BodyExt;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// // A service behind the layer reads the caller's bytes as they came.
+    /// let echo = tower::service_fn(|request: http::Request<InboundBody<http_body_util::Full<bytes::Bytes>>>| async move {
+    ///     let bytes = request.into_body().collect().await.unwrap().to_bytes();
+    ///     assert_eq!(&bytes[..], b"\0\0\0\0\x02hi");
+    ///     Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http::<tonic::body::Body>())
+    /// });
+    /// let service = InboundLayer::new().layer(echo);
+    /// let request = http::Request::builder()
+    ///     .uri("/ameide_core_proto.graph.v1.GraphService/GetRepository")
+    ///     .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")))
+    ///     .unwrap();
+    /// let response = service.oneshot(request).await.unwrap();
+    /// assert_eq!(response.headers()["grpc-status"], "0");
+    /// # }
+    /// ```
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        bytes: MessageBytes,
+        out: Arc<AtomicU64>,
+    }
+}
+
+impl<B> std::fmt::Debug for CountedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountedBody")
+            .field("message_bytes", &self.bytes.total())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> CountedBody<B> {
+    pub(crate) fn new(inner: B, out: Arc<AtomicU64>) -> Self {
+        CountedBody {
+            inner,
+            bytes: MessageBytes::default(),
+            out,
+        }
+    }
+}
+
+impl<B> http_body::Body for CountedBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.bytes.feed(data);
+            this.out.store(this.bytes.total(), Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
