@@ -443,6 +443,51 @@ async fn the_stable_rpc_convention_adds_rpc_client_call_duration() {
 }
 
 #[tokio::test]
+async fn the_inbound_layer_adds_rpc_server_call_duration_under_the_stable_convention() {
+    let recorder = Recorder::new();
+    // The mode set after the provider still reaches the metrics.
+    let inbound = InboundLayer::new()
+        .with_meter_provider(&recorder.provider)
+        .with_semconv(SemconvMode::Stable);
+    let addr = ameide_tests::serve_inbound(inbound, InferenceServiceServer::new(Inference)).await;
+    let client = AmeideClient::builder()
+        .endpoint(format!("http://{addr}"))
+        .build()
+        .unwrap();
+    let err = client
+        .inference()
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let list = "ameide_core_proto.inference.v1.InferenceService/ListAgents";
+    let wanted = [
+        ("rpc.system.name", "grpc"),
+        ("rpc.method", list),
+        ("rpc.response.status_code", "NOT_FOUND"),
+        ("error.type", "NOT_FOUND"),
+    ];
+    let mut series = recorder.series();
+    for _ in 0..100 {
+        if series.contains_key(&("rpc.server.call.duration".to_owned(), attrs(&wanted))) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        series = recorder.series();
+    }
+    assert_eq!(get(&series, "rpc.server.call.duration", &wanted).count, 1);
+    assert_eq!(
+        get(
+            &series,
+            "grpc.server.call.duration",
+            &[("grpc.method", list), ("grpc.status", "NOT_FOUND")]
+        )
+        .count,
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_client_without_a_provider_records_nothing_anywhere() {
     // Built before any global MeterProvider is installed (this test binary
     // never installs one): OpenTelemetry's no-op instruments.

@@ -107,6 +107,9 @@ struct Config {
     tracer: Arc<BoxedTracer>,
     semconv: SemconvMode,
     generator: RequestIdGenerator,
+    /// The meter the metrics come from, kept so that a later
+    /// [`InboundLayer::with_semconv`] rebuilds them in its mode.
+    meter: opentelemetry::metrics::Meter,
     metrics: Arc<ServerMetrics>,
 }
 
@@ -129,12 +132,14 @@ impl InboundLayer {
     /// `OTEL_SEMCONV_STABILITY_OPT_IN` and UUID v4 request ids.
     pub fn new() -> Self {
         let semconv = SemconvMode::from_env();
+        let meter = global_meter();
         InboundLayer {
             config: Arc::new(Config {
                 tracer: global_tracer(),
                 semconv,
                 generator: RequestIdGenerator::uuid_v4(),
-                metrics: ServerMetrics::new(&global_meter(), semconv),
+                metrics: ServerMetrics::new(&meter, semconv),
+                meter,
             }),
         }
     }
@@ -144,6 +149,7 @@ impl InboundLayer {
             tracer: self.config.tracer.clone(),
             semconv: self.config.semconv,
             generator: self.config.generator.clone(),
+            meter: self.config.meter.clone(),
             metrics: self.config.metrics.clone(),
         };
         f(&mut config);
@@ -186,7 +192,10 @@ impl InboundLayer {
     /// ```
     pub fn with_meter_provider<P: MeterProvider + ?Sized>(self, provider: &P) -> Self {
         let meter = provider_meter(provider);
-        self.edit(|c| c.metrics = ServerMetrics::new(&meter, c.semconv))
+        self.edit(|c| {
+            c.metrics = ServerMetrics::new(&meter, c.semconv);
+            c.meter = meter;
+        })
     }
 
     /// Creates SERVER spans with `provider` instead of the global one.
@@ -200,11 +209,14 @@ impl InboundLayer {
         self.edit(|c| c.tracer = tracer)
     }
 
-    /// Overrides the semantic-convention mode read from the environment
-    /// (for spans, and for the `rpc.server.call.duration` metric of a layer
-    /// whose meter provider is set after this).
+    /// Overrides the semantic-convention mode read from the environment,
+    /// for the spans and for the `rpc.server.call.duration` metric (in
+    /// whichever order it and [`with_meter_provider`](Self::with_meter_provider) are called).
     pub fn with_semconv(self, mode: SemconvMode) -> Self {
-        self.edit(|c| c.semconv = mode)
+        self.edit(|c| {
+            c.semconv = mode;
+            c.metrics = ServerMetrics::new(&c.meter, mode);
+        })
     }
 
     /// Generates missing request ids with `generator`.
