@@ -214,7 +214,23 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
                 return;
             }
             StreamFault::Drop => {
-                let _ = read_body(request.into_body()).await;
+                // h2 hands the body's DATA frames over only while the
+                // connection is polled: read the body *and* drive the
+                // connection (a request whose DATA came in a later TCP
+                // segment than its HEADERS used to wait here forever, and
+                // the client's call ran into its deadline).
+                let body = read_body(request.into_body());
+                tokio::pin!(body);
+                loop {
+                    tokio::select! {
+                        _ = &mut body => break,
+                        next = connection.accept() => {
+                            if !matches!(next, Some(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
                 return; // dropping `connection` closes the socket
             }
             StreamFault::Ok | StreamFault::GoAway | StreamFault::CutAfter(_) | StreamFault::Raw => {
