@@ -382,7 +382,26 @@ where
             Admitted::InLine(acquire, since) => {
                 request.extensions_mut().insert(CallStart(since));
                 if unary {
-                    return self.wait_then_call(acquire, request);
+                    // Still in line after `max_wait`: wait on, in the same
+                    // place, until the call's deadline. One whose deadline
+                    // passes in line still goes down the stack, where the
+                    // timeout layer fails it with `DEADLINE_EXCEEDED`
+                    // (request id and all) without sending it.
+                    let timeout = self.gate.as_ref().map_or(Duration::ZERO, Gate::timeout);
+                    let (deadline, _) = crate::layers::timeout::call_deadline(&request, timeout);
+                    let service = self.inner.clone();
+                    return ResponseFuture {
+                        inner: Box::pin(async move {
+                            let permit = tokio::time::timeout_at(deadline, acquire)
+                                .await
+                                .ok()
+                                .and_then(Result::ok);
+                            let response = service.oneshot(request).await;
+                            drop(permit);
+                            response
+                        }),
+                        permit: None,
+                    };
                 }
                 None
             }
@@ -394,39 +413,5 @@ where
             Box::pin(self.inner.clone().oneshot(request))
         };
         ResponseFuture { inner, permit }
-    }
-}
-
-impl<S> Admit<S>
-where
-    S: Service<
-            HttpRequest,
-            Response = HttpResponse,
-            Error = BoxError,
-            Future = BoxFuture<'static, Result<HttpResponse, BoxError>>,
-        > + Clone
-        + Send
-        + 'static,
-{
-    /// A unary call still in line after `max_wait`: wait on, in the same place,
-    /// until the call's deadline. One whose deadline passes in line still goes
-    /// down the stack, where the timeout layer fails it with
-    /// `DEADLINE_EXCEEDED` (request id and all) without sending it.
-    fn wait_then_call(&mut self, acquire: Acquire, request: HttpRequest) -> ResponseFuture {
-        let timeout = self.gate.as_ref().map_or(Duration::ZERO, Gate::timeout);
-        let (deadline, _) = crate::layers::timeout::call_deadline(&request, timeout);
-        let service = self.inner.clone();
-        ResponseFuture {
-            inner: Box::pin(async move {
-                let permit = tokio::time::timeout_at(deadline, acquire)
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                let response = service.oneshot(request).await;
-                drop(permit);
-                response
-            }),
-            permit: None,
-        }
     }
 }

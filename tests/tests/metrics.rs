@@ -50,6 +50,21 @@ impl Recorder {
         Recorder { exporter, provider }
     }
 
+    /// The series once `ready` holds of them, or after a second: the server
+    /// records a call when its response stream ends, a moment after the
+    /// client has read it.
+    async fn series_once(&self, ready: impl Fn(&Series) -> bool) -> Series {
+        let mut series = self.series();
+        for _ in 0..100 {
+            if ready(&series) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            series = self.series();
+        }
+        series
+    }
+
     /// Every series recorded so far (cumulative), keyed by name and attributes.
     fn series(&self) -> Series {
         self.provider.force_flush().unwrap();
@@ -467,14 +482,9 @@ async fn the_inbound_layer_adds_rpc_server_call_duration_under_the_stable_conven
         ("rpc.response.status_code", "NOT_FOUND"),
         ("error.type", "NOT_FOUND"),
     ];
-    let mut series = recorder.series();
-    for _ in 0..100 {
-        if series.contains_key(&("rpc.server.call.duration".to_owned(), attrs(&wanted))) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        series = recorder.series();
-    }
+    let series = recorder
+        .series_once(|s| s.contains_key(&("rpc.server.call.duration".to_owned(), attrs(&wanted))))
+        .await;
     assert_eq!(get(&series, "rpc.server.call.duration", &wanted).count, 1);
     assert_eq!(
         get(
@@ -593,19 +603,14 @@ async fn the_inbound_layer_records_server_calls_and_handlers_return_sdk_errors_w
     // The server records when its response stream ends, a moment after the
     // client has read it: wait for it.
     let list = "ameide_core_proto.inference.v1.InferenceService/ListAgents";
-    let mut series = recorder.series();
-    for _ in 0..100 {
-        if series
-            .keys()
-            .filter(|(n, _)| n == "grpc.server.call.duration")
-            .count()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        series = recorder.series();
-    }
+    let series = recorder
+        .series_once(|s| {
+            s.keys()
+                .filter(|(n, _)| n == "grpc.server.call.duration")
+                .count()
+                == 2
+        })
+        .await;
     assert_eq!(
         get(
             &series,

@@ -28,7 +28,8 @@ use super::{BoxError, HttpRequest, HttpResponse, status_from_error, trailers_onl
 use crate::call::CallState;
 use crate::telemetry::SemconvMode;
 use crate::telemetry::metrics::{
-    ClientMetrics, CountedBody, MessageBytes, global_meter, grpc_method, provider_meter,
+    ClientMetrics, CountedBody, MessageBytes, global_meter, grpc_method, observe_frame,
+    provider_meter,
 };
 
 /// Records gRPC's per-attempt metrics (gRFC A66) of every attempt.
@@ -319,23 +320,8 @@ impl http_body::Body for AttemptBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        let code = match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes.feed(data);
-                    None
-                } else {
-                    frame
-                        .trailers_ref()
-                        .map(|t| crate::grpc_headers::grpc_code(t).unwrap_or(Code::Unknown))
-                }
-            }
-            Poll::Ready(Some(Err(status))) => Some(status.code()),
-            // Ended without trailers: tonic reports it as an error too.
-            Poll::Ready(None) => Some(Code::Internal),
-            Poll::Pending => None,
-        };
-        if let Some(code) = code
+        // Ended without trailers: tonic reports it as INTERNAL too.
+        if let Some(code) = observe_frame(&polled, this.bytes, Code::Internal)
             && let Some(end) = this.end.take()
         {
             end.record(code, this.bytes.total());

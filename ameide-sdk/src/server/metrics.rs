@@ -14,8 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::grpc_headers::grpc_code;
-use crate::telemetry::metrics::{MessageBytes, ServerMetrics};
+use crate::telemetry::metrics::{MessageBytes, ServerMetrics, observe_frame};
 
 pub use crate::telemetry::metrics::CountedBody as InboundBody;
 
@@ -95,22 +94,7 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         };
-        let code = match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes.feed(data);
-                    None
-                } else {
-                    frame
-                        .trailers_ref()
-                        .map(|t| grpc_code(t).unwrap_or(Code::Unknown))
-                }
-            }
-            Poll::Ready(Some(Err(status))) => Some(status.code()),
-            Poll::Ready(None) => Some(Code::Unknown),
-            Poll::Pending => None,
-        };
-        if let Some(code) = code
+        if let Some(code) = observe_frame(&polled, this.bytes, Code::Unknown)
             && let Some(end) = this.end.take()
         {
             end.record(code, this.bytes.total());

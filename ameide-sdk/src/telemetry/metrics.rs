@@ -303,6 +303,31 @@ impl ServerMetrics {
     }
 }
 
+/// What a response body that records metrics sees in one polled frame: a
+/// data frame's message bytes go into `bytes`; the stream's end gives its
+/// code (the trailers' `grpc-status`, `UNKNOWN` without one; the error's
+/// code; `no_trailers` for a stream that stops without trailers).
+pub(crate) fn observe_frame(
+    polled: &Poll<Option<Result<Frame<bytes::Bytes>, tonic::Status>>>,
+    bytes: &mut MessageBytes,
+    no_trailers: Code,
+) -> Option<Code> {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+            Some(data) => {
+                bytes.feed(data);
+                None
+            }
+            None => frame
+                .trailers_ref()
+                .map(|t| crate::grpc_headers::grpc_code(t).unwrap_or(Code::Unknown)),
+        },
+        Poll::Ready(Some(Err(status))) => Some(status.code()),
+        Poll::Ready(None) => Some(no_trailers),
+        Poll::Pending => None,
+    }
+}
+
 /// Counts the message bytes of a gRPC-framed stream: every 5-byte prefix is
 /// read (its length says how much message follows) and left out, however
 /// the stream is split into chunks. Saturates; never panics.
