@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -405,11 +405,33 @@ fn tls_cause(error: &std::io::Error) -> String {
     }
 }
 
+/// The executor hyper spawns its per-stream futures on.
+///
+/// hyper hands every spawned future over as one enum whose largest variant
+/// drives the whole connection (kilobytes). Spawned as it is, each per-call
+/// future (two per call: the request body's pipe and the response's
+/// hand-over) is copied several times on its way into a task cell sized for
+/// that variant. Boxed first, it is copied once, and the task holds a pointer.
+#[derive(Clone, Copy)]
+struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = F::Output> + Send>> =
+            Box::pin(future);
+        tokio::spawn(boxed);
+    }
+}
+
 async fn handshake<T>(target: &Target, io: T) -> Result<SendRequest<tonic::body::Body>, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::client::conn::http2::Builder::new(BoxingExecutor);
     builder
         .timer(TokioTimer::new())
         .keep_alive_while_idle(false)
