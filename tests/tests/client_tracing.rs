@@ -122,6 +122,80 @@ async fn attempt_spans_are_children_of_the_callers_span() {
     );
 }
 
+/// A no-op tracer (OpenTelemetry's default until a provider is installed)
+/// starts no span of the SDK's: the caller's own trace context goes on the
+/// wire as it is, with the session baggage, on every attempt, and the
+/// caller's span is never ended by the SDK.
+#[tokio::test(start_paused = true)]
+async fn with_a_no_op_tracer_the_callers_trace_context_goes_on_the_wire_unchanged() {
+    use opentelemetry::trace::noop::NoopTracerProvider;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("warming up")),
+    );
+    server.push(paths::LIST_REPOSITORIES, Reply::ok());
+    let client = mock_client(&server)
+        .tracer_provider(&NoopTracerProvider::new())
+        .session_id("sess-9")
+        .build()
+        .unwrap();
+
+    // No caller context: no traceparent, the session still in baggage.
+    client.graph().list_repositories(list()).await.unwrap();
+    let attempts = server.attempts();
+    assert_eq!(attempts.len(), 2);
+    for attempt in &attempts {
+        assert_eq!(attempt.header("traceparent"), None);
+        assert_eq!(attempt.header("baggage"), Some("ameide.session_id=sess-9"));
+    }
+
+    // A caller's span (another tracer's, recording): its context is what the
+    // server sees, and it is still recording after the call.
+    let (provider, exporter) = provider();
+    let caller_span = provider.tracer("app").start("handle-request");
+    let caller = Context::current_with_span(caller_span);
+    let expected = format!(
+        "00-{}-{}-01",
+        caller.span().span_context().trace_id(),
+        caller.span().span_context().span_id()
+    );
+    server.push(paths::LIST_REPOSITORIES, Reply::ok());
+    {
+        let _guard = caller.clone().attach();
+        client.graph().list_repositories(list()).await.unwrap();
+    }
+    assert_eq!(
+        server.attempts()[2].header("traceparent"),
+        Some(expected.as_str())
+    );
+    assert!(
+        caller.span().is_recording(),
+        "the SDK never ends the caller's span"
+    );
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+
+    // A remote parent that is not sampled keeps its flags.
+    let remote = SpanContext::new(
+        TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128),
+        SpanId::from(0xb7ad_6b71_6920_3331_u64),
+        TraceFlags::default(),
+        true,
+        TraceState::default(),
+    );
+    server.push(paths::LIST_REPOSITORIES, Reply::ok());
+    {
+        let _guard = Context::new().with_remote_span_context(remote).attach();
+        client.graph().list_repositories(list()).await.unwrap();
+    }
+    assert_eq!(
+        server.attempts()[3].header("traceparent"),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn stable_and_duplicate_semconv_modes_emit_the_newer_names() {
     let (provider, exporter) = provider();

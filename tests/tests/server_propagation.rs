@@ -87,8 +87,11 @@ impl AgentsService for Upstream {
     }
 }
 
-async fn serve<S>(service: S, provider: &SdkTracerProvider) -> SocketAddr
+async fn serve<S, P, T, Sp>(service: S, provider: &P) -> SocketAddr
 where
+    P: opentelemetry::trace::TracerProvider<Tracer = T>,
+    T: opentelemetry::trace::Tracer<Span = Sp> + Send + Sync + 'static,
+    Sp: opentelemetry::trace::Span + Send + Sync + 'static,
     S: tower::Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
@@ -223,6 +226,68 @@ async fn two_chained_services_share_request_id_trace_session_and_deadline() {
             caller_span.span_context.trace_id()
         );
     }
+}
+
+/// With no tracer provider anywhere (OpenTelemetry's no-op tracer), neither
+/// the inbound layer nor the client starts a span: the caller's trace
+/// context passes through both hops unchanged, and the session with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tracer_the_callers_trace_context_flows_through_both_hops() {
+    use opentelemetry::trace::noop::NoopTracerProvider;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::{Context, context::FutureExt};
+
+    let noop = NoopTracerProvider::new();
+    let (up_log, down_log) = (Log::default(), Log::default());
+    let down_addr = serve(
+        InferenceServiceServer::new(Downstream {
+            log: down_log.clone(),
+        }),
+        &noop,
+    )
+    .await;
+    let downstream = AmeideClient::builder()
+        .endpoint(format!("http://{down_addr}"))
+        .tracer_provider(&noop)
+        .build()
+        .unwrap();
+    let upstream = serve(
+        AgentsServiceServer::new(Upstream {
+            log: up_log.clone(),
+            downstream,
+        }),
+        &noop,
+    )
+    .await;
+    let caller = AmeideClient::builder()
+        .endpoint(format!("http://{upstream}"))
+        .session_id("sess-3")
+        .tracer_provider(&noop)
+        .build()
+        .unwrap();
+    let trace = TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128);
+    let remote = SpanContext::new(
+        trace,
+        SpanId::from(0x00f0_67aa_0ba9_02b7_u64),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    caller
+        .agents()
+        .publish_agent(PublishAgentRequest::default())
+        .with_context(Context::new().with_remote_span_context(remote))
+        .await
+        .unwrap();
+
+    let up = up_log.0.lock().unwrap()[0].clone();
+    let down = down_log.0.lock().unwrap()[0].clone();
+    assert_eq!(up.trace_id, Some(trace.to_string()));
+    assert_eq!(down.trace_id, Some(trace.to_string()));
+    assert_eq!(up.session.as_deref(), Some("sess-3"));
+    assert_eq!(down.session.as_deref(), Some("sess-3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

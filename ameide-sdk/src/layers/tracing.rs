@@ -26,7 +26,6 @@ use std::task::{Context as TaskContext, Poll};
 
 use http::HeaderValue;
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use percent_encoding::utf8_percent_encode;
@@ -38,10 +37,12 @@ use crate::call::SessionId;
 
 pub use crate::telemetry::SemconvMode;
 use crate::telemetry::propagation::{BAGGAGE_VALUE, inject};
-use crate::telemetry::{Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes};
+use crate::telemetry::{
+    SdkTracer, Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
+};
 
 struct TracingConfig {
-    tracer: Arc<BoxedTracer>,
+    tracer: Arc<SdkTracer>,
     semconv: SemconvMode,
     session_id: Option<Arc<str>>,
     /// `baggage: ameide.session_id=…` for the configured session, built once.
@@ -194,8 +195,14 @@ impl<S> fmt::Debug for TracingService<S> {
 }
 
 impl<S> TracingService<S> {
-    fn start_span(&self, request: &mut HttpRequest) -> (Context, SemconvMode) {
+    /// Starts the attempt's span (none for a no-op tracer) and returns the
+    /// context whose trace context goes on the wire.
+    fn start_span(&self, request: &mut HttpRequest) -> Context {
         let config = &self.config;
+        let parent = Context::current();
+        if !config.tracer.creates_spans() {
+            return parent;
+        }
         let mut attributes = Vec::with_capacity(8);
         let known = crate::call::method_of(request);
         let name = rpc_attributes(request.uri().path(), known, config.semconv, &mut attributes);
@@ -222,16 +229,21 @@ impl<S> TracingService<S> {
         {
             attributes.push(KeyValue::new("ameide.request_id", id.to_owned()));
         }
-        let parent = Context::current();
-        let span = config.tracer.build_with_context(
-            config
-                .tracer
+        let tracer = config.tracer.tracer();
+        let span = tracer.build_with_context(
+            tracer
                 .span_builder(name)
                 .with_kind(SpanKind::Client)
                 .with_attributes(attributes),
             &parent,
         );
-        let cx = parent.with_span(span);
+        parent.with_span(span)
+    }
+
+    /// Puts `cx`'s trace context and the baggage (with the session id) on
+    /// the request.
+    fn inject(&self, cx: &Context, request: &mut HttpRequest) {
+        let config = &self.config;
         let per_call_session = request.extensions().get::<SessionId>().map(|s| s.0.clone());
         match (&config.session_baggage, per_call_session) {
             // The common case: the client's session, no other baggage: one
@@ -239,17 +251,16 @@ impl<S> TracingService<S> {
             (Some(baggage), None)
                 if cx.baggage().is_empty() && !request.headers().contains_key(names::BAGGAGE) =>
             {
-                inject(&cx, request, None);
+                inject(cx, request, None);
                 request
                     .headers_mut()
                     .insert(names::BAGGAGE, baggage.clone());
             }
             (_, per_call) => {
                 let session = per_call.or_else(|| config.session_id.clone());
-                inject(&cx, request, session);
+                inject(cx, request, session);
             }
         }
-        (cx, config.semconv)
     }
 }
 
@@ -268,14 +279,16 @@ where
     }
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
-        let (cx, semconv) = self.start_span(&mut request);
+        let cx = self.start_span(&mut request);
+        self.inject(&cx, &mut request);
         // A span nobody records (a no-op tracer, a sampler that said no) has
-        // nothing to end: the response passes through unwrapped.
-        let span = cx.span().is_recording().then_some(cx);
+        // nothing to end: the response passes through unwrapped. Without a
+        // span of ours, `cx` is the caller's: never ours to end.
+        let span = (self.config.tracer.creates_spans() && cx.span().is_recording()).then_some(cx);
         TracingFuture {
             inner: self.inner.call(request),
             span,
-            semconv,
+            semconv: self.config.semconv,
         }
     }
 }

@@ -59,7 +59,6 @@ use std::task::{Context as TaskContext, Poll};
 use http::HeaderValue;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::context::{FutureExt as _, WithContext};
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
     SpanContext, SpanKind, TraceContextExt, TraceState, Tracer, TracerProvider,
 };
@@ -76,7 +75,9 @@ use crate::inbound::{INBOUND, Inner};
 use crate::request_id::RequestIdGenerator;
 use crate::telemetry::SemconvMode;
 use crate::telemetry::metrics::{ServerMetrics, global_meter, grpc_method, provider_meter};
-use crate::telemetry::{Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes};
+use crate::telemetry::{
+    SdkTracer, Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
+};
 use crate::wire_types::BoxError;
 use opentelemetry::metrics::MeterProvider;
 
@@ -104,7 +105,7 @@ pub struct InboundLayer {
 }
 
 struct Config {
-    tracer: Arc<BoxedTracer>,
+    tracer: Arc<SdkTracer>,
     semconv: SemconvMode,
     generator: RequestIdGenerator,
     /// The meter the metrics come from, kept so that a later
@@ -340,27 +341,33 @@ impl<S> InboundService<S> {
             parent = parent.with_baggage(baggage);
         }
 
-        let mut attributes = Vec::with_capacity(6);
-        let path = request.uri().path();
-        let name = rpc_attributes(
-            path,
-            ameide_proto::method(path),
-            config.semconv,
-            &mut attributes,
-        );
-        attributes.push(KeyValue::new(
-            "ameide.request_id",
-            StringValue::from(request_id.clone()),
-        ));
-        let span = config.tracer.build_with_context(
-            config
-                .tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Server)
-                .with_attributes(attributes),
-            &parent,
-        );
-        let otel = parent.with_span(span);
+        // A no-op tracer starts no span: the caller's trace context (and
+        // baggage) is what handlers and their outgoing calls carry on.
+        let otel = if config.tracer.creates_spans() {
+            let mut attributes = Vec::with_capacity(6);
+            let path = request.uri().path();
+            let name = rpc_attributes(
+                path,
+                ameide_proto::method(path),
+                config.semconv,
+                &mut attributes,
+            );
+            attributes.push(KeyValue::new(
+                "ameide.request_id",
+                StringValue::from(request_id.clone()),
+            ));
+            let tracer = config.tracer.tracer();
+            let span = tracer.build_with_context(
+                tracer
+                    .span_builder(name)
+                    .with_kind(SpanKind::Server)
+                    .with_attributes(attributes),
+                &parent,
+            );
+            parent.with_span(span)
+        } else {
+            parent
+        };
         InboundContext {
             inner: Arc::new(Inner {
                 tenant_id,
@@ -404,9 +411,11 @@ where
         let echo = HeaderValue::from_str(&context.inner.request_id).ok();
         let request = request.map(|body| InboundBody::new(body, rcvd));
         let future = INBOUND.scope(context, self.inner.call(request).with_context(otel.clone()));
+        // Only a span of ours is ended (never the caller's remote context).
+        let span = self.config.tracer.creates_spans().then_some(otel);
         InboundFuture {
             inner: future,
-            span: Some(otel),
+            span,
             echo,
             semconv: self.config.semconv,
             end: Some(end),
