@@ -146,6 +146,33 @@ fn sample_json(s: &Sample, raw: &Sample, items: &str, item: &str) -> Value {
     })
 }
 
+/// The floor the targets are measured against (issue 16).
+pub const FLOOR: &str = "raw+headers";
+
+/// The client's rate and CPU over `floor`'s, round by round (the two windows
+/// of one round ran a few seconds apart), and the median of those ratios:
+/// less moved by the machine's drift between rounds than the ratio of the
+/// two medians.
+fn paired_json(client: &[Sample], floor: &[Sample]) -> Value {
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let rate: Vec<f64> = client.iter().zip(floor).map(|(c, f)| c.rate / f.rate).collect();
+    let cpu: Vec<f64> = client
+        .iter()
+        .zip(floor)
+        .map(|(c, f)| c.cpu_us_per_item / f.cpu_us_per_item)
+        .collect();
+    json!({
+        "rate_ratio": r3(median(rate.clone())),
+        "cpu_ratio": r3(median(cpu.clone())),
+        "rate_ratios": rate.into_iter().map(r3).collect::<Vec<_>>(),
+        "cpu_ratios": cpu.into_iter().map(r3).collect::<Vec<_>>(),
+    })
+}
+
 fn read_first_line(path: &str) -> String {
     std::fs::read_to_string(path)
         .ok()
@@ -265,8 +292,17 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
             };
             for &concurrency in &options.concurrency {
                 let mut runs: Vec<Vec<Sample>> = vec![Vec::new(); built.len()];
-                for _ in 0..options.rounds {
-                    for (k, (name, client)) in built.iter().enumerate() {
+                for round in 0..options.rounds {
+                    // Every other round runs the clients in reverse order, so
+                    // a drift of the machine during a round weighs on the
+                    // first and last clients alike.
+                    let order: Vec<usize> = if round % 2 == 0 {
+                        (0..built.len()).collect()
+                    } else {
+                        (0..built.len()).rev().collect()
+                    };
+                    for k in order {
+                        let (name, client) = &built[k];
                         let sample = measure::window(client, kind, concurrency, options.duration)
                             .await
                             .map_err(|e| format!("{name} {kind_name} at {concurrency}: {e}"))?;
@@ -276,11 +312,13 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
                 let medians: Vec<Sample> = runs.iter().map(|r| measure::median(r)).collect();
                 let raw = medians[0];
                 let mut row = serde_json::Map::new();
+                let floor = built.iter().position(|(name, _)| *name == FLOOR);
                 for (k, (name, _)) in built.iter().enumerate() {
-                    row.insert(
-                        name.to_string(),
-                        sample_json(&medians[k], &raw, items, item),
-                    );
+                    let mut cell = sample_json(&medians[k], &raw, items, item);
+                    if let Some(f) = floor {
+                        cell[format!("paired_to_{FLOOR}")] = paired_json(&runs[k], &runs[f]);
+                    }
+                    row.insert(name.to_string(), cell);
                 }
                 let mut line = format!("{kind_name:>6} c={concurrency:<5}");
                 for (k, (name, _)) in built.iter().enumerate() {
@@ -376,7 +414,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
 /// a given binary, unlike wall-clock rates on a shared machine. `null` when
 /// valgrind is missing.
 fn instruction_counts(clients: &[String], port: u16) -> Value {
-    const N: u64 = 300;
+    const N: u64 = 500;
     if std::process::Command::new("valgrind")
         .arg("--version")
         .output()
