@@ -159,7 +159,11 @@ fn paired_json(client: &[Sample], floor: &[Sample]) -> Value {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    let rate: Vec<f64> = client.iter().zip(floor).map(|(c, f)| c.rate / f.rate).collect();
+    let rate: Vec<f64> = client
+        .iter()
+        .zip(floor)
+        .map(|(c, f)| c.rate / f.rate)
+        .collect();
     let cpu: Vec<f64> = client
         .iter()
         .zip(floor)

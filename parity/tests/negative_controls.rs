@@ -8,29 +8,18 @@
 //! any other failure, or a missing one, fails the test.
 
 use std::collections::BTreeSet;
-use std::process::Command;
+
+mod common;
 
 /// Runs the whole suite; returns whether the run passed and the failed ids.
 fn run(breaks: &[&str]) -> (bool, BTreeSet<String>, usize) {
-    let report = std::env::temp_dir().join(format!(
-        "parity-report-{}-{}.json",
-        std::process::id(),
-        breaks.join("_")
-    ));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ameide-parity"));
-    command.arg("run").arg("--report").arg(&report);
+    let report = common::report_path(&breaks.join("_"));
+    let mut command = common::runner(&report);
     for b in breaks {
         command.args(["--break", b]);
     }
     let output = command.output().expect("run ameide-parity");
-    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
-        panic!(
-            "no report ({e}); stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    let _ = std::fs::remove_file(&report);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let rows = common::read_report(&report, &output);
     let failed = rows
         .iter()
         .filter(|r| r["result"] != "pass")

@@ -3,8 +3,9 @@
 //! only the case it misbehaves on, with a clear reason, and the run still
 //! ends with a summary, a report and an exit code.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
 
 const CASES: [&str; 3] = [
     "defaults-unary-ok",
@@ -21,24 +22,14 @@ struct Run {
 }
 
 fn run(mode: &str) -> Run {
-    let report =
-        std::env::temp_dir().join(format!("parity-runner-{}-{mode}.json", std::process::id()));
+    let report = common::report_path(&format!("runner-{mode}"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/adapters/misbehaving.py");
     let adapter = format!(
         "python3 {script} {mode} {TARGET} {}",
         env!("CARGO_BIN_EXE_parity-adapter-rust")
     );
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ameide-parity"));
-    command
-        .args([
-            "run",
-            "--adapter",
-            &adapter,
-            "--case-timeout",
-            "3",
-            "--report",
-        ])
-        .arg(&report);
+    let mut command = common::runner(&report);
+    command.args(["--adapter", &adapter, "--case-timeout", "3"]);
     for id in CASES {
         command.args(["--run", id]);
     }
@@ -46,14 +37,7 @@ fn run(mode: &str) -> Run {
     let output = command.output().expect("run ameide-parity");
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
-        panic!(
-            "{mode}: no report ({e}); stdout: {stdout}; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    let _ = std::fs::remove_file(&report);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let rows = common::read_report(&report, &output);
     let verdicts = rows
         .iter()
         .map(|r| {

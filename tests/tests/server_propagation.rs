@@ -119,27 +119,7 @@ async fn chain() -> Chain {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let (up_log, down_log) = (Log::default(), Log::default());
-    let down_addr = serve(
-        InferenceServiceServer::new(Downstream {
-            log: down_log.clone(),
-        }),
-        &provider,
-    )
-    .await;
-    let downstream = AmeideClient::builder()
-        .endpoint(format!("http://{down_addr}"))
-        .tracer_provider(&provider)
-        .build()
-        .unwrap();
-    let upstream = serve(
-        AgentsServiceServer::new(Upstream {
-            log: up_log.clone(),
-            downstream,
-        }),
-        &provider,
-    )
-    .await;
+    let (upstream, up_log, down_log) = two_hops(&provider).await;
     Chain {
         upstream,
         up_log,
@@ -147,6 +127,38 @@ async fn chain() -> Chain {
         exporter,
         provider,
     }
+}
+
+/// Upstream → downstream, both servers and the upstream's client on
+/// `provider`: the upstream's address and the two logs.
+async fn two_hops<P, T, Sp>(provider: &P) -> (SocketAddr, Log, Log)
+where
+    P: opentelemetry::trace::TracerProvider<Tracer = T>,
+    T: opentelemetry::trace::Tracer<Span = Sp> + Send + Sync + 'static,
+    Sp: opentelemetry::trace::Span + Send + Sync + 'static,
+{
+    let (up_log, down_log) = (Log::default(), Log::default());
+    let down_addr = serve(
+        InferenceServiceServer::new(Downstream {
+            log: down_log.clone(),
+        }),
+        provider,
+    )
+    .await;
+    let downstream = AmeideClient::builder()
+        .endpoint(format!("http://{down_addr}"))
+        .tracer_provider(provider)
+        .build()
+        .unwrap();
+    let upstream = serve(
+        AgentsServiceServer::new(Upstream {
+            log: up_log.clone(),
+            downstream,
+        }),
+        provider,
+    )
+    .await;
+    (upstream, up_log, down_log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,27 +252,7 @@ async fn without_a_tracer_the_callers_trace_context_flows_through_both_hops() {
     use opentelemetry::{Context, context::FutureExt};
 
     let noop = NoopTracerProvider::new();
-    let (up_log, down_log) = (Log::default(), Log::default());
-    let down_addr = serve(
-        InferenceServiceServer::new(Downstream {
-            log: down_log.clone(),
-        }),
-        &noop,
-    )
-    .await;
-    let downstream = AmeideClient::builder()
-        .endpoint(format!("http://{down_addr}"))
-        .tracer_provider(&noop)
-        .build()
-        .unwrap();
-    let upstream = serve(
-        AgentsServiceServer::new(Upstream {
-            log: up_log.clone(),
-            downstream,
-        }),
-        &noop,
-    )
-    .await;
+    let (upstream, up_log, down_log) = two_hops(&noop).await;
     let caller = AmeideClient::builder()
         .endpoint(format!("http://{upstream}"))
         .session_id("sess-3")

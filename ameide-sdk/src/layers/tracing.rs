@@ -229,15 +229,9 @@ impl<S> TracingService<S> {
         {
             attributes.push(KeyValue::new("ameide.request_id", id.to_owned()));
         }
-        let tracer = config.tracer.tracer();
-        let span = tracer.build_with_context(
-            tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Client)
-                .with_attributes(attributes),
-            &parent,
-        );
-        parent.with_span(span)
+        config
+            .tracer
+            .start(name, SpanKind::Client, attributes, &parent)
     }
 
     /// Puts `cx`'s trace context and the baggage (with the session id) on

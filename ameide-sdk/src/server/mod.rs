@@ -356,15 +356,9 @@ impl<S> InboundService<S> {
                 "ameide.request_id",
                 StringValue::from(request_id.clone()),
             ));
-            let tracer = config.tracer.tracer();
-            let span = tracer.build_with_context(
-                tracer
-                    .span_builder(name)
-                    .with_kind(SpanKind::Server)
-                    .with_attributes(attributes),
-                &parent,
-            );
-            parent.with_span(span)
+            config
+                .tracer
+                .start(name, SpanKind::Server, attributes, &parent)
         } else {
             parent
         };

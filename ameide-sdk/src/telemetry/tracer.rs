@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
-    SpanBuilder, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
-    TracerProvider,
+    SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer, TracerProvider,
 };
-use opentelemetry::{Context, InstrumentationScope};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 
 /// The SDK's instrumentation scope, for its spans and its metrics.
 pub(crate) fn scope() -> InstrumentationScope {
@@ -58,9 +58,23 @@ impl SdkTracer {
         })
     }
 
-    /// The tracer itself.
-    pub(crate) fn tracer(&self) -> &BoxedTracer {
-        &self.tracer
+    /// Starts a span named `name` under `parent` and returns `parent` with
+    /// it as the current span.
+    pub(crate) fn start(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        parent: &Context,
+    ) -> Context {
+        let span = self.tracer.build_with_context(
+            self.tracer
+                .span_builder(name)
+                .with_kind(kind)
+                .with_attributes(attributes),
+            parent,
+        );
+        parent.with_span(span)
     }
 
     /// False for a no-op tracer: the layers then use the parent context as
