@@ -5,7 +5,7 @@
 //!                  [--clients raw,sdk,…] [--stream-messages N] [--pool N]
 //!                  [--peers python,node|none] [--peer-cache DIR] [--build-cost FILE] [--out DIR]
 //! ameide-bench soak [--calls N] [--concurrency C] [--max-growth-mib M]
-//! ameide-bench count <client> <calls> <concurrency> <port>   # for callgrind / DHAT
+//! ameide-bench count <client> <calls> <concurrency> <port> [stream]   # for callgrind / DHAT
 //! ameide-bench server                                        # internal: prints its port, serves
 //! ```
 //!
@@ -199,13 +199,21 @@ fn soak(args: &[String]) -> Result<(), ameide_sdk::layers::BoxError> {
     Ok(())
 }
 
-/// `count <client> <calls> <concurrency> <port>`: makes exactly `calls` unary
-/// calls and exits, for callgrind / DHAT (run it with N and 2N calls; the
+/// `count <client> <calls> <concurrency> <port> [stream]`: makes exactly
+/// `calls` unary calls (or `Generate` streams of 64 messages) and exits, for callgrind / DHAT (run it with N and 2N calls; the
 /// difference divided by N is the cost of one call). Prints the counting
 /// allocator's allocations per call.
 fn count(args: &[String]) -> Result<(), ameide_sdk::layers::BoxError> {
-    let [name, calls, concurrency, port] = args else {
-        return Err("usage: ameide-bench count <client> <calls> <concurrency> <port>".into());
+    let (name, calls, concurrency, port, stream) = match args {
+        [name, calls, concurrency, port] => (name, calls, concurrency, port, false),
+        [name, calls, concurrency, port, kind] if kind == "stream" => {
+            (name, calls, concurrency, port, true)
+        }
+        _ => {
+            return Err(
+                "usage: ameide-bench count <client> <calls> <concurrency> <port> [stream]".into(),
+            );
+        }
     };
     let calls: u64 = calls.parse()?;
     let concurrency: u64 = concurrency.parse()?;
@@ -228,7 +236,11 @@ fn count(args: &[String]) -> Result<(), ameide_sdk::layers::BoxError> {
                     if n >= calls {
                         return Ok::<_, tonic::Status>(());
                     }
-                    client.unary(n).await?;
+                    if stream {
+                        client.stream(n, 64).await?;
+                    } else {
+                        client.unary(n).await?;
+                    }
                 }
             }));
         }

@@ -29,6 +29,11 @@ pub struct Options {
     pub command: String,
     /// Also count instructions per unary call under callgrind (when valgrind exists).
     pub instructions: bool,
+    /// Rounds of the paired target phase (`raw+headers` and `sdk` alone,
+    /// ABBA); 0 skips it.
+    pub target_rounds: usize,
+    /// The window of one client in one round of the target phase.
+    pub target_window: Duration,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -56,6 +61,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         command: std::env::var("AMEIDE_BENCH_COMMAND")
             .unwrap_or_else(|_| format!("ameide-bench run {}", args.join(" "))),
         instructions: true,
+        target_rounds: 31,
+        target_window: Duration::from_millis(500),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -118,6 +125,17 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--build-cost" => options.build_cost = Some(value()?.into()),
             "--out" => options.out = value()?.into(),
             "--no-instructions" => options.instructions = false,
+            "--target-rounds" => {
+                options.target_rounds = value()?
+                    .parse()
+                    .map_err(|_| "--target-rounds takes a count (0 skips the phase)")?
+            }
+            "--target-window-ms" => {
+                let ms: u64 = value()?
+                    .parse()
+                    .map_err(|_| "--target-window-ms takes milliseconds")?;
+                options.target_window = Duration::from_millis(ms.max(50));
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -144,6 +162,62 @@ fn sample_json(s: &Sample, raw: &Sample, items: &str, item: &str) -> Value {
         "p50_us": r2(s.p50_us),
         "p99_us": r2(s.p99_us),
     })
+}
+
+/// The levels the targets are set at.
+const TARGET_LEVELS: [usize; 2] = [1, 64];
+
+/// The target phase: `sdk` and the floor alone, `target_rounds` rounds of
+/// one window each in ABBA order (floor first in even rounds, `sdk` first in
+/// odd ones), at the target levels, for each kind. Two windows of one round
+/// run back to back, so the machine's drift (minutes) cancels out of their
+/// ratio, and the median of many such ratios is what the targets report.
+/// Skipped unless both clients are measured.
+async fn target_phase(
+    options: &Options,
+    built: &[(&str, clients::Typed)],
+    kinds: &[(&'static str, Kind)],
+    out: &mut serde_json::Map<String, Value>,
+) -> Result<(), ameide_sdk::layers::BoxError> {
+    let find = |name: &str| built.iter().position(|(n, _)| *n == name);
+    let (Some(floor), Some(sdk)) = (find(FLOOR), find("sdk")) else {
+        return Ok(());
+    };
+    if options.target_rounds == 0 {
+        return Ok(());
+    }
+    for &(kind_name, kind) in kinds {
+        let mut levels = serde_json::Map::new();
+        for level in TARGET_LEVELS {
+            let (mut floor_runs, mut sdk_runs) = (Vec::new(), Vec::new());
+            for round in 0..options.target_rounds {
+                let order = if round % 2 == 0 {
+                    [floor, sdk]
+                } else {
+                    [sdk, floor]
+                };
+                for k in order {
+                    let (name, client) = &built[k];
+                    let sample = measure::window(client, kind, level, options.target_window)
+                        .await
+                        .map_err(|e| format!("target phase: {name} {kind_name} at {level}: {e}"))?;
+                    if k == floor {
+                        floor_runs.push(sample);
+                    } else {
+                        sdk_runs.push(sample);
+                    }
+                }
+            }
+            let paired = paired_json(&sdk_runs, &floor_runs);
+            eprintln!(
+                "target {kind_name:>6} c={level:<3} sdk ÷ {FLOOR}: rate {} cpu {} ({} rounds)",
+                paired["rate_ratio"], paired["cpu_ratio"], options.target_rounds
+            );
+            levels.insert(level.to_string(), paired);
+        }
+        out.insert(kind_name.to_owned(), Value::Object(levels));
+    }
+    Ok(())
 }
 
 /// The floor the targets are measured against (issue 16).
@@ -278,6 +352,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
     }
     let mut report: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut spans_expected = 0u64;
+    let mut paired_targets = serde_json::Map::new();
     runtime.block_on(tokio::task::LocalSet::new().run_until(async {
         let mut built = Vec::new();
         for name in &options.clients {
@@ -364,6 +439,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
                 }));
             }
         }
+        target_phase(&options, &built, &kinds, &mut paired_targets).await?;
         Ok::<_, ameide_sdk::layers::BoxError>(())
     }))?;
     let instructions = if options.instructions {
@@ -401,6 +477,16 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         "stream": report.get("stream"),
         "build": build_cost,
         "instructions_per_call": instructions,
+        "targets_paired": if paired_targets.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "floor": FLOOR,
+                "rounds": options.target_rounds,
+                "window_ms": options.target_window.as_millis() as u64,
+                "by_kind": Value::Object(paired_targets),
+            })
+        },
     });
     std::fs::create_dir_all(&options.out)?;
     let json_path = options.out.join("report.json");

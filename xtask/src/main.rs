@@ -197,6 +197,10 @@ fn bench(args: &[&str]) -> Result<(), String> {
             "--stream-messages",
             "4",
             "--no-instructions",
+            "--target-rounds",
+            "2",
+            "--target-window-ms",
+            "50",
         ]);
     }
     command.args(&passed);
