@@ -381,9 +381,9 @@ impl AmeideClientBuilder {
         self
     }
 
-    /// Uses `transport` instead of a tonic `Channel`: any tower service speaking
-    /// tonic's body type (an in-memory duplex connection, a custom or
-    /// load-balanced channel). The endpoint is then only used for span attributes.
+    /// Uses `transport` instead of the SDK's own HTTP/2 transport: any tower
+    /// service speaking tonic's body type (a tonic `Channel`, an in-memory
+    /// duplex connection, a custom or load-balanced channel). The endpoint is then only used for span attributes.
     pub fn transport<T>(mut self, transport: T) -> Self
     where
         T: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
