@@ -119,13 +119,15 @@ pub async fn window(
     })
 }
 
+/// The median of `values` (the upper one of an even count; NaN when empty).
+pub fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The median of each field over several windows.
 pub fn median(samples: &[Sample]) -> Sample {
-    let m = |f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let m = |f: fn(&Sample) -> f64| median_of(samples.iter().map(f).collect());
     Sample {
         rate: m(|s| s.rate),
         cpu_us_per_item: m(|s| s.cpu_us_per_item),

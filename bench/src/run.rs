@@ -224,15 +224,11 @@ async fn target_phase(
 pub const FLOOR: &str = "raw+headers";
 
 /// The client's rate and CPU over `floor`'s, round by round (the two windows
-/// of one round ran a few seconds apart), and the median of those ratios:
+/// of one round ran seconds apart at most), and the median of those ratios:
 /// less moved by the machine's drift between rounds than the ratio of the
 /// two medians.
 fn paired_json(client: &[Sample], floor: &[Sample]) -> Value {
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     let rate: Vec<f64> = client
         .iter()
         .zip(floor)
@@ -244,8 +240,8 @@ fn paired_json(client: &[Sample], floor: &[Sample]) -> Value {
         .map(|(c, f)| c.cpu_us_per_item / f.cpu_us_per_item)
         .collect();
     json!({
-        "rate_ratio": r3(median(rate.clone())),
-        "cpu_ratio": r3(median(cpu.clone())),
+        "rate_ratio": r3(measure::median_of(rate.clone())),
+        "cpu_ratio": r3(measure::median_of(cpu.clone())),
         "rate_ratios": rate.into_iter().map(r3).collect::<Vec<_>>(),
         "cpu_ratios": cpu.into_iter().map(r3).collect::<Vec<_>>(),
     })
