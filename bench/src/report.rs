@@ -287,6 +287,10 @@ pub fn markdown(report: &Value) -> String {
         }
     }
 
+    if let Some(footprint) = report["footprint_at_1"].as_object() {
+        md.push_str(&footprint_table(footprint));
+    }
+
     if report["stream"].is_array() {
         md.push_str(&format!(
             "\n#### Server streaming: messages/s ({} messages per `Generate` stream, × raw)\n\n",
@@ -459,4 +463,37 @@ pub fn targets(report: &Value) -> Vec<(String, String, bool)> {
         }
     }
     out
+}
+
+/// The footprint table: per unary call and per stream at 1 in flight, the
+/// floor's and `sdk`'s instructions and simulated I1/D1 misses, and their
+/// ratio.
+fn footprint_table(footprint: &serde_json::Map<String, Value>) -> String {
+    let floor = crate::run::FLOOR;
+    let (Some(a), Some(b)) = (footprint.get(floor), footprint.get("sdk")) else {
+        return String::new();
+    };
+    let mut md = format!(
+        "\n#### Footprint at 1 in flight (cachegrind's simulated caches; deterministic)\n\n\
+         Per unary call and per stream, what a call running on cold caches has to fetch. \
+         A simulation: the kernel's own use of the caches is not in it.\n\n\
+         | | `{floor}` | `sdk` | ratio |\n|---|---:|---:|---:|\n"
+    );
+    for kind in ["unary", "stream"] {
+        for (key, what) in [
+            ("instructions", "instructions"),
+            ("i1_misses", "I1 misses"),
+            ("d1_misses", "D1 misses"),
+        ] {
+            let (x, y) = (f(&a[kind][key]), f(&b[kind][key]));
+            if x.is_finite() && y.is_finite() {
+                md.push_str(&format!(
+                    "| {what} per {} | {x:.0} | {y:.0} | {:.3}× |\n",
+                    if kind == "unary" { "call" } else { "stream" },
+                    y / x
+                ));
+            }
+        }
+    }
+    md
 }

@@ -438,10 +438,13 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         target_phase(&options, &built, &kinds, &mut paired_targets).await?;
         Ok::<_, ameide_sdk::layers::BoxError>(())
     }))?;
-    let instructions = if options.instructions {
-        instruction_counts(&options.clients, port)
+    let (instructions, footprint) = if options.instructions {
+        (
+            instruction_counts(&options.clients, port),
+            footprint_counts(&options.clients, port),
+        )
     } else {
-        Value::Null
+        (Value::Null, Value::Null)
     };
     drop(server);
     let _ = otel.provider.force_flush();
@@ -473,6 +476,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         "stream": report.get("stream"),
         "build": build_cost,
         "instructions_per_call": instructions,
+        "footprint_at_1": footprint,
         "targets_paired": if paired_targets.is_empty() {
             Value::Null
         } else {
@@ -494,6 +498,49 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
     Ok(())
 }
 
+/// Runs `ameide-bench count <client> <calls> <in_flight> <port> [stream]`
+/// under valgrind's `tool` and returns the summary counts it prints on
+/// stderr (`I refs`, `I1  misses`, …: the first number of each line).
+fn valgrind_summary(
+    tool_args: &[&str],
+    client: &str,
+    calls: u64,
+    in_flight: u64,
+    port: u16,
+    stream: bool,
+) -> Option<BTreeMap<String, u64>> {
+    let exe = std::env::current_exe().ok()?;
+    let output = std::process::Command::new("valgrind")
+        .args(tool_args)
+        .arg(&exe)
+        .args(["count", client, &calls.to_string(), &in_flight.to_string()])
+        .arg(port.to_string())
+        .args(stream.then_some("stream"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stderr);
+    let counts: BTreeMap<String, u64> = text
+        .lines()
+        .filter_map(|line| {
+            // "==123== I1  misses:   2,250,854" or "… D1  misses: 574,428 ( 339,000 rd + …"
+            let (label, rest) = line.split_once("== ")?.1.split_once(':')?;
+            let first = rest.split_whitespace().next()?.replace(',', "");
+            Some((
+                label.split_whitespace().collect::<Vec<_>>().join(" "),
+                first.parse().ok()?,
+            ))
+        })
+        .collect();
+    (!counts.is_empty()).then_some(counts)
+}
+
+fn valgrind_available() -> bool {
+    std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
 /// Instructions per unary call of each client, from two `valgrind
 /// --tool=callgrind` runs of `ameide-bench count` (N and 3N calls, 16 in
 /// flight): the difference ÷ 2N, so start-up cancels out. Deterministic for
@@ -501,32 +548,15 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
 /// valgrind is missing.
 fn instruction_counts(clients: &[String], port: u16) -> Value {
     const N: u64 = 500;
-    if std::process::Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !valgrind_available() {
         eprintln!("valgrind not found: no instruction counts");
         return Value::Null;
     }
-    let Ok(exe) = std::env::current_exe() else {
-        return Value::Null;
-    };
     let refs = |client: &str, calls: u64| -> Option<u64> {
-        let output = std::process::Command::new("valgrind")
-            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-            .arg(&exe)
-            .args(["count", client, &calls.to_string(), "16", &port.to_string()])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&output.stderr);
-        let line = text.lines().find(|l| l.contains("refs:"))?;
-        line.rsplit(' ')
-            .next()?
-            .replace(',', "")
-            .trim()
-            .parse()
-            .ok()
+        let tool = ["--tool=callgrind", "--callgrind-out-file=/dev/null"];
+        valgrind_summary(&tool, client, calls, 16, port, false)?
+            .get("I refs")
+            .copied()
     };
     let mut out = serde_json::Map::new();
     for client in clients {
@@ -538,6 +568,58 @@ fn instruction_counts(clients: &[String], port: u16) -> Value {
             }
             _ => eprintln!("instructions: {client}: callgrind gave no count"),
         }
+    }
+    Value::Object(out)
+}
+
+/// The code and data a call touches at 1 in flight, for the floor and
+/// `sdk`: instructions and the misses of cachegrind's simulated first-level
+/// caches (I1, D1) per unary call and per stream, from
+/// two runs each (N and 3N) as above. A client that sleeps between calls
+/// starts every call with cold caches, so at 1 in flight its time follows
+/// these misses more than its instruction count. Exact like the instruction
+/// counts, but a simulation: it models neither the kernel's own use of the
+/// caches nor the real machine's prefetchers. `null` without valgrind.
+fn footprint_counts(clients: &[String], port: u16) -> Value {
+    const EVENTS: [(&str, &str); 3] = [
+        ("I refs", "instructions"),
+        ("I1 misses", "i1_misses"),
+        ("D1 misses", "d1_misses"),
+    ];
+    if !valgrind_available() {
+        return Value::Null;
+    }
+    let tool = [
+        "--tool=cachegrind",
+        "--cache-sim=yes",
+        "--cachegrind-out-file=/dev/null",
+    ];
+    let mut out = serde_json::Map::new();
+    for client in [FLOOR, "sdk"] {
+        if !clients.iter().any(|c| c == client) {
+            continue;
+        }
+        let mut kinds = serde_json::Map::new();
+        for (kind, n, stream) in [("unary", 500, false), ("stream", 100, true)] {
+            let (Some(a), Some(b)) = (
+                valgrind_summary(&tool, client, n, 1, port, stream),
+                valgrind_summary(&tool, client, 3 * n, 1, port, stream),
+            ) else {
+                eprintln!("footprint: {client} {kind}: cachegrind gave no counts");
+                continue;
+            };
+            let per: serde_json::Map<String, Value> = EVENTS
+                .iter()
+                .filter_map(|(label, key)| {
+                    let (a, b) = (a.get(*label)?, b.get(*label)?);
+                    let per = b.saturating_sub(*a) as f64 / (2 * n) as f64;
+                    Some((key.to_string(), json!(per.round())))
+                })
+                .collect();
+            eprintln!("footprint: {client} {kind} {}", Value::Object(per.clone()));
+            kinds.insert(kind.into(), Value::Object(per));
+        }
+        out.insert(client.into(), Value::Object(kinds));
     }
     Value::Object(out)
 }
