@@ -208,64 +208,72 @@ impl Connection {
 
     /// Sends `request`, connecting first if needed; resends it while it is
     /// provably unsent (see the module table).
-    pub(crate) async fn send(self, mut request: HttpRequest) -> Result<HttpResponse, BoxError> {
-        let target = &self.target;
-        set_origin(&mut request, target)?;
-        let deadline = request
-            .extensions()
-            .get::<crate::call::CallState>()
-            .and_then(crate::call::CallState::deadline)
-            .or_else(|| {
-                request
-                    .extensions()
-                    .get::<crate::call::Deadline>()
-                    .map(|d| d.0)
-            });
-        let mut connects = 0u32;
-        let mut resends = 0u32;
-        loop {
-            let mut sender = match self.sender(deadline).await {
-                Ok(sender) => sender,
-                Err(error) => {
-                    connects = connects.saturating_add(1);
-                    let give_up = match deadline {
-                        Some(d) => Instant::now() >= d,
-                        None => connects >= MAX_CONNECTS_WITHOUT_DEADLINE,
-                    };
-                    // The next `sender` call fails at once when its connect
-                    // would start past the deadline.
-                    if give_up
-                        || error.permanent
-                        || deadline.is_some_and(|d| self.next_connect_at() >= Some(d))
-                    {
-                        return Err(Box::new(error));
+    ///
+    /// An `async` block over the arguments rather than an `async fn`, whose
+    /// future would keep the request twice (it is boxed on every call).
+    pub(crate) fn send(
+        self,
+        mut request: HttpRequest,
+    ) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static {
+        let origin = set_origin(&mut request, &self.target);
+        async move {
+            origin?;
+            let deadline = request
+                .extensions()
+                .get::<crate::call::CallState>()
+                .and_then(crate::call::CallState::deadline)
+                .or_else(|| {
+                    request
+                        .extensions()
+                        .get::<crate::call::Deadline>()
+                        .map(|d| d.0)
+                });
+            let mut connects = 0u32;
+            let mut resends = 0u32;
+            loop {
+                let mut sender = match self.sender(deadline).await {
+                    Ok(sender) => sender,
+                    Err(error) => {
+                        connects = connects.saturating_add(1);
+                        let give_up = match deadline {
+                            Some(d) => Instant::now() >= d,
+                            None => connects >= MAX_CONNECTS_WITHOUT_DEADLINE,
+                        };
+                        // The next `sender` call fails at once when its connect
+                        // would start past the deadline.
+                        if give_up
+                            || error.permanent
+                            || deadline.is_some_and(|d| self.next_connect_at() >= Some(d))
+                        {
+                            return Err(Box::new(error) as BoxError);
+                        }
+                        resends = resends.saturating_add(1);
+                        mark_resend(&mut request, resends);
+                        continue;
                     }
-                    resends = resends.saturating_add(1);
-                    mark_resend(&mut request, resends);
-                    continue;
-                }
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(tonic::body::Body::new)),
-                Err(mut failed) => {
-                    let handed_back = failed.take_message();
-                    self.forget(is_go_away(failed.error()));
-                    match handed_back {
-                        Some(unsent) if resends < MAX_UNWRITTEN_RESENDS => {
-                            ::tracing::debug!(
-                                error = %failed.error(),
-                                "request not written before its connection closed: sending it on a fresh connection"
-                            );
-                            request = unsent;
-                            resends = resends.saturating_add(1);
-                            mark_resend(&mut request, resends);
+                };
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response.map(tonic::body::Body::new)),
+                    Err(mut failed) => {
+                        let handed_back = failed.take_message();
+                        self.forget(is_go_away(failed.error()));
+                        match handed_back {
+                            Some(unsent) if resends < MAX_UNWRITTEN_RESENDS => {
+                                ::tracing::debug!(
+                                    error = %failed.error(),
+                                    "request not written before its connection closed: sending it on a fresh connection"
+                                );
+                                request = unsent;
+                                resends = resends.saturating_add(1);
+                                mark_resend(&mut request, resends);
+                            }
+                            Some(_) => {
+                                return Err(Box::new(Unwritten {
+                                    source: failed.into_error(),
+                                }));
+                            }
+                            None => return Err(Box::new(failed.into_error()) as BoxError),
                         }
-                        Some(_) => {
-                            return Err(Box::new(Unwritten {
-                                source: failed.into_error(),
-                            }));
-                        }
-                        None => return Err(Box::new(failed.into_error())),
                     }
                 }
             }

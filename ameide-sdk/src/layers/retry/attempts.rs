@@ -47,206 +47,219 @@ pub(crate) fn attempt_request(
     request
 }
 
-pub(crate) async fn retry_loop<S>(
+/// The retry loop of one call, as a future that is boxed on every call.
+///
+/// An `async` block over the arguments rather than an `async fn`: an `async
+/// fn` keeps its arguments' slots in the future beside the locals they move
+/// into, and the request's parts are taken apart here for the same reason
+/// (each of these was hundreds of bytes written to the heap per call).
+pub(crate) fn retry_loop<S>(
     mut inner: S,
     request: HttpRequest,
     layer: RetryLayer,
     state: Option<CallState>,
-) -> Result<HttpResponse, BoxError>
+) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static
 where
     S: Service<HttpRequest, Response = HttpResponse> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let policy = &layer.policy;
     let (mut parts, body) = request.into_parts();
-    let deadline = state
-        .as_ref()
-        .and_then(CallState::deadline)
-        .or_else(|| parts.extensions.get::<Deadline>().map(|d| d.0));
-    let record = |n: u32| {
-        if let Some(state) = &state {
-            state.record_attempt(n);
-        }
-    };
-    let bytes = match buffer(body, policy.max_replay_bytes).await {
-        Ok(Buffered::Complete(bytes)) => bytes,
-        Ok(Buffered::TooLarge(body)) => {
-            record(1);
-            let request = http::Request::from_parts(parts, body);
-            return inner.oneshot(request).await.map_err(Into::into);
-        }
-        Err(status) => return Ok(status_response(status)),
-    };
+    async move {
+        let policy = &layer.policy;
+        let deadline = state
+            .as_ref()
+            .and_then(CallState::deadline)
+            .or_else(|| parts.extensions.get::<Deadline>().map(|d| d.0));
+        let record = |n: u32| {
+            if let Some(state) = &state {
+                state.record_attempt(n);
+            }
+        };
+        let bytes = match buffer(body, policy.max_replay_bytes).await {
+            Ok(Buffered::Complete(bytes)) => bytes,
+            Ok(Buffered::TooLarge(body)) => {
+                record(1);
+                let request = http::Request::from_parts(parts, body);
+                return inner.oneshot(request).await.map_err(Into::into);
+            }
+            Err(status) => return Ok(status_response(status)),
+        };
 
-    let safe = parts
-        .extensions
-        .get::<SafeRetries>()
-        .map_or(policy.safe, |s| s.0);
-    let method = match &state {
-        Some(state) => state.method(),
-        None => ameide_proto::method(parts.uri.path()),
-    };
-    let method_is_safe = method.is_some_and(|m| m.idempotency.is_safe_to_repeat());
-    let known = KnownExtensions::capture(&parts.extensions);
-    let mut first_extensions = known
-        .as_ref()
-        .map(|_| std::mem::take(&mut parts.extensions));
-    let replay_headers = ReplayHeaders::capture(&parts.headers);
-    // The first attempt sends the original map, later ones a rebuilt one.
-    let mut first_headers = Some(std::mem::take(&mut parts.headers));
-    let throttle = layer.throttle.clone();
-    let note = |record: AttemptRecord| {
-        if let Some(state) = &state {
-            state.record_history(record);
-        }
-    };
-    let mut attempt = 1;
-    let mut backoff_step = 2; // the attempt number the next computed delay is for
-    let mut delay_before = Duration::ZERO;
-    let mut transparent_used = false;
-    loop {
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining.is_some_and(|r| r.is_zero()) {
+        let safe = parts
+            .extensions
+            .get::<SafeRetries>()
+            .map_or(policy.safe, |s| s.0);
+        let method = match &state {
+            Some(state) => state.method(),
+            None => ameide_proto::method(parts.uri.path()),
+        };
+        let method_is_safe = method.is_some_and(|m| m.idempotency.is_safe_to_repeat());
+        let known = KnownExtensions::capture(&parts.extensions);
+        let mut first_extensions = known
+            .as_ref()
+            .map(|_| std::mem::take(&mut parts.extensions));
+        let replay_headers = ReplayHeaders::capture(&parts.headers);
+        // The first attempt sends the original map, later ones a rebuilt one.
+        let mut first_headers = Some(std::mem::take(&mut parts.headers));
+        let throttle = layer.throttle.clone();
+        let note = |record: AttemptRecord| {
             if let Some(state) = &state {
-                state.record_stop(StopReason::Deadline);
-            }
-            return Ok(status_response(Status::deadline_exceeded(
-                "deadline exceeded before the next attempt",
-            )));
-        }
-        record(attempt);
-        let extensions = match (first_extensions.take(), &known) {
-            (Some(original), _) => original,
-            (None, Some(known)) => known.build(),
-            (None, None) => parts.extensions.clone(),
-        };
-        let headers = first_headers
-            .take()
-            .unwrap_or_else(|| replay_headers.rebuild());
-        let mut request = attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
-        if transparent_used {
-            // gRFC A6: the server may see how many transparent resends came before.
-            request.headers_mut().insert(
-                crate::transport::connection::TRANSPARENT_ATTEMPTS,
-                HeaderValue::from_static("1"),
-            );
-        }
-        let mut permanent = false;
-        let (status, response, delivery) = match (&mut inner).oneshot(request).await {
-            Ok(response) => match trailers_only_status(&response) {
-                Some(status) if status.code() != Code::Ok => {
-                    (status, Some(response), Delivery::Maybe)
-                }
-                // Headers without a status (committed), or a trailers-only OK.
-                status => {
-                    if let Some(t) = &throttle {
-                        t.success();
-                    }
-                    note(AttemptRecord {
-                        code: Code::Ok,
-                        message: String::new(),
-                        delay_before,
-                        refused: false,
-                    });
-                    if status.is_none()
-                        && let Some(state) = &state
-                    {
-                        state.record_stop(StopReason::Committed);
-                    }
-                    return Ok(response);
-                }
-            },
-            Err(error) => {
-                let failure = classify_error(error.into());
-                permanent = failure.permanent;
-                (failure.status, None, failure.delivery)
+                state.record_history(record);
             }
         };
-        note(AttemptRecord {
-            code: status.code(),
-            message: status.message().to_owned(),
-            delay_before,
-            refused: delivery == Delivery::Refused,
-        });
-        if delivery == Delivery::Refused && !transparent_used {
-            // The server never processed this stream: send it again at once,
-            // once per call, without spending an attempt or a throttle token.
-            ::tracing::debug!(attempt, code = ?status.code(), "transparent retry of a refused stream");
-            transparent_used = true;
-            delay_before = Duration::ZERO;
-            continue;
-        }
-        let pushback = response.as_ref().and_then(pushback);
-        let code_retryable = policy.retries(status.code());
-        let allowed_by_safety = !safe
-            || method_is_safe
-            || match status.code() {
-                Code::DeadlineExceeded | Code::Aborted => false,
-                // UNAVAILABLE is safe only when the request provably did
-                // not reach the server's application.
-                Code::Unavailable => delivery != Delivery::Maybe,
-                _ => true,
+        let mut attempt = 1;
+        let mut backoff_step = 2; // the attempt number the next computed delay is for
+        let mut delay_before = Duration::ZERO;
+        let mut transparent_used = false;
+        loop {
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if remaining.is_some_and(|r| r.is_zero()) {
+                if let Some(state) = &state {
+                    state.record_stop(StopReason::Deadline);
+                }
+                return Ok(status_response(Status::deadline_exceeded(
+                    "deadline exceeded before the next attempt",
+                )));
+            }
+            record(attempt);
+            let extensions = match (first_extensions.take(), &known) {
+                (Some(original), _) => original,
+                (None, Some(known)) => known.build(),
+                (None, None) => parts.extensions.clone(),
             };
-        // Only failures the server (or a proxy answering for it) produced
-        // charge the throttle: a transport failure (connection refused, a
-        // connection lost, a deploy's closing connection) says nothing about
-        // the target's load, and charging it would run the bucket dry exactly
-        // when retries should carry a deploy.
-        if response.is_some()
-            && (code_retryable || pushback.is_some())
-            && let Some(t) = &throttle
-        {
-            t.failure();
-        }
-        let stop = |reason: StopReason, status: Status, response: Option<HttpResponse>| {
-            if let Some(state) = &state {
-                state.record_retryable(code_retryable);
-                state.record_stop(reason);
+            let headers = first_headers
+                .take()
+                .unwrap_or_else(|| replay_headers.rebuild());
+            // The request lives in the attempt's future only, not beside it.
+            let sent = {
+                let mut request =
+                    attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
+                if transparent_used {
+                    // gRFC A6: the server may see how many transparent resends came before.
+                    request.headers_mut().insert(
+                        crate::transport::connection::TRANSPARENT_ATTEMPTS,
+                        HeaderValue::from_static("1"),
+                    );
+                }
+                (&mut inner).oneshot(request)
+            };
+            let mut permanent = false;
+            let (status, response, delivery) = match sent.await {
+                Ok(response) => match trailers_only_status(&response) {
+                    Some(status) if status.code() != Code::Ok => {
+                        (status, Some(response), Delivery::Maybe)
+                    }
+                    // Headers without a status (committed), or a trailers-only OK.
+                    status => {
+                        if let Some(t) = &throttle {
+                            t.success();
+                        }
+                        note(AttemptRecord {
+                            code: Code::Ok,
+                            message: String::new(),
+                            delay_before,
+                            refused: false,
+                        });
+                        if status.is_none()
+                            && let Some(state) = &state
+                        {
+                            state.record_stop(StopReason::Committed);
+                        }
+                        return Ok(response);
+                    }
+                },
+                Err(error) => {
+                    let failure = classify_error(error.into());
+                    permanent = failure.permanent;
+                    (failure.status, None, failure.delivery)
+                }
+            };
+            note(AttemptRecord {
+                code: status.code(),
+                message: status.message().to_owned(),
+                delay_before,
+                refused: delivery == Delivery::Refused,
+            });
+            if delivery == Delivery::Refused && !transparent_used {
+                // The server never processed this stream: send it again at once,
+                // once per call, without spending an attempt or a throttle token.
+                ::tracing::debug!(attempt, code = ?status.code(), "transparent retry of a refused stream");
+                transparent_used = true;
+                delay_before = Duration::ZERO;
+                continue;
             }
-            Ok(response.unwrap_or_else(|| status_response(status)))
-        };
-        if !code_retryable || !allowed_by_safety || permanent {
-            return stop(StopReason::NotRetryable, status, response);
-        }
-        if pushback == Some(Pushback::Stop) {
-            return stop(StopReason::PushbackSaidNo, status, response);
-        }
-        if attempt >= policy.max_attempts {
-            return stop(StopReason::Exhausted, status, response);
-        }
-        if throttle.as_ref().is_some_and(|t| !t.allows_retry()) {
-            return stop(StopReason::Throttled, status, response);
-        }
-        let mut delay = match pushback {
-            Some(Pushback::Wait(exact)) => {
-                // The server said exactly how long; the backoff starts over.
-                backoff_step = 2;
-                exact
+            let pushback = response.as_ref().and_then(pushback);
+            let code_retryable = policy.retries(status.code());
+            let allowed_by_safety = !safe
+                || method_is_safe
+                || match status.code() {
+                    Code::DeadlineExceeded | Code::Aborted => false,
+                    // UNAVAILABLE is safe only when the request provably did
+                    // not reach the server's application.
+                    Code::Unavailable => delivery != Delivery::Maybe,
+                    _ => true,
+                };
+            // Only failures the server (or a proxy answering for it) produced
+            // charge the throttle: a transport failure (connection refused, a
+            // connection lost, a deploy's closing connection) says nothing about
+            // the target's load, and charging it would run the bucket dry exactly
+            // when retries should carry a deploy.
+            if response.is_some()
+                && (code_retryable || pushback.is_some())
+                && let Some(t) = &throttle
+            {
+                t.failure();
             }
-            _ => {
-                let (lo, hi) = policy.jitter;
-                let computed = policy.delay(backoff_step, layer.jitter.factor(lo, hi));
-                backoff_step = backoff_step.saturating_add(1);
-                computed
+            let stop = |reason: StopReason, status: Status, response: Option<HttpResponse>| {
+                if let Some(state) = &state {
+                    state.record_retryable(code_retryable);
+                    state.record_stop(reason);
+                }
+                Ok(response.unwrap_or_else(|| status_response(status)))
+            };
+            if !code_retryable || !allowed_by_safety || permanent {
+                return stop(StopReason::NotRetryable, status, response);
             }
-        };
-        if let Some(hint) = retry_info_delay(&status) {
-            delay = delay.max(hint);
+            if pushback == Some(Pushback::Stop) {
+                return stop(StopReason::PushbackSaidNo, status, response);
+            }
+            if attempt >= policy.max_attempts {
+                return stop(StopReason::Exhausted, status, response);
+            }
+            if throttle.as_ref().is_some_and(|t| !t.allows_retry()) {
+                return stop(StopReason::Throttled, status, response);
+            }
+            let mut delay = match pushback {
+                Some(Pushback::Wait(exact)) => {
+                    // The server said exactly how long; the backoff starts over.
+                    backoff_step = 2;
+                    exact
+                }
+                _ => {
+                    let (lo, hi) = policy.jitter;
+                    let computed = policy.delay(backoff_step, layer.jitter.factor(lo, hi));
+                    backoff_step = backoff_step.saturating_add(1);
+                    computed
+                }
+            };
+            if let Some(hint) = retry_info_delay(&status) {
+                delay = delay.max(hint);
+            }
+            // Peer-chosen delays are bounded by the deadline (and, without one,
+            // by MAX_HINT_WITHOUT_DEADLINE); the instant arithmetic saturates.
+            let too_late = match deadline {
+                Some(d) => Instant::now().checked_add(delay).is_none_or(|at| at >= d),
+                None => delay > MAX_HINT_WITHOUT_DEADLINE,
+            };
+            if too_late {
+                ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the delay would outlive the deadline");
+                return stop(StopReason::Deadline, status, response);
+            }
+            ::tracing::debug!(attempt, ?delay, code = ?status.code(), "retrying");
+            layer.sleeper.sleep(delay).await;
+            delay_before = delay;
+            attempt = attempt.saturating_add(1);
         }
-        // Peer-chosen delays are bounded by the deadline (and, without one,
-        // by MAX_HINT_WITHOUT_DEADLINE); the instant arithmetic saturates.
-        let too_late = match deadline {
-            Some(d) => Instant::now().checked_add(delay).is_none_or(|at| at >= d),
-            None => delay > MAX_HINT_WITHOUT_DEADLINE,
-        };
-        if too_late {
-            ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the delay would outlive the deadline");
-            return stop(StopReason::Deadline, status, response);
-        }
-        ::tracing::debug!(attempt, ?delay, code = ?status.code(), "retrying");
-        layer.sleeper.sleep(delay).await;
-        delay_before = delay;
-        attempt = attempt.saturating_add(1);
     }
 }
