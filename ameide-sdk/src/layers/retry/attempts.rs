@@ -102,12 +102,6 @@ where
         let replay_headers = ReplayHeaders::capture(&parts.headers);
         // The first attempt sends the original map, later ones a rebuilt one.
         let mut first_headers = Some(std::mem::take(&mut parts.headers));
-        let throttle = layer.throttle.clone();
-        let note = |record: AttemptRecord| {
-            if let Some(state) = &state {
-                state.record_history(record);
-            }
-        };
         let mut attempt = 1;
         let mut backoff_step = 2; // the attempt number the next computed delay is for
         let mut delay_before = Duration::ZERO;
@@ -144,122 +138,205 @@ where
                 }
                 (&mut inner).oneshot(request)
             };
-            let mut permanent = false;
-            let (status, response, delivery) = match sent.await {
+            let failed = match sent.await {
                 Ok(response) => match trailers_only_status(&response) {
-                    Some(status) if status.code() != Code::Ok => {
-                        (status, Some(response), Delivery::Maybe)
-                    }
+                    Some(status) if status.code() != Code::Ok => Failed {
+                        status,
+                        response: Some(response),
+                        delivery: Delivery::Maybe,
+                        permanent: false,
+                    },
                     // Headers without a status (committed), or a trailers-only OK.
                     status => {
-                        if let Some(t) = &throttle {
+                        if let Some(t) = &layer.throttle {
                             t.success();
                         }
-                        note(AttemptRecord {
-                            code: Code::Ok,
-                            message: String::new(),
-                            delay_before,
-                            refused: false,
-                        });
-                        if status.is_none()
-                            && let Some(state) = &state
-                        {
-                            state.record_stop(StopReason::Committed);
+                        if let Some(state) = &state {
+                            state.record_history(AttemptRecord {
+                                code: Code::Ok,
+                                message: String::new(),
+                                delay_before,
+                                refused: false,
+                            });
+                            if status.is_none() {
+                                state.record_stop(StopReason::Committed);
+                            }
                         }
                         return Ok(response);
                     }
                 },
                 Err(error) => {
                     let failure = classify_error(error.into());
-                    permanent = failure.permanent;
-                    (failure.status, None, failure.delivery)
+                    Failed {
+                        status: failure.status,
+                        response: None,
+                        delivery: failure.delivery,
+                        permanent: failure.permanent,
+                    }
                 }
             };
-            note(AttemptRecord {
-                code: status.code(),
-                message: status.message().to_owned(),
+            let facts = Attempted {
+                layer: &layer,
+                state: state.as_ref(),
+                safe,
+                method_is_safe,
+                attempt,
+                deadline,
                 delay_before,
-                refused: delivery == Delivery::Refused,
-            });
-            if delivery == Delivery::Refused && !transparent_used {
-                // The server never processed this stream: send it again at once,
-                // once per call, without spending an attempt or a throttle token.
-                ::tracing::debug!(attempt, code = ?status.code(), "transparent retry of a refused stream");
-                transparent_used = true;
-                delay_before = Duration::ZERO;
-                continue;
-            }
-            let pushback = response.as_ref().and_then(pushback);
-            let code_retryable = policy.retries(status.code());
-            let allowed_by_safety = !safe
-                || method_is_safe
-                || match status.code() {
-                    Code::DeadlineExceeded | Code::Aborted => false,
-                    // UNAVAILABLE is safe only when the request provably did
-                    // not reach the server's application.
-                    Code::Unavailable => delivery != Delivery::Maybe,
-                    _ => true,
-                };
-            // Only failures the server (or a proxy answering for it) produced
-            // charge the throttle: a transport failure (connection refused, a
-            // connection lost, a deploy's closing connection) says nothing about
-            // the target's load, and charging it would run the bucket dry exactly
-            // when retries should carry a deploy.
-            if response.is_some()
-                && (code_retryable || pushback.is_some())
-                && let Some(t) = &throttle
-            {
-                t.failure();
-            }
-            let stop = |reason: StopReason, status: Status, response: Option<HttpResponse>| {
-                if let Some(state) = &state {
-                    state.record_retryable(code_retryable);
-                    state.record_stop(reason);
-                }
-                Ok(response.unwrap_or_else(|| status_response(status)))
+                transparent_used,
             };
-            if !code_retryable || !allowed_by_safety || permanent {
-                return stop(StopReason::NotRetryable, status, response);
-            }
-            if pushback == Some(Pushback::Stop) {
-                return stop(StopReason::PushbackSaidNo, status, response);
-            }
-            if attempt >= policy.max_attempts {
-                return stop(StopReason::Exhausted, status, response);
-            }
-            if throttle.as_ref().is_some_and(|t| !t.allows_retry()) {
-                return stop(StopReason::Throttled, status, response);
-            }
-            let mut delay = match pushback {
-                Some(Pushback::Wait(exact)) => {
-                    // The server said exactly how long; the backoff starts over.
-                    backoff_step = 2;
-                    exact
+            let delay = match after_failure(failed, &facts, &mut backoff_step) {
+                Next::Resend => {
+                    transparent_used = true;
+                    delay_before = Duration::ZERO;
+                    continue;
                 }
-                _ => {
-                    let (lo, hi) = policy.jitter;
-                    let computed = policy.delay(backoff_step, layer.jitter.factor(lo, hi));
-                    backoff_step = backoff_step.saturating_add(1);
-                    computed
-                }
+                Next::Stop(response) => return Ok(response),
+                Next::Wait(delay) => delay,
             };
-            if let Some(hint) = retry_info_delay(&status) {
-                delay = delay.max(hint);
-            }
-            // Peer-chosen delays are bounded by the deadline (and, without one,
-            // by MAX_HINT_WITHOUT_DEADLINE); the instant arithmetic saturates.
-            let too_late = match deadline {
-                Some(d) => Instant::now().checked_add(delay).is_none_or(|at| at >= d),
-                None => delay > MAX_HINT_WITHOUT_DEADLINE,
-            };
-            if too_late {
-                ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the delay would outlive the deadline");
-                return stop(StopReason::Deadline, status, response);
-            }
-            ::tracing::debug!(attempt, ?delay, code = ?status.code(), "retrying");
             layer.sleeper.sleep(delay).await;
             delay_before = delay;
             attempt = attempt.saturating_add(1);
         }
     }
+}
+
+/// A failed attempt: its status, the response when the server (or a proxy)
+/// answered, and what is known about its delivery.
+struct Failed {
+    status: Status,
+    response: Option<HttpResponse>,
+    delivery: Delivery,
+    permanent: bool,
+}
+
+/// What the loop knows when an attempt has failed.
+struct Attempted<'a> {
+    layer: &'a RetryLayer,
+    state: Option<&'a CallState>,
+    safe: bool,
+    method_is_safe: bool,
+    attempt: u32,
+    deadline: Option<Instant>,
+    delay_before: Duration,
+    transparent_used: bool,
+}
+
+/// What the loop does next.
+enum Next {
+    /// Send the request again at once, without spending an attempt.
+    Resend,
+    /// The call's answer.
+    Stop(HttpResponse),
+    /// Wait this long, then make the next attempt.
+    Wait(Duration),
+}
+
+/// The decision after a failed attempt: a transparent resend, a stop (and
+/// why), or the delay before the next attempt. Out of line and cold: a call
+/// whose first attempt succeeds never runs it, and its code stays off that
+/// call's path.
+#[cold]
+#[inline(never)]
+fn after_failure(failed: Failed, facts: &Attempted<'_>, backoff_step: &mut u32) -> Next {
+    let Failed {
+        status,
+        response,
+        delivery,
+        permanent,
+    } = failed;
+    let Attempted {
+        layer,
+        state,
+        safe,
+        method_is_safe,
+        attempt,
+        deadline,
+        delay_before,
+        transparent_used,
+    } = *facts;
+    let policy = &layer.policy;
+    if let Some(state) = state {
+        state.record_history(AttemptRecord {
+            code: status.code(),
+            message: status.message().to_owned(),
+            delay_before,
+            refused: delivery == Delivery::Refused,
+        });
+    }
+    if delivery == Delivery::Refused && !transparent_used {
+        // The server never processed this stream: send it again at once,
+        // once per call, without spending an attempt or a throttle token.
+        ::tracing::debug!(attempt, code = ?status.code(), "transparent retry of a refused stream");
+        return Next::Resend;
+    }
+    let pushback = response.as_ref().and_then(pushback);
+    let code_retryable = policy.retries(status.code());
+    let allowed_by_safety = !safe
+        || method_is_safe
+        || match status.code() {
+            Code::DeadlineExceeded | Code::Aborted => false,
+            // UNAVAILABLE is safe only when the request provably did
+            // not reach the server's application.
+            Code::Unavailable => delivery != Delivery::Maybe,
+            _ => true,
+        };
+    // Only failures the server (or a proxy answering for it) produced
+    // charge the throttle: a transport failure (connection refused, a
+    // connection lost, a deploy's closing connection) says nothing about
+    // the target's load, and charging it would run the bucket dry exactly
+    // when retries should carry a deploy.
+    if response.is_some()
+        && (code_retryable || pushback.is_some())
+        && let Some(t) = &layer.throttle
+    {
+        t.failure();
+    }
+    let stop = |reason: StopReason, status: Status, response: Option<HttpResponse>| {
+        if let Some(state) = state {
+            state.record_retryable(code_retryable);
+            state.record_stop(reason);
+        }
+        Next::Stop(response.unwrap_or_else(|| status_response(status)))
+    };
+    if !code_retryable || !allowed_by_safety || permanent {
+        return stop(StopReason::NotRetryable, status, response);
+    }
+    if pushback == Some(Pushback::Stop) {
+        return stop(StopReason::PushbackSaidNo, status, response);
+    }
+    if attempt >= policy.max_attempts {
+        return stop(StopReason::Exhausted, status, response);
+    }
+    if layer.throttle.as_ref().is_some_and(|t| !t.allows_retry()) {
+        return stop(StopReason::Throttled, status, response);
+    }
+    let mut delay = match pushback {
+        Some(Pushback::Wait(exact)) => {
+            // The server said exactly how long; the backoff starts over.
+            *backoff_step = 2;
+            exact
+        }
+        _ => {
+            let (lo, hi) = policy.jitter;
+            let computed = policy.delay(*backoff_step, layer.jitter.factor(lo, hi));
+            *backoff_step = backoff_step.saturating_add(1);
+            computed
+        }
+    };
+    if let Some(hint) = retry_info_delay(&status) {
+        delay = delay.max(hint);
+    }
+    // Peer-chosen delays are bounded by the deadline (and, without one,
+    // by MAX_HINT_WITHOUT_DEADLINE); the instant arithmetic saturates.
+    let too_late = match deadline {
+        Some(d) => Instant::now().checked_add(delay).is_none_or(|at| at >= d),
+        None => delay > MAX_HINT_WITHOUT_DEADLINE,
+    };
+    if too_late {
+        ::tracing::debug!(attempt, ?delay, code = ?status.code(), "not retrying: the delay would outlive the deadline");
+        return stop(StopReason::Deadline, status, response);
+    }
+    ::tracing::debug!(attempt, ?delay, code = ?status.code(), "retrying");
+    Next::Wait(delay)
 }
