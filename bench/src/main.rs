@@ -4,6 +4,7 @@
 //! ameide-bench run [--duration-ms N] [--rounds N] [--concurrency 1,64,256,1024]
 //!                  [--clients raw,sdk,…] [--stream-messages N] [--pool N]
 //!                  [--peers python,node|none] [--peer-cache DIR] [--build-cost FILE] [--out DIR]
+//!                  [--target-rounds N] [--target-window-ms N] [--no-instructions]
 //! ameide-bench soak [--calls N] [--concurrency C] [--max-growth-mib M]
 //! ameide-bench count <client> <calls> <concurrency> <port> [stream]   # for callgrind / DHAT
 //! ameide-bench server                                        # internal: prints its port, serves
@@ -13,6 +14,9 @@
 //! last core when `taskset` exists); the clients run in this process on a
 //! single-threaded tokio runtime pinned to core 0, so rates are per client
 //! core. A counting global allocator counts the client's heap allocations.
+//! Under valgrind (unless `--no-instructions`), `count` runs give the exact
+//! figures: instructions per call (callgrind) and, at 1 in flight, the
+//! simulated I1/D1 cache misses of `raw+headers` and `sdk` (cachegrind).
 //! See `docs/BENCHMARKS.md`.
 
 use std::io::{BufRead, BufReader};
