@@ -438,12 +438,15 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         target_phase(&options, &built, &kinds, &mut paired_targets).await?;
         Ok::<_, ameide_sdk::layers::BoxError>(())
     }))?;
-    let (instructions, footprint) = if options.instructions {
+    let (instructions, footprint) = if options.instructions && valgrind_available() {
         (
             instruction_counts(&options.clients, port),
             footprint_counts(&options.clients, port),
         )
     } else {
+        if options.instructions {
+            eprintln!("valgrind not found: no instruction counts, no footprint");
+        }
         (Value::Null, Value::Null)
     };
     drop(server);
@@ -534,6 +537,29 @@ fn valgrind_summary(
     (!counts.is_empty()).then_some(counts)
 }
 
+/// Every summary count of `valgrind_summary` per call (or per stream): runs
+/// of `n` and `3n` and the difference ÷ 2n, so start-up cancels out. Counts
+/// that did not grow are left out.
+fn per_call_counts(
+    tool_args: &[&str],
+    client: &str,
+    n: u64,
+    in_flight: u64,
+    port: u16,
+    stream: bool,
+) -> Option<BTreeMap<String, f64>> {
+    let a = valgrind_summary(tool_args, client, n, in_flight, port, stream)?;
+    let b = valgrind_summary(tool_args, client, 3 * n, in_flight, port, stream)?;
+    Some(
+        b.into_iter()
+            .filter_map(|(label, after)| {
+                let grown = after.checked_sub(*a.get(&label)?).filter(|d| *d > 0)?;
+                Some((label, grown as f64 / (2 * n) as f64))
+            })
+            .collect(),
+    )
+}
+
 fn valgrind_available() -> bool {
     std::process::Command::new("valgrind")
         .arg("--version")
@@ -544,29 +570,20 @@ fn valgrind_available() -> bool {
 /// Instructions per unary call of each client, from two `valgrind
 /// --tool=callgrind` runs of `ameide-bench count` (N and 3N calls, 16 in
 /// flight): the difference ÷ 2N, so start-up cancels out. Deterministic for
-/// a given binary, unlike wall-clock rates on a shared machine. `null` when
-/// valgrind is missing.
+/// a given binary, unlike wall-clock rates on a shared machine.
 fn instruction_counts(clients: &[String], port: u16) -> Value {
     const N: u64 = 500;
-    if !valgrind_available() {
-        eprintln!("valgrind not found: no instruction counts");
-        return Value::Null;
-    }
-    let refs = |client: &str, calls: u64| -> Option<u64> {
-        let tool = ["--tool=callgrind", "--callgrind-out-file=/dev/null"];
-        valgrind_summary(&tool, client, calls, 16, port, false)?
-            .get("I refs")
-            .copied()
-    };
+    let tool = ["--tool=callgrind", "--callgrind-out-file=/dev/null"];
     let mut out = serde_json::Map::new();
     for client in clients {
-        match (refs(client, N), refs(client, 3 * N)) {
-            (Some(a), Some(b)) if b > a => {
-                let per_call = (b - a) as f64 / (2 * N) as f64;
+        match per_call_counts(&tool, client, N, 16, port, false)
+            .and_then(|counts| counts.get("I refs").copied())
+        {
+            Some(per_call) => {
                 eprintln!("instructions: {client} {per_call:.0}/call");
                 out.insert(client.clone(), json!(per_call.round()));
             }
-            _ => eprintln!("instructions: {client}: callgrind gave no count"),
+            None => eprintln!("instructions: {client}: callgrind gave no count"),
         }
     }
     Value::Object(out)
@@ -579,16 +596,13 @@ fn instruction_counts(clients: &[String], port: u16) -> Value {
 /// starts every call with cold caches, so at 1 in flight its time follows
 /// these misses more than its instruction count. Exact like the instruction
 /// counts, but a simulation: it models neither the kernel's own use of the
-/// caches nor the real machine's prefetchers. `null` without valgrind.
+/// caches nor the real machine's prefetchers.
 fn footprint_counts(clients: &[String], port: u16) -> Value {
     const EVENTS: [(&str, &str); 3] = [
         ("I refs", "instructions"),
         ("I1 misses", "i1_misses"),
         ("D1 misses", "d1_misses"),
     ];
-    if !valgrind_available() {
-        return Value::Null;
-    }
     let tool = [
         "--tool=cachegrind",
         "--cache-sim=yes",
@@ -601,19 +615,14 @@ fn footprint_counts(clients: &[String], port: u16) -> Value {
         }
         let mut kinds = serde_json::Map::new();
         for (kind, n, stream) in [("unary", 500, false), ("stream", 100, true)] {
-            let (Some(a), Some(b)) = (
-                valgrind_summary(&tool, client, n, 1, port, stream),
-                valgrind_summary(&tool, client, 3 * n, 1, port, stream),
-            ) else {
+            let Some(counts) = per_call_counts(&tool, client, n, 1, port, stream) else {
                 eprintln!("footprint: {client} {kind}: cachegrind gave no counts");
                 continue;
             };
             let per: serde_json::Map<String, Value> = EVENTS
                 .iter()
                 .filter_map(|(label, key)| {
-                    let (a, b) = (a.get(*label)?, b.get(*label)?);
-                    let per = b.saturating_sub(*a) as f64 / (2 * n) as f64;
-                    Some((key.to_string(), json!(per.round())))
+                    Some((key.to_string(), json!(counts.get(*label)?.round())))
                 })
                 .collect();
             eprintln!("footprint: {client} {kind} {}", Value::Object(per.clone()));
