@@ -245,26 +245,17 @@ fn after_failure(failed: Failed, facts: &Attempted<'_>, backoff_step: &mut u32) 
         delivery,
         permanent,
     } = failed;
-    let Attempted {
-        layer,
-        state,
-        safe,
-        method_is_safe,
-        attempt,
-        deadline,
-        delay_before,
-        transparent_used,
-    } = *facts;
+    let (layer, state, attempt) = (facts.layer, facts.state, facts.attempt);
     let policy = &layer.policy;
     if let Some(state) = state {
         state.record_history(AttemptRecord {
             code: status.code(),
             message: status.message().to_owned(),
-            delay_before,
+            delay_before: facts.delay_before,
             refused: delivery == Delivery::Refused,
         });
     }
-    if delivery == Delivery::Refused && !transparent_used {
+    if delivery == Delivery::Refused && !facts.transparent_used {
         // The server never processed this stream: send it again at once,
         // once per call, without spending an attempt or a throttle token.
         ::tracing::debug!(attempt, code = ?status.code(), "transparent retry of a refused stream");
@@ -272,8 +263,8 @@ fn after_failure(failed: Failed, facts: &Attempted<'_>, backoff_step: &mut u32) 
     }
     let pushback = response.as_ref().and_then(pushback);
     let code_retryable = policy.retries(status.code());
-    let allowed_by_safety = !safe
-        || method_is_safe
+    let allowed_by_safety = !facts.safe
+        || facts.method_is_safe
         || match status.code() {
             Code::DeadlineExceeded | Code::Aborted => false,
             // UNAVAILABLE is safe only when the request provably did
@@ -329,7 +320,7 @@ fn after_failure(failed: Failed, facts: &Attempted<'_>, backoff_step: &mut u32) 
     }
     // Peer-chosen delays are bounded by the deadline (and, without one,
     // by MAX_HINT_WITHOUT_DEADLINE); the instant arithmetic saturates.
-    let too_late = match deadline {
+    let too_late = match facts.deadline {
         Some(d) => Instant::now().checked_add(delay).is_none_or(|at| at >= d),
         None => delay > MAX_HINT_WITHOUT_DEADLINE,
     };
