@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod grpc_go;
 pub mod nginx;
+pub mod relay;
 mod peer_install;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

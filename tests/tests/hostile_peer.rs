@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ameide_sdk::layers::RetryPolicy;
 use ameide_sdk::proto::graph::v1::ListRepositoriesRequest;
 use ameide_sdk::testkit::{H2FaultServer, RawReply, RawTcpServer};
-use ameide_sdk::{AmeideClient, Error, IntoAmeideResult, StopReason};
+use ameide_sdk::{AmeideClient, Error, IntoAmeideResult, StopReason, TransportOptions};
 use prost::Message;
 use tonic::Code;
 
@@ -45,10 +45,19 @@ const BUDGET: Duration = Duration::from_millis(800);
 const SLACK: Duration = Duration::from_millis(400);
 
 fn client(server: &H2FaultServer, policy: RetryPolicy) -> AmeideClient {
+    client_with(server, policy, TransportOptions::default())
+}
+
+fn client_with(
+    server: &H2FaultServer,
+    policy: RetryPolicy,
+    options: TransportOptions,
+) -> AmeideClient {
     AmeideClient::builder()
         .endpoint(server.endpoint())
         .timeout(BUDGET)
         .retry_policy(policy.with_throttling(None))
+        .transport_options(options)
         .build()
         .unwrap()
 }
@@ -81,10 +90,15 @@ async fn expect(reply: RawReply, code: Code) -> Error {
 /// what only tonic's decoder can find (a compressed message without an
 /// encoding, a message that is not the response type) carries no SDK facts.
 async fn expect_any(reply: RawReply) -> Error {
+    expect_any_with(reply, TransportOptions::default()).await
+}
+
+/// [`expect_any`] with other transport options.
+async fn expect_any_with(reply: RawReply, options: TransportOptions) -> Error {
     watch_panics();
     let server = H2FaultServer::start().await.unwrap();
     server.push_reply(reply);
-    let client = client(&server, RetryPolicy::disabled());
+    let client = client_with(&server, RetryPolicy::disabled(), options);
     let (result, took) = call(&client).await;
     let err = result.expect_err("a hostile reply is an error");
     assert!(took < BUDGET + SLACK, "took {took:?}: {err}");
@@ -296,13 +310,31 @@ async fn malformed_message_frames_are_clear_errors_with_the_request_id() {
     assert_eq!(err.code(), Code::Internal, "{err}");
 }
 
+/// Headers past the client's `max_header_list_size` (16 KiB here; the
+/// default is grpc-go's 16 MiB) are an error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_response_headers_are_an_error_not_a_hang() {
     let mut reply = RawReply::grpc();
     for n in 0..24 {
         reply = reply.header(&format!("x-filler-{n}"), "f".repeat(1024));
     }
-    expect_any(reply.message(&[]).trailer("grpc-status", "0")).await;
+    let options = TransportOptions::default().with_max_header_list_size(16 << 10);
+    expect_any_with(reply.message(&[]).trailer("grpc-status", "0"), options).await;
+}
+
+/// A large error's trailers (24 KiB, past hyper's own 16 KiB default) reach
+/// the caller as the server's status, not as INTERNAL (issue 24).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_error_trailers_keep_the_servers_status() {
+    let mut reply = RawReply::grpc()
+        .message(&[])
+        .trailer("grpc-status", "9")
+        .trailer("grpc-message", "precondition");
+    for n in 0..24 {
+        reply = reply.trailer(&format!("x-filler-{n}"), &"f".repeat(1024));
+    }
+    let err = expect(reply, Code::FailedPrecondition).await;
+    assert_eq!(err.message(), "precondition");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

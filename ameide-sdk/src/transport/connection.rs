@@ -1,44 +1,36 @@
-//! One HTTP/2 connection to the target, made on first use and made again
-//! after it closes, on hyper's client connection API.
+//! One HTTP/2 connection of a [`Subchannel`](super::subchannel::Subchannel):
+//! made by [`connect`] (resolve, TCP, TLS with ALPN `h2`, the HTTP/2
+//! handshake, then the server's first SETTINGS, all within the connect
+//! timeout), on hyper's client connection API, with the bytes hyper reads
+//! watched by a [`Tap`](super::tap::Tap).
 //!
 //! Why not tonic's `Channel`: the retry rules of contract §8 need to know
 //! whether a failed request was ever written, and hyper answers that only to
 //! `SendRequest::try_send_request`, which hands an unsent request back.
-//! Here that answer decides:
-//!
-//! | What happened | What the caller sees |
-//! |---|---|
-//! | connect failed (DNS, TCP, TLS, ALPN) | the request, still in hand, waits for the next connect (shared backoff: 100 ms × 1.6ⁿ up to 2 s, ±20 %) and goes again, until the call's deadline; then `UNAVAILABLE` naming the cause ([`ConnectError`]) |
-//! | the connection closed before the request was written (a deploy, a proxy reload) | the request, handed back by hyper, goes again at once on a fresh connection (at most [`MAX_UNWRITTEN_RESENDS`] times), then [`Unwritten`] |
-//! | anything after it was written | hyper's or h2's error, for the layers above to classify (`REFUSED_STREAM`, GOAWAY, reset, lost connection) |
-//!
-//! Resends carry `grpc-transparent-retry-attempts`. None of them is an
-//! attempt of the retry policy or spends a throttle token: they happen below
-//! the retry layer, on a request that never left the process.
+//! The subchannel turns that answer into transparent resends.
 
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
+use super::tap::{ConnEvents, Tap, Wake};
 
 /// Resends of a request hyper handed back unwritten, per call.
 pub(crate) const MAX_UNWRITTEN_RESENDS: u32 = 4;
-/// Connect attempts per call when the call has no deadline (layers used alone).
-const MAX_CONNECTS_WITHOUT_DEADLINE: u32 = 3;
-const CONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The header that counts a request's transparent resends.
 pub(crate) const TRANSPARENT_ATTEMPTS: http::HeaderName =
     http::HeaderName::from_static("grpc-transparent-retry-attempts");
 
-/// Where and how to connect.
+/// Where and how to connect: everything [`TransportOptions`](super::TransportOptions)
+/// says, checked, for one target.
 pub(crate) struct Target {
     pub(crate) scheme: http::uri::Scheme,
     pub(crate) authority: http::uri::Authority,
@@ -49,18 +41,24 @@ pub(crate) struct Target {
         rustls_pki_types::ServerName<'static>,
     )>,
     pub(crate) connect_timeout: Duration,
-    pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) keepalive_timeout: Duration,
+    pub(crate) keepalive_without_calls: bool,
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) max_frame_size: u32,
+    pub(crate) max_header_list_size: u32,
     pub(crate) user_agent: HeaderValue,
 }
 
 /// Why a connection could not be made. The request was never sent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnectError {
     pub(crate) message: String,
     /// Trying again cannot help before the configuration or the server's
-    /// certificate changes (a certificate rejected, ALPN refused): the call
-    /// fails at once instead of waiting out its deadline.
+    /// certificate changes (a certificate rejected, a name that does not
+    /// match, ALPN refused): the calls waiting fail at once instead of
+    /// waiting out their deadline, and no connect is tried before the backoff.
     pub(crate) permanent: bool,
 }
 
@@ -96,248 +94,102 @@ impl std::error::Error for Unwritten {
     }
 }
 
-/// State shared by every clone: the live connection, and the last failure.
-struct State {
-    sender: Option<SendRequest<tonic::body::Body>>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
+/// One HTTP/2 connection: its sender, the streams the SDK has open on it,
+/// and what the server said about it.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) sender: SendRequest<tonic::body::Body>,
+    /// Streams opened on it and not yet over (see [`StreamGuard`]).
+    open: AtomicUsize,
+    pub(crate) events: Arc<ConnEvents>,
+    /// The HTTP/2 keepalive interval it was made with.
+    pub(crate) keepalive: Option<Duration>,
 }
 
-/// One connection to the target, shared by every call through it.
-#[derive(Clone)]
-pub(crate) struct Connection {
-    target: Arc<Target>,
-    state: Arc<Mutex<State>>,
-    /// Held while connecting, so concurrent callers share one connect.
-    connecting: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Connection {
-    pub(crate) fn new(target: Arc<Target>) -> Self {
-        Connection {
-            target,
-            state: Arc::new(Mutex::new(State {
-                sender: None,
-                failures: 0,
-                retry_at: None,
-                last_error: None,
-            })),
-            connecting: Arc::new(tokio::sync::Mutex::new(())),
-        }
+impl Conn {
+    /// Takes new streams: not closed, no GOAWAY.
+    pub(crate) fn usable(&self) -> bool {
+        !self.events.going_away() && !self.events.closed() && !self.sender.is_closed()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn live_sender(&self) -> Option<SendRequest<tonic::body::Body>> {
-        let state = self.lock();
-        state.sender.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    /// Drops the current connection when it is closed, or when `going_away`
-    /// (it sent GOAWAY: it takes no new streams, though it lives on until its
-    /// streams finish). The next call connects afresh.
-    fn forget(&self, going_away: bool) {
-        let mut state = self.lock();
-        if going_away || state.sender.as_ref().is_some_and(SendRequest::is_closed) {
-            state.sender = None;
+    /// Counts one more open stream when the server's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` leaves room for it.
+    pub(crate) fn try_open(&self) -> bool {
+        let max = self.events.max_streams() as usize;
+        if self.open.load(Ordering::Relaxed) >= max {
+            return false;
         }
-    }
-
-    /// A live sender, connecting (once for all waiters) when there is none.
-    /// Fails with the connect error when the next connect would start at or
-    /// after `deadline`.
-    async fn sender(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<SendRequest<tonic::body::Body>, ConnectError> {
-        if let Some(sender) = self.live_sender() {
-            return Ok(sender);
-        }
-        // The connect path (DNS, TCP, TLS, handshake) is a large state
-        // machine: boxed, so the per-call future that holds this one stays
-        // small (it is moved to the heap on every call).
-        Box::pin(self.connect_shared(deadline)).await
-    }
-
-    /// The slow path of [`sender`](Self::sender): one connect for all waiters.
-    async fn connect_shared(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<SendRequest<tonic::body::Body>, ConnectError> {
-        let _connecting = self.connecting.lock().await;
-        if let Some(sender) = self.live_sender() {
-            return Ok(sender);
-        }
-        let (retry_at, last_error) = {
-            let state = self.lock();
-            (state.retry_at, state.last_error.clone())
-        };
-        if let Some(at) = retry_at {
-            if deadline.is_some_and(|d| at >= d) {
-                return Err(ConnectError {
-                    message: last_error.unwrap_or_else(|| "cannot connect".to_owned()),
-                    permanent: false,
-                });
-            }
-            tokio::time::sleep_until(at).await;
-        }
-        match connect(&self.target).await {
-            Ok(sender) => {
-                let mut state = self.lock();
-                state.sender = Some(sender.clone());
-                state.failures = 0;
-                state.retry_at = None;
-                state.last_error = None;
-                Ok(sender)
-            }
-            Err(error) => {
-                let mut state = self.lock();
-                state.failures = state.failures.saturating_add(1);
-                state.retry_at = Some(crate::time::add(
-                    Instant::now(),
-                    connect_backoff(state.failures),
-                ));
-                state.last_error = Some(error.message.clone());
-                Err(error)
-            }
-        }
-    }
-
-    /// Sends `request`, connecting first if needed; resends it while it is
-    /// provably unsent (see the module table).
-    ///
-    /// An `async` block over the arguments rather than an `async fn`, whose
-    /// future would keep the request twice (it is boxed on every call).
-    pub(crate) fn send(
-        self,
-        mut request: HttpRequest,
-    ) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static {
-        let origin = set_origin(&mut request, &self.target);
-        async move {
-            origin?;
-            let deadline = request
-                .extensions()
-                .get::<crate::call::CallState>()
-                .and_then(crate::call::CallState::deadline)
-                .or_else(|| {
-                    request
-                        .extensions()
-                        .get::<crate::call::Deadline>()
-                        .map(|d| d.0)
-                });
-            let mut connects = 0u32;
-            let mut resends = 0u32;
-            loop {
-                let mut sender = match self.sender(deadline).await {
-                    Ok(sender) => sender,
-                    Err(error) => {
-                        connects = connects.saturating_add(1);
-                        let give_up = match deadline {
-                            Some(d) => Instant::now() >= d,
-                            None => connects >= MAX_CONNECTS_WITHOUT_DEADLINE,
-                        };
-                        // The next `sender` call fails at once when its connect
-                        // would start past the deadline.
-                        if give_up
-                            || error.permanent
-                            || deadline.is_some_and(|d| self.next_connect_at() >= Some(d))
-                        {
-                            return Err(Box::new(error) as BoxError);
-                        }
-                        resends = resends.saturating_add(1);
-                        mark_resend(&mut request, resends);
-                        continue;
-                    }
-                };
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response.map(tonic::body::Body::new)),
-                    Err(mut failed) => {
-                        let handed_back = failed.take_message();
-                        self.forget(is_go_away(failed.error()));
-                        match handed_back {
-                            Some(unsent) if resends < MAX_UNWRITTEN_RESENDS => {
-                                ::tracing::debug!(
-                                    error = %failed.error(),
-                                    "request not written before its connection closed: sending it on a fresh connection"
-                                );
-                                request = unsent;
-                                resends = resends.saturating_add(1);
-                                mark_resend(&mut request, resends);
-                            }
-                            Some(_) => {
-                                return Err(Box::new(Unwritten {
-                                    source: failed.into_error(),
-                                }));
-                            }
-                            None => return Err(Box::new(failed.into_error()) as BoxError),
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn next_connect_at(&self) -> Option<Instant> {
-        self.lock().retry_at
+        self.open.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
-/// Whether an HTTP/2 GOAWAY from the peer is behind `error`.
-fn is_go_away(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(err) = source {
-        if err
-            .downcast_ref::<h2::Error>()
-            .is_some_and(h2::Error::is_go_away)
-        {
-            return true;
-        }
-        source = err.source();
+/// One stream counted open on its connection until dropped: held by the
+/// send future, then by the response body until it ends.
+pub(crate) struct StreamGuard {
+    pub(crate) conn: Arc<Conn>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.conn.open.fetch_sub(1, Ordering::Relaxed);
+        self.conn.events.wake().room_freed();
     }
-    false
 }
 
-fn mark_resend(request: &mut HttpRequest, resends: u32) {
-    request
-        .headers_mut()
-        .insert(TRANSPARENT_ATTEMPTS, HeaderValue::from(resends));
+pin_project_lite::pin_project! {
+    /// A response body that closes its stream's count when it ends.
+    pub(crate) struct CountedBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        guard: Option<StreamGuard>,
+    }
 }
 
-/// `100 ms × 1.6^(failures−1)`, at most 2 s, times a factor in [0.8, 1.2].
-fn connect_backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16) as i32;
-    let base = CONNECT_BACKOFF_INITIAL.as_secs_f64() * 1.6f64.powi(exponent);
-    let capped = base.min(CONNECT_BACKOFF_MAX.as_secs_f64());
-    crate::time::secs_f64(capped * (0.8 + 0.4 * fastrand::f64()))
+impl CountedBody {
+    pub(crate) fn new(inner: hyper::body::Incoming, guard: StreamGuard) -> Self {
+        CountedBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
 }
 
-/// Gives a path-only request (as tonic's generated clients make them) the
-/// target's scheme and authority, and the SDK's user agent.
-fn set_origin(request: &mut HttpRequest, target: &Target) -> Result<(), BoxError> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = http::Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(path)
-        .build()?;
-    *request.uri_mut() = uri;
-    request
-        .headers_mut()
-        .entry(http::header::USER_AGENT)
-        .or_insert_with(|| target.user_agent.clone());
-    Ok(())
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Makes a connection: resolve, TCP (first address that answers), TLS with
-/// ALPN `h2` for `https`, the HTTP/2 handshake; all within the connect timeout.
-async fn connect(target: &Target) -> Result<SendRequest<tonic::body::Body>, ConnectError> {
+/// ALPN `h2` for `https`, the HTTP/2 handshake, and the server's first
+/// SETTINGS frame (a server that accepts and closes has not connected); all
+/// within the connect timeout.
+pub(crate) async fn connect(
+    target: &Target,
+    id: u64,
+    keepalive: Option<Duration>,
+    wake: Arc<Wake>,
+) -> Result<Conn, ConnectError> {
     let where_ = format!("{}:{}", target.host, target.port);
     let fail = |what: String| ConnectError {
         message: format!("cannot connect to {where_}: {what}"),
@@ -347,6 +199,7 @@ async fn connect(target: &Target) -> Result<SendRequest<tonic::body::Body>, Conn
         message: format!("cannot connect to {where_}: {what}"),
         permanent: true,
     };
+    let events = Arc::new(ConnEvents::new(wake));
     let work = async {
         let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -368,14 +221,24 @@ async fn connect(target: &Target) -> Result<SendRequest<tonic::body::Body>, Conn
             (None, None) => return Err(fail("the host name resolved to no address".to_owned())),
         };
         let _ = stream.set_nodelay(true);
-        match &target.tls {
-            None => handshake(target, TokioIo::new(stream)).await.map_err(fail),
+        if let Some(idle) = target.tcp_keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(idle);
+            // Best effort: a socket that refuses it still carries gRPC.
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        }
+        let sender = match &target.tls {
+            None => handshake(target, keepalive, Tap::new(stream, events.clone()), &events)
+                .await
+                .map_err(fail)?,
             Some((connector, name)) => {
                 let tls = connector.connect(name.clone(), stream).await.map_err(|e| {
                     let why = format!("TLS handshake failed: {}", tls_cause(&e));
-                    // A rustls verdict (certificate, alert, protocol) stands;
-                    // a connection cut mid-handshake may not.
-                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                    let verdict = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                    if verdict.is_some_and(tls_error_is_permanent) {
                         refuse(why)
                     } else {
                         fail(why)
@@ -391,16 +254,59 @@ async fn connect(target: &Target) -> Result<SendRequest<tonic::body::Body>, Conn
                         )
                     )));
                 }
-                handshake(target, TokioIo::new(tls)).await.map_err(fail)
+                handshake(target, keepalive, Tap::new(tls, events.clone()), &events)
+                    .await
+                    .map_err(fail)?
             }
+        };
+        if !events.settings().await {
+            return Err(fail(
+                "the server closed the connection before its HTTP/2 SETTINGS".to_owned(),
+            ));
         }
+        Ok(sender)
     };
     match tokio::time::timeout(target.connect_timeout, work).await {
-        Ok(result) => result,
+        Ok(Ok(sender)) => Ok(Conn {
+            id,
+            sender,
+            open: AtomicUsize::new(0),
+            events,
+            keepalive,
+        }),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(fail(format!(
             "no connection within the connect timeout ({:?})",
             target.connect_timeout
         ))),
+    }
+}
+
+/// Whether a TLS failure stands until the configuration or the server's
+/// certificate changes: the certificate (ours or theirs), the name, ALPN.
+/// Anything else (a protocol error, an alert of one bad replica, a cut
+/// connection) may not happen on the next connect.
+pub(crate) fn tls_error_is_permanent(error: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    match error {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::NoApplicationProtocol => true,
+        rustls::Error::AlertReceived(alert) => matches!(
+            alert,
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                | A::NoApplicationProtocol
+                | A::UnrecognisedName
+        ),
+        _ => false,
     }
 }
 
@@ -435,26 +341,37 @@ where
     }
 }
 
-async fn handshake<T>(target: &Target, io: T) -> Result<SendRequest<tonic::body::Body>, String>
+/// The HTTP/2 handshake with the target's settings; spawns the connection's
+/// task, which marks `events` closed when it ends.
+async fn handshake<T>(
+    target: &Target,
+    keepalive: Option<Duration>,
+    io: Tap<T>,
+    events: &Arc<ConnEvents>,
+) -> Result<SendRequest<tonic::body::Body>, String>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper::client::conn::http2::Builder::new(BoxingExecutor);
     builder
         .timer(TokioTimer::new())
-        .keep_alive_while_idle(false)
-        .keep_alive_timeout(target.keepalive_timeout);
-    if let Some(interval) = target.keepalive_interval {
-        builder.keep_alive_interval(interval);
-    }
+        .initial_stream_window_size(target.stream_window)
+        .initial_connection_window_size(target.connection_window)
+        .max_frame_size(target.max_frame_size)
+        .max_header_list_size(target.max_header_list_size)
+        .keep_alive_while_idle(target.keepalive_without_calls)
+        .keep_alive_timeout(target.keepalive_timeout)
+        .keep_alive_interval(keepalive);
     let (sender, connection) = builder
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    let events = events.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             ::tracing::debug!(%error, "HTTP/2 connection ended");
         }
+        events.mark_closed();
     });
     Ok(sender)
 }
@@ -464,11 +381,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        for _ in 0..100 {
-            let first = connect_backoff(1);
-            assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120));
-            assert!(connect_backoff(u32::MAX) <= Duration::from_millis(2400));
-        }
+    fn tls_verdicts_about_certificates_names_and_alpn_stand() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        assert!(tls_error_is_permanent(&Error::InvalidCertificate(
+            CertificateError::UnknownIssuer
+        )));
+        assert!(tls_error_is_permanent(&Error::AlertReceived(
+            AlertDescription::UnknownCA
+        )));
+        assert!(tls_error_is_permanent(&Error::NoApplicationProtocol));
+        // One replica's bad day is not a verdict on the target.
+        assert!(!tls_error_is_permanent(&Error::AlertReceived(
+            AlertDescription::InternalError
+        )));
+        assert!(!tls_error_is_permanent(&Error::AlertReceived(
+            AlertDescription::HandshakeFailure
+        )));
+        assert!(!tls_error_is_permanent(&Error::DecryptError));
     }
 }

@@ -1,6 +1,7 @@
-//! The transport under the layers: lazily made HTTP/2 connections
-//! ([`connection`]) over TCP, or over rustls ([`tls`]: ring provider, no
-//! OpenSSL) for `https`; or any tower service the caller provides. Wrapped in
+//! The transport under the layers: a [`subchannel`] that owns its HTTP/2
+//! connections ([`connection`], watched by a [`tap`]) over TCP, or over
+//! rustls ([`tls`]: ring provider, no OpenSSL) for `https`; or any tower
+//! service the caller provides. Wrapped in
 //! a slot that [`AmeideClient::close`](crate::AmeideClient::close) empties.
 
 use std::path::Path;
@@ -8,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::Status;
 
 use tower::util::BoxCloneSyncService;
@@ -19,31 +19,79 @@ use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 pub(crate) mod connection;
 pub(crate) mod failure;
+pub(crate) mod subchannel;
+pub(crate) mod tap;
 pub(crate) mod tls;
 
-use connection::{Connection, Target};
+use connection::Target;
+use subchannel::{Pacing, Subchannel};
 pub use tls::{ClientIdentity, TrustRoots};
 
 /// A type-erased transport (or transport plus user layers).
 pub type BoxTransport = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
 
-/// How the default tonic transport connects.
+/// How the default transport connects: the subchannel's connections to the
+/// target (see `docs/ARCHITECTURE.md`, "The subchannel"). Every default
+/// follows grpc-go's client unless its doc says why not.
 ///
 /// ```
 /// use std::time::Duration;
 /// let options = ameide_sdk::TransportOptions::default();
-/// assert_eq!(options.keepalive_interval, Some(Duration::from_secs(60)));
+/// // No HTTP/2 keepalive pings by default (gRFC A8, as grpc-go): servers'
+/// // default policy allows one per 5 minutes. TCP keepalive is on.
+/// assert_eq!(options.keepalive_interval, None);
+/// assert_eq!(options.tcp_keepalive, Some(Duration::from_secs(15)));
+/// // Unread streams never stall the connection: its window is the largest.
+/// assert_eq!(options.connection_window, (1 << 31) - 1);
+/// assert_eq!(options.max_header_list_size, 16 << 20);
+/// assert_eq!((options.connections, options.max_connections), (1, 8));
+/// assert!(options.validate().is_ok());
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TransportOptions {
-    /// HTTP/2 PING interval while calls are in flight; `None` disables keepalive.
-    /// 60 s stays clear of gRPC servers' default ping-abuse policy while data flows.
+    /// HTTP/2 PING interval (gRFC A8); `None` (the default, as grpc-go)
+    /// sends none. At least 10 s. gRPC servers allow one ping per 5 minutes
+    /// by default and close the connection (GOAWAY ENHANCE_YOUR_CALM
+    /// `too_many_pings`) after three too early: when that happens, the
+    /// interval of the target's next connections is doubled and a warning
+    /// logged. TCP keepalive ([`tcp_keepalive`](Self::tcp_keepalive))
+    /// already finds dead peers and keeps NAT entries alive without it.
     pub keepalive_interval: Option<Duration>,
     /// How long to wait for a PING acknowledgement before closing the connection.
     pub keepalive_timeout: Duration,
-    /// TCP connect timeout.
+    /// Pings also while no call is in flight (grpc-go's `PermitWithoutStream`;
+    /// the server must allow it). Off by default.
+    pub keepalive_without_calls: bool,
+    /// TCP keepalive on the socket: idle time before the first probe, and the
+    /// interval between probes; `None` leaves the system's setting. 15 s, as
+    /// Go's (and so grpc-go's) dialer.
+    pub tcp_keepalive: Option<Duration>,
+    /// TCP, TLS and HTTP/2 handshake, up to the server's first SETTINGS frame.
     pub connect_timeout: Duration,
+    /// The first delay after a failed connect; each next one is 1.6 × longer
+    /// up to [`connect_backoff_max`](Self::connect_backoff_max), each ±20 %
+    /// (gRPC's connection backoff). 1 s.
+    pub connect_backoff: Duration,
+    /// The longest delay between connects. 30 s, not gRPC's 120 s: with a
+    /// 5 s call budget, calls fail fast with `UNAVAILABLE` while the
+    /// subchannel backs off, so the cap is how long a client keeps failing
+    /// after its server is back.
+    pub connect_backoff_max: Duration,
+    /// HTTP/2 stream flow-control window: how much of one response the
+    /// connection buffers before the application reads it. 2 MiB.
+    pub stream_window: u32,
+    /// HTTP/2 connection flow-control window. The default, the largest
+    /// allowed (2³¹−1), makes the per-stream windows the only bound, as
+    /// grpc-go's window updates on receipt do: a stream nobody reads never
+    /// stops the others.
+    pub connection_window: u32,
+    /// The largest HTTP/2 frame the server may send (16 KiB ..= 16 MiB − 1).
+    pub max_frame_size: u32,
+    /// The largest header block (headers or trailers) accepted from the
+    /// server. 16 MiB, as grpc-go: a large error's trailers
+    /// (`grpc-status-details-bin`) are not turned into INTERNAL.
+    pub max_header_list_size: u32,
     /// Extra CA certificate(s) (PEM) trusted for `https` endpoints, e.g. a
     /// cluster CA, on top of [`trust_roots`](Self::trust_roots).
     pub ca_certificate_pem: Option<Vec<u8>>,
@@ -51,28 +99,50 @@ pub struct TransportOptions {
     pub trust_roots: TrustRoots,
     /// A client certificate and key for mutual TLS.
     pub client_identity: Option<ClientIdentity>,
-    /// HTTP/2 connections to the target, 1 ..= 64; calls are spread over them
-    /// round-robin. One connection multiplexes streams, but its single
-    /// connection task becomes the bottleneck with hundreds in flight.
+    /// HTTP/2 connections kept to the target, 1 ..= 64; calls are spread
+    /// over those with room round-robin. One connection multiplexes streams,
+    /// but its single connection task becomes the bottleneck with hundreds
+    /// in flight.
     pub connections: usize,
+    /// The most connections to the target ([`connections`](Self::connections) ..= 64):
+    /// when every connection has as many streams open as its server's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` allows, another is opened, up to
+    /// this cap (gRFC A105's `max_connections_per_subchannel`); past it,
+    /// calls wait for room within their deadline. 8.
+    pub max_connections: usize,
 }
 
 impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
-            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_interval: None,
             keepalive_timeout: Duration::from_secs(20),
+            keepalive_without_calls: false,
+            tcp_keepalive: Some(Duration::from_secs(15)),
             connect_timeout: Duration::from_secs(10),
+            connect_backoff: Duration::from_secs(1),
+            connect_backoff_max: Duration::from_secs(30),
+            stream_window: 2 << 20,
+            connection_window: MAX_WINDOW,
+            max_frame_size: 16 << 10,
+            max_header_list_size: 16 << 20,
             ca_certificate_pem: None,
             trust_roots: TrustRoots::default(),
             client_identity: None,
             connections: DEFAULT_CONNECTIONS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
 /// The default pool size (see `docs/BENCHMARKS.md` for the measurement).
 pub const DEFAULT_CONNECTIONS: usize = 1;
+/// The default [`TransportOptions::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+/// The largest HTTP/2 flow-control window.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+/// gRFC A8's floor for the keepalive interval.
+const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
 
 impl TransportOptions {
     /// Sets [`keepalive_interval`](Self::keepalive_interval).
@@ -87,9 +157,49 @@ impl TransportOptions {
         self
     }
 
+    /// Sets [`keepalive_without_calls`](Self::keepalive_without_calls).
+    pub fn with_keepalive_without_calls(mut self, value: bool) -> Self {
+        self.keepalive_without_calls = value;
+        self
+    }
+
+    /// Sets [`tcp_keepalive`](Self::tcp_keepalive).
+    pub fn with_tcp_keepalive(mut self, value: impl Into<Option<Duration>>) -> Self {
+        self.tcp_keepalive = value.into();
+        self
+    }
+
     /// Sets [`connect_timeout`](Self::connect_timeout).
     pub fn with_connect_timeout(mut self, value: Duration) -> Self {
         self.connect_timeout = value;
+        self
+    }
+
+    /// Sets [`connect_backoff`](Self::connect_backoff) and
+    /// [`connect_backoff_max`](Self::connect_backoff_max).
+    pub fn with_connect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.connect_backoff = initial;
+        self.connect_backoff_max = max;
+        self
+    }
+
+    /// Sets [`stream_window`](Self::stream_window) and
+    /// [`connection_window`](Self::connection_window).
+    pub fn with_windows(mut self, stream: u32, connection: u32) -> Self {
+        self.stream_window = stream;
+        self.connection_window = connection;
+        self
+    }
+
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    pub fn with_max_frame_size(mut self, value: u32) -> Self {
+        self.max_frame_size = value;
+        self
+    }
+
+    /// Sets [`max_header_list_size`](Self::max_header_list_size).
+    pub fn with_max_header_list_size(mut self, value: u32) -> Self {
+        self.max_header_list_size = value;
         self
     }
 
@@ -117,6 +227,12 @@ impl TransportOptions {
         self
     }
 
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn with_max_connections(mut self, value: usize) -> Self {
+        self.max_connections = value;
+        self
+    }
+
     /// Checks every option against its range; the error names the option.
     /// [`AmeideClientBuilder::build`](crate::AmeideClientBuilder::build) calls it.
     ///
@@ -129,39 +245,68 @@ impl TransportOptions {
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ms = Duration::from_millis(1);
-        let check = |name: &str, value: Duration, max: Duration| {
-            if value < ms || value > max {
-                return Err(ConfigError::new(
-                    ConfigErrorKind::Transport,
-                    format!("transport option {name} {value:?} must be within 1ms..={max:?}"),
+        let fail = |message: String| Err(ConfigError::new(ConfigErrorKind::Transport, message));
+        let check = |name: &str, value: Duration, min: Duration, max: Duration| {
+            if value < min || value > max {
+                return fail(format!(
+                    "transport option {name} {value:?} must be within {min:?}..={max:?}"
                 ));
             }
             Ok(())
         };
+        let day = Duration::from_secs(24 * 3600);
         if let Some(interval) = self.keepalive_interval {
-            check(
-                "keepalive_interval",
-                interval,
-                Duration::from_secs(24 * 3600),
-            )?;
+            check("keepalive_interval", interval, MIN_KEEPALIVE, day)?;
+        }
+        if let Some(idle) = self.tcp_keepalive {
+            check("tcp_keepalive", idle, Duration::from_secs(1), Duration::from_secs(7200))?;
         }
         check(
             "keepalive_timeout",
             self.keepalive_timeout,
+            ms,
             Duration::from_secs(3600),
         )?;
         check(
             "connect_timeout",
             self.connect_timeout,
+            ms,
             crate::config::MAX_TIMEOUT,
         )?;
+        check("connect_backoff", self.connect_backoff, ms, day)?;
+        check(
+            "connect_backoff_max",
+            self.connect_backoff_max,
+            self.connect_backoff,
+            day,
+        )?;
+        let sized = |name: &str, value: u32, min: u32, max: u32| {
+            if !(min..=max).contains(&value) {
+                return fail(format!(
+                    "transport option {name} {value} must be within {min}..={max}"
+                ));
+            }
+            Ok(())
+        };
+        sized("stream_window", self.stream_window, 65_535, MAX_WINDOW)?;
+        sized("connection_window", self.connection_window, 65_535, MAX_WINDOW)?;
+        sized("max_frame_size", self.max_frame_size, 16_384, 16_777_215)?;
+        sized(
+            "max_header_list_size",
+            self.max_header_list_size,
+            1024,
+            256 << 20,
+        )?;
         if !(1..=64).contains(&self.connections) {
-            return Err(ConfigError::new(
-                ConfigErrorKind::Transport,
-                format!(
-                    "transport option connections {} must be within 1..=64",
-                    self.connections
-                ),
+            return fail(format!(
+                "transport option connections {} must be within 1..=64",
+                self.connections
+            ));
+        }
+        if !(self.connections..=64).contains(&self.max_connections) {
+            return fail(format!(
+                "transport option max_connections {} must be within connections ({})..=64",
+                self.max_connections, self.connections
             ));
         }
         Ok(())
@@ -224,30 +369,29 @@ pub(crate) fn http2_transport(
         port: crate::config::port_of(&uri),
         tls,
         connect_timeout: options.connect_timeout,
-        keepalive_interval: options.keepalive_interval,
         keepalive_timeout: options.keepalive_timeout,
+        keepalive_without_calls: options.keepalive_without_calls,
+        tcp_keepalive: options.tcp_keepalive,
+        stream_window: options.stream_window,
+        connection_window: options.connection_window,
+        max_frame_size: options.max_frame_size,
+        max_header_list_size: options.max_header_list_size,
         user_agent: http::HeaderValue::from_static(concat!(
             "ameide-sdk-rust/",
             env!("CARGO_PKG_VERSION")
         )),
     });
-    let connections: Vec<Connection> = (0..options.connections)
-        .map(|_| Connection::new(target.clone()))
-        .collect();
-    Ok(BoxCloneSyncService::new(Pool {
-        connections: Arc::from(connections),
-        next: Arc::new(AtomicUsize::new(0)),
-    }))
+    let pacing = Pacing {
+        min_connections: options.connections,
+        max_connections: options.max_connections,
+        backoff: options.connect_backoff,
+        backoff_max: options.connect_backoff_max,
+        keepalive: options.keepalive_interval,
+    };
+    Ok(BoxCloneSyncService::new(Subchannel::new(target, pacing)))
 }
 
-/// Round-robin over one or more connections to one target.
-#[derive(Clone)]
-struct Pool {
-    connections: Arc<[Connection]>,
-    next: Arc<AtomicUsize>,
-}
-
-impl Service<HttpRequest> for Pool {
+impl Service<HttpRequest> for Subchannel {
     type Response = HttpResponse;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
@@ -257,13 +401,7 @@ impl Service<HttpRequest> for Pool {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let connection = if self.connections.len() == 1 {
-            self.connections[0].clone()
-        } else {
-            let n = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-            self.connections[n].clone()
-        };
-        Box::pin(connection.send(request))
+        Box::pin(self.clone().send(request))
     }
 }
 

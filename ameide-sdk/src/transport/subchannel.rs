@@ -1,0 +1,464 @@
+//! The subchannel: every HTTP/2 connection to the target, owned by the
+//! subchannel and by no call, in the shape of grpc-go's `addrConn` and the
+//! `grpc` crate's subchannel.
+//!
+//! | State | What a call does |
+//! |---|---|
+//! | READY: a connection has room (its open streams < the server's `SETTINGS_MAX_CONCURRENT_STREAMS`) | takes the next such connection, round-robin (the fast path: one lock, no allocation) |
+//! | every connection full, fewer than `max_connections` | starts a connect (one at a time) and waits for it or for room |
+//! | every connection full, at `max_connections` | waits for room, within its deadline |
+//! | IDLE / CONNECTING: no connection | starts the connect task (or joins the one running) and waits for it, within its deadline |
+//! | TRANSIENT_FAILURE: the last connect failed, the next one is due at `retry_at` | fails at once with `UNAVAILABLE` naming the connect error when its deadline falls before `retry_at` (or the error is about the certificate, the name or ALPN); else waits for that connect |
+//!
+//! **The connect task** is spawned by the first caller that needs it and is
+//! shared by every waiter. It is bounded by the connect timeout, never by a
+//! caller's deadline: a caller that gives up leaves it running, and its
+//! outcome is recorded either way. A failed connect sets the backoff
+//! (gRPC connection backoff: [`TransportOptions::connect_backoff`](super::TransportOptions::connect_backoff)
+//! × 1.6ⁿ up to [`connect_backoff_max`](super::TransportOptions::connect_backoff_max),
+//! ±20 %); the task tries again when it is due while callers still wait,
+//! and stops when nobody does. The backoff resets only on a connection whose
+//! server sent its SETTINGS.
+//!
+//! **Transparent resends** (contract §8): a request that waited through
+//! failed connects, or that hyper handed back unwritten when its connection
+//! closed (at most [`MAX_UNWRITTEN_RESENDS`] times), carries
+//! `grpc-transparent-retry-attempts`. None of them is an attempt of the retry
+//! policy or spends a throttle token. A request that waited for a connection
+//! or was resent has its `grpc-timeout` computed again from the call's
+//! deadline when its stream is created.
+//!
+//! **Keepalive** (gRFC A8): a connection that ends with GOAWAY
+//! ENHANCE_YOUR_CALM `too_many_pings` doubles the keepalive interval of the
+//! target's next connections, with a warning.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use super::connection::{
+    self, Conn, ConnectError, CountedBody, MAX_UNWRITTEN_RESENDS, StreamGuard, TRANSPARENT_ATTEMPTS,
+    Target, Unwritten,
+};
+use super::tap::Wake;
+use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
+
+/// Failed connects a call waits through when it has no deadline (layers used alone).
+const MAX_CONNECTS_WITHOUT_DEADLINE: u32 = 3;
+/// A connect due this close to a caller's deadline cannot answer its call in
+/// time (timers fire late on a loaded machine): the caller fails at once with
+/// the connect error instead of meeting its deadline while the connect starts.
+const CONNECT_GRACE: Duration = Duration::from_millis(50);
+/// The largest keepalive interval doubling reaches.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 3600);
+
+/// How many connections, and how connects are paced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    pub(crate) min_connections: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) backoff: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) keepalive: Option<Duration>,
+}
+
+/// Every connection to one target; cloned into every call.
+#[derive(Clone)]
+pub(crate) struct Subchannel {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    target: Arc<Target>,
+    pacing: Pacing,
+    wake: Arc<Wake>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The connections that take new streams.
+    conns: Vec<Arc<Conn>>,
+    /// Where the round-robin goes on.
+    next: usize,
+    /// A connect task runs.
+    connecting: bool,
+    next_id: u64,
+    /// Failed connects since the last connection was made.
+    failures: u32,
+    /// When the next connect may start.
+    retry_at: Option<Instant>,
+    last_error: Option<ConnectError>,
+    /// Failed connects ever: a waiter counts the ones it waited through.
+    failed_connects: u64,
+    /// The keepalive interval of the next connection (doubled by `too_many_pings`).
+    keepalive: Option<Duration>,
+}
+
+impl State {
+    /// A connection with room, its new stream counted.
+    fn pick(&mut self) -> Option<Arc<Conn>> {
+        let n = self.conns.len();
+        for i in 0..n {
+            let index = (self.next + i) % n;
+            let conn = &self.conns[index];
+            if conn.usable() && conn.try_open() {
+                self.next = index + 1;
+                return Some(conn.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Counts a caller among the waiters while it waits.
+struct Waiting<'a>(&'a Wake);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiters
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Subchannel {
+    pub(crate) fn new(target: Arc<Target>, pacing: Pacing) -> Self {
+        Subchannel {
+            shared: Arc::new(Shared {
+                target,
+                pacing,
+                wake: Arc::new(Wake::new()),
+                state: Mutex::new(State {
+                    conns: Vec::new(),
+                    next: 0,
+                    connecting: false,
+                    next_id: 0,
+                    failures: 0,
+                    retry_at: None,
+                    last_error: None,
+                    failed_connects: 0,
+                    keepalive: pacing.keepalive,
+                }),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fast path: a ready connection with room, or `None`.
+    fn pick_now(&self) -> Option<Arc<Conn>> {
+        let mut state = self.lock();
+        let conn = state.pick()?;
+        if state.conns.len() < self.shared.pacing.min_connections && !state.connecting {
+            self.start_connect(&mut state);
+        }
+        Some(conn)
+    }
+
+    fn start_connect(&self, state: &mut State) {
+        state.connecting = true;
+        tokio::spawn(self.clone().connect_task());
+    }
+
+    /// Drops the connections that take no new streams (closed, or GOAWAY).
+    fn prune(&self, state: &mut State) {
+        let mut i = 0;
+        while i < state.conns.len() {
+            if state.conns[i].usable() {
+                i += 1;
+            } else {
+                let gone = state.conns.remove(i);
+                self.retire(state, &gone);
+            }
+        }
+    }
+
+    /// A connection leaves the list: gRFC A8's doubling when the server
+    /// said its pings were too many.
+    fn retire(&self, state: &mut State, conn: &Conn) {
+        if !conn.events.too_many_pings() {
+            return;
+        }
+        let Some(used) = conn.keepalive else { return };
+        let doubled = used.saturating_mul(2).min(MAX_KEEPALIVE);
+        if state.keepalive.is_some_and(|now| now < doubled) {
+            state.keepalive = Some(doubled);
+            ::tracing::warn!(
+                target_address = %format_args!("{}:{}", self.shared.target.host, self.shared.target.port),
+                was = ?used,
+                now = ?doubled,
+                "the server closed a connection with GOAWAY ENHANCE_YOUR_CALM \"too_many_pings\": \
+                 its keepalive policy allows fewer pings; the keepalive interval of the next \
+                 connections is doubled (gRFC A8)"
+            );
+        }
+    }
+
+    /// Forgets `conn` (only that one) when it takes no new streams.
+    fn forget(&self, conn: &Arc<Conn>) {
+        let mut state = self.lock();
+        if conn.usable() {
+            return;
+        }
+        if let Some(index) = state.conns.iter().position(|c| c.id == conn.id) {
+            let gone = state.conns.remove(index);
+            self.retire(&mut state, &gone);
+        }
+    }
+
+    /// The slow path: waits for a connection with room. Returns it (its
+    /// stream counted) and how many failed connects the caller waited
+    /// through; fails with the connect error when waiting cannot help.
+    async fn wait(&self, deadline: Option<Instant>) -> Result<(Arc<Conn>, u32), ConnectError> {
+        let wake = self.shared.wake.clone();
+        let mut seen_from = None;
+        loop {
+            let notified = wake.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                self.prune(&mut state);
+                let from = *seen_from.get_or_insert(state.failed_connects);
+                let waited =
+                    u32::try_from(state.failed_connects.saturating_sub(from)).unwrap_or(u32::MAX);
+                if let Some(conn) = state.pick() {
+                    if state.conns.len() < self.shared.pacing.min_connections && !state.connecting
+                    {
+                        self.start_connect(&mut state);
+                    }
+                    return Ok((conn, waited));
+                }
+                if state.conns.is_empty()
+                    && let Some(error) = &state.last_error
+                {
+                    let now = Instant::now();
+                    let backing_off = state.retry_at.is_some_and(|at| at > now);
+                    let too_late = deadline.is_some_and(|d| {
+                        now >= d
+                            || state
+                                .retry_at
+                                .is_some_and(|at| crate::time::add(at, CONNECT_GRACE) >= d)
+                    });
+                    let enough = deadline.is_none() && waited >= MAX_CONNECTS_WITHOUT_DEADLINE;
+                    if (error.permanent && backing_off) || too_late || enough {
+                        return Err(error.clone());
+                    }
+                }
+                if !state.connecting && state.conns.len() < self.shared.pacing.max_connections {
+                    self.start_connect(&mut state);
+                }
+                wake.waiters
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _waiting = Waiting(&wake);
+            notified.await;
+        }
+    }
+
+    /// Connects, again after each backoff while callers wait; records every
+    /// outcome. Owned by no call.
+    async fn connect_task(self) {
+        let shared = &self.shared;
+        loop {
+            let (retry_at, keepalive, id) = {
+                let mut state = self.lock();
+                state.next_id = state.next_id.wrapping_add(1);
+                (state.retry_at, state.keepalive, state.next_id)
+            };
+            if let Some(at) = retry_at {
+                tokio::time::sleep_until(at).await;
+                let mut state = self.lock();
+                if shared.wake.waiters.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    state.connecting = false;
+                    return;
+                }
+            }
+            let outcome =
+                connection::connect(&shared.target, id, keepalive, shared.wake.clone()).await;
+            let mut state = self.lock();
+            let stop = match outcome {
+                Ok(conn) => {
+                    state.conns.push(Arc::new(conn));
+                    state.failures = 0;
+                    state.retry_at = None;
+                    state.last_error = None;
+                    true
+                }
+                Err(error) => {
+                    state.failures = state.failures.saturating_add(1);
+                    let backoff = connect_backoff(
+                        state.failures,
+                        shared.pacing.backoff,
+                        shared.pacing.backoff_max,
+                    );
+                    state.retry_at = Some(crate::time::add(Instant::now(), backoff));
+                    state.failed_connects = state.failed_connects.saturating_add(1);
+                    ::tracing::debug!(error = %error.message, ?backoff, "connect failed");
+                    let permanent = error.permanent;
+                    state.last_error = Some(error);
+                    permanent
+                }
+            };
+            if stop {
+                state.connecting = false;
+            }
+            drop(state);
+            shared.wake.changed();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Sends `request` on a connection with room, connecting first if
+    /// needed; resends it while it is provably unsent (see the module doc).
+    ///
+    /// An `async` block over the arguments rather than an `async fn`, whose
+    /// future would keep the request twice (it is boxed on every call).
+    pub(crate) fn send(
+        self,
+        mut request: HttpRequest,
+    ) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static {
+        let origin = set_origin(&mut request, &self.shared.target);
+        async move {
+            origin?;
+            let deadline = request
+                .extensions()
+                .get::<crate::call::CallState>()
+                .and_then(crate::call::CallState::deadline)
+                .or_else(|| {
+                    request
+                        .extensions()
+                        .get::<crate::call::Deadline>()
+                        .map(|d| d.0)
+                });
+            let mut resends = 0u32;
+            loop {
+                let conn = match self.pick_now() {
+                    Some(conn) => {
+                        if resends > 0 {
+                            refresh_timeout(&mut request, deadline);
+                        }
+                        conn
+                    }
+                    None => {
+                        // Large and rare: boxed, so the per-call future stays small.
+                        let (conn, waited) = Box::pin(self.wait(deadline))
+                            .await
+                            .map_err(|e| Box::new(e) as BoxError)?;
+                        if waited > 0 {
+                            resends = resends.saturating_add(waited);
+                            mark_resend(&mut request, resends);
+                        }
+                        refresh_timeout(&mut request, deadline);
+                        conn
+                    }
+                };
+                let guard = StreamGuard { conn };
+                let mut sender = guard.conn.sender.clone();
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        return Ok(response.map(|body| {
+                            tonic::body::Body::new(CountedBody::new(body, guard))
+                        }));
+                    }
+                    Err(mut failed) => {
+                        let handed_back = failed.take_message();
+                        let conn = guard.conn.clone();
+                        drop(guard);
+                        self.forget(&conn);
+                        match handed_back {
+                            Some(unsent) if resends < MAX_UNWRITTEN_RESENDS => {
+                                ::tracing::debug!(
+                                    error = %failed.error(),
+                                    "request not written before its connection closed: sending it on a fresh connection"
+                                );
+                                request = unsent;
+                                resends = resends.saturating_add(1);
+                                mark_resend(&mut request, resends);
+                            }
+                            Some(_) => {
+                                return Err(Box::new(Unwritten {
+                                    source: failed.into_error(),
+                                }) as BoxError);
+                            }
+                            None => return Err(Box::new(failed.into_error()) as BoxError),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `grpc-timeout` from the time left now, for a request that waited for a
+/// connection or is resent (the retry layer wrote it before the wait). A
+/// call without the header (a long-lived stream) gets none.
+fn refresh_timeout(request: &mut HttpRequest, deadline: Option<Instant>) {
+    let Some(deadline) = deadline else { return };
+    let name = crate::grpc_headers::names::GRPC_TIMEOUT;
+    if request.headers().contains_key(&name) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        request
+            .headers_mut()
+            .insert(name, crate::grpc_timeout::encode_grpc_timeout(left));
+    }
+}
+
+fn mark_resend(request: &mut HttpRequest, resends: u32) {
+    request
+        .headers_mut()
+        .insert(TRANSPARENT_ATTEMPTS, HeaderValue::from(resends));
+}
+
+/// `initial × 1.6^(failures−1)`, at most `max`, times a factor in [0.8, 1.2]
+/// (gRPC's connection backoff).
+fn connect_backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(64) as i32;
+    let base = initial.as_secs_f64() * 1.6f64.powi(exponent);
+    let capped = base.min(max.as_secs_f64());
+    crate::time::secs_f64(capped * (0.8 + 0.4 * fastrand::f64()))
+}
+
+/// Gives a path-only request (as tonic's generated clients make them) the
+/// target's scheme and authority, and the SDK's user agent.
+fn set_origin(request: &mut HttpRequest, target: &Target) -> Result<(), BoxError> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = http::Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(path)
+        .build()?;
+    *request.uri_mut() = uri;
+    request
+        .headers_mut()
+        .entry(http::header::USER_AGENT)
+        .or_insert_with(|| target.user_agent.clone());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(120));
+        for _ in 0..100 {
+            let first = connect_backoff(1, initial, max);
+            assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+            let second = connect_backoff(2, initial, max);
+            assert!(second >= Duration::from_millis(1280) && second <= Duration::from_millis(1920));
+            assert!(connect_backoff(u32::MAX, initial, max) <= Duration::from_secs(144));
+        }
+    }
+}

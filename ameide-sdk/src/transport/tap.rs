@@ -1,0 +1,371 @@
+//! What the server says about the connection itself, read off the bytes as
+//! hyper reads them: the first SETTINGS frame (the connection is READY only
+//! then), its `SETTINGS_MAX_CONCURRENT_STREAMS`, and GOAWAY with its error
+//! code and debug data (`too_many_pings` is how gRPC servers say the
+//! keepalive broke their policy, gRFC A8). hyper exposes none of these.
+//!
+//! [`Tap`] sits between the socket (or the TLS stream, on its plaintext side)
+//! and hyper. It never changes a byte: it walks the frame headers of what was
+//! read and copies out the few payload bytes it needs (at most
+//! [`KEPT_PAYLOAD`] of a frame). A DATA frame costs one header parse.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+const FRAME_HEADER: usize = 9;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+/// ENHANCE_YOUR_CALM.
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
+/// How much of a SETTINGS or GOAWAY payload is kept: 6 settings, or a
+/// GOAWAY's 8 fixed bytes and the start of its debug data.
+const KEPT_PAYLOAD: usize = 64;
+
+/// How the callers waiting on a subchannel (for a connection, or for room on
+/// one) are woken: by a connect's outcome, a connection that stops taking
+/// streams or allows more, and a stream that ends while someone waits.
+pub(crate) struct Wake {
+    pub(crate) notify: Notify,
+    /// Callers waiting on [`notify`](Self::notify); changed under the
+    /// subchannel's lock.
+    pub(crate) waiters: AtomicUsize,
+}
+
+impl Wake {
+    pub(crate) fn new() -> Self {
+        Wake {
+            notify: Notify::new(),
+            waiters: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn changed(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// A stream ended: wakes the waiters, if there are any (the common case
+    /// has none and costs one load).
+    pub(crate) fn room_freed(&self) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// What the server said about one connection. Written by the [`Tap`] (on
+/// the connection's task), read by the subchannel.
+pub(crate) struct ConnEvents {
+    settings_seen: AtomicBool,
+    max_streams: AtomicU32,
+    going_away: AtomicBool,
+    too_many_pings: AtomicBool,
+    closed: AtomicBool,
+    /// Woken on the first SETTINGS and when the connection ends.
+    ready: Notify,
+    /// The subchannel's: woken when a connection stops taking streams or
+    /// allows more.
+    wake: Arc<Wake>,
+}
+
+impl ConnEvents {
+    pub(crate) fn new(wake: Arc<Wake>) -> Self {
+        ConnEvents {
+            settings_seen: AtomicBool::new(false),
+            max_streams: AtomicU32::new(u32::MAX),
+            going_away: AtomicBool::new(false),
+            too_many_pings: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
+            wake,
+        }
+    }
+
+    pub(crate) fn wake(&self) -> &Wake {
+        &self.wake
+    }
+
+    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS` (unlimited until it says).
+    pub(crate) fn max_streams(&self) -> u32 {
+        self.max_streams.load(Ordering::Relaxed)
+    }
+
+    /// The peer sent GOAWAY: no new streams on this connection.
+    pub(crate) fn going_away(&self) -> bool {
+        self.going_away.load(Ordering::Relaxed)
+    }
+
+    /// The GOAWAY was ENHANCE_YOUR_CALM with debug data `too_many_pings`.
+    pub(crate) fn too_many_pings(&self) -> bool {
+        self.too_many_pings.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The connection task ended (called by the task itself).
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.ready.notify_waiters();
+        self.wake.changed();
+    }
+
+    /// Waits until the first SETTINGS arrived (`true`) or the connection
+    /// ended without one (`false`).
+    pub(crate) async fn settings(&self) -> bool {
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.settings_seen.load(Ordering::Acquire) {
+                return true;
+            }
+            if self.closed() {
+                return false;
+            }
+            notified.await;
+        }
+    }
+
+    fn on_frame(&self, kind: u8, flags: u8, payload: &[u8]) {
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
+                for setting in payload.chunks_exact(6) {
+                    let id = u16::from_be_bytes([setting[0], setting[1]]);
+                    if id == SETTINGS_MAX_CONCURRENT_STREAMS {
+                        let value =
+                            u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+                        let before = self.max_streams.swap(value, Ordering::Relaxed);
+                        if value > before {
+                            self.wake.changed();
+                        }
+                    }
+                }
+                if !self.settings_seen.swap(true, Ordering::AcqRel) {
+                    self.ready.notify_waiters();
+                }
+            }
+            GOAWAY if payload.len() >= 8 => {
+                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                if code == ENHANCE_YOUR_CALM && payload[8..].starts_with(b"too_many_pings") {
+                    self.too_many_pings.store(true, Ordering::Relaxed);
+                }
+                self.going_away.store(true, Ordering::Relaxed);
+                self.wake.changed();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where the parser is in the byte stream.
+struct Parser {
+    header: [u8; FRAME_HEADER],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: usize,
+    kind: u8,
+    flags: u8,
+    kept: [u8; KEPT_PAYLOAD],
+    kept_len: usize,
+}
+
+impl Parser {
+    fn new() -> Self {
+        Parser {
+            header: [0; FRAME_HEADER],
+            header_len: 0,
+            remaining: 0,
+            kind: 0,
+            flags: 0,
+            kept: [0; KEPT_PAYLOAD],
+            kept_len: 0,
+        }
+    }
+
+    fn interesting(&self) -> bool {
+        self.kind == SETTINGS || self.kind == GOAWAY
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], events: &ConnEvents) {
+        while !bytes.is_empty() {
+            if self.remaining == 0 && self.header_len < FRAME_HEADER {
+                let take = (FRAME_HEADER - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + take]
+                    .copy_from_slice(&bytes[..take]);
+                self.header_len += take;
+                bytes = &bytes[take..];
+                if self.header_len < FRAME_HEADER {
+                    return;
+                }
+                let h = &self.header;
+                self.remaining = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.kind = h[3];
+                self.flags = h[4];
+                self.kept_len = 0;
+                if self.remaining == 0 {
+                    self.finish(events);
+                }
+                continue;
+            }
+            let take = self.remaining.min(bytes.len());
+            if self.interesting() {
+                let room = KEPT_PAYLOAD - self.kept_len;
+                let keep = take.min(room);
+                self.kept[self.kept_len..self.kept_len + keep].copy_from_slice(&bytes[..keep]);
+                self.kept_len += keep;
+            }
+            self.remaining -= take;
+            bytes = &bytes[take..];
+            if self.remaining == 0 {
+                self.finish(events);
+            }
+        }
+    }
+
+    fn finish(&mut self, events: &ConnEvents) {
+        if self.interesting() {
+            events.on_frame(self.kind, self.flags, &self.kept[..self.kept_len]);
+        }
+        self.header_len = 0;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A byte stream whose reads are watched for SETTINGS and GOAWAY.
+    pub(crate) struct Tap<T> {
+        #[pin]
+        inner: T,
+        parser: Box<Parser>,
+        events: Arc<ConnEvents>,
+    }
+}
+
+impl<T> Tap<T> {
+    pub(crate) fn new(inner: T, events: Arc<ConnEvents>) -> Self {
+        Tap {
+            inner,
+            parser: Box::new(Parser::new()),
+            events,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Tap<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.inner.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            this.parser.feed(&buf.filled()[before..], this.events);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Tap<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut bytes = frame(SETTINGS, 0, &[0, 3, 0, 0, 0, 4, 0, 4, 0, 1, 0, 0]);
+        bytes.extend(frame(0x0, 0, &[7u8; 40_000]));
+        bytes.extend(frame(SETTINGS, ACK, &[]));
+        let mut goaway = vec![0, 0, 0, 1, 0, 0, 0, 0xb];
+        goaway.extend_from_slice(b"too_many_pings");
+        goaway.extend_from_slice(&[b'x'; 200]);
+        bytes.extend(frame(GOAWAY, 0, &goaway));
+        bytes
+    }
+
+    fn check(chunk: usize) {
+        let events = ConnEvents::new(Arc::new(Wake::new()));
+        let mut parser = Parser::new();
+        let bytes = stream();
+        for (i, piece) in bytes.chunks(chunk).enumerate() {
+            parser.feed(piece, &events);
+            if i == 0 && chunk < 21 {
+                assert!(!events.settings_seen.load(Ordering::Relaxed));
+            }
+        }
+        assert!(events.settings_seen.load(Ordering::Relaxed), "chunk {chunk}");
+        assert_eq!(events.max_streams(), 4, "chunk {chunk}");
+        assert!(events.going_away());
+        assert!(events.too_many_pings());
+    }
+
+    #[test]
+    fn frames_are_found_whatever_the_read_sizes() {
+        for chunk in [1, 2, 5, 9, 10, 21, 1000, 16_384, 1 << 20] {
+            check(chunk);
+        }
+    }
+
+    #[test]
+    fn a_goaway_without_the_debug_data_is_not_about_pings() {
+        let events = ConnEvents::new(Arc::new(Wake::new()));
+        let mut parser = Parser::new();
+        parser.feed(&frame(GOAWAY, 0, &[0, 0, 0, 1, 0, 0, 0, 0xb]), &events);
+        assert!(events.going_away());
+        assert!(!events.too_many_pings());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_walked_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), cut in 1usize..64) {
+            let events = ConnEvents::new(Arc::new(Wake::new()));
+            let mut parser = Parser::new();
+            for piece in bytes.chunks(cut) {
+                parser.feed(piece, &events);
+            }
+        }
+    }
+}
