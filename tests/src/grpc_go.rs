@@ -25,8 +25,8 @@ pub struct Event {
 /// so by name) when Go or grpc-go is not installed outside CI.
 pub fn binary(test: &str) -> Option<PathBuf> {
     if !Path::new(GO).exists() || !Path::new(GRPC_GO).exists() {
-        let required = std::env::var_os("CI").is_some()
-            || std::env::var_os("AMEIDE_REQUIRE_NGINX").is_some();
+        let required =
+            std::env::var_os("CI").is_some() || std::env::var_os("AMEIDE_REQUIRE_NGINX").is_some();
         if required {
             panic!(
                 "{test}: Debian's golang-go and golang-google-grpc-dev are not installed; `cargo xtask ci` installs them"
@@ -164,6 +164,8 @@ impl Drop for GoServer {
 
 /// Gaps between successive times, in ms.
 pub fn gaps(times: &[u64]) -> Vec<u64> {
-    times.windows(2).map(|w| w[1].saturating_sub(w[0])).collect()
+    times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect()
 }
-

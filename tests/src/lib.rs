@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 pub mod grpc_go;
 pub mod nginx;
-pub mod relay;
 mod peer_install;
+pub mod relay;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

@@ -213,54 +213,80 @@ impl Certs {
                 "keyUsage=critical,keyCertSign,cRLSign",
             ]);
         }
-        for (leaf, ext) in [
-            (
-                "server",
-                "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
-            ),
-            (
-                "client",
-                "basicConstraints=CA:FALSE\nsubjectAltName=DNS:ameide-test-client\nextendedKeyUsage=clientAuth\n",
-            ),
-        ] {
-            std::fs::write(dir.join(format!("{leaf}.ext")), ext).expect("write ext");
-            run(&[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{leaf}.key"),
-                "-out",
-                &format!("{leaf}.csr"),
-                "-subj",
-                &format!("/CN=ameide test {leaf}"),
-            ]);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{leaf}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{leaf}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{leaf}.ext"),
-            ]);
-        }
-        let _ = Command::new("chmod").arg("-R").arg("a+r").arg(dir).status();
-        Certs {
+        let certs = Certs {
             dir: dir.to_owned(),
-        }
+        };
+        certs.leaf(
+            "server",
+            "ameide test server",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth",
+        );
+        certs.client("client", "ameide test client");
+        certs
+    }
+
+    /// Another client certificate signed by the CA: `{name}.pem`, `{name}.key`,
+    /// with subject CN `cn`.
+    pub fn client(&self, name: &str, cn: &str) {
+        self.leaf(
+            name,
+            cn,
+            "subjectAltName=DNS:ameide-test-client\nextendedKeyUsage=clientAuth",
+        );
+    }
+
+    fn leaf(&self, leaf: &str, cn: &str, ext: &str) {
+        let dir = &self.dir;
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join(format!("{leaf}.ext")),
+            format!("basicConstraints=CA:FALSE\n{ext}\n"),
+        )
+        .expect("write ext");
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{leaf}.key"),
+            "-out",
+            &format!("{leaf}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{leaf}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{leaf}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{leaf}.ext"),
+        ]);
+        let _ = Command::new("chmod").arg("-R").arg("a+r").arg(dir).status();
     }
 
     /// The bytes of one of the files.

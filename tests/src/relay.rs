@@ -31,7 +31,9 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(mode: Mode) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let record = accepted.clone();

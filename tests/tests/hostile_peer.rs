@@ -331,7 +331,7 @@ async fn large_error_trailers_keep_the_servers_status() {
         .trailer("grpc-status", "9")
         .trailer("grpc-message", "precondition");
     for n in 0..24 {
-        reply = reply.trailer(&format!("x-filler-{n}"), &"f".repeat(1024));
+        reply = reply.trailer(&format!("x-filler-{n}"), "f".repeat(1024));
     }
     let err = expect(reply, Code::FailedPrecondition).await;
     assert_eq!(err.message(), "precondition");

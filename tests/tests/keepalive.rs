@@ -4,7 +4,7 @@
 //! survives; a client whose interval breaks it is sent GOAWAY
 //! ENHANCE_YOUR_CALM `too_many_pings`, and its next connection pings half
 //! as often. The five-minute run with both sides' defaults is
-//! `cargo xtask soak` (ignored here).
+//! `cargo xtask keepalive-soak` (ignored here).
 
 use std::time::{Duration, Instant};
 
@@ -115,9 +115,9 @@ async fn too_many_pings_doubles_the_interval_of_the_next_connection() {
 }
 
 /// Both sides' defaults (grpc-go: one ping per 5 minutes, the SDK: none): a
-/// stream silent for 5 minutes survives. Run by `cargo xtask soak`.
+/// stream silent for 5 minutes survives. Run by `cargo xtask keepalive-soak`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "five minutes: cargo xtask soak"]
+#[ignore = "five minutes: cargo xtask keepalive-soak"]
 async fn default_settings_survive_a_stream_silent_for_five_minutes() {
     let Some(bin) = grpc_go::binary("default_settings_survive_a_stream_silent_for_five_minutes")
     else {

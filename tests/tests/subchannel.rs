@@ -65,7 +65,9 @@ async fn a_connect_slower_than_every_calls_budget_completes_for_the_calls_after_
     let started = Instant::now();
     let mut codes = Vec::new();
     for _ in 0..20 {
-        let code = calls::read(&client).await.map_or_else(|e| e.code(), |()| Code::Ok);
+        let code = calls::read(&client)
+            .await
+            .map_or_else(|e| e.code(), |()| Code::Ok);
         codes.push((started.elapsed(), code));
         if code == Code::Ok && codes.iter().filter(|(_, c)| *c == Code::Ok).count() >= 3 {
             break;
@@ -75,7 +77,11 @@ async fn a_connect_slower_than_every_calls_budget_completes_for_the_calls_after_
     let ok = codes.iter().filter(|(_, c)| *c == Code::Ok).count();
     assert!(ok >= 3, "later calls succeed: {codes:?}");
     assert_eq!(codes[0].1, Code::DeadlineExceeded, "{codes:?}");
-    assert_eq!(relay.accepted().len(), 1, "one connect for every call: {codes:?}");
+    assert_eq!(
+        relay.accepted().len(),
+        1,
+        "one connect for every call: {codes:?}"
+    );
     assert!(server.attempts().len() >= 3);
 }
 

@@ -15,6 +15,7 @@
 //! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
 //! | `parity [runner args…]` | the parity cases (`parity/cases`) against the Rust reference adapter (see `docs/parity.md`) |
 //! | `soak [--calls N]` | N (default 200,000) calls through one client in release mode; fails if RSS grows past the bound |
+//! | `keepalive-soak` | the five-minute keepalive run: grpc-go's default ping policy and the SDK's default settings, a stream silent for 5 minutes survives (`tests/tests/keepalive.rs`, ignored in `cargo test`) |
 //! | `fuzz [--seconds N] [TARGET…]` | every cargo-fuzz target in `fuzz/` (or those named) for N seconds each (default 60), from the committed seeds; fails on a crash (cargo-fuzz installed into the tools cache on first use; stable toolchain with `RUSTC_BOOTSTRAP=1`) |
 //! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke |
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         ["package-smoke"] => package_smoke(),
         ["parity", rest @ ..] => parity(rest),
         ["soak", rest @ ..] => soak(rest),
+        ["keepalive-soak"] => keepalive_soak(),
         ["sync-proto", source] => sync_proto(Path::new(source)),
         ["deny"] => deny(),
         ["system-packages"] => xtask::system::install(),
@@ -62,6 +64,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The five-minute keepalive test (ignored in `cargo test`): Debian's
+/// grpc-go with its default enforcement, the SDK with its defaults.
+fn keepalive_soak() -> Result<(), String> {
+    xtask::system::install()?;
+    run(
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "ameide-tests",
+                "--locked",
+                "--test",
+                "keepalive",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("AMEIDE_REQUIRE_NGINX", "1")
+            .current_dir(workspace_root()),
+        "the keepalive soak",
+    )
+}
+
 fn print_help() {
     println!(
         "cargo xtask <command>\n\n\
@@ -75,11 +100,12 @@ fn print_help() {
          package-smoke       cargo package, unpack, build and run a throwaway consumer\n\
          sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
          deny                cargo deny check bans licenses sources\n\
-         system-packages     apt-get install nginx and openssl when missing (no service started)\n\
+         system-packages     apt-get install nginx, openssl, golang-go, golang-google-grpc-dev when missing (no service started)\n\
          fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
          soak [args]         200k calls through one client; fails if RSS grows past 10 MiB\n\
+         keepalive-soak      a stream silent for 5 minutes against grpc-go's default ping policy\n\
          ci                  everything CI runs"
     );
 }

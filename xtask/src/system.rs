@@ -1,6 +1,10 @@
 //! Debian packages the test suite runs against: `nginx` (a real HTTP/2 gRPC
-//! proxy, `tests/tests/proxy_nginx.rs`) and `openssl` (the command line that
-//! makes the tests' certificates). Installed with apt when missing.
+//! proxy, `tests/tests/proxy_nginx.rs`, `tests/tests/subchannel.rs`),
+//! `openssl` (the command line that makes the tests' certificates), and
+//! `golang-go` with `golang-google-grpc-dev` (a grpc-go server with grpc-go's
+//! own keepalive enforcement, `tests/go/grpcserver`, built in GOPATH mode from
+//! the packaged sources: `tests/tests/keepalive.rs`). Installed with apt when
+//! missing.
 //!
 //! The tests start their own nginx on loopback with their own folders; the
 //! install must not start the system service, so a `policy-rc.d` that denies
@@ -14,6 +18,11 @@ use std::process::Command;
 const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     ("openssl", "/usr/bin/openssl"),
+    ("golang-go", "/usr/bin/go"),
+    (
+        "golang-google-grpc-dev",
+        "/usr/share/gocode/src/google.golang.org/grpc/server.go",
+    ),
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -26,7 +35,7 @@ pub fn install() -> Result<(), String> {
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
-        println!("system packages: nginx and openssl present");
+        println!("system packages: nginx, openssl, golang-go and golang-google-grpc-dev present");
         return Ok(());
     }
     let names = missing.join(" ");

@@ -37,7 +37,7 @@ pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) tls: Option<(
-        tokio_rustls::TlsConnector,
+        Arc<super::tls::TlsMaterial>,
         rustls_pki_types::ServerName<'static>,
     )>,
     pub(crate) connect_timeout: Duration,
@@ -232,7 +232,8 @@ pub(crate) async fn connect(
             None => handshake(target, keepalive, Tap::new(stream, events.clone()), &events)
                 .await
                 .map_err(fail)?,
-            Some((connector, name)) => {
+            Some((material, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(material.config());
                 let tls = connector.connect(name.clone(), stream).await.map_err(|e| {
                     let why = format!("TLS handshake failed: {}", tls_cause(&e));
                     let verdict = e

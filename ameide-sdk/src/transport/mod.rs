@@ -4,7 +4,7 @@
 //! service the caller provides. Wrapped in
 //! a slot that [`AmeideClient::close`](crate::AmeideClient::close) empties.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,8 +97,19 @@ pub struct TransportOptions {
     pub ca_certificate_pem: Option<Vec<u8>>,
     /// Which roots an `https` server's certificate may chain to (default: the bundled Mozilla roots).
     pub trust_roots: TrustRoots,
-    /// A client certificate and key for mutual TLS.
+    /// A client certificate and key for mutual TLS. Read with
+    /// [`ClientIdentity::from_files`], it is read again before each new
+    /// connection and a changed pair is used from then on.
     pub client_identity: Option<ClientIdentity>,
+    /// The `:authority` of every request and, for `https`, the name the
+    /// server's certificate must carry (SNI): for an IP endpoint whose
+    /// certificate names a host (grpc-go's `WithAuthority`). Default: the
+    /// endpoint's host and port.
+    pub authority: Option<String>,
+    /// Where [`ca_certificate_pem`](Self::ca_certificate_pem) was read from:
+    /// read again before each new connection (see
+    /// [`with_ca_certificate_file`](Self::with_ca_certificate_file)).
+    ca_file: Option<PathBuf>,
     /// HTTP/2 connections kept to the target, 1 ..= 64; calls are spread
     /// over those with room round-robin. One connection multiplexes streams,
     /// but its single connection task becomes the bottleneck with hundreds
@@ -129,6 +140,8 @@ impl Default for TransportOptions {
             ca_certificate_pem: None,
             trust_roots: TrustRoots::default(),
             client_identity: None,
+            authority: None,
+            ca_file: None,
             connections: DEFAULT_CONNECTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
@@ -203,9 +216,35 @@ impl TransportOptions {
         self
     }
 
-    /// Sets [`ca_certificate_pem`](Self::ca_certificate_pem).
+    /// Sets [`ca_certificate_pem`](Self::ca_certificate_pem) (read once:
+    /// see [`with_ca_certificate_file`](Self::with_ca_certificate_file) for a
+    /// CA that rotates).
     pub fn with_ca_certificate_pem(mut self, value: impl Into<Option<Vec<u8>>>) -> Self {
         self.ca_certificate_pem = value.into();
+        self.ca_file = None;
+        self
+    }
+
+    /// Reads [`ca_certificate_pem`](Self::ca_certificate_pem) from a PEM
+    /// file, and again before each new connection: a rotated CA is trusted
+    /// from the next connection on.
+    ///
+    /// ```
+    /// let err = ameide_sdk::TransportOptions::default()
+    ///     .with_ca_certificate_file("/nonexistent/ca.pem")
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("/nonexistent/ca.pem"));
+    /// ```
+    pub fn with_ca_certificate_file(mut self, path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        self.ca_certificate_pem = Some(tls::read_file("CA certificate", path)?);
+        self.ca_file = Some(path.to_owned());
+        Ok(self)
+    }
+
+    /// Sets [`authority`](Self::authority).
+    pub fn with_authority(mut self, value: impl Into<Option<String>>) -> Self {
+        self.authority = value.into();
         self
     }
 
@@ -259,7 +298,12 @@ impl TransportOptions {
             check("keepalive_interval", interval, MIN_KEEPALIVE, day)?;
         }
         if let Some(idle) = self.tcp_keepalive {
-            check("tcp_keepalive", idle, Duration::from_secs(1), Duration::from_secs(7200))?;
+            check(
+                "tcp_keepalive",
+                idle,
+                Duration::from_secs(1),
+                Duration::from_secs(7200),
+            )?;
         }
         check(
             "keepalive_timeout",
@@ -289,7 +333,12 @@ impl TransportOptions {
             Ok(())
         };
         sized("stream_window", self.stream_window, 65_535, MAX_WINDOW)?;
-        sized("connection_window", self.connection_window, 65_535, MAX_WINDOW)?;
+        sized(
+            "connection_window",
+            self.connection_window,
+            65_535,
+            MAX_WINDOW,
+        )?;
         sized("max_frame_size", self.max_frame_size, 16_384, 16_777_215)?;
         sized(
             "max_header_list_size",
@@ -335,29 +384,53 @@ pub(crate) fn http2_transport(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
+    let authority = match &options.authority {
+        Some(value) => value.parse::<http::uri::Authority>().map_err(|e| {
+            ConfigError::new(
+                ConfigErrorKind::Transport,
+                format!(
+                    "transport option authority {:?} is not a host[:port]: {e}",
+                    crate::peer::loggable(value.as_bytes())
+                ),
+            )
+        })?,
+        None => uri.authority().cloned().ok_or_else(|| {
+            ConfigError::new(
+                ConfigErrorKind::Endpoint,
+                format!("invalid endpoint {endpoint:?}: no host"),
+            )
+        })?,
+    };
     let tls = if https {
-        let config = tls::client_config(
+        let material = tls::TlsMaterial::new(
             options.trust_roots,
-            options.ca_certificate_pem.as_deref(),
-            ca_file,
-            options.client_identity.as_ref(),
+            options.ca_certificate_pem.clone(),
+            options
+                .ca_file
+                .clone()
+                .or_else(|| ca_file.map(Path::to_owned)),
+            options.client_identity.clone(),
         )?;
-        let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+        // The name the certificate must carry: the authority's host when it
+        // is overridden (an IP endpoint with a named certificate), else the endpoint's.
+        let tls_host = match &options.authority {
+            Some(_) => authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            None => host.clone(),
+        };
+        let name = rustls_pki_types::ServerName::try_from(tls_host.clone()).map_err(|e| {
             ConfigError::new(
                 ConfigErrorKind::Tls,
-                format!("{endpoint:?}: {host:?} is not a TLS server name: {e}"),
+                format!("{endpoint:?}: {tls_host:?} is not a TLS server name: {e}"),
             )
         })?;
-        Some((tokio_rustls::TlsConnector::from(config), name))
+        Some((Arc::new(material), name))
     } else {
         None
     };
-    let authority = uri.authority().cloned().ok_or_else(|| {
-        ConfigError::new(
-            ConfigErrorKind::Endpoint,
-            format!("invalid endpoint {endpoint:?}: no host"),
-        )
-    })?;
     let target = Arc::new(Target {
         scheme: if https {
             http::uri::Scheme::HTTPS

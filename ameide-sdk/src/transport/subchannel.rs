@@ -39,8 +39,8 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::connection::{
-    self, Conn, ConnectError, CountedBody, MAX_UNWRITTEN_RESENDS, StreamGuard, TRANSPARENT_ATTEMPTS,
-    Target, Unwritten,
+    self, Conn, ConnectError, CountedBody, MAX_UNWRITTEN_RESENDS, StreamGuard,
+    TRANSPARENT_ATTEMPTS, Target, Unwritten,
 };
 use super::tap::Wake;
 use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
@@ -227,8 +227,7 @@ impl Subchannel {
                 let waited =
                     u32::try_from(state.failed_connects.saturating_sub(from)).unwrap_or(u32::MAX);
                 if let Some(conn) = state.pick() {
-                    if state.conns.len() < self.shared.pacing.min_connections && !state.connecting
-                    {
+                    if state.conns.len() < self.shared.pacing.min_connections && !state.connecting {
                         self.start_connect(&mut state);
                     }
                     return Ok((conn, waited));
@@ -273,7 +272,12 @@ impl Subchannel {
             if let Some(at) = retry_at {
                 tokio::time::sleep_until(at).await;
                 let mut state = self.lock();
-                if shared.wake.waiters.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                if shared
+                    .wake
+                    .waiters
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 0
+                {
                     state.connecting = false;
                     return;
                 }
@@ -363,9 +367,8 @@ impl Subchannel {
                 let mut sender = guard.conn.sender.clone();
                 match sender.try_send_request(request).await {
                     Ok(response) => {
-                        return Ok(response.map(|body| {
-                            tonic::body::Body::new(CountedBody::new(body, guard))
-                        }));
+                        return Ok(response
+                            .map(|body| tonic::body::Body::new(CountedBody::new(body, guard))));
                     }
                     Err(mut failed) => {
                         let handed_back = failed.take_message();

@@ -206,7 +206,8 @@ impl Parser {
                     return;
                 }
                 let h = &self.header;
-                self.remaining = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.remaining =
+                    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.kind = h[3];
                 self.flags = h[4];
                 self.kept_len = 0;
@@ -310,7 +311,17 @@ mod tests {
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
+        let mut out = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            0,
+        ];
         out.extend_from_slice(payload);
         out
     }
@@ -336,7 +347,10 @@ mod tests {
                 assert!(!events.settings_seen.load(Ordering::Relaxed));
             }
         }
-        assert!(events.settings_seen.load(Ordering::Relaxed), "chunk {chunk}");
+        assert!(
+            events.settings_seen.load(Ordering::Relaxed),
+            "chunk {chunk}"
+        );
         assert_eq!(events.max_streams(), 4, "chunk {chunk}");
         assert!(events.going_away());
         assert!(events.too_many_pings());

@@ -6,9 +6,18 @@
 //! parse, a key that does not match its certificate, or a system store with no
 //! usable certificate is a [`ConfigError`] naming the option (or file) and the
 //! fault, never a failure of the first call.
+//!
+//! Material read from files (the CA of `AMEIDE_TLS_CA_FILE` or
+//! [`TransportOptions::with_ca_certificate_file`](super::TransportOptions::with_ca_certificate_file),
+//! a [`ClientIdentity::from_files`]) rotates: [`TlsMaterial`] reads the files
+//! again before each new connection and, when their content changed, uses the
+//! new configuration from that connection on (cert-manager replaces mTLS
+//! certificates in place). A rotation caught half-way (a new certificate
+//! beside the old key) keeps the last good configuration, with a warning,
+//! until the files agree again.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -239,6 +248,95 @@ pub(crate) fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A target's TLS client configuration, and the files it came from.
+pub(crate) struct TlsMaterial {
+    roots: TrustRoots,
+    ca_file: Option<PathBuf>,
+    identity_files: Option<(PathBuf, PathBuf)>,
+    current: Mutex<Current>,
+}
+
+/// The configuration in use and the file contents it was built from.
+struct Current {
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<ClientIdentity>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsMaterial {
+    /// Builds the configuration now; errors name the option or file.
+    pub(crate) fn new(
+        roots: TrustRoots,
+        ca_pem: Option<Vec<u8>>,
+        ca_file: Option<PathBuf>,
+        identity: Option<ClientIdentity>,
+    ) -> Result<Self, ConfigError> {
+        let config = client_config(
+            roots,
+            ca_pem.as_deref(),
+            ca_file.as_deref(),
+            identity.as_ref(),
+        )?;
+        Ok(TlsMaterial {
+            roots,
+            ca_file,
+            identity_files: identity.as_ref().and_then(|i| i.origin.clone()),
+            current: Mutex::new(Current {
+                ca_pem,
+                identity,
+                config,
+            }),
+        })
+    }
+
+    /// The configuration for the next connection: rebuilt first when a
+    /// file it came from changed and the new content is usable.
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if self.ca_file.is_none() && self.identity_files.is_none() {
+            return current.config.clone();
+        }
+        let fresh = (|| {
+            let ca_pem = match &self.ca_file {
+                Some(path) => Some(read_file("CA certificate", path)?),
+                None => current.ca_pem.clone(),
+            };
+            let identity = match &self.identity_files {
+                Some((cert, key)) => Some(ClientIdentity::from_files(cert, key)?),
+                None => current.identity.clone(),
+            };
+            if ca_pem == current.ca_pem && identity == current.identity {
+                return Ok(None);
+            }
+            let config = client_config(
+                self.roots,
+                ca_pem.as_deref(),
+                self.ca_file.as_deref(),
+                identity.as_ref(),
+            )?;
+            Ok::<_, ConfigError>(Some(Current {
+                ca_pem,
+                identity,
+                config,
+            }))
+        })();
+        match fresh {
+            Ok(None) => {}
+            Ok(Some(fresh)) => {
+                ::tracing::info!(
+                    "TLS files changed: the next connections use the new CA and client certificate"
+                );
+                *current = fresh;
+            }
+            Err(error) => ::tracing::warn!(
+                %error,
+                "TLS files changed but cannot be used (yet): the last good configuration stays in use"
+            ),
+        }
+        current.config.clone()
+    }
 }
 
 #[cfg(test)]
