@@ -192,3 +192,21 @@ pub fn tls_material(data: &[u8]) {
     }
     let _ = String::from_utf8_lossy(data).parse::<crate::TrustRoots>();
 }
+
+/// Server bytes as the transport's tap reads them under hyper, whole and
+/// split at one point: the same SETTINGS, stream limit and GOAWAY either way.
+pub fn connection_frames(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let at = usize::from(first) % (rest.len() + 1);
+    let whole = crate::transport::tap::observe(&[rest]);
+    let split = crate::transport::tap::observe(&[&rest[..at], &rest[at..]]);
+    assert_eq!(whole, split);
+}
+
+/// A proxy URL, a `NO_PROXY` list, a host and a proxy's CONNECT answer
+/// (NUL-separated): parsed and judged without a panic; a refusal reads in one line.
+pub fn proxy(data: &[u8]) {
+    crate::transport::proxy::fuzz(data);
+}

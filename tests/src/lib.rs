@@ -6,6 +6,7 @@ pub mod grpc_go;
 pub mod nginx;
 mod peer_install;
 pub mod relay;
+pub mod tinyproxy;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

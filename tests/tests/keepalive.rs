@@ -135,3 +135,30 @@ async fn default_settings_survive_a_stream_silent_for_five_minutes() {
     assert_eq!(server.connections(), vec![1]);
     assert!(!server.closed(1));
 }
+
+/// The control for the soak above: the SDK's old default (a ping every 60 s
+/// while a call is in flight) against grpc-go's default policy. The server
+/// closes the connection with GOAWAY `too_many_pings` at the fourth ping,
+/// about 240 s in, and the stream is lost. Run by `cargo xtask keepalive-soak`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "four minutes: cargo xtask keepalive-soak"]
+async fn pings_every_minute_break_the_default_policy_at_four_minutes() {
+    let Some(bin) = grpc_go::binary("pings_every_minute_break_the_default_policy_at_four_minutes")
+    else {
+        return;
+    };
+    let server = GoServer::start(&bin, &[]);
+    let client = client(&server, Some(Duration::from_secs(60)));
+    let started = Instant::now();
+    let err = quiet_stream(&client, Duration::from_secs(270))
+        .await
+        .expect_err("the default policy closes the connection");
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        took >= Duration::from_secs(230) && took < Duration::from_secs(260),
+        "{took:?}"
+    );
+    assert!(server.closed(1));
+    assert_eq!(server.pings(1).len(), 4, "{:?}", server.pings(1));
+}

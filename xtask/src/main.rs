@@ -17,7 +17,7 @@
 //! | `soak [--calls N]` | N (default 200,000) calls through one client in release mode; fails if RSS grows past the bound |
 //! | `keepalive-soak` | the five-minute keepalive run: grpc-go's default ping policy and the SDK's default settings, a stream silent for 5 minutes survives (`tests/tests/keepalive.rs`, ignored in `cargo test`) |
 //! | `fuzz [--seconds N] [TARGET…]` | every cargo-fuzz target in `fuzz/` (or those named) for N seconds each (default 60), from the committed seeds; fails on a crash (cargo-fuzz installed into the tools cache on first use; stable toolchain with `RUSTC_BOOTSTRAP=1`) |
-//! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke |
+//! | `ci` | everything CI runs: fmt, clippy, tests, manifest check, policy, buf lint and breaking, package smoke, deny, bench smoke, and the keepalive soak in the background from the tests on |
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -87,6 +87,66 @@ fn keepalive_soak() -> Result<(), String> {
     )
 }
 
+/// The keepalive soak CI runs in the background while its other steps run
+/// (it is five minutes of waiting on a quiet stream).
+static SOAK: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+
+/// Starts the built keepalive test binary with `--ignored` in the background.
+fn keepalive_soak_start() -> Result<(), String> {
+    let output = cargo()
+        .args([
+            "test",
+            "-p",
+            "ameide-tests",
+            "--locked",
+            "--test",
+            "keepalive",
+            "--no-run",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("cannot run cargo test --no-run: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("cargo test --no-run failed: {stderr}"));
+    }
+    // "  Executable tests/keepalive.rs (target/debug/deps/keepalive-…)"
+    let binary = stderr
+        .lines()
+        .find_map(|line| {
+            let rest = line
+                .trim()
+                .strip_prefix("Executable tests/keepalive.rs (")?;
+            rest.strip_suffix(')')
+        })
+        .ok_or_else(|| format!("no keepalive test executable in: {stderr}"))?;
+    let child = Command::new(workspace_root().join(binary))
+        .args(["--ignored", "--test-threads", "2"])
+        .env("AMEIDE_REQUIRE_NGINX", "1")
+        .current_dir(workspace_root().join("tests"))
+        .spawn()
+        .map_err(|e| format!("cannot start {binary}: {e}"))?;
+    println!("keepalive soak started in the background ({binary} --ignored)");
+    *SOAK.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    Ok(())
+}
+
+/// Waits for the background keepalive soak; its failure fails CI.
+fn keepalive_soak_join() -> Result<(), String> {
+    let child = SOAK.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(mut child) = child else {
+        return Err("the keepalive soak was not started".to_owned());
+    };
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for the keepalive soak: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the keepalive soak exited with {status}"))
+    }
+}
+
 fn print_help() {
     println!(
         "cargo xtask <command>\n\n\
@@ -100,7 +160,7 @@ fn print_help() {
          package-smoke       cargo package, unpack, build and run a throwaway consumer\n\
          sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
          deny                cargo deny check bans licenses sources\n\
-         system-packages     apt-get install nginx, openssl, golang-go, golang-google-grpc-dev when missing (no service started)\n\
+         system-packages     apt-get install nginx, openssl, golang-go, golang-google-grpc-dev, tinyproxy when missing (no service started)\n\
          fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
@@ -368,6 +428,7 @@ fn ci() -> Result<(), String> {
                 )
             }),
         ),
+        ("keepalive soak (start)", Box::new(keepalive_soak_start)),
         ("manifest --check", Box::new(|| manifest(true))),
         ("buf-lint", Box::new(buf_lint)),
         ("policy", Box::new(policy)),
@@ -377,6 +438,7 @@ fn ci() -> Result<(), String> {
         ("parity", Box::new(|| parity(&[]))),
         ("fuzz --seconds 10", Box::new(|| fuzz(&["--seconds", "10"]))),
         ("bench --smoke", Box::new(|| bench(&["--smoke"]))),
+        ("keepalive soak (join)", Box::new(keepalive_soak_join)),
     ];
     let started = Instant::now();
     let mut report = Vec::new();
@@ -387,6 +449,10 @@ fn ci() -> Result<(), String> {
         report.push((*name, t.elapsed(), outcome.is_ok()));
         if let Err(e) = outcome {
             print_report(&report);
+            if let Some(mut soak) = SOAK.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = soak.kill();
+                let _ = soak.wait();
+            }
             return Err(format!("step `{name}` failed: {e}"));
         }
     }

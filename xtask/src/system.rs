@@ -3,7 +3,8 @@
 //! `openssl` (the command line that makes the tests' certificates), and
 //! `golang-go` with `golang-google-grpc-dev` (a grpc-go server with grpc-go's
 //! own keepalive enforcement, `tests/go/grpcserver`, built in GOPATH mode from
-//! the packaged sources: `tests/tests/keepalive.rs`). Installed with apt when
+//! the packaged sources: `tests/tests/keepalive.rs`) and `tinyproxy` (a real
+//! HTTP CONNECT proxy, `tests/tests/tls_and_proxy.rs`). Installed with apt when
 //! missing.
 //!
 //! The tests start their own nginx on loopback with their own folders; the
@@ -23,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
         "/usr/share/gocode/src/google.golang.org/grpc/server.go",
     ),
+    ("tinyproxy", "/usr/bin/tinyproxy"),
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -35,7 +37,9 @@ pub fn install() -> Result<(), String> {
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
-        println!("system packages: nginx, openssl, golang-go and golang-google-grpc-dev present");
+        println!(
+            "system packages: nginx, openssl, golang-go, golang-google-grpc-dev and tinyproxy present"
+        );
         return Ok(());
     }
     let names = missing.join(" ");

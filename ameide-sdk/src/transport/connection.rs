@@ -36,6 +36,8 @@ pub(crate) struct Target {
     pub(crate) authority: http::uri::Authority,
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// The HTTP CONNECT proxy `https` connections go through, if any.
+    pub(crate) proxy: Option<super::proxy::ProxyRoute>,
     pub(crate) tls: Option<(
         Arc<super::tls::TlsMaterial>,
         rustls_pki_types::ServerName<'static>,
@@ -201,9 +203,15 @@ pub(crate) async fn connect(
     };
     let events = Arc::new(ConnEvents::new(wake));
     let work = async {
-        let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+        // Through a proxy, the TCP connection is to the proxy, and the
+        // tunnel to the target.
+        let (dial_host, dial_port) = match &target.proxy {
+            Some(proxy) => (proxy.host.as_str(), proxy.port),
+            None => (target.host.as_str(), target.port),
+        };
+        let addrs = tokio::net::lookup_host((dial_host, dial_port))
             .await
-            .map_err(|e| fail(format!("cannot resolve the host name: {e}")))?;
+            .map_err(|e| fail(format!("cannot resolve the host name {dial_host}: {e}")))?;
         let mut last = None;
         let mut stream = None;
         for addr in addrs {
@@ -215,11 +223,29 @@ pub(crate) async fn connect(
                 Err(e) => last = Some(e),
             }
         }
-        let stream = match (stream, last) {
-            (Some(stream), _) => stream,
-            (None, Some(e)) => return Err(fail(format!("TCP connect failed: {e}"))),
-            (None, None) => return Err(fail("the host name resolved to no address".to_owned())),
+        let mut stream = match (stream, last, &target.proxy) {
+            (Some(stream), _, _) => stream,
+            (None, Some(e), Some(proxy)) => {
+                return Err(fail(format!(
+                    "TCP connect to the proxy {proxy} failed: {e}"
+                )));
+            }
+            (None, Some(e), None) => return Err(fail(format!("TCP connect failed: {e}"))),
+            (None, None, _) => {
+                return Err(fail(format!("{dial_host} resolved to no address")));
+            }
         };
+        if let Some(proxy) = &target.proxy {
+            super::proxy::tunnel(&mut stream, proxy, &target.host, target.port)
+                .await
+                .map_err(|e| {
+                    if e.permanent {
+                        refuse(e.message)
+                    } else {
+                        fail(e.message)
+                    }
+                })?;
+        }
         let _ = stream.set_nodelay(true);
         if let Some(idle) = target.tcp_keepalive {
             let keepalive = socket2::TcpKeepalive::new()

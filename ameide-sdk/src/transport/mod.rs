@@ -19,11 +19,13 @@ use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 pub(crate) mod connection;
 pub(crate) mod failure;
+pub(crate) mod proxy;
 pub(crate) mod subchannel;
 pub(crate) mod tap;
 pub(crate) mod tls;
 
 use connection::Target;
+pub use proxy::Proxy;
 use subchannel::{Pacing, Subchannel};
 pub use tls::{ClientIdentity, TrustRoots};
 
@@ -106,6 +108,10 @@ pub struct TransportOptions {
     /// certificate names a host (grpc-go's `WithAuthority`). Default: the
     /// endpoint's host and port.
     pub authority: Option<String>,
+    /// Whether `https` endpoints go through an HTTP CONNECT proxy: by
+    /// default `HTTPS_PROXY`/`NO_PROXY`, read when the client is built, as
+    /// grpc-go does ([`Proxy`] says how); [`Proxy::Disabled`] turns it off.
+    pub proxy: Proxy,
     /// Where [`ca_certificate_pem`](Self::ca_certificate_pem) was read from:
     /// read again before each new connection (see
     /// [`with_ca_certificate_file`](Self::with_ca_certificate_file)).
@@ -141,6 +147,7 @@ impl Default for TransportOptions {
             trust_roots: TrustRoots::default(),
             client_identity: None,
             authority: None,
+            proxy: Proxy::FromEnvironment,
             ca_file: None,
             connections: DEFAULT_CONNECTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -240,6 +247,12 @@ impl TransportOptions {
         self.ca_certificate_pem = Some(tls::read_file("CA certificate", path)?);
         self.ca_file = Some(path.to_owned());
         Ok(self)
+    }
+
+    /// Sets [`proxy`](Self::proxy).
+    pub fn with_proxy(mut self, value: Proxy) -> Self {
+        self.proxy = value;
+        self
     }
 
     /// Sets [`authority`](Self::authority).
@@ -431,6 +444,12 @@ pub(crate) fn http2_transport(
     } else {
         None
     };
+    let port = crate::config::port_of(&uri);
+    let proxy = if https {
+        proxy::route(&options.proxy, &host, port, |name| std::env::var(name).ok())?
+    } else {
+        None
+    };
     let target = Arc::new(Target {
         scheme: if https {
             http::uri::Scheme::HTTPS
@@ -439,7 +458,8 @@ pub(crate) fn http2_transport(
         },
         authority,
         host,
-        port: crate::config::port_of(&uri),
+        port,
+        proxy,
         tls,
         connect_timeout: options.connect_timeout,
         keepalive_timeout: options.keepalive_timeout,

@@ -8,7 +8,7 @@
 //! | every connection full, fewer than `max_connections` | starts a connect (one at a time) and waits for it or for room |
 //! | every connection full, at `max_connections` | waits for room, within its deadline |
 //! | IDLE / CONNECTING: no connection | starts the connect task (or joins the one running) and waits for it, within its deadline |
-//! | TRANSIENT_FAILURE: the last connect failed, the next one is due at `retry_at` | fails at once with `UNAVAILABLE` naming the connect error when its deadline falls before `retry_at` (or the error is about the certificate, the name or ALPN); else waits for that connect |
+//! | TRANSIENT_FAILURE: the last connect failed, the next one is due at `retry_at` | fails at once with `UNAVAILABLE` naming the connect error when its deadline falls before `retry_at` + 200 ms ([`CONNECT_GRACE`]) (or the error is about the certificate, the name, ALPN or a proxy's refusal); else waits for that connect |
 //!
 //! **The connect task** is spawned by the first caller that needs it and is
 //! shared by every waiter. It is bounded by the connect timeout, never by a
@@ -48,9 +48,10 @@ use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
 /// Failed connects a call waits through when it has no deadline (layers used alone).
 const MAX_CONNECTS_WITHOUT_DEADLINE: u32 = 3;
 /// A connect due this close to a caller's deadline cannot answer its call in
-/// time (timers fire late on a loaded machine): the caller fails at once with
-/// the connect error instead of meeting its deadline while the connect starts.
-const CONNECT_GRACE: Duration = Duration::from_millis(50);
+/// time (timers fire late and tasks wait for a core on a loaded machine; the
+/// connect itself takes a round trip or more): the caller fails at once with
+/// the connect error instead of meeting its deadline while the connect runs.
+const CONNECT_GRACE: Duration = Duration::from_millis(200);
 /// The largest keepalive interval doubling reaches.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 3600);
 

@@ -239,6 +239,23 @@ impl Parser {
     }
 }
 
+/// What the tap concludes from server bytes read in these pieces: SETTINGS
+/// seen, the stream limit, GOAWAY, `too_many_pings` (for the fuzz target).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn observe(pieces: &[&[u8]]) -> (bool, u32, bool, bool) {
+    let events = ConnEvents::new(Arc::new(Wake::new()));
+    let mut parser = Parser::new();
+    for piece in pieces {
+        parser.feed(piece, &events);
+    }
+    (
+        events.settings_seen.load(Ordering::Relaxed),
+        events.max_streams(),
+        events.going_away(),
+        events.too_many_pings(),
+    )
+}
+
 pin_project_lite::pin_project! {
     /// A byte stream whose reads are watched for SETTINGS and GOAWAY.
     pub(crate) struct Tap<T> {

@@ -1,16 +1,19 @@
 //! TLS material that rotates, against Debian's nginx requiring a client
 //! certificate: files replaced while the client runs are used by its next
-//! connection; a rotation caught half-way keeps the last good pair. And an
-//! IP endpoint whose certificate names a host, reached with an authority
-//! override.
+//! connection; a rotation caught half-way keeps the last good pair. An IP
+//! endpoint whose certificate names a host, reached with an authority
+//! override. And `https` through a real HTTP CONNECT proxy (Debian's
+//! tinyproxy), and its refusal.
 
 use std::path::Path;
 use std::time::Duration;
 
 use ameide_sdk::testkit::{MockServer, Reply, serve_tcp};
-use ameide_sdk::{AmeideClient, ClientIdentity, TransportOptions};
+use ameide_sdk::{AmeideClient, ClientIdentity, Proxy, TransportOptions};
 use ameide_tests::calls;
 use ameide_tests::nginx::{self, Certs, Nginx};
+use ameide_tests::tinyproxy::{self, TinyProxy};
+use tonic::Code;
 
 /// Replaces `to` with `from`'s bytes the way a secret volume does: a new
 /// file renamed over the old one.
@@ -138,4 +141,90 @@ async fn an_ip_endpoint_with_a_named_certificate_needs_the_authority_override() 
     let seen = server.attempts();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-authority"), Some(authority.as_str()));
+}
+
+/// nginx terminating TLS for `localhost` in front of a recording upstream.
+async fn tls_upstream(bin: &Path, certs: &Certs) -> (MockServer, Nginx) {
+    let server = MockServer::new();
+    server.fallback(Reply::ok());
+    let upstream = serve_tcp(server.clone()).await.unwrap();
+    let proxy = Nginx::start(
+        bin,
+        &format!(
+            "server {{ listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {}; ssl_certificate_key {};\n location / {{ grpc_pass grpc://{upstream}; }} }}",
+            certs.path("server.pem").display(),
+            certs.path("server.key").display(),
+        ),
+    );
+    (server, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_goes_through_an_http_connect_proxy_and_its_refusal_is_named() {
+    let test = "https_goes_through_an_http_connect_proxy_and_its_refusal_is_named";
+    let (Some(bin), Some(tiny)) = (nginx::binary(test), tinyproxy::binary(test)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path());
+    let (server, nginx) = tls_upstream(&bin, &certs).await;
+    let client = |proxy: Proxy| {
+        AmeideClient::builder()
+            .endpoint(format!("https://127.0.0.1:{}", nginx.port))
+            .transport_options(
+                TransportOptions::default()
+                    .with_ca_certificate_pem(certs.read("ca.pem"))
+                    .with_authority(format!("localhost:{}", nginx.port))
+                    .with_proxy(proxy),
+            )
+            .build()
+            .unwrap()
+    };
+
+    let open = TinyProxy::start(&tiny, "");
+    calls::read(&client(Proxy::Url {
+        url: open.url(),
+        no_proxy: String::new(),
+    }))
+    .await
+    .expect("TLS through the tunnel");
+    assert_eq!(server.attempts().len(), 1);
+    let log = open.log();
+    assert!(
+        log.contains(&format!("127.0.0.1:{}", nginx.port)) && log.contains("CONNECT"),
+        "the proxy carried the connection: {log}"
+    );
+
+    // NO_PROXY's syntax: this endpoint is exempt, the proxy sees nothing new.
+    let before = open.log().len();
+    calls::read(&client(Proxy::Url {
+        url: open.url(),
+        no_proxy: "example.com, 127.0.0.0/8".to_owned(),
+    }))
+    .await
+    .expect("directly");
+    assert!(!open.log()[before..].contains("CONNECT"), "{}", open.log());
+
+    // A proxy that allows CONNECT to port 443 only refuses this one: the
+    // call fails at once (the proxy's policy stands) with UNAVAILABLE naming
+    // the proxy and its answer.
+    let strict = TinyProxy::start(&tiny, "ConnectPort 443");
+    let started = std::time::Instant::now();
+    let err = calls::read(&client(Proxy::Url {
+        url: strict.url(),
+        no_proxy: String::new(),
+    }))
+    .await
+    .expect_err("the proxy refuses the port");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(
+        err.message().contains("refused the tunnel") && err.message().contains("403"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.attempts().len(), 2);
 }
