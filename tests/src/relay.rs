@@ -16,6 +16,9 @@ pub enum Mode {
         upstream: SocketAddr,
         delay: Duration,
     },
+    /// Relays like `Forward` (no delay), but closes the `nth` connection
+    /// (counting from 1) at once: one failed connect among good ones.
+    ForwardClosing { upstream: SocketAddr, nth: usize },
     /// Accepts and never sends a byte (a handshake that never completes).
     Hang,
     /// Accepts and closes at once.
@@ -40,8 +43,16 @@ impl Relay {
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
-                record.lock().unwrap().push(Instant::now());
+                let count = {
+                    let mut accepted = record.lock().unwrap();
+                    accepted.push(Instant::now());
+                    accepted.len()
+                };
                 match mode {
+                    Mode::ForwardClosing { nth, .. } if nth == count => drop(client),
+                    Mode::ForwardClosing { upstream, .. } => {
+                        tokio::spawn(forward(client, upstream, Duration::ZERO));
+                    }
                     Mode::Close => drop(client),
                     Mode::Hang => held.push(client),
                     Mode::Forward { upstream, delay } => {

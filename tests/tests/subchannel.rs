@@ -246,7 +246,8 @@ async fn unread_streams_never_stall_other_calls() {
 /// nginx allows 4 streams per connection: with 4 silent streams open, a
 /// unary call goes through on a second connection; at the cap
 /// (`max_connections` 2, both full) a call waits for room and ends at its
-/// deadline, and no third connection is made.
+/// deadline, and no third connection is made; a waiting call goes as soon as
+/// a stream ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_stream_limit_opens_another_connection_up_to_the_cap() {
     let Some(bin) = nginx::binary("the_servers_stream_limit_opens_another_connection") else {
@@ -318,7 +319,58 @@ async fn the_servers_stream_limit_opens_another_connection_up_to_the_cap() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(took >= Duration::from_millis(450), "{took:?}");
     assert_eq!(relay.accepted().len(), 2, "the cap holds");
+    // A call waiting for room goes as soon as a stream ends.
+    let waiting = tokio::spawn(quick(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "no room yet");
+    let ended = Instant::now();
+    second[0].abort();
+    let (result, _) = waiting.await.unwrap();
+    result.expect("sent in the room the ended stream left");
+    assert!(
+        ended.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        ended.elapsed()
+    );
+    assert_eq!(relay.accepted().len(), 2, "the cap holds");
     for task in first.into_iter().chain(second) {
         task.abort();
     }
+}
+
+/// A subchannel that keeps 2 connections, whose second connect fails: it
+/// tries again after the backoff while calls go on over the first, and the
+/// pool is whole again without any call waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_extra_connection_is_made_again_after_the_backoff() {
+    let (server, addr) = upstream().await;
+    let relay = Relay::start(Mode::ForwardClosing {
+        upstream: addr,
+        nth: 2,
+    })
+    .await;
+    let client = client(
+        format!("http://{}", relay.addr),
+        Duration::from_secs(2),
+        TransportOptions::default().with_connections(2),
+    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        calls::read(&client)
+            .await
+            .expect("calls go on over the first connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accepted = relay.accepted();
+    assert_eq!(
+        accepted.len(),
+        3,
+        "the failed connect was made again: {accepted:?}"
+    );
+    let gap = accepted[2] - accepted[1];
+    assert!(
+        gap >= Duration::from_millis(750) && gap <= Duration::from_millis(1500),
+        "after the backoff: {gap:?}"
+    );
+    assert!(server.attempts().len() >= 20);
 }

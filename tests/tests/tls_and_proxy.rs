@@ -12,6 +12,7 @@ use ameide_sdk::testkit::{MockServer, Reply, serve_tcp};
 use ameide_sdk::{AmeideClient, ClientIdentity, Proxy, TransportOptions};
 use ameide_tests::calls;
 use ameide_tests::nginx::{self, Certs, Nginx};
+use ameide_tests::relay::{Mode, Relay};
 use ameide_tests::tinyproxy::{self, TinyProxy};
 use tonic::Code;
 
@@ -58,8 +59,14 @@ async fn a_rotated_client_certificate_is_used_by_the_next_connection() {
             certs.path("ca.pem").display(),
         ),
     );
+    // Counts the client's connections.
+    let relay = Relay::start(Mode::Forward {
+        upstream: format!("127.0.0.1:{}", proxy.port).parse().unwrap(),
+        delay: Duration::ZERO,
+    })
+    .await;
     let client = AmeideClient::builder()
-        .endpoint(format!("https://localhost:{}", proxy.port))
+        .endpoint(format!("https://localhost:{}", relay.addr.port()))
         .transport_options(
             TransportOptions::default()
                 .with_ca_certificate_file(certs.path("ca.pem"))
@@ -81,6 +88,11 @@ async fn a_rotated_client_certificate_is_used_by_the_next_connection() {
     proxy.reload();
     tokio::time::sleep(Duration::from_millis(500)).await;
     calls::read(&client).await.expect("the last good pair");
+    assert_eq!(
+        relay.accepted().len(),
+        2,
+        "a new connection after the reload"
+    );
     assert!(
         last_subject(&server).contains("CN=ameide test client"),
         "{}",
@@ -92,6 +104,11 @@ async fn a_rotated_client_certificate_is_used_by_the_next_connection() {
     proxy.reload();
     tokio::time::sleep(Duration::from_millis(500)).await;
     calls::read(&client).await.expect("the rotated pair");
+    assert_eq!(
+        relay.accepted().len(),
+        3,
+        "a new connection after the reload"
+    );
     assert!(
         last_subject(&server).contains("CN=ameide rotated client"),
         "{}",

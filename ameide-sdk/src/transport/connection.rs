@@ -115,13 +115,19 @@ impl Conn {
     }
 
     /// Counts one more open stream when the server's
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` leaves room for it.
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` leaves room for it. Called under the
+    /// subchannel's lock, so the count never passes the limit.
+    ///
+    /// `SeqCst`, paired with [`StreamGuard`]'s drop: a waiter counts itself
+    /// among the waiters before it looks here, and a guard lowers the count
+    /// before it looks at the waiters, so either the waiter sees the room or
+    /// the guard sees the waiter and wakes it.
     pub(crate) fn try_open(&self) -> bool {
-        let max = self.events.max_streams() as usize;
-        if self.open.load(Ordering::Relaxed) >= max {
+        let max = usize::try_from(self.events.max_streams()).unwrap_or(usize::MAX);
+        if self.open.load(Ordering::SeqCst) >= max {
             return false;
         }
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::SeqCst);
         true
     }
 }
@@ -134,7 +140,8 @@ pub(crate) struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.conn.open.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst: see `Conn::try_open`.
+        self.conn.open.fetch_sub(1, Ordering::SeqCst);
         self.conn.events.wake().room_freed();
     }
 }

@@ -115,11 +115,13 @@ pub struct TransportOptions {
     /// Where [`ca_certificate_pem`](Self::ca_certificate_pem) was read from:
     /// read again before each new connection (see
     /// [`with_ca_certificate_file`](Self::with_ca_certificate_file)).
-    ca_file: Option<PathBuf>,
-    /// HTTP/2 connections kept to the target, 1 ..= 64; calls are spread
-    /// over those with room round-robin. One connection multiplexes streams,
-    /// but its single connection task becomes the bottleneck with hundreds
-    /// in flight.
+    /// (With the bytes read from it: a PEM set otherwise since wins.)
+    ca_file: Option<(PathBuf, Vec<u8>)>,
+    /// HTTP/2 connections the subchannel keeps to the target, 1 ..= 64,
+    /// made as calls come (one connect at a time; a failed one is tried
+    /// again after the backoff); calls are spread over those with room
+    /// round-robin. One connection multiplexes streams, but its single
+    /// connection task becomes the bottleneck with hundreds in flight.
     pub connections: usize,
     /// The most connections to the target ([`connections`](Self::connections) ..= 64):
     /// when every connection has as many streams open as its server's
@@ -244,8 +246,9 @@ impl TransportOptions {
     /// ```
     pub fn with_ca_certificate_file(mut self, path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        self.ca_certificate_pem = Some(tls::read_file("CA certificate", path)?);
-        self.ca_file = Some(path.to_owned());
+        let pem = tls::read_file("CA certificate", path)?;
+        self.ca_file = Some((path.to_owned(), pem.clone()));
+        self.ca_certificate_pem = Some(pem);
         Ok(self)
     }
 
@@ -359,6 +362,14 @@ impl TransportOptions {
             1024,
             256 << 20,
         )?;
+        if let Some(authority) = &self.authority
+            && (authority.contains('@') || authority.parse::<http::uri::Authority>().is_err())
+        {
+            return fail(format!(
+                "transport option authority {:?} must be host[:port] (no user info)",
+                crate::peer::loggable(authority.as_bytes())
+            ));
+        }
         if !(1..=64).contains(&self.connections) {
             return fail(format!(
                 "transport option connections {} must be within 1..=64",
@@ -418,9 +429,13 @@ pub(crate) fn http2_transport(
         let material = tls::TlsMaterial::new(
             options.trust_roots,
             options.ca_certificate_pem.clone(),
+            // The file is read again only while the PEM is still what was
+            // read from it (the public field may have been set since).
             options
                 .ca_file
-                .clone()
+                .as_ref()
+                .filter(|(_, read)| options.ca_certificate_pem.as_ref() == Some(read))
+                .map(|(path, _)| path.clone())
                 .or_else(|| ca_file.map(Path::to_owned)),
             options.client_identity.clone(),
         )?;
@@ -446,7 +461,10 @@ pub(crate) fn http2_transport(
     };
     let port = crate::config::port_of(&uri);
     let proxy = if https {
-        proxy::route(&options.proxy, &host, port, |name| std::env::var(name).ok())?
+        // Not UTF-8: lossy, so the URL fails to parse and the error names the variable.
+        proxy::route(&options.proxy, &host, port, |name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })?
     } else {
         None
     };

@@ -4,9 +4,9 @@
 //! | Question | Answer |
 //! |---|---|
 //! | Which endpoints? | `https` only; a plaintext `http` endpoint (h2c inside a cluster) never goes through a proxy |
-//! | Which variables? | `HTTPS_PROXY` (else `https_proxy`), `NO_PROXY` (else `no_proxy`), read when the client is built; a malformed `HTTPS_PROXY` is a [`ConfigError`] naming it |
+//! | Which variables? | the first of `HTTPS_PROXY`, `https_proxy` that is set and not empty, and likewise `NO_PROXY`, `no_proxy`, read when the client is built; a malformed `HTTPS_PROXY` (or one that is not UTF-8) is a [`ConfigError`] naming it |
 //! | Never proxied (environment) | `localhost` and loopback addresses, as Go |
-//! | `NO_PROXY` entries | comma-separated: `*`; a host name, which also covers its subdomains (a leading `.` or `*.` is the same); an IP address; a CIDR block; any of them with `:port` |
+//! | `NO_PROXY` entries | comma-separated: `*`; a host name and its subdomains (`.name` or `*.name`: the subdomains only); an IP address; a CIDR block; any of them with `:port` |
 //! | Proxy URL | `http://[user:password@]host[:port]` (port 80 by default; no scheme means `http`); the credentials go as `Proxy-Authorization: Basic`. A TLS (`https://`) proxy is refused at build |
 //! | On the wire | `CONNECT host:port HTTP/1.1` to the proxy, then TLS to the endpoint through the tunnel; the answer's status line is read within the connect timeout (at most 16 KiB of it) and anything but 2xx fails the connect, naming the proxy and its answer; 403 and 407 fail the waiting calls at once (the proxy's policy or credentials, not a passing fault) |
 
@@ -77,18 +77,17 @@ pub(crate) fn route(
         Proxy::Disabled => return Ok(None),
         Proxy::Url { url, no_proxy } => (url.clone(), no_proxy.clone(), "proxy URL"),
         Proxy::FromEnvironment => {
-            let Some(url) = lookup("HTTPS_PROXY")
-                .or_else(|| lookup("https_proxy"))
-                .filter(|v| !v.trim().is_empty())
-            else {
+            // The first of the two that is set and not empty, as Go.
+            let first = |names: [&str; 2]| {
+                names
+                    .into_iter()
+                    .filter_map(&lookup)
+                    .find(|v| !v.trim().is_empty())
+            };
+            let Some(url) = first(["HTTPS_PROXY", "https_proxy"]) else {
                 return Ok(None);
             };
-            if is_loopback(host) {
-                return Ok(None);
-            }
-            let no_proxy = lookup("NO_PROXY")
-                .or_else(|| lookup("no_proxy"))
-                .unwrap_or_default();
+            let no_proxy = first(["NO_PROXY", "no_proxy"]).unwrap_or_default();
             (url, no_proxy, "HTTPS_PROXY")
         }
     };
@@ -101,7 +100,9 @@ pub(crate) fn route(
             ),
         )
     })?;
-    if bypass(&no_proxy, host, port) {
+    // Checked after the URL, so a malformed variable is an error whatever the endpoint.
+    let from_environment = matches!(proxy, Proxy::FromEnvironment);
+    if (from_environment && is_loopback(host)) || bypass(&no_proxy, host, port) {
         return Ok(None);
     }
     Ok(Some(route))
@@ -197,14 +198,17 @@ pub(crate) fn bypass(no_proxy: &str, host: &str, port: u16) -> bool {
             if want_port.is_some_and(|p| p != port) {
                 return false;
             }
-            let name = name.trim_start_matches("*.").trim_start_matches('.');
+            // As Go: `example.com` is the host and its subdomains;
+            // `.example.com` and `*.example.com` only the subdomains.
+            let subdomains_only = name.starts_with('.') || name.starts_with("*.");
+            let name = name.trim_start_matches('*').trim_start_matches('.');
             let name = name.trim_end_matches('.');
             match (ip, name.parse::<IpAddr>()) {
                 (Some(ip), Ok(entry_ip)) => ip == entry_ip,
                 (Some(_), Err(_)) | (None, Ok(_)) => false,
                 (None, Err(_)) => {
                     !name.is_empty()
-                        && (host == name
+                        && ((host == name && !subdomains_only)
                             || host.strip_suffix(name).is_some_and(|p| p.ends_with('.')))
                 }
             }
@@ -410,8 +414,9 @@ mod tests {
             ("a.example.com", 443, true),
             ("notexample.com", 443, false),
             ("x.internal", 1, true),
-            ("internal", 1, true),
+            ("internal", 1, false),
             ("cluster.svc", 443, true),
+            ("svc", 443, false),
             ("10.2.3.4", 443, true),
             ("11.2.3.4", 443, false),
             ("192.168.1.7", 9, true),
@@ -442,7 +447,7 @@ mod tests {
         let expected = base64::engine::general_purpose::STANDARD.encode("user:p@ss");
         assert_eq!(found.authorization, Some(format!("Basic {expected}")));
 
-        let vars = [("https_proxy", "proxy.corp")];
+        let vars = [("HTTPS_PROXY", " "), ("https_proxy", "proxy.corp")];
         let found = route(&Proxy::FromEnvironment, "api.ameide.io", 443, env(&vars))
             .unwrap()
             .unwrap();

@@ -32,7 +32,7 @@
 //! ENHANCE_YOUR_CALM `too_many_pings` doubles the keepalive interval of the
 //! target's next connections, with a warning.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -98,71 +98,47 @@ struct State {
 }
 
 impl State {
-    /// A connection with room, its new stream counted.
-    fn pick(&mut self) -> Option<Arc<Conn>> {
+    /// A connection with room, its new stream counted; and whether a
+    /// connection that takes no new streams was passed over (to prune).
+    fn pick(&mut self) -> (Option<Arc<Conn>>, bool) {
         let n = self.conns.len();
+        let mut dead = false;
         for i in 0..n {
             let index = (self.next + i) % n;
             let conn = &self.conns[index];
-            if conn.usable() && conn.try_open() {
+            if !conn.usable() {
+                dead = true;
+                continue;
+            }
+            if conn.try_open() {
                 self.next = index + 1;
-                return Some(conn.clone());
+                return (Some(conn.clone()), dead);
             }
         }
-        None
+        (None, dead)
+    }
+
+    /// A connect task should run: too few connections, or (for a waiter)
+    /// every one full and the cap not reached.
+    fn wants_connect(&self, pacing: &Pacing, waiting: bool) -> bool {
+        !self.connecting
+            && (self.conns.len() < pacing.min_connections
+                || (waiting && self.conns.len() < pacing.max_connections))
     }
 }
 
-/// Counts a caller among the waiters while it waits.
-struct Waiting<'a>(&'a Wake);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0
-            .waiters
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Subchannel {
-    pub(crate) fn new(target: Arc<Target>, pacing: Pacing) -> Self {
-        Subchannel {
-            shared: Arc::new(Shared {
-                target,
-                pacing,
-                wake: Arc::new(Wake::new()),
-                state: Mutex::new(State {
-                    conns: Vec::new(),
-                    next: 0,
-                    connecting: false,
-                    next_id: 0,
-                    failures: 0,
-                    retry_at: None,
-                    last_error: None,
-                    failed_connects: 0,
-                    keepalive: pacing.keepalive,
-                }),
-            }),
-        }
-    }
-
+impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The fast path: a ready connection with room, or `None`.
-    fn pick_now(&self) -> Option<Arc<Conn>> {
-        let mut state = self.lock();
-        let conn = state.pick()?;
-        if state.conns.len() < self.shared.pacing.min_connections && !state.connecting {
-            self.start_connect(&mut state);
-        }
-        Some(conn)
-    }
-
-    fn start_connect(&self, state: &mut State) {
+    fn start_connect(self: &Arc<Self>, state: &mut State) {
         state.connecting = true;
-        tokio::spawn(self.clone().connect_task());
+        let mark = ConnectTaskMark {
+            shared: Arc::downgrade(self),
+            armed: true,
+        };
+        tokio::spawn(connect_task(mark));
     }
 
     /// Drops the connections that take no new streams (closed, or GOAWAY).
@@ -189,7 +165,7 @@ impl Subchannel {
         if state.keepalive.is_some_and(|now| now < doubled) {
             state.keepalive = Some(doubled);
             ::tracing::warn!(
-                target_address = %format_args!("{}:{}", self.shared.target.host, self.shared.target.port),
+                target_address = %format_args!("{}:{}", self.target.host, self.target.port),
                 was = ?used,
                 now = ?doubled,
                 "the server closed a connection with GOAWAY ENHANCE_YOUR_CALM \"too_many_pings\": \
@@ -198,16 +174,169 @@ impl Subchannel {
             );
         }
     }
+}
+
+/// Connects, again after each backoff while callers wait or the subchannel
+/// has fewer connections than it keeps; records every outcome. Owned by no
+/// call, and holds the subchannel only weakly while it sleeps: a client
+/// dropped meanwhile ends it.
+async fn connect_task(mut mark: ConnectTaskMark) {
+    loop {
+        let Some(shared) = mark.shared.upgrade() else {
+            mark.armed = false;
+            return;
+        };
+        let retry_at = shared.lock().retry_at;
+        if let Some(at) = retry_at {
+            drop(shared);
+            tokio::time::sleep_until(at).await;
+            let Some(again) = mark.shared.upgrade() else {
+                mark.armed = false;
+                return;
+            };
+            let mut state = again.lock();
+            let waiting = again.wake.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0;
+            let topping_up =
+                !state.conns.is_empty() && state.conns.len() < again.pacing.min_connections;
+            if !waiting && !topping_up {
+                state.connecting = false;
+                mark.armed = false;
+                return;
+            }
+        }
+        let Some(shared) = mark.shared.upgrade() else {
+            mark.armed = false;
+            return;
+        };
+        let (keepalive, id) = {
+            let mut state = shared.lock();
+            state.next_id = state.next_id.wrapping_add(1);
+            (state.keepalive, state.next_id)
+        };
+        let outcome = connection::connect(&shared.target, id, keepalive, shared.wake.clone()).await;
+        let mut state = shared.lock();
+        let stop = match outcome {
+            Ok(conn) => {
+                state.conns.push(Arc::new(conn));
+                state.failures = 0;
+                state.retry_at = None;
+                state.last_error = None;
+                true
+            }
+            Err(error) => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = connect_backoff(
+                    state.failures,
+                    shared.pacing.backoff,
+                    shared.pacing.backoff_max,
+                );
+                state.retry_at = Some(crate::time::add(Instant::now(), backoff));
+                state.failed_connects = state.failed_connects.saturating_add(1);
+                ::tracing::debug!(error = %error.message, ?backoff, "connect failed");
+                let permanent = error.permanent;
+                state.last_error = Some(error);
+                permanent
+            }
+        };
+        if stop {
+            state.connecting = false;
+            mark.armed = false;
+        }
+        drop(state);
+        shared.wake.changed();
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Counts a caller among the waiters while it waits.
+struct Waiting<'a>(&'a Wake);
+
+impl<'a> Waiting<'a> {
+    /// `SeqCst`: see `Conn::try_open`.
+    fn new(wake: &'a Wake) -> Self {
+        wake.waiters
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(wake)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiters
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Marks the subchannel's connect task as running; a task dropped before it
+/// finished (its runtime shutting down) clears the mark on the way out, so
+/// the next caller starts another.
+struct ConnectTaskMark {
+    shared: Weak<Shared>,
+    armed: bool,
+}
+
+impl Drop for ConnectTaskMark {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            shared.lock().connecting = false;
+            shared.wake.changed();
+        }
+    }
+}
+
+impl Subchannel {
+    pub(crate) fn new(target: Arc<Target>, pacing: Pacing) -> Self {
+        Subchannel {
+            shared: Arc::new(Shared {
+                target,
+                pacing,
+                wake: Arc::new(Wake::new()),
+                state: Mutex::new(State {
+                    conns: Vec::new(),
+                    next: 0,
+                    connecting: false,
+                    next_id: 0,
+                    failures: 0,
+                    retry_at: None,
+                    last_error: None,
+                    failed_connects: 0,
+                    keepalive: pacing.keepalive,
+                }),
+            }),
+        }
+    }
+
+    /// The fast path: a ready connection with room, or `None`.
+    fn pick_now(&self) -> Option<Arc<Conn>> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        let (conn, dead) = state.pick();
+        let conn = conn?;
+        if dead {
+            shared.prune(&mut state);
+        }
+        if state.wants_connect(&shared.pacing, false) {
+            shared.start_connect(&mut state);
+        }
+        Some(conn)
+    }
 
     /// Forgets `conn` (only that one) when it takes no new streams.
     fn forget(&self, conn: &Arc<Conn>) {
-        let mut state = self.lock();
+        let shared = &self.shared;
+        let mut state = shared.lock();
         if conn.usable() {
             return;
         }
         if let Some(index) = state.conns.iter().position(|c| c.id == conn.id) {
             let gone = state.conns.remove(index);
-            self.retire(&mut state, &gone);
+            shared.retire(&mut state, &gone);
         }
     }
 
@@ -215,21 +344,25 @@ impl Subchannel {
     /// stream counted) and how many failed connects the caller waited
     /// through; fails with the connect error when waiting cannot help.
     async fn wait(&self, deadline: Option<Instant>) -> Result<(Arc<Conn>, u32), ConnectError> {
-        let wake = self.shared.wake.clone();
+        let shared = &self.shared;
+        let wake = shared.wake.clone();
         let mut seen_from = None;
         loop {
             let notified = wake.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Counted before looking for room: a stream that ends after the
+            // look sees this waiter and wakes it.
+            let _waiting = Waiting::new(&wake);
             {
-                let mut state = self.lock();
-                self.prune(&mut state);
+                let mut state = shared.lock();
+                shared.prune(&mut state);
                 let from = *seen_from.get_or_insert(state.failed_connects);
                 let waited =
                     u32::try_from(state.failed_connects.saturating_sub(from)).unwrap_or(u32::MAX);
-                if let Some(conn) = state.pick() {
-                    if state.conns.len() < self.shared.pacing.min_connections && !state.connecting {
-                        self.start_connect(&mut state);
+                if let (Some(conn), _) = state.pick() {
+                    if state.wants_connect(&shared.pacing, false) {
+                        shared.start_connect(&mut state);
                     }
                     return Ok((conn, waited));
                 }
@@ -249,74 +382,11 @@ impl Subchannel {
                         return Err(error.clone());
                     }
                 }
-                if !state.connecting && state.conns.len() < self.shared.pacing.max_connections {
-                    self.start_connect(&mut state);
+                if state.wants_connect(&shared.pacing, true) {
+                    shared.start_connect(&mut state);
                 }
-                wake.waiters
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let _waiting = Waiting(&wake);
             notified.await;
-        }
-    }
-
-    /// Connects, again after each backoff while callers wait; records every
-    /// outcome. Owned by no call.
-    async fn connect_task(self) {
-        let shared = &self.shared;
-        loop {
-            let (retry_at, keepalive, id) = {
-                let mut state = self.lock();
-                state.next_id = state.next_id.wrapping_add(1);
-                (state.retry_at, state.keepalive, state.next_id)
-            };
-            if let Some(at) = retry_at {
-                tokio::time::sleep_until(at).await;
-                let mut state = self.lock();
-                if shared
-                    .wake
-                    .waiters
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    == 0
-                {
-                    state.connecting = false;
-                    return;
-                }
-            }
-            let outcome =
-                connection::connect(&shared.target, id, keepalive, shared.wake.clone()).await;
-            let mut state = self.lock();
-            let stop = match outcome {
-                Ok(conn) => {
-                    state.conns.push(Arc::new(conn));
-                    state.failures = 0;
-                    state.retry_at = None;
-                    state.last_error = None;
-                    true
-                }
-                Err(error) => {
-                    state.failures = state.failures.saturating_add(1);
-                    let backoff = connect_backoff(
-                        state.failures,
-                        shared.pacing.backoff,
-                        shared.pacing.backoff_max,
-                    );
-                    state.retry_at = Some(crate::time::add(Instant::now(), backoff));
-                    state.failed_connects = state.failed_connects.saturating_add(1);
-                    ::tracing::debug!(error = %error.message, ?backoff, "connect failed");
-                    let permanent = error.permanent;
-                    state.last_error = Some(error);
-                    permanent
-                }
-            };
-            if stop {
-                state.connecting = false;
-            }
-            drop(state);
-            shared.wake.changed();
-            if stop {
-                return;
-            }
         }
     }
 
@@ -342,11 +412,14 @@ impl Subchannel {
                         .get::<crate::call::Deadline>()
                         .map(|d| d.0)
                 });
-            let mut resends = 0u32;
+            // Failed connects waited through, and requests handed back
+            // unwritten: the header counts both, the cap only the second.
+            let mut waited_connects = 0u32;
+            let mut unwritten = 0u32;
             loop {
                 let conn = match self.pick_now() {
                     Some(conn) => {
-                        if resends > 0 {
+                        if unwritten > 0 {
                             refresh_timeout(&mut request, deadline);
                         }
                         conn
@@ -357,8 +430,8 @@ impl Subchannel {
                             .await
                             .map_err(|e| Box::new(e) as BoxError)?;
                         if waited > 0 {
-                            resends = resends.saturating_add(waited);
-                            mark_resend(&mut request, resends);
+                            waited_connects = waited_connects.saturating_add(waited);
+                            mark_resend(&mut request, waited_connects.saturating_add(unwritten));
                         }
                         refresh_timeout(&mut request, deadline);
                         conn
@@ -377,14 +450,17 @@ impl Subchannel {
                         drop(guard);
                         self.forget(&conn);
                         match handed_back {
-                            Some(unsent) if resends < MAX_UNWRITTEN_RESENDS => {
+                            Some(unsent) if unwritten < MAX_UNWRITTEN_RESENDS => {
                                 ::tracing::debug!(
                                     error = %failed.error(),
                                     "request not written before its connection closed: sending it on a fresh connection"
                                 );
                                 request = unsent;
-                                resends = resends.saturating_add(1);
-                                mark_resend(&mut request, resends);
+                                unwritten = unwritten.saturating_add(1);
+                                mark_resend(
+                                    &mut request,
+                                    waited_connects.saturating_add(unwritten),
+                                );
                             }
                             Some(_) => {
                                 return Err(Box::new(Unwritten {

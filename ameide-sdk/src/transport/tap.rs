@@ -6,8 +6,8 @@
 //!
 //! [`Tap`] sits between the socket (or the TLS stream, on its plaintext side)
 //! and hyper. It never changes a byte: it walks the frame headers of what was
-//! read and copies out the few payload bytes it needs (at most
-//! [`KEPT_PAYLOAD`] of a frame). A DATA frame costs one header parse.
+//! read, reads SETTINGS entries as they pass, and copies out the start of a
+//! GOAWAY (at most [`KEPT_PAYLOAD`] bytes). A DATA frame costs one header parse.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,8 +24,8 @@ const ACK: u8 = 0x1;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 /// ENHANCE_YOUR_CALM.
 pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
-/// How much of a SETTINGS or GOAWAY payload is kept: 6 settings, or a
-/// GOAWAY's 8 fixed bytes and the start of its debug data.
+/// How much of a GOAWAY payload is kept: its 8 fixed bytes and the start of
+/// its debug data.
 const KEPT_PAYLOAD: usize = 64;
 
 /// How the callers waiting on a subchannel (for a connection, or for room on
@@ -33,8 +33,9 @@ const KEPT_PAYLOAD: usize = 64;
 /// streams or allows more, and a stream that ends while someone waits.
 pub(crate) struct Wake {
     pub(crate) notify: Notify,
-    /// Callers waiting on [`notify`](Self::notify); changed under the
-    /// subchannel's lock.
+    /// Callers waiting on [`notify`](Self::notify). A waiter counts itself
+    /// (`SeqCst`) before it looks for a connection with room; see
+    /// `Conn::try_open` for why that order wakes every waiter.
     pub(crate) waiters: AtomicUsize,
 }
 
@@ -53,7 +54,7 @@ impl Wake {
     /// A stream ended: wakes the waiters, if there are any (the common case
     /// has none and costs one load).
     pub(crate) fn room_freed(&self) {
-        if self.waiters.load(Ordering::Relaxed) > 0 {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
         }
     }
@@ -134,34 +135,34 @@ impl ConnEvents {
         }
     }
 
-    fn on_frame(&self, kind: u8, flags: u8, payload: &[u8]) {
-        match kind {
-            SETTINGS if flags & ACK == 0 => {
-                for setting in payload.chunks_exact(6) {
-                    let id = u16::from_be_bytes([setting[0], setting[1]]);
-                    if id == SETTINGS_MAX_CONCURRENT_STREAMS {
-                        let value =
-                            u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
-                        let before = self.max_streams.swap(value, Ordering::Relaxed);
-                        if value > before {
-                            self.wake.changed();
-                        }
-                    }
-                }
-                if !self.settings_seen.swap(true, Ordering::AcqRel) {
-                    self.ready.notify_waiters();
-                }
-            }
-            GOAWAY if payload.len() >= 8 => {
-                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-                if code == ENHANCE_YOUR_CALM && payload[8..].starts_with(b"too_many_pings") {
-                    self.too_many_pings.store(true, Ordering::Relaxed);
-                }
-                self.going_away.store(true, Ordering::Relaxed);
+    /// One setting of a SETTINGS frame (not an ACK).
+    fn on_setting(&self, id: u16, value: u32) {
+        if id == SETTINGS_MAX_CONCURRENT_STREAMS {
+            let before = self.max_streams.swap(value, Ordering::Relaxed);
+            if value > before {
                 self.wake.changed();
             }
-            _ => {}
         }
+    }
+
+    /// The end of a SETTINGS frame (not an ACK).
+    fn on_settings_end(&self) {
+        if !self.settings_seen.swap(true, Ordering::AcqRel) {
+            self.ready.notify_waiters();
+        }
+    }
+
+    /// A GOAWAY frame: its first [`KEPT_PAYLOAD`] bytes.
+    fn on_goaway(&self, payload: &[u8]) {
+        if payload.len() < 8 {
+            return;
+        }
+        let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if code == ENHANCE_YOUR_CALM && payload[8..].starts_with(b"too_many_pings") {
+            self.too_many_pings.store(true, Ordering::Relaxed);
+        }
+        self.going_away.store(true, Ordering::Relaxed);
+        self.wake.changed();
     }
 }
 
@@ -173,6 +174,11 @@ struct Parser {
     remaining: usize,
     kind: u8,
     flags: u8,
+    /// A SETTINGS entry being read (settings are read as they stream past,
+    /// however long the frame).
+    entry: [u8; 6],
+    entry_len: usize,
+    /// The start of a GOAWAY's payload.
     kept: [u8; KEPT_PAYLOAD],
     kept_len: usize,
 }
@@ -185,13 +191,15 @@ impl Parser {
             remaining: 0,
             kind: 0,
             flags: 0,
+            entry: [0; 6],
+            entry_len: 0,
             kept: [0; KEPT_PAYLOAD],
             kept_len: 0,
         }
     }
 
-    fn interesting(&self) -> bool {
-        self.kind == SETTINGS || self.kind == GOAWAY
+    fn settings(&self) -> bool {
+        self.kind == SETTINGS && self.flags & ACK == 0
     }
 
     fn feed(&mut self, mut bytes: &[u8], events: &ConnEvents) {
@@ -211,16 +219,30 @@ impl Parser {
                 self.kind = h[3];
                 self.flags = h[4];
                 self.kept_len = 0;
+                self.entry_len = 0;
                 if self.remaining == 0 {
                     self.finish(events);
                 }
                 continue;
             }
             let take = self.remaining.min(bytes.len());
-            if self.interesting() {
-                let room = KEPT_PAYLOAD - self.kept_len;
-                let keep = take.min(room);
-                self.kept[self.kept_len..self.kept_len + keep].copy_from_slice(&bytes[..keep]);
+            let chunk = &bytes[..take];
+            if self.settings() {
+                for &byte in chunk {
+                    self.entry[self.entry_len] = byte;
+                    self.entry_len += 1;
+                    if self.entry_len == self.entry.len() {
+                        let e = &self.entry;
+                        events.on_setting(
+                            u16::from_be_bytes([e[0], e[1]]),
+                            u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+                        );
+                        self.entry_len = 0;
+                    }
+                }
+            } else if self.kind == GOAWAY {
+                let keep = take.min(KEPT_PAYLOAD - self.kept_len);
+                self.kept[self.kept_len..self.kept_len + keep].copy_from_slice(&chunk[..keep]);
                 self.kept_len += keep;
             }
             self.remaining -= take;
@@ -232,8 +254,10 @@ impl Parser {
     }
 
     fn finish(&mut self, events: &ConnEvents) {
-        if self.interesting() {
-            events.on_frame(self.kind, self.flags, &self.kept[..self.kept_len]);
+        if self.settings() {
+            events.on_settings_end();
+        } else if self.kind == GOAWAY {
+            events.on_goaway(&self.kept[..self.kept_len]);
         }
         self.header_len = 0;
     }
@@ -378,6 +402,23 @@ mod tests {
         for chunk in [1, 2, 5, 9, 10, 21, 1000, 16_384, 1 << 20] {
             check(chunk);
         }
+    }
+
+    #[test]
+    fn the_stream_limit_is_found_late_in_a_long_settings_frame() {
+        let mut payload = Vec::new();
+        for id in 0..20u16 {
+            payload.extend_from_slice(&(id + 0x10).to_be_bytes());
+            payload.extend_from_slice(&[0, 0, 0, 1]);
+        }
+        payload.extend_from_slice(&[0, 3, 0, 0, 0, 7]);
+        let events = ConnEvents::new(Arc::new(Wake::new()));
+        let mut parser = Parser::new();
+        for piece in frame(SETTINGS, 0, &payload).chunks(5) {
+            parser.feed(piece, &events);
+        }
+        assert_eq!(events.max_streams(), 7);
+        assert!(events.settings_seen.load(Ordering::Relaxed));
     }
 
     #[test]

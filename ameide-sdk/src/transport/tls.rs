@@ -2,10 +2,10 @@
 //! trust roots as [`TrustRoots`] says, an optional extra CA, an optional
 //! client certificate (mTLS), ALPN `h2` only.
 //!
-//! Everything here is decided when the client is built: a PEM that does not
-//! parse, a key that does not match its certificate, or a system store with no
-//! usable certificate is a [`ConfigError`] naming the option (or file) and the
-//! fault, never a failure of the first call.
+//! The first configuration is decided when the client is built: a PEM that
+//! does not parse, a key that does not match its certificate, or a system
+//! store with no usable certificate is a [`ConfigError`] naming the option (or
+//! file) and the fault, never a failure of the first call.
 //!
 //! Material read from files (the CA of `AMEIDE_TLS_CA_FILE` or
 //! [`TransportOptions::with_ca_certificate_file`](super::TransportOptions::with_ca_certificate_file),
