@@ -174,22 +174,25 @@ pub struct Certs {
     pub dir: PathBuf,
 }
 
+/// Runs the `openssl` command line in `dir`; panics with its error.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Certs {
     /// Writes `ca.pem`/`ca.key`, `server.pem`/`server.key`, `client.pem`/`client.key`
     /// (and an unrelated `other-ca.pem`) into `dir`.
     pub fn generate(dir: &Path) -> Certs {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl (Debian package openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&str]| openssl(dir, args);
         for ca in ["ca", "other-ca"] {
             run(&[
                 "req",
@@ -237,18 +240,7 @@ impl Certs {
 
     fn leaf(&self, leaf: &str, cn: &str, ext: &str) {
         let dir = &self.dir;
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl (Debian package openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&str]| openssl(dir, args);
         std::fs::write(
             dir.join(format!("{leaf}.ext")),
             format!("basicConstraints=CA:FALSE\n{ext}\n"),
@@ -287,6 +279,22 @@ impl Certs {
             &format!("{leaf}.ext"),
         ]);
         let _ = Command::new("chmod").arg("-R").arg("a+r").arg(dir).status();
+    }
+
+    /// An nginx `server` block terminating TLS for `localhost` (this
+    /// directory's server certificate) with `grpc_pass` to `upstream`;
+    /// `server` and `location` are extra directives for each block.
+    pub fn grpc_tls_server(
+        &self,
+        upstream: std::net::SocketAddr,
+        server: &str,
+        location: &str,
+    ) -> String {
+        format!(
+            "server {{ listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {}; ssl_certificate_key {}; {server}\n location / {{ {location} grpc_pass grpc://{upstream}; }} }}",
+            self.path("server.pem").display(),
+            self.path("server.key").display(),
+        )
     }
 
     /// The bytes of one of the files.

@@ -39,9 +39,6 @@ async fn a_rotated_client_certificate_is_used_by_the_next_connection() {
     else {
         return;
     };
-    let server = MockServer::new();
-    server.fallback(Reply::ok());
-    let upstream = serve_tcp(server.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path());
     certs.client("rotated", "ameide rotated client");
@@ -49,16 +46,16 @@ async fn a_rotated_client_certificate_is_used_by_the_next_connection() {
     let (cert, key) = (live.path().join("tls.crt"), live.path().join("tls.key"));
     replace(&certs.path("client.pem"), &cert);
     replace(&certs.path("client.key"), &key);
-
-    let proxy = Nginx::start(
+    let (server, proxy) = tls_upstream(
         &bin,
+        &certs,
         &format!(
-            "server {{ listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {}; ssl_certificate_key {};\n ssl_verify_client on; ssl_client_certificate {};\n location / {{ grpc_set_header x-client-dn $ssl_client_s_dn; grpc_pass grpc://{upstream}; }} }}",
-            certs.path("server.pem").display(),
-            certs.path("server.key").display(),
-            certs.path("ca.pem").display(),
+            "ssl_verify_client on; ssl_client_certificate {};",
+            certs.path("ca.pem").display()
         ),
-    );
+        "grpc_set_header x-client-dn $ssl_client_s_dn;",
+    )
+    .await;
     // Counts the client's connections.
     let relay = Relay::start(Mode::Forward {
         upstream: format!("127.0.0.1:{}", proxy.port).parse().unwrap(),
@@ -75,45 +72,36 @@ async fn a_rotated_client_certificate_is_used_by_the_next_connection() {
         )
         .build()
         .unwrap();
-    calls::read(&client).await.expect("mutual TLS");
-    assert!(
-        last_subject(&server).contains("CN=ameide test client"),
-        "{}",
-        last_subject(&server)
-    );
+    // One call on a connection made after a reload: the subject nginx saw.
+    let call_on_a_new_connection = |connections: usize, what: &'static str| {
+        let (client, proxy, relay, server) = (&client, &proxy, &relay, &server);
+        async move {
+            if connections > 1 {
+                proxy.reload();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            calls::read(client).await.expect(what);
+            assert_eq!(
+                relay.accepted().len(),
+                connections,
+                "{what}: a new connection"
+            );
+            last_subject(server)
+        }
+    };
+    let subject = call_on_a_new_connection(1, "mutual TLS").await;
+    assert!(subject.contains("CN=ameide test client"), "{subject}");
 
     // Half a rotation: the new certificate beside the old key. The next
     // connection keeps the last good pair.
     replace(&certs.path("rotated.pem"), &cert);
-    proxy.reload();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    calls::read(&client).await.expect("the last good pair");
-    assert_eq!(
-        relay.accepted().len(),
-        2,
-        "a new connection after the reload"
-    );
-    assert!(
-        last_subject(&server).contains("CN=ameide test client"),
-        "{}",
-        last_subject(&server)
-    );
+    let subject = call_on_a_new_connection(2, "the last good pair").await;
+    assert!(subject.contains("CN=ameide test client"), "{subject}");
 
     // The key follows: the next connection presents the new certificate.
     replace(&certs.path("rotated.key"), &key);
-    proxy.reload();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    calls::read(&client).await.expect("the rotated pair");
-    assert_eq!(
-        relay.accepted().len(),
-        3,
-        "a new connection after the reload"
-    );
-    assert!(
-        last_subject(&server).contains("CN=ameide rotated client"),
-        "{}",
-        last_subject(&server)
-    );
+    let subject = call_on_a_new_connection(3, "the rotated pair").await;
+    assert!(subject.contains("CN=ameide rotated client"), "{subject}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,19 +111,10 @@ async fn an_ip_endpoint_with_a_named_certificate_needs_the_authority_override() 
     else {
         return;
     };
-    let server = MockServer::new();
-    server.fallback(Reply::ok());
-    let upstream = serve_tcp(server.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path());
-    let proxy = Nginx::start(
-        &bin,
-        &format!(
-            "server {{ listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {}; ssl_certificate_key {};\n location / {{ grpc_set_header x-authority $http_host; grpc_pass grpc://{upstream}; }} }}",
-            certs.path("server.pem").display(),
-            certs.path("server.key").display(),
-        ),
-    );
+    let (server, proxy) =
+        tls_upstream(&bin, &certs, "", "grpc_set_header x-authority $http_host;").await;
     let client = |authority: Option<String>| {
         AmeideClient::builder()
             .endpoint(format!("https://127.0.0.1:{}", proxy.port))
@@ -161,17 +140,19 @@ async fn an_ip_endpoint_with_a_named_certificate_needs_the_authority_override() 
 }
 
 /// nginx terminating TLS for `localhost` in front of a recording upstream.
-async fn tls_upstream(bin: &Path, certs: &Certs) -> (MockServer, Nginx) {
+/// `server` and `location` are extra nginx directives (see `Certs::grpc_tls_server`).
+async fn tls_upstream(
+    bin: &Path,
+    certs: &Certs,
+    server_extra: &str,
+    location_extra: &str,
+) -> (MockServer, Nginx) {
     let server = MockServer::new();
     server.fallback(Reply::ok());
     let upstream = serve_tcp(server.clone()).await.unwrap();
     let proxy = Nginx::start(
         bin,
-        &format!(
-            "server {{ listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {}; ssl_certificate_key {};\n location / {{ grpc_pass grpc://{upstream}; }} }}",
-            certs.path("server.pem").display(),
-            certs.path("server.key").display(),
-        ),
+        &certs.grpc_tls_server(upstream, server_extra, location_extra),
     );
     (server, proxy)
 }
@@ -184,7 +165,7 @@ async fn https_goes_through_an_http_connect_proxy_and_its_refusal_is_named() {
     };
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path());
-    let (server, nginx) = tls_upstream(&bin, &certs).await;
+    let (server, nginx) = tls_upstream(&bin, &certs, "", "").await;
     let client = |proxy: Proxy| {
         AmeideClient::builder()
             .endpoint(format!("https://127.0.0.1:{}", nginx.port))

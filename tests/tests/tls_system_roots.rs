@@ -21,14 +21,7 @@ async fn system_roots_come_from_the_operating_systems_store() {
     let addr = serve_tcp(server.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(dir.path());
-    let proxy = Nginx::start(
-        &bin,
-        &format!(
-            "server {{ listen 127.0.0.1:{{port}} ssl http2; ssl_certificate {}; ssl_certificate_key {};\n location / {{ grpc_pass grpc://{addr}; }} }}",
-            certs.path("server.pem").display(),
-            certs.path("server.key").display()
-        ),
-    );
+    let proxy = Nginx::start(&bin, &certs.grpc_tls_server(addr, "", ""));
     // The store is read from the process environment: the checks run in a
     // child (this test binary again) with SSL_CERT_FILE set.
     let output = tokio::process::Command::new(std::env::current_exe().unwrap())

@@ -69,22 +69,27 @@ fn main() -> ExitCode {
 fn keepalive_soak() -> Result<(), String> {
     xtask::system::install()?;
     run(
-        cargo()
-            .args([
-                "test",
-                "-p",
-                "ameide-tests",
-                "--locked",
-                "--test",
-                "keepalive",
-                "--",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("AMEIDE_REQUIRE_NGINX", "1")
-            .current_dir(workspace_root()),
+        keepalive_tests()
+            .args(["--", "--ignored", "--nocapture"])
+            .env("AMEIDE_REQUIRE_NGINX", "1"),
         "the keepalive soak",
     )
+}
+
+/// `cargo test` of `tests/tests/keepalive.rs`, to which the caller adds.
+fn keepalive_tests() -> Command {
+    let mut command = cargo();
+    command
+        .args([
+            "test",
+            "-p",
+            "ameide-tests",
+            "--locked",
+            "--test",
+            "keepalive",
+        ])
+        .current_dir(workspace_root());
+    command
 }
 
 /// The keepalive soak CI runs in the background while its other steps run
@@ -93,17 +98,8 @@ static SOAK: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::n
 
 /// Starts the built keepalive test binary with `--ignored` in the background.
 fn keepalive_soak_start() -> Result<(), String> {
-    let output = cargo()
-        .args([
-            "test",
-            "-p",
-            "ameide-tests",
-            "--locked",
-            "--test",
-            "keepalive",
-            "--no-run",
-        ])
-        .current_dir(workspace_root())
+    let output = keepalive_tests()
+        .arg("--no-run")
         .output()
         .map_err(|e| format!("cannot run cargo test --no-run: {e}"))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
