@@ -124,6 +124,13 @@ async fn a_failed_refresh_keeps_serving_the_valid_token_and_never_caches_the_fai
     let err = cache.token().await.unwrap_err();
     assert!(err.to_string().contains("identity provider down"));
     inner.fail.store(false, Ordering::SeqCst);
+    // Within the backoff (the second failure in a row: 2 s ± 20 %) the
+    // error comes back at once, without asking the provider.
+    let asked = inner.fetches();
+    let err = cache.token().await.unwrap_err();
+    assert!(err.to_string().contains("identity provider down"), "{err}");
+    assert_eq!(inner.fetches(), asked, "no fetch during the backoff");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         cache
             .token()
@@ -226,8 +233,88 @@ async fn a_provider_that_never_answers_is_abandoned_and_asked_again() {
         err.to_string().contains("did not answer within 2s"),
         "{err}"
     );
+    // Asked again once the backoff (1 s ± 20 %) is over.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(cache.token().await.unwrap().unwrap().secret(), "late");
     assert_eq!(asked.load(Ordering::SeqCst), 2);
+}
+
+/// A token that lives less than the refresh window (30 s against 60 s
+/// ahead) is refreshed at half-life, not on every call: 100 calls over one
+/// second make one fetch (issue 25: they made 100).
+#[tokio::test(start_paused = true)]
+async fn a_short_lived_token_is_not_refreshed_on_every_call() {
+    let inner = Counting::new(Duration::from_secs(30));
+    let cache = CachingTokenProvider::new(inner.clone());
+    for _ in 0..100 {
+        cache.token().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(inner.fetches(), 1);
+    // Past half-life (15 s) one refresh, while the old token serves.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for _ in 0..10 {
+        assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the refresh's latency
+    assert_eq!(inner.fetches(), 2);
+    assert_eq!(cache.token().await.unwrap().unwrap().secret(), "tok-2");
+}
+
+/// A provider that is down is asked once per backoff (1 s, doubling, ±20 %),
+/// not once per call: 100 calls over one second make one or two fetches,
+/// every call fails with the provider's error (issue 25: 100 fetches).
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_is_down_is_asked_once_per_backoff() {
+    let inner = Counting::new(Duration::from_secs(300));
+    inner.fail.store(true, Ordering::SeqCst);
+    let cache = CachingTokenProvider::new(inner.clone());
+    for _ in 0..100 {
+        let err = cache.token().await.unwrap_err();
+        assert!(err.to_string().contains("identity provider down"), "{err}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!((1..=2).contains(&inner.fetches()), "{}", inner.fetches());
+    // Over the next 10 s: the backoff doubles (2, 4, 8 s ± 20 %), so at most
+    // four more fetches, not a thousand.
+    for _ in 0..1000 {
+        let _ = cache.token().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(inner.fetches() <= 6, "{}", inner.fetches());
+    // The provider is back: the first call after the backoff gets a token.
+    inner.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(cache.token().await.unwrap().is_some());
+}
+
+/// A call made while the runtime shuts down (the fetch task is dropped the
+/// moment it is spawned) ends with an error instead of deadlocking on the
+/// cache's lock (issue 25).
+#[test]
+fn a_fetch_dropped_by_a_runtime_shutting_down_does_not_deadlock() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        // Shut down (the workers gone): a task spawned now is dropped at once.
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        let cache = CachingTokenProvider::new(Counting::new(Duration::from_secs(300)));
+        let _entered = handle.enter();
+        let result = futures_util::FutureExt::now_or_never(cache.token());
+        done_tx
+            .send(format!("{:?}", result.map(|r| r.map(|_| ()))))
+            .unwrap();
+    });
+    let outcome = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call returns: no deadlock");
+    assert!(outcome.contains("stopped without answering"), "{outcome}");
 }
 
 #[tokio::test(start_paused = true)]

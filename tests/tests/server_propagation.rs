@@ -378,6 +378,52 @@ async fn malformed_traceparent_and_grpc_timeout_are_ignored_with_a_warning() {
     assert!(response.metadata().get("x-request-id").is_some());
 }
 
+/// One 8 KiB `baggage` of 4,095 malformed entries from a peer writes one
+/// warning, not one per entry (issue 25: it wrote 4,095).
+#[tokio::test(flavor = "current_thread")]
+async fn a_baggage_of_malformed_entries_writes_one_warning() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let log = Log::default();
+    let provider = SdkTracerProvider::builder().build();
+    let addr = serve(
+        InferenceServiceServer::new(Downstream { log: log.clone() }),
+        &provider,
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = InferenceServiceClient::new(channel);
+    let mut request = Request::new(ListAgentsRequest::default());
+    let hostile = "a,".repeat(4095);
+    assert!(
+        hostile.len() <= 8192,
+        "within the W3C limit, so it is parsed"
+    );
+    request
+        .metadata_mut()
+        .insert("baggage", hostile.parse().unwrap());
+    raw.list_agents(request)
+        .await
+        .expect("malformed baggage is not an error");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines = logs.lines().filter(|l| l.contains("baggage")).count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} warning lines for one header: {}",
+        &logs[..logs.len().min(2000)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_request_id_is_generated_once_and_echoed_back() {
     let log = Log::default();

@@ -7,15 +7,18 @@
 //! | no usable token (none yet, expired, invalidated) | starts one fetch; every caller waits for that same fetch (single flight) |
 //! | a caller gives up while it waits (its deadline passed, it was dropped) | the fetch goes on by itself (a task of its own) and its token is cached for the next caller: a provider slower than the call timeout still ends up serving tokens |
 //! | the token is still valid but inside the refresh window | returns it at once and starts one refresh in the background; nobody waits |
-//! | a refresh fails while the token is still valid | keeps serving the last good token; tries again after `retry_after_failure` |
-//! | a fetch fails with no valid token | the error reaches every waiting caller; nothing is cached, so the next call fetches again |
+//! | a refresh fails while the token is still valid | keeps serving the last good token; tries again after the backoff |
+//! | a fetch fails with no valid token | the error reaches every waiting caller; calls during the backoff get that error at once, without a fetch; the first call after it fetches again |
+//! | fetches keep failing | the backoff doubles from `retry_after_failure` (1 s) up to 30 s, each ±20 %: a provider that is down is asked about once per backoff, not once per call |
 //! | a provider panics inside a fetch | the waiting callers get an error saying so; the next call fetches again |
 //! | a provider never answers | the fetch is abandoned after `fetch_timeout` (default 30 s) with an error; the next call fetches again |
 //! | the server answered UNAUTHENTICATED | [`invalidate`](TokenProvider::invalidate) drops that token only if it is still the cached one: a burst of rejections of one token causes one refetch |
 //!
 //! The refresh window starts `refresh_ahead × (1 + jitter)` before expiry,
 //! the jitter drawn per token so that many clients do not refresh in
-//! lockstep. All time arithmetic saturates: no setting and no expiry can
+//! lockstep, but never before half the token's remaining life: a token that
+//! lives less than the refresh window (a 30 s token against 60 s ahead) is
+//! refreshed once, at half-life, not on every call. All time arithmetic saturates: no setting and no expiry can
 //! overflow it. Fetches run on the Tokio runtime of the caller that starts
 //! them; outside a runtime the caller drives the fetch itself.
 
@@ -34,7 +37,10 @@ type Fetched = Result<Option<AccessToken>, TokenError>;
 struct State {
     token: Option<AccessToken>,
     refresh_at: Option<Instant>,
-    last_failure: Option<Instant>,
+    /// Consecutive failed fetches, the backoff they set, and the last error.
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<TokenError>,
     /// The fetch in flight, if any: every caller that needs a token waits on it.
     fetch: Option<watch::Receiver<Option<Fetched>>>,
     refresh_ahead: Duration,
@@ -95,7 +101,9 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
                 state: Mutex::new(State {
                     token: None,
                     refresh_at: None,
-                    last_failure: None,
+                    failures: 0,
+                    retry_at: None,
+                    last_error: None,
                     fetch: None,
                     refresh_ahead: Duration::from_secs(60),
                     jitter: 0.2,
@@ -120,7 +128,8 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
         self
     }
 
-    /// How long to wait after a failed refresh before trying again.
+    /// How long to wait after a failed fetch before trying again; it
+    /// doubles with each failure in a row, up to 30 s (or this, if longer).
     pub fn retry_after_failure(self, wait: Duration) -> Self {
         self.shared.state().retry_after_failure = wait;
         self
@@ -148,22 +157,31 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
     }
 
     async fn get(&self) -> Fetched {
-        // Decided under the lock; awaited after it is released.
-        let (plan, inline) = self.plan(Instant::now());
-        if let Some(fetch) = inline {
-            fetch.await;
+        // Decided under the lock; the fetch is spawned (or driven) and
+        // awaited after the lock is released: a task dropped at once by a
+        // runtime that is shutting down finishes under that same lock.
+        let (plan, start) = self.plan(Instant::now());
+        match start {
+            Start::Nothing => {}
+            Start::Spawn(fetch) => {
+                tokio::spawn(fetch);
+            }
+            Start::Inline(fetch) => fetch.await,
         }
         match plan {
             Plan::Cached(token) => Ok(Some(token)),
+            Plan::Failed(error) => Err(error),
             Plan::Wait(fetch) => wait(fetch).await,
         }
     }
 
     /// What a call does now (state lock held, nothing awaited): use a valid
-    /// token (maybe starting a background refresh), or wait for the fetch;
-    /// plus the fetch to drive inline when there is no runtime to spawn it on.
-    fn plan(&self, now: Instant) -> (Plan, Option<BoxFuture<'static, ()>>) {
+    /// token (maybe starting a background refresh), fail with the last
+    /// error while backing off, or wait for the fetch; plus the fetch to
+    /// start once the lock is released.
+    fn plan(&self, now: Instant) -> (Plan, Start) {
         let mut state = self.shared.state();
+        let backing_off = state.retry_at.is_some_and(|at| now < at);
         if let Some(token) = state
             .token
             .as_ref()
@@ -171,18 +189,31 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
             .cloned()
         {
             let due = state.refresh_at.is_some_and(|r| now >= r);
-            let backing_off = state
-                .last_failure
-                .is_some_and(|f| now < time::add(f, state.retry_after_failure));
             if due && !backing_off && state.fetch.is_none() {
                 // Refresh in the background; this caller has a valid token.
-                let (_, inline) = start_fetch(&self.shared, &mut state);
-                return (Plan::Cached(token), inline);
+                let (_, start) = start_fetch(&self.shared, &mut state);
+                return (Plan::Cached(token), start);
             }
-            return (Plan::Cached(token), None);
+            return (Plan::Cached(token), Start::Nothing);
         }
-        let (waiting, inline) = start_fetch(&self.shared, &mut state);
-        (Plan::Wait(waiting), inline)
+        if state.fetch.is_none()
+            && backing_off
+            && let Some(error) = &state.last_error
+        {
+            let wait = state
+                .retry_at
+                .map(|at| at.saturating_duration_since(now))
+                .unwrap_or_default();
+            return (
+                Plan::Failed(TokenError::new(format!(
+                    "{error} (the token provider failed {} time(s) in a row; asked again in {wait:?})",
+                    state.failures
+                ))),
+                Start::Nothing,
+            );
+        }
+        let (waiting, start) = start_fetch(&self.shared, &mut state);
+        (Plan::Wait(waiting), start)
     }
 }
 
@@ -190,22 +221,31 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
 enum Plan {
     /// Use this valid token.
     Cached(AccessToken),
+    /// The provider failed and is not asked again yet.
+    Failed(TokenError),
     /// Wait for the fetch in flight.
     Wait(watch::Receiver<Option<Fetched>>),
 }
 
-/// Joins the fetch in flight or starts one (state lock held). The fetch runs
-/// as a task of its own, so it completes and is cached even if every caller
-/// gives up; outside a Tokio runtime it is handed back for the caller to drive.
+/// A fetch to start once the state lock is released.
+enum Start {
+    Nothing,
+    /// On the caller's runtime, as a task of its own.
+    Spawn(BoxFuture<'static, ()>),
+    /// No runtime: the caller drives it.
+    Inline(BoxFuture<'static, ()>),
+}
+
+/// Joins the fetch in flight or makes one (state lock held; the caller
+/// starts it after releasing the lock). The fetch runs as a task of its own,
+/// so it completes and is cached even if every caller gives up; outside a
+/// Tokio runtime it is handed back for the caller to drive.
 fn start_fetch<P: TokenProvider>(
     shared: &Arc<Shared<P>>,
     state: &mut State,
-) -> (
-    watch::Receiver<Option<Fetched>>,
-    Option<BoxFuture<'static, ()>>,
-) {
+) -> (watch::Receiver<Option<Fetched>>, Start) {
     if let Some(fetch) = &state.fetch {
-        return (fetch.clone(), None);
+        return (fetch.clone(), Start::Nothing);
     }
     let (tx, rx) = watch::channel(None);
     state.fetch = Some(rx.clone());
@@ -214,30 +254,27 @@ fn start_fetch<P: TokenProvider>(
         tx: Some(tx),
     };
     let limit = state.fetch_timeout;
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(async move {
-                let mut guard = guard;
-                let fetched = tokio::time::timeout(limit, guard.shared.provider.token())
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(TokenError::new(format!(
-                            "token provider did not answer within {limit:?}; the next call asks again"
-                        )))
-                    });
-                guard.finish(fetched);
-            });
-            (rx, None)
-        }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let fetch: BoxFuture<'static, ()> = Box::pin(async move {
+            let mut guard = guard;
+            let fetched = tokio::time::timeout(limit, guard.shared.provider.token())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TokenError::new(format!(
+                        "token provider did not answer within {limit:?}; the next call asks again"
+                    )))
+                });
+            guard.finish(fetched);
+        });
+        (rx, Start::Spawn(fetch))
+    } else {
         // No runtime to run it on (nor a timer): the caller drives it.
-        Err(_) => {
-            let fetch: BoxFuture<'static, ()> = Box::pin(async move {
-                let mut guard = guard;
-                let fetched = guard.shared.provider.token().await;
-                guard.finish(fetched);
-            });
-            (rx, Some(fetch))
-        }
+        let fetch: BoxFuture<'static, ()> = Box::pin(async move {
+            let mut guard = guard;
+            let fetched = guard.shared.provider.token().await;
+            guard.finish(fetched);
+        });
+        (rx, Start::Inline(fetch))
     }
 }
 
@@ -270,8 +307,11 @@ impl<P> FetchGuard<P> {
             match &fetched {
                 Ok(token) => store(&mut state, token.clone()),
                 Err(e) => {
-                    ::tracing::warn!(error = %e, "token fetch failed");
-                    state.last_failure = Some(Instant::now());
+                    state.failures = state.failures.saturating_add(1);
+                    let backoff = failure_backoff(state.retry_after_failure, state.failures);
+                    state.retry_at = Some(time::add(Instant::now(), backoff));
+                    state.last_error = Some(e.clone());
+                    ::tracing::warn!(error = %e, failures = state.failures, ?backoff, "token fetch failed");
                 }
             }
         }
@@ -291,14 +331,26 @@ impl<P> Drop for FetchGuard<P> {
     }
 }
 
+/// `initial × 2^(failures−1)`, at most 30 s (or `initial` if longer), ±20 %.
+fn failure_backoff(initial: Duration, failures: u32) -> Duration {
+    let cap = initial.max(Duration::from_secs(30));
+    let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    time::mul_f64(doubled.min(cap), 0.8 + 0.4 * fastrand::f64())
+}
+
 fn store(state: &mut State, token: Option<AccessToken>) {
     let now = Instant::now();
     state.refresh_at = token.as_ref().and_then(|t| t.expires_at()).map(|expiry| {
         let ahead = time::mul_f64(state.refresh_ahead, 1.0 + state.jitter * fastrand::f64());
-        expiry.checked_sub(ahead).unwrap_or(now)
+        // Never before half the remaining life: a short-lived token is not
+        // due the moment it is stored.
+        let half_life = time::add(now, expiry.saturating_duration_since(now) / 2);
+        expiry.checked_sub(ahead).unwrap_or(now).max(half_life)
     });
     state.token = token;
-    state.last_failure = None;
+    state.failures = 0;
+    state.retry_at = None;
+    state.last_error = None;
 }
 
 impl<P: TokenProvider> TokenProvider for CachingTokenProvider<P> {

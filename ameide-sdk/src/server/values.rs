@@ -139,7 +139,10 @@ pub(crate) fn parse_tracestate(value: &str) -> TraceState {
     })
 }
 
-/// Parses W3C `baggage` entries; malformed ones are skipped with a warning.
+/// Parses W3C `baggage` entries; malformed ones are skipped. At most one
+/// warning per header, however many entries are bad, and every entry, good
+/// or bad, counts toward the 64-entry cap: a peer's header cannot make the
+/// log grow by more than a line or two.
 pub(crate) fn parse_baggage(value: &str) -> Vec<KeyValue> {
     let mut entries = Vec::new();
     if value.len() > MAX_BAGGAGE_BYTES {
@@ -149,15 +152,19 @@ pub(crate) fn parse_baggage(value: &str) -> Vec<KeyValue> {
         );
         return entries;
     }
+    let mut seen = 0usize;
+    let mut malformed = 0usize;
+    let mut first_malformed = None;
     for item in value.split(',') {
-        if entries.len() == MAX_BAGGAGE_ENTRIES {
-            ::tracing::warn!("ignoring inbound baggage entries past the first 64");
-            break;
-        }
         let item = item.trim();
         if item.is_empty() {
             continue;
         }
+        if seen == MAX_BAGGAGE_ENTRIES {
+            ::tracing::warn!("ignoring inbound baggage entries past the first 64");
+            break;
+        }
+        seen += 1;
         let member = item.split(';').next().unwrap_or_default();
         let parsed = member.split_once('=').and_then(|(k, v)| {
             let key = k.trim();
@@ -170,11 +177,18 @@ pub(crate) fn parse_baggage(value: &str) -> Vec<KeyValue> {
         });
         match parsed {
             Some(kv) => entries.push(kv),
-            None => ::tracing::warn!(
-                entry = %crate::peer::loggable(item.as_bytes()),
-                "ignoring malformed inbound baggage entry"
-            ),
+            None => {
+                malformed += 1;
+                first_malformed.get_or_insert(item);
+            }
         }
+    }
+    if let Some(first) = first_malformed {
+        ::tracing::warn!(
+            malformed,
+            first = %crate::peer::loggable(first.as_bytes()),
+            "ignoring malformed inbound baggage entry (one warning for the header)"
+        );
     }
     entries
 }
