@@ -549,3 +549,61 @@ async fn oversized_or_malformed_inbound_values_are_replaced_or_dropped_not_forwa
     raw.publish_agent(request).await.unwrap();
     assert_eq!(c.down_log.0.lock().unwrap()[3].request_id, long_ok);
 }
+
+/// A peer picks the path: the server span of a method outside the roster is
+/// named `other` (as the metrics' `grpc.method`), not after the raw path, so
+/// span names stay a bounded set (issue 25).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_span_for_a_method_outside_the_roster_is_named_other() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let addr = serve(
+        InferenceServiceServer::new(Downstream {
+            log: Log::default(),
+        }),
+        &provider,
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    for n in 0..3 {
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::try_from(format!("/evil.Service/Random{n}")).unwrap();
+        let status = grpc
+            .unary::<ListAgentsRequest, ListAgentsResponse, _>(
+                Request::new(ListAgentsRequest::default()),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+    // A roster method keeps its name.
+    InferenceServiceClient::new(channel)
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .unwrap();
+    let names: Vec<String> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Server)
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "other",
+            "other",
+            "other",
+            "ameide_core_proto.inference.v1.InferenceService/ListAgents"
+        ]
+    );
+}

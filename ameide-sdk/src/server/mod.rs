@@ -74,7 +74,9 @@ pub use crate::inbound::InboundContext;
 use crate::inbound::{INBOUND, Inner};
 use crate::request_id::RequestIdGenerator;
 use crate::telemetry::SemconvMode;
-use crate::telemetry::metrics::{ServerMetrics, global_meter, grpc_method, provider_meter};
+use crate::telemetry::metrics::{
+    OTHER_METHOD, ServerMetrics, global_meter, grpc_method, provider_meter,
+};
 use crate::telemetry::{
     SdkTracer, Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
 };
@@ -346,12 +348,15 @@ impl<S> InboundService<S> {
         let otel = if config.tracer.creates_spans() {
             let mut attributes = Vec::with_capacity(6);
             let path = request.uri().path();
-            let name = rpc_attributes(
-                path,
-                ameide_proto::method(path),
-                config.semconv,
-                &mut attributes,
-            );
+            let known = ameide_proto::method(path);
+            let name = rpc_attributes(path, known, config.semconv, &mut attributes);
+            // The peer picks the path: a method outside the roster gives the
+            // span the metrics' bounded name, not the raw path.
+            let name = if known.is_some() {
+                name
+            } else {
+                std::borrow::Cow::Borrowed(OTHER_METHOD)
+            };
             attributes.push(KeyValue::new(
                 "ameide.request_id",
                 StringValue::from(request_id.clone()),

@@ -61,10 +61,15 @@ pub(crate) const SIZE_BUCKETS: [f64; 14] = [
     4294967296.0,
 ];
 
+/// What a method outside the roster is called in metrics (gRFC A66's
+/// `other`) and in server span names: a peer picks the path, and neither
+/// may grow with it.
+pub(crate) const OTHER_METHOD: &str = "other";
+
 /// The `grpc.method` of a path: `package.Service/Method` for the bundle's
 /// methods, `other` for anything else (bounded cardinality).
 pub(crate) fn grpc_method(method: Option<&'static ameide_proto::MethodInfo>) -> &'static str {
-    method.map_or("other", |m| &m.path[1..])
+    method.map_or(OTHER_METHOD, |m| &m.path[1..])
 }
 
 /// The SDK's meter from the global provider (the default).
