@@ -157,6 +157,29 @@ pub(crate) fn method_of(
     }
 }
 
+/// The call's deadline as the layers under the timeout layer see it: the
+/// [`CallState`]'s, else a [`Deadline`] extension (layers used alone).
+pub(crate) fn deadline_of(
+    request: &http::Request<tonic::body::Body>,
+) -> Option<tokio::time::Instant> {
+    request
+        .extensions()
+        .get::<CallState>()
+        .and_then(CallState::deadline)
+        .or_else(|| request.extensions().get::<Deadline>().map(|d| d.0))
+}
+
+/// How an attempt dropped unfinished ended: `DEADLINE_EXCEEDED` when the
+/// call's deadline has passed (the timeout layer cut it, and says so to the
+/// caller), else `CANCELLED` (the caller went away).
+pub(crate) fn cut_code(deadline: Option<tokio::time::Instant>) -> tonic::Code {
+    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+        tonic::Code::DeadlineExceeded
+    } else {
+        tonic::Code::Cancelled
+    }
+}
+
 /// Per-call timeout, set by [`CallOptions::timeout`]; read by the timeout layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallTimeout(pub(crate) Duration);

@@ -289,3 +289,44 @@ async fn baggage_from_the_callers_context_travels_with_the_session_id() {
     items.sort();
     assert_eq!(items, ["ameide.session_id=s-9", "team=core%20ai"]);
 }
+
+/// Attempts cut by the call's deadline (a server that ignores
+/// `grpc-timeout`), before and after their response headers, end their
+/// spans with DEADLINE_EXCEEDED and an error status, as the calls end
+/// (issue 25: no status before the headers, CANCELLED after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_by_the_deadline_ends_its_span_with_deadline_exceeded() {
+    let (provider, exporter) = provider();
+    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
+    let silent = ameide_sdk::testkit::RawReply::grpc();
+    server.push_reply(
+        silent
+            .clone()
+            .delay(std::time::Duration::from_secs(5))
+            .hang(),
+    );
+    server.push_reply(silent.hang());
+    let client = ameide_sdk::AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .tracer_provider(&provider)
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let err = client.graph().list_repositories(list()).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+    }
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 2);
+    for span in &spans {
+        assert_eq!(
+            attrs(span).get("rpc.grpc.status_code"),
+            Some(&Value::I64(Code::DeadlineExceeded as i64))
+        );
+        assert!(
+            matches!(&span.status, SpanStatus::Error { description } if description.contains("deadline")),
+            "{:?}",
+            span.status
+        );
+    }
+}

@@ -665,3 +665,39 @@ async fn the_inbound_layer_records_server_calls_and_handlers_return_sdk_errors_w
     );
     let _ = CallOptions::new();
 }
+
+/// An attempt cut by the call's deadline before its response headers (a
+/// server that ignores `grpc-timeout` and sends nothing for 5 s) is
+/// recorded DEADLINE_EXCEEDED, as the call is (issue 25: the attempt said
+/// CANCELLED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_by_the_deadline_is_recorded_as_the_call_is() {
+    let recorder = Recorder::new();
+    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
+    server.push_reply(
+        ameide_sdk::testkit::RawReply::grpc()
+            .delay(std::time::Duration::from_secs(5))
+            .hang(),
+    );
+    let client = AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .meter_provider(&recorder.provider)
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let target = client.endpoint().to_owned();
+    let err = client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    let series = recorder.series();
+    let cut = [
+        ("grpc.method", LIST),
+        ("grpc.target", target.as_str()),
+        ("grpc.status", "DEADLINE_EXCEEDED"),
+    ];
+    assert_eq!(get(&series, "grpc.client.call.duration", &cut).count, 1);
+    assert_eq!(get(&series, "grpc.client.attempt.duration", &cut).count, 1);
+}

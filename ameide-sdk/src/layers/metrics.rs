@@ -4,7 +4,7 @@
 //! | Question | Answer |
 //! |---|---|
 //! | Records? | `grpc.client.attempt.started` as the attempt starts; `grpc.client.attempt.duration` and the sent and received message sizes as it ends (the instruments: [`telemetry::metrics`](crate::telemetry)) |
-//! | Ends when? | trailers (or a trailers-only response), an error, or the response stream dropped unfinished (`CANCELLED`) |
+//! | Ends when? | trailers (or a trailers-only response), an error, or the attempt or its response stream dropped unfinished (`DEADLINE_EXCEEDED` when the call's deadline has passed, as the call says; else `CANCELLED`) |
 //! | Sizes? | message bytes as framed by gRPC (compressed if compressed), the 5-byte prefixes left out; a unary or server-streaming request's from its replay buffer's exact length, any other request counted as it is sent |
 //! | Where? | per attempt, beside the tracing layer, under retry: a call with three attempts records three attempts |
 //! | Provider? | the global `MeterProvider` by default (as read when the layer is built), or one given; with none installed, OpenTelemetry's no-op instruments |
@@ -173,6 +173,8 @@ struct AttemptEnd {
     /// The call's record, when its metadata layer records the committed
     /// attempt's end: a response with a body is handed over to it.
     hand_over: Option<CallState>,
+    /// The call's deadline: an attempt dropped past it was cut by it.
+    deadline: Option<Instant>,
 }
 
 impl AttemptEnd {
@@ -213,6 +215,7 @@ where
                 .cloned(),
             Sent::Counted(_) => None,
         };
+        let deadline = crate::call::deadline_of(&request);
         MetricsFuture {
             inner: self.inner.call(request),
             end: Some(AttemptEnd {
@@ -221,6 +224,7 @@ where
                 start: Instant::now(),
                 sent,
                 hand_over,
+                deadline,
             }),
         }
     }
@@ -238,7 +242,8 @@ pin_project! {
     impl<F> PinnedDrop for MetricsFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(end) = this.project().end.take() {
-                end.record(Code::Cancelled, 0);
+                let code = crate::call::cut_code(end.deadline);
+                end.record(code, 0);
             }
         }
     }
@@ -304,7 +309,8 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(end) = this.end.take() {
-                end.record(Code::Cancelled, this.bytes.total());
+                let code = crate::call::cut_code(end.deadline);
+                end.record(code, this.bytes.total());
             }
         }
     }

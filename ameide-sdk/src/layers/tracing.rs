@@ -38,7 +38,8 @@ use crate::call::SessionId;
 pub use crate::telemetry::SemconvMode;
 use crate::telemetry::propagation::{BAGGAGE_VALUE, inject};
 use crate::telemetry::{
-    SdkTracer, Side, SpanBody, end_span, global_tracer, provider_tracer, rpc_attributes,
+    SdkTracer, Side, SpanBody, end_dropped, end_span, global_tracer, provider_tracer,
+    rpc_attributes,
 };
 
 struct TracingConfig {
@@ -279,10 +280,14 @@ where
         // nothing to end: the response passes through unwrapped. Without a
         // span of ours, `cx` is the caller's: never ours to end.
         let span = (self.config.tracer.creates_spans() && cx.span().is_recording()).then_some(cx);
+        let deadline = span
+            .as_ref()
+            .and_then(|_| crate::call::deadline_of(&request));
         TracingFuture {
             inner: self.inner.call(request),
             span,
             semconv: self.config.semconv,
+            deadline,
         }
     }
 }
@@ -290,11 +295,23 @@ where
 pin_project! {
     /// The response future of [`TracingService`]: ends the span on a
     /// trailers-only response or an error, or hands it to the response body.
+    /// Dropped before either (the call's deadline cut it, its caller went
+    /// away), it ends the span with `DEADLINE_EXCEEDED` or `CANCELLED`.
     pub struct TracingFuture<F> {
         #[pin]
         inner: F,
         span: Option<Context>,
         semconv: SemconvMode,
+        deadline: Option<tokio::time::Instant>,
+    }
+
+    impl<F> PinnedDrop for TracingFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(span) = this.span.take() {
+                end_dropped(&span, *this.semconv, Side::Client, *this.deadline, "attempt");
+            }
+        }
     }
 }
 
@@ -327,7 +344,9 @@ where
                     );
                     Ok(response)
                 } else {
-                    Ok(response.map(|body| SpanBody::wrap(body, span, semconv, Side::Client)))
+                    let deadline = *this.deadline;
+                    Ok(response
+                        .map(|body| SpanBody::wrap(body, span, semconv, Side::Client, deadline)))
                 }
             }
             Err(error) => {

@@ -489,9 +489,8 @@ where
                         end_span(&span, semconv, Side::Server, code, &message);
                         Ok(response)
                     }
-                    None => {
-                        Ok(response.map(|body| SpanBody::wrap(body, span, semconv, Side::Server)))
-                    }
+                    None => Ok(response
+                        .map(|body| SpanBody::wrap(body, span, semconv, Side::Server, None))),
                 }
             }
             Err(error) => {

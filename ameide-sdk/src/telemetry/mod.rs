@@ -10,5 +10,5 @@ pub(crate) mod tracer;
 
 pub use semconv::SemconvMode;
 pub(crate) use semconv::{Side, end_span, rpc_attributes};
-pub(crate) use span_body::SpanBody;
+pub(crate) use span_body::{SpanBody, end_dropped};
 pub(crate) use tracer::{SdkTracer, global_tracer, provider_tracer};

@@ -13,6 +13,33 @@ use crate::grpc_headers::grpc_code;
 
 use super::*;
 
+/// Ends the span of an attempt (or its response stream, `what`) dropped
+/// before it ended: cut by the call's deadline, or cancelled by its caller.
+pub(crate) fn end_dropped(
+    cx: &Context,
+    semconv: SemconvMode,
+    side: Side,
+    deadline: Option<tokio::time::Instant>,
+    what: &str,
+) {
+    match crate::call::cut_code(deadline) {
+        Code::DeadlineExceeded => end_span(
+            cx,
+            semconv,
+            side,
+            Code::DeadlineExceeded,
+            &format!("{what} cut by the call's deadline"),
+        ),
+        code => end_span(
+            cx,
+            semconv,
+            side,
+            code,
+            &format!("{what} dropped before it ended"),
+        ),
+    }
+}
+
 pin_project! {
     /// Ends the attempt span when the response stream ends.
     pub(crate) struct SpanBody {
@@ -21,31 +48,36 @@ pin_project! {
         span: Option<Context>,
         semconv: SemconvMode,
         side: Side,
+        deadline: Option<tokio::time::Instant>,
     }
 
     impl PinnedDrop for SpanBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(cx) = this.span.take() {
-                end_span(&cx, *this.semconv, *this.side, Code::Cancelled, "response stream dropped before it ended");
+                end_dropped(&cx, *this.semconv, *this.side, *this.deadline, "response stream");
             }
         }
     }
 }
 
 impl SpanBody {
-    /// Wraps `body` so that `span` ends with the call's status when the stream ends.
+    /// Wraps `body` so that `span` ends with the call's status when the
+    /// stream ends; dropped unfinished, with `DEADLINE_EXCEEDED` past
+    /// `deadline`, else `CANCELLED`.
     pub(crate) fn wrap(
         body: tonic::body::Body,
         span: Context,
         semconv: SemconvMode,
         side: Side,
+        deadline: Option<tokio::time::Instant>,
     ) -> tonic::body::Body {
         tonic::body::Body::new(SpanBody {
             inner: body,
             span: Some(span),
             semconv,
             side,
+            deadline,
         })
     }
 }

@@ -402,16 +402,7 @@ impl Subchannel {
         let origin = set_origin(&mut request, &self.shared.target);
         async move {
             origin?;
-            let deadline = request
-                .extensions()
-                .get::<crate::call::CallState>()
-                .and_then(crate::call::CallState::deadline)
-                .or_else(|| {
-                    request
-                        .extensions()
-                        .get::<crate::call::Deadline>()
-                        .map(|d| d.0)
-                });
+            let deadline = crate::call::deadline_of(&request);
             // Failed connects waited through, and requests handed back
             // unwritten: the header counts both, the cap only the second.
             let mut waited_connects = 0u32;
