@@ -347,10 +347,10 @@ async fn a_server_that_goes_silent_is_cut_at_the_deadline() {
 async fn an_http1_answer_where_http2_was_expected_is_an_error_not_a_hang() {
     watch_panics();
     let page = b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: 11\r\n\r\nbad gateway";
-    for peer in [
-        RawTcpServer::start(page.to_vec()).await.unwrap(),
-        RawTcpServer::hold_open(page.to_vec()).await.unwrap(),
-        RawTcpServer::hold_open(Vec::new()).await.unwrap(),
+    for (answers, peer) in [
+        (true, RawTcpServer::start(page.to_vec()).await.unwrap()),
+        (true, RawTcpServer::hold_open(page.to_vec()).await.unwrap()),
+        (false, RawTcpServer::hold_open(Vec::new()).await.unwrap()),
     ] {
         let client = AmeideClient::builder()
             .endpoint(peer.endpoint())
@@ -362,6 +362,11 @@ async fn an_http1_answer_where_http2_was_expected_is_an_error_not_a_hang() {
         let err = result.expect_err("not an HTTP/2 server");
         assert!(took < BUDGET + SLACK, "took {took:?}: {err}");
         assert!(err.request_id().is_some(), "{err}");
+        if answers {
+            // Named as what it is (issue 25: INTERNAL "frame with invalid size").
+            assert_eq!(err.code(), Code::Unavailable, "{err}");
+            assert!(err.message().contains("answered in HTTP/1"), "{err}");
+        }
     }
     assert_no_panics();
 }

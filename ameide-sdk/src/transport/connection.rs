@@ -294,6 +294,14 @@ pub(crate) async fn connect(
             }
         };
         if !events.settings().await {
+            if events.http1() {
+                // The endpoint speaks HTTP/1: the same answer comes next time.
+                return Err(refuse(
+                    "the server answered in HTTP/1, not HTTP/2: this endpoint does not speak \
+                     gRPC without TLS (h2c); check the port, or use https:// for a TLS endpoint"
+                        .to_owned(),
+                ));
+            }
             return Err(fail(
                 "the server closed the connection before its HTTP/2 SETTINGS".to_owned(),
             ));

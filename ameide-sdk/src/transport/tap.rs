@@ -67,6 +67,8 @@ pub(crate) struct ConnEvents {
     max_streams: AtomicU32,
     going_away: AtomicBool,
     too_many_pings: AtomicBool,
+    /// The server's first bytes were `HTTP/`: it answered in HTTP/1.
+    http1: AtomicBool,
     closed: AtomicBool,
     /// Woken on the first SETTINGS and when the connection ends.
     ready: Notify,
@@ -82,6 +84,7 @@ impl ConnEvents {
             max_streams: AtomicU32::new(u32::MAX),
             going_away: AtomicBool::new(false),
             too_many_pings: AtomicBool::new(false),
+            http1: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             ready: Notify::new(),
             wake,
@@ -105,6 +108,12 @@ impl ConnEvents {
     /// The GOAWAY was ENHANCE_YOUR_CALM with debug data `too_many_pings`.
     pub(crate) fn too_many_pings(&self) -> bool {
         self.too_many_pings.load(Ordering::Relaxed)
+    }
+
+    /// The server answered the HTTP/2 preface in HTTP/1 (`HTTP/1.1 400 …`):
+    /// the endpoint does not speak HTTP/2 without TLS (h2c).
+    pub(crate) fn http1(&self) -> bool {
+        self.http1.load(Ordering::Relaxed)
     }
 
     pub(crate) fn closed(&self) -> bool {
@@ -181,6 +190,9 @@ struct Parser {
     /// The start of a GOAWAY's payload.
     kept: [u8; KEPT_PAYLOAD],
     kept_len: usize,
+    /// The stream's first five bytes, to tell an HTTP/1 answer.
+    prefix: [u8; 5],
+    prefix_len: usize,
 }
 
 impl Parser {
@@ -195,6 +207,8 @@ impl Parser {
             entry_len: 0,
             kept: [0; KEPT_PAYLOAD],
             kept_len: 0,
+            prefix: [0; 5],
+            prefix_len: 0,
         }
     }
 
@@ -203,6 +217,14 @@ impl Parser {
     }
 
     fn feed(&mut self, mut bytes: &[u8], events: &ConnEvents) {
+        if self.prefix_len < self.prefix.len() {
+            let take = (self.prefix.len() - self.prefix_len).min(bytes.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&bytes[..take]);
+            self.prefix_len += take;
+            if self.prefix_len == self.prefix.len() && &self.prefix == b"HTTP/" {
+                events.http1.store(true, Ordering::Relaxed);
+            }
+        }
         while !bytes.is_empty() {
             if self.remaining == 0 && self.header_len < FRAME_HEADER {
                 let take = (FRAME_HEADER - self.header_len).min(bytes.len());
@@ -419,6 +441,19 @@ mod tests {
         }
         assert_eq!(events.max_streams(), 7);
         assert!(events.settings_seen.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn an_http1_answer_is_recognised_in_pieces() {
+        let events = ConnEvents::new(Arc::new(Wake::new()));
+        let mut parser = Parser::new();
+        for piece in b"HTTP/1.1 400 Bad Request\r\n\r\n".chunks(2) {
+            parser.feed(piece, &events);
+        }
+        assert!(events.http1());
+        let events = ConnEvents::new(Arc::new(Wake::new()));
+        Parser::new().feed(&frame(SETTINGS, 0, &[]), &events);
+        assert!(!events.http1());
     }
 
     #[test]
