@@ -95,6 +95,10 @@ async fn the_decoding_limit_is_set_once_and_its_error_keeps_the_request_id() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("max_decoding_message_size"), "{err}");
     assert!(err.request_id().is_some(), "{err}");
+    // The same response is too large again: not retryable, whatever the
+    // code's default (issue 25).
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().ends_with("not retryable]"), "{err}");
 
     // Raised for a clone (one call), and client-wide.
     let raised = CodecOptions::default().with_max_decoding_message_size(8 << 20);

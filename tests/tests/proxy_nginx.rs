@@ -282,6 +282,13 @@ async fn tls_terminated_by_the_proxy_with_a_custom_ca_and_its_failure_modes() {
             1,
             "{case}: a verdict on the certificate is not retried: {err}"
         );
+        // One verdict, said once (issue 25: "stopped: not retryable … retryable").
+        assert!(!err.is_retryable(), "{case}: {err}");
+        assert!(
+            err.to_string().contains("stopped: not retryable")
+                && err.to_string().ends_with("not retryable]"),
+            "{case}: {err}"
+        );
     }
     assert_eq!(
         server.attempts().len(),

@@ -490,6 +490,10 @@ impl StampBody {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if let Err(status) = this.frames.feed(data) {
+                        // The client's own verdict on this response (over its
+                        // size limit, a bad flag): the same response fails the
+                        // same way, whatever its code says.
+                        this.state.record_retryable(false);
                         return fail(status, this.failed, this.state);
                     }
                     return Poll::Ready(Some(Ok(frame)));

@@ -283,9 +283,14 @@ fn after_failure(failed: Failed, facts: &Attempted<'_>, backoff_step: &mut u32) 
     {
         t.failure();
     }
+    // The one verdict the error reports (`Error::is_retryable`, its
+    // `Display`): whether this loop would have tried again had it had the
+    // attempts, the budget and the throttle for it.
+    let retryable =
+        code_retryable && allowed_by_safety && !permanent && pushback != Some(Pushback::Stop);
     let stop = |reason: StopReason, status: Status, response: Option<HttpResponse>| {
         if let Some(state) = state {
-            state.record_retryable(code_retryable);
+            state.record_retryable(retryable);
             state.record_stop(reason);
         }
         Next::Stop(response.unwrap_or_else(|| status_response(status)))
