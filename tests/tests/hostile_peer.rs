@@ -370,3 +370,17 @@ async fn an_http1_answer_where_http2_was_expected_is_an_error_not_a_hang() {
     }
     assert_no_panics();
 }
+
+/// A response that ends without `grpc-status` (no trailers, or trailers
+/// without it) is UNKNOWN with the call's facts, request id included
+/// (issue 25: UNKNOWN from tonic, without them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_without_grpc_status_is_unknown_with_the_calls_facts() {
+    for reply in [
+        RawReply::grpc().message(&[]),
+        RawReply::grpc().message(&[]).trailer("x-other", "1"),
+    ] {
+        let err = expect(reply, Code::Unknown).await;
+        assert!(err.message().contains("grpc-status"), "{err}");
+    }
+}

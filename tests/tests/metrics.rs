@@ -701,3 +701,36 @@ async fn an_attempt_cut_by_the_deadline_is_recorded_as_the_call_is() {
     assert_eq!(get(&series, "grpc.client.call.duration", &cut).count, 1);
     assert_eq!(get(&series, "grpc.client.attempt.duration", &cut).count, 1);
 }
+
+/// A response whose trailers carry no `grpc-status` is UNKNOWN for the
+/// caller and in the call metric alike (issue 25: the metric said OK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_without_grpc_status_is_recorded_unknown_as_the_caller_sees_it() {
+    let recorder = Recorder::new();
+    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
+    server.push_reply(
+        ameide_sdk::testkit::RawReply::grpc()
+            .message(&[])
+            .trailer("x-other", "1"),
+    );
+    let client = AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .meter_provider(&recorder.provider)
+        .retry_policy(ameide_sdk::layers::RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    let target = client.endpoint().to_owned();
+    let err = client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unknown);
+    let series = recorder.series();
+    let unknown = [
+        ("grpc.method", LIST),
+        ("grpc.target", target.as_str()),
+        ("grpc.status", "UNKNOWN"),
+    ];
+    assert_eq!(get(&series, "grpc.client.call.duration", &unknown).count, 1);
+}

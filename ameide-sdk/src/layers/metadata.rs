@@ -450,12 +450,13 @@ impl http_body::Body for StampBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = self.as_mut().stamp_frame(cx);
         let code = match &polled {
+            // Trailers without grpc-status never get here: they are UNKNOWN errors.
             Poll::Ready(Some(Ok(frame))) => frame
                 .trailers_ref()
-                .map(|t| grpc_code(t).unwrap_or(tonic::Code::Ok)),
+                .map(|t| grpc_code(t).unwrap_or(tonic::Code::Unknown)),
             Poll::Ready(Some(Err(status))) => Some(status.code()),
-            // Ended without trailers: tonic turns that into an error.
-            Poll::Ready(None) => Some(tonic::Code::Internal),
+            // The end after the trailers (already recorded), or after an error.
+            Poll::Ready(None) => Some(tonic::Code::Unknown),
             Poll::Pending => None,
         };
         if let Some(code) = code {
@@ -499,8 +500,16 @@ impl StampBody {
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 if let Some(trailers) = frame.trailers_mut() {
+                    // Whatever they say, nothing follows the trailers.
+                    *this.failed = true;
                     match grpc_code(trailers) {
-                        Some(tonic::Code::Ok) | None => {
+                        None => {
+                            let status = tonic::Status::unknown(
+                                "the response's trailers carry no grpc-status: the server or a proxy ended the call without saying how it went",
+                            );
+                            return fail(status, this.failed, this.state);
+                        }
+                        Some(tonic::Code::Ok) => {
                             if let Some(status) = this.frames.cut_off() {
                                 return fail(status, this.failed, this.state);
                             }
@@ -523,7 +532,14 @@ impl StampBody {
             Poll::Ready(Some(Err(status))) => fail(status, this.failed, this.state),
             Poll::Ready(None) => match this.frames.cut_off() {
                 Some(status) => fail(status, this.failed, this.state),
-                None => Poll::Ready(None),
+                // Ended without trailers: no grpc-status at all.
+                None => fail(
+                    tonic::Status::unknown(
+                        "the response ended without trailers (no grpc-status): the server or a proxy cut the call short",
+                    ),
+                    this.failed,
+                    this.state,
+                ),
             },
             Poll::Pending => Poll::Pending,
         }
