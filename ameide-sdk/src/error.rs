@@ -216,6 +216,16 @@ impl From<Status> for Error {
 /// # Ok(()) }
 /// # demo().unwrap();
 /// ```
+impl Error {
+    /// The SDK's own stop that trying again cannot change (a limit reached):
+    /// no attempts were left unsent by a retry policy, and none would help.
+    pub(crate) fn local_stop(status: Status) -> Self {
+        let mut error = Error::from(status);
+        error.inner.retryable = false;
+        error
+    }
+}
+
 impl From<ConfigError> for Error {
     fn from(err: ConfigError) -> Self {
         let mut status = Status::invalid_argument(err.to_string());

@@ -19,8 +19,10 @@
 //! | Page size? | the request's, kept on every page (only the token changes) |
 //! | Options? | [`Pages::options`]: a timeout, headers and so on for every page; a request id `id` is sent as `id` on the first page and `id-page-N` on page N |
 //! | Lazy? | nothing is sent until the stream is polled; the next page is asked for when the stream is polled past the current one |
-//! | An error? | the stream yields it as an [`Error`] and ends |
+//! | An error? | the stream yields it as an [`Error`] and ends; [`Pages::resume_token`] (or [`Items::resume_token`]) is the token to start a new stream from |
 //! | A server that repeats a token? | the stream ends with `INTERNAL` ("sent next_page_token … a second time") instead of looping forever |
+//! | A server that sends new tokens forever? | at most [`Pages::max_pages`] pages (default 10,000: `RESOURCE_EXHAUSTED`) and at most [`Pages::max_empty_pages`] empty pages in a row (default 100: `INTERNAL`); both errors name the token to resume from, and are not retryable |
+//! | Resume later? | [`Pages::resume_token`]: the next page's token while there is one (after an error, the failed page's); set it as the request's `page_token` to go on. For [`Items`], the token of the page whose items are being handed out, so a resumed stream may repeat some of them, never skip one |
 //!
 //! ```
 //! # #[cfg(not(feature = "testkit"))] fn main() {}
@@ -84,6 +86,8 @@ enum Next {
     Page(String),
     /// The server sent this token before: end with an error.
     Loop(String),
+    /// A cap was reached: end with this error.
+    Capped(Error),
     Done,
 }
 
@@ -134,7 +138,28 @@ pub struct Pages<R> {
     hasher: RandomState,
     /// Pages asked for so far.
     asked: u32,
+    /// The token of the page asked for last (the first page's is the request's).
+    current: String,
+    /// The token to resume from: the next page's, or the failed page's.
+    resume: Option<String>,
+    max_pages: u32,
+    max_empty_pages: u32,
+    /// Empty pages with a next token, in a row.
+    empty_run: u32,
 }
+
+/// Default [`Pages::max_pages`].
+///
+/// ```
+/// assert_eq!(ameide_sdk::pagination::DEFAULT_MAX_PAGES, 10_000);
+/// ```
+pub const DEFAULT_MAX_PAGES: u32 = 10_000;
+/// Default [`Pages::max_empty_pages`].
+///
+/// ```
+/// assert_eq!(ameide_sdk::pagination::DEFAULT_MAX_EMPTY_PAGES, 100);
+/// ```
+pub const DEFAULT_MAX_EMPTY_PAGES: u32 = 100;
 
 impl<R> fmt::Debug for Pages<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,6 +182,7 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
         Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
     {
         let first = request.page_token().to_owned();
+        let resume = Some(first.clone());
         let hasher = RandomState::new();
         let mut seen = std::collections::HashSet::new();
         if !first.is_empty() {
@@ -176,7 +202,131 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
             seen,
             hasher,
             asked: 0,
+            current: String::new(),
+            resume,
+            max_pages: DEFAULT_MAX_PAGES,
+            max_empty_pages: DEFAULT_MAX_EMPTY_PAGES,
+            empty_run: 0,
         }
+    }
+
+    /// The most pages one stream asks for (default [`DEFAULT_MAX_PAGES`]);
+    /// past it the stream ends with `RESOURCE_EXHAUSTED` naming the token to
+    /// resume from. At least 1.
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "testkit"))] fn main() {}
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::pagination::GraphServicePages;
+    /// use ameide_sdk::proto::common::v1::PaginationResponse;
+    /// use ameide_sdk::proto::graph::v1::ListRepositoriesResponse;
+    /// use ameide_sdk::testkit::{MockServer, Reply};
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let server = MockServer::new();
+    /// server.fallback(Reply::message(&ListRepositoriesResponse {
+    ///     pagination: Some(PaginationResponse { next_page_token: "more".into(), total_size: 0 }),
+    ///     ..Default::default()
+    /// }));
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://mock.test:9000")
+    ///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// let mut pages = client.graph().list_repositories_pages(Default::default()).max_pages(1);
+    /// assert!(pages.next().await.unwrap().is_ok());
+    /// let err = pages.next().await.unwrap().unwrap_err();
+    /// assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    /// assert_eq!(pages.resume_token(), Some("more"));
+    /// # }
+    /// ```
+    pub fn max_pages(mut self, pages: u32) -> Self {
+        self.max_pages = pages.max(1);
+        self
+    }
+
+    /// The most empty pages in a row that still carry a next token (default
+    /// [`DEFAULT_MAX_EMPTY_PAGES`]): a server that pages through nothing
+    /// forever ends the stream with `INTERNAL` naming the token. At least 1.
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "testkit"))] fn main() {}
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::pagination::GraphServicePages;
+    /// use ameide_sdk::proto::common::v1::PaginationResponse;
+    /// use ameide_sdk::proto::graph::v1::ListRepositoriesResponse;
+    /// use ameide_sdk::testkit::{MockServer, Reply};
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let server = MockServer::new();
+    /// let path = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+    /// for token in ["a", "b", "c"] {
+    ///     server.push(path, Reply::message(&ListRepositoriesResponse {
+    ///         pagination: Some(PaginationResponse { next_page_token: token.into(), total_size: 0 }),
+    ///         ..Default::default()
+    ///     }));
+    /// }
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://mock.test:9000")
+    ///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// let pages: Vec<_> = client
+    ///     .graph()
+    ///     .list_repositories_pages(Default::default())
+    ///     .max_empty_pages(2)
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(pages.len(), 3, "two empty pages, then the error");
+    /// let err = pages[2].as_ref().unwrap_err();
+    /// assert_eq!(err.code(), tonic::Code::Internal);
+    /// assert!(err.message().contains("\"b\""), "{err}");
+    /// # }
+    /// ```
+    pub fn max_empty_pages(mut self, pages: u32) -> Self {
+        self.max_empty_pages = pages.max(1);
+        self
+    }
+
+    /// The token to resume from with a new stream (as the request's
+    /// `page_token`): the next page's while there is one, the failed page's
+    /// after an error, `None` once the last page was read. Before the first
+    /// poll, the request's own.
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "testkit"))] fn main() {}
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::pagination::GraphServicePages;
+    /// use ameide_sdk::proto::common::v1::PaginationResponse;
+    /// use ameide_sdk::proto::graph::v1::ListRepositoriesResponse;
+    /// use ameide_sdk::testkit::{MockServer, Reply};
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let server = MockServer::new();
+    /// let path = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+    /// server.push(path, Reply::message(&ListRepositoriesResponse {
+    ///     pagination: Some(PaginationResponse { next_page_token: "p2".into(), total_size: 0 }),
+    ///     ..Default::default()
+    /// }));
+    /// server.push(path, Reply::status(tonic::Status::unavailable("down")));
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://mock.test:9000")
+    ///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+    ///     .retry_policy(ameide_sdk::layers::RetryPolicy::disabled())
+    ///     .build()
+    ///     .unwrap();
+    /// let mut pages = client.graph().list_repositories_pages(Default::default());
+    /// assert!(pages.next().await.unwrap().is_ok());
+    /// assert_eq!(pages.resume_token(), Some("p2"));
+    /// assert!(pages.next().await.unwrap().is_err());
+    /// assert_eq!(pages.resume_token(), Some("p2"), "the failed page's");
+    /// # }
+    /// ```
+    pub fn resume_token(&self) -> Option<&str> {
+        self.resume.as_deref()
     }
 
     /// Options for every page's call (timeout, headers, session, …). A
@@ -211,6 +361,7 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
 
     fn ask(&mut self, token: String) -> Result<PageFuture<R>, Error> {
         self.asked = self.asked.saturating_add(1);
+        self.current.clone_from(&token);
         let options = match (&self.options.request_id, self.asked) {
             (Some(id), n) if n > 1 => self.options.clone().request_id(format!("{id}-page-{n}")),
             _ => self.options.clone(),
@@ -219,9 +370,8 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
     }
 }
 
-/// The error of a repeated token; the peer's token is shown escaped, at
-/// most 64 characters of it.
-fn loop_error(token: &str, page: u32) -> Error {
+/// A peer's token for a message: escaped, at most 64 characters of it.
+fn shown(token: &str) -> String {
     let shown: String = token
         .chars()
         .take(64)
@@ -233,9 +383,23 @@ fn loop_error(token: &str, page: u32) -> Error {
     } else {
         ""
     };
-    Error::from(Status::internal(format!(
-        "pagination stopped: after page {page} the server sent next_page_token \"{shown}{more}\" \
-         a second time; following it would loop forever"
+    format!("\"{shown}{more}\"")
+}
+
+/// The error of a repeated token.
+fn loop_error(token: &str, page: u32) -> Error {
+    Error::local_stop(Status::internal(format!(
+        "pagination stopped: after page {page} the server sent next_page_token {} \
+         a second time; following it would loop forever",
+        shown(token)
+    )))
+}
+
+/// The error of a runaway listing: too many pages, or too many empty ones.
+fn cap_error(status: fn(String) -> Status, why: String, token: &str) -> Error {
+    Error::local_stop(status(format!(
+        "pagination stopped: {why}; resume from next_page_token {} (Pages::resume_token)",
+        shown(token)
     )))
 }
 
@@ -252,22 +416,49 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
                     Ok(response) => response.into_inner(),
                     Err(status) => {
                         this.next = Next::Done;
+                        // Resume from the page that failed.
+                        this.resume = Some(this.current.clone());
                         return Poll::Ready(Some(Err(Error::from(status))));
                     }
                 };
                 let token = page.next_page_token();
-                this.next = if token.is_empty() {
-                    Next::Done
-                } else if this.seen.insert(this.hasher.hash_one(token)) {
-                    Next::Page(token.to_owned())
+                if token.is_empty() {
+                    this.next = Next::Done;
+                    this.resume = None;
+                    return Poll::Ready(Some(Ok(page)));
+                }
+                this.resume = Some(token.to_owned());
+                this.empty_run = if page.items().is_empty() {
+                    this.empty_run.saturating_add(1)
                 } else {
+                    0
+                };
+                this.next = if !this.seen.insert(this.hasher.hash_one(token)) {
                     Next::Loop(token.to_owned())
+                } else if this.empty_run >= this.max_empty_pages {
+                    Next::Capped(cap_error(
+                        Status::internal,
+                        format!(
+                            "the server sent {} empty pages in a row, each with a new next_page_token (max_empty_pages)",
+                            this.empty_run
+                        ),
+                        token,
+                    ))
+                } else if this.asked >= this.max_pages {
+                    Next::Capped(cap_error(
+                        Status::resource_exhausted,
+                        format!("{} pages read (max_pages)", this.asked),
+                        token,
+                    ))
+                } else {
+                    Next::Page(token.to_owned())
                 };
                 return Poll::Ready(Some(Ok(page)));
             }
             match std::mem::replace(&mut this.next, Next::Done) {
                 Next::Done => return Poll::Ready(None),
                 Next::Loop(token) => return Poll::Ready(Some(Err(loop_error(&token, this.asked)))),
+                Next::Capped(error) => return Poll::Ready(Some(Err(error))),
                 Next::Page(token) => match this.ask(token) {
                     Ok(call) => this.in_flight = Some(call),
                     Err(error) => return Poll::Ready(Some(Err(error))),
@@ -279,6 +470,26 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
 
 /// [`Pages`] as a stream of each page's items.
 struct ItemPages<R>(Pages<R>);
+
+/// What [`Items`] needs of its pages besides the stream: where to resume.
+trait PageSource<T>: Stream<Item = Result<Vec<T>, Error>> + Send {
+    fn resume_token(&self) -> Option<&str>;
+    /// The token of the page read last.
+    fn current_token(&self) -> &str;
+}
+
+impl<R: PagedResponse + Send + 'static> PageSource<R::Item> for ItemPages<R>
+where
+    R::Item: Send,
+{
+    fn resume_token(&self) -> Option<&str> {
+        self.0.resume_token()
+    }
+
+    fn current_token(&self) -> &str {
+        &self.0.current
+    }
+}
 
 impl<R: PagedResponse + Send + 'static> Stream for ItemPages<R> {
     type Item = Result<Vec<R::Item>, Error>;
@@ -316,8 +527,50 @@ impl<R: PagedResponse + Send + 'static> Stream for ItemPages<R> {
 /// # }
 /// ```
 pub struct Items<T> {
-    pages: Pin<Box<dyn Stream<Item = Result<Vec<T>, Error>> + Send>>,
+    pages: Pin<Box<dyn PageSource<T>>>,
     buffered: std::vec::IntoIter<T>,
+}
+
+impl<T> Items<T> {
+    /// The token to resume from with a new stream: the token of the page
+    /// whose items are being handed out while some are left (so the new
+    /// stream repeats the ones already seen from it, and skips none), else
+    /// [`Pages::resume_token`].
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "testkit"))] fn main() {}
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::pagination::GraphServicePages;
+    /// use ameide_sdk::proto::common::v1::PaginationResponse;
+    /// use ameide_sdk::proto::graph::v1::{ListRepositoriesResponse, Repository};
+    /// use ameide_sdk::testkit::{MockServer, Reply};
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let server = MockServer::new();
+    /// server.fallback(Reply::message(&ListRepositoriesResponse {
+    ///     repositories: vec![Repository::default(), Repository::default()],
+    ///     pagination: Some(PaginationResponse { next_page_token: "p2".into(), total_size: 0 }),
+    /// }));
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://mock.test:9000")
+    ///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// let mut items = client.graph().list_repositories_items(Default::default());
+    /// items.next().await.unwrap().unwrap();
+    /// assert_eq!(items.resume_token(), Some(""), "one item of the first page is left");
+    /// items.next().await.unwrap().unwrap();
+    /// assert_eq!(items.resume_token(), Some("p2"));
+    /// # }
+    /// ```
+    pub fn resume_token(&self) -> Option<&str> {
+        if self.buffered.len() > 0 {
+            Some(self.pages.current_token())
+        } else {
+            self.pages.resume_token()
+        }
+    }
 }
 
 impl<T> fmt::Debug for Items<T> {

@@ -238,3 +238,85 @@ fn the_manifest_lists_the_same_paginated_methods() {
         "every List method of the bundle with PaginationRequest"
     );
 }
+
+/// A server that pages through nothing forever (empty pages, each with a
+/// new token) is stopped after the default 100 empty pages in a row, with
+/// an error naming the token to resume from (issue 25: followed forever).
+#[tokio::test]
+async fn a_server_that_sends_empty_pages_forever_is_stopped_by_default() {
+    let server = MockServer::new();
+    for n in 1..=150 {
+        server.push(paths::LIST_REPOSITORIES, page(&[], &format!("t{n}")));
+    }
+    let client = mock_client(&server).build().unwrap();
+    let mut pages = client.graph().list_repositories_pages(sized(10));
+    let mut read = 0;
+    let err = loop {
+        match pages.next().await.expect("an error before the end") {
+            Ok(_) => read += 1,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(read, 100);
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(err.message().contains("100 empty pages"), "{err}");
+    assert!(err.message().contains("\"t100\""), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(pages.resume_token(), Some("t100"));
+    assert!(pages.next().await.is_none(), "an error ends the stream");
+    assert_eq!(sent(&server).len(), 100);
+}
+
+/// `max_pages` caps a long listing with RESOURCE_EXHAUSTED naming the token;
+/// a new stream from `resume_token` reads on from there.
+#[tokio::test]
+async fn a_page_cap_stops_with_the_token_to_resume_from() {
+    let server = MockServer::new();
+    server.push(paths::LIST_REPOSITORIES, page(&["a"], "t2"));
+    server.push(paths::LIST_REPOSITORIES, page(&["b"], "t3"));
+    server.push(paths::LIST_REPOSITORIES, page(&["c"], "t4"));
+    server.push(paths::LIST_REPOSITORIES, page(&["d"], ""));
+    let client = mock_client(&server).build().unwrap();
+    let mut pages = client
+        .graph()
+        .list_repositories_pages(sized(1))
+        .max_pages(2);
+    assert!(pages.next().await.unwrap().is_ok());
+    assert!(pages.next().await.unwrap().is_ok());
+    let err = pages.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("2 pages read (max_pages)"), "{err}");
+    assert!(err.message().contains("\"t3\""), "{err}");
+    let resume = pages.resume_token().unwrap().to_owned();
+    assert_eq!(resume, "t3");
+
+    let mut request = sized(1);
+    request.pagination.as_mut().unwrap().page_token = resume;
+    let (got, err) = ids(client.graph().list_repositories_items(request)).await;
+    assert_eq!(got, ["c", "d"]);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(sent(&server)[2].0.page_token, "t3");
+}
+
+/// `Items::resume_token` while a page's items are being handed out is that
+/// page's token (nothing skipped); after the page, the next page's.
+#[tokio::test]
+async fn items_resume_from_the_page_being_read() {
+    let server = MockServer::new();
+    server.push(paths::LIST_REPOSITORIES, page(&["a", "b"], "p2"));
+    server.push(paths::LIST_REPOSITORIES, page(&["c"], ""));
+    let client = mock_client(&server).build().unwrap();
+    let mut items = client.graph().list_repositories_items(sized(2));
+    assert_eq!(items.resume_token(), Some(""), "from the start");
+    assert_eq!(items.next().await.unwrap().unwrap().repository_id, "a");
+    assert_eq!(
+        items.resume_token(),
+        Some(""),
+        "b of the first page is left"
+    );
+    assert_eq!(items.next().await.unwrap().unwrap().repository_id, "b");
+    assert_eq!(items.resume_token(), Some("p2"));
+    assert_eq!(items.next().await.unwrap().unwrap().repository_id, "c");
+    assert_eq!(items.resume_token(), None, "the last page was read");
+    assert!(items.next().await.is_none());
+}
