@@ -106,6 +106,54 @@ pub struct Pagination {
     /// The items' type: a message or enum name with a leading dot, or a
     /// scalar's proto name (`string`, `int64`, …).
     pub item_type: String,
+    /// The items' Rust type, as prost generates it.
+    pub item_rust: ItemRust,
+}
+
+/// The Rust type prost gives a repeated field's items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemRust {
+    /// A scalar, by its proto name (`string`, `int64`, …).
+    Scalar(String),
+    /// An enum: prost keeps repeated enum values as `i32`.
+    Enum,
+    /// A message, by its path under the crate root: the package's modules,
+    /// one module per enclosing message (snake case), then the type
+    /// (`ameide_core_proto::graph::v1::outer::Inner` for `.ameide_core_proto.graph.v1.Outer.Inner`).
+    Message(String),
+}
+
+/// `Name` the way prost names a message type (upper camel case).
+pub fn rust_type_name(name: &str) -> String {
+    crate::codegen::to_snake(name)
+        .split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+/// The Rust path (under the crate root) of message `.pkg.Outer.Inner`: the
+/// longest package of `set` it starts with, then one snake-case module per
+/// enclosing message.
+fn message_rust_path(set: &FileDescriptorSet, full_name: &str) -> Option<String> {
+    let name = full_name.strip_prefix('.')?;
+    let package = set
+        .file
+        .iter()
+        .map(|f| f.package())
+        .filter(|p| !p.is_empty() && name.starts_with(p) && name[p.len()..].starts_with('.'))
+        .max_by_key(|p| p.len())?;
+    let local: Vec<&str> = name[package.len() + 1..].split('.').collect();
+    let (last, outer) = local.split_last()?;
+    let mut path: Vec<String> = package.split('.').map(str::to_owned).collect();
+    path.extend(outer.iter().map(|m| crate::codegen::to_snake(m)));
+    path.push(rust_type_name(last));
+    Some(path.join("::"))
 }
 
 fn find_message<'a>(set: &'a FileDescriptorSet, full_name: &str) -> Option<&'a DescriptorProto> {
@@ -159,18 +207,26 @@ pub fn pagination(
     if repeated.next().is_some() {
         return None;
     }
-    let item_type = match items.r#type() {
-        Type::Message | Type::Enum => items.type_name().to_owned(),
-        other => other
-            .as_str_name()
-            .trim_start_matches("TYPE_")
-            .to_ascii_lowercase(),
+    let (item_type, item_rust) = match items.r#type() {
+        Type::Message => (
+            items.type_name().to_owned(),
+            ItemRust::Message(message_rust_path(set, items.type_name())?),
+        ),
+        Type::Enum => (items.type_name().to_owned(), ItemRust::Enum),
+        other => {
+            let name = other
+                .as_str_name()
+                .trim_start_matches("TYPE_")
+                .to_ascii_lowercase();
+            (name.clone(), ItemRust::Scalar(name))
+        }
     };
     Some(Pagination {
         request_type: input_type.to_owned(),
         response_type: output_type.to_owned(),
         items_field: items.name().to_owned(),
         item_type,
+        item_rust,
     })
 }
 
