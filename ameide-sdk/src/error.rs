@@ -198,6 +198,17 @@ impl From<Status> for Error {
     }
 }
 
+impl Error {
+    /// The SDK's own stop that trying again cannot change (a limit
+    /// reached): not retryable, and no call made for it (zero attempts).
+    pub(crate) fn local_stop(status: Status) -> Self {
+        let mut error = Error::from(status);
+        error.inner.retryable = false;
+        error.inner.attempts = 0;
+        error
+    }
+}
+
 /// A rejected setting met while making a call (for example from
 /// [`CallOptions::into_request`](crate::CallOptions::into_request)) becomes an
 /// [`Error`] with `?`: `INVALID_ARGUMENT`, zero attempts (nothing was sent),
@@ -216,16 +227,6 @@ impl From<Status> for Error {
 /// # Ok(()) }
 /// # demo().unwrap();
 /// ```
-impl Error {
-    /// The SDK's own stop that trying again cannot change (a limit reached):
-    /// no attempts were left unsent by a retry policy, and none would help.
-    pub(crate) fn local_stop(status: Status) -> Self {
-        let mut error = Error::from(status);
-        error.inner.retryable = false;
-        error
-    }
-}
-
 impl From<ConfigError> for Error {
     fn from(err: ConfigError) -> Self {
         let mut status = Status::invalid_argument(err.to_string());

@@ -292,8 +292,9 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
 
     /// The token to resume from with a new stream (as the request's
     /// `page_token`): the next page's while there is one, the failed page's
-    /// after an error, `None` once the last page was read. Before the first
-    /// poll, the request's own.
+    /// after an error, `None` once the last page was read (or the server
+    /// repeated a token: resuming would loop). Before the first poll, the
+    /// request's own.
     ///
     /// ```
     /// # #[cfg(not(feature = "testkit"))] fn main() {}
@@ -434,6 +435,8 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
                     0
                 };
                 this.next = if !this.seen.insert(this.hasher.hash_one(token)) {
+                    // Resuming from a token that loops would loop again.
+                    this.resume = None;
                     Next::Loop(token.to_owned())
                 } else if this.empty_run >= this.max_empty_pages {
                     Next::Capped(cap_error(

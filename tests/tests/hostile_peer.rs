@@ -384,3 +384,31 @@ async fn a_response_without_grpc_status_is_unknown_with_the_calls_facts() {
         assert!(err.message().contains("grpc-status"), "{err}");
     }
 }
+
+/// A server stream answered trailers-only OK (grpc-go and grpc-java do so
+/// when the handler sends nothing) is an empty stream that ends OK; a unary
+/// call answered so is tonic's "missing response message", not a missing
+/// grpc-status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailers_only_ok_is_an_empty_stream_not_a_missing_status() {
+    watch_panics();
+    let server = H2FaultServer::start().await.unwrap();
+    let ok = RawReply::grpc().header("grpc-status", "0").trailers_only();
+    server.push_reply(ok.clone());
+    server.push_reply(ok);
+    let client = client(&server, RetryPolicy::disabled());
+    let mut stream = client
+        .inference()
+        .generate(ameide_sdk::proto::inference::v1::GenerateRequest::default())
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    assert!(
+        stream.message().await.expect("ends OK").is_none(),
+        "no messages"
+    );
+    let (result, _) = call(&client).await;
+    let err = result.expect_err("no response message");
+    assert!(!err.message().contains("grpc-status"), "{err}");
+    assert_no_panics();
+}

@@ -10,6 +10,7 @@
 //! | a refresh fails while the token is still valid | keeps serving the last good token; tries again after the backoff |
 //! | a fetch fails with no valid token | the error reaches every waiting caller; calls during the backoff get that error at once, without a fetch; the first call after it fetches again |
 //! | fetches keep failing | the backoff doubles from `retry_after_failure` (1 s) up to 30 s, each ±20 %: a provider that is down is asked about once per backoff, not once per call |
+//! | a fetch abandoned by no fault of the provider (the runtime shut down, the caller driving it inline gave up) | its waiters are told; it sets no backoff |
 //! | a provider panics inside a fetch | the waiting callers get an error saying so; the next call fetches again |
 //! | a provider never answers | the fetch is abandoned after `fetch_timeout` (default 30 s) with an error; the next call fetches again |
 //! | the server answered UNAUTHENTICATED | [`invalidate`](TokenProvider::invalidate) drops that token only if it is still the cached one: a burst of rejections of one token causes one refetch |
@@ -129,7 +130,8 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
     }
 
     /// How long to wait after a failed fetch before trying again; it
-    /// doubles with each failure in a row, up to 30 s (or this, if longer).
+    /// doubles with each failure in a row, up to 30 s (a longer value is
+    /// held to 30 s: callers without a valid token fail fast meanwhile).
     pub fn retry_after_failure(self, wait: Duration) -> Self {
         self.shared.state().retry_after_failure = wait;
         self
@@ -301,11 +303,18 @@ struct FetchGuard<P> {
 
 impl<P> FetchGuard<P> {
     fn finish(&mut self, fetched: Fetched) {
+        self.finish_with(fetched, true);
+    }
+
+    /// `provider_failed`: an error counts toward the backoff only when the
+    /// provider gave it, not when the fetch was abandoned.
+    fn finish_with(&mut self, fetched: Fetched, provider_failed: bool) {
         {
             let mut state = self.shared.state();
             state.fetch = None;
             match &fetched {
                 Ok(token) => store(&mut state, token.clone()),
+                Err(_) if !provider_failed => {}
                 Err(e) => {
                     state.failures = state.failures.saturating_add(1);
                     let backoff = failure_backoff(state.retry_after_failure, state.failures);
@@ -324,18 +333,30 @@ impl<P> FetchGuard<P> {
 impl<P> Drop for FetchGuard<P> {
     fn drop(&mut self) {
         if self.tx.is_some() {
-            self.finish(Err(TokenError::new(
-                "token provider stopped without answering (it panicked, or the runtime shut down)",
-            )));
+            // A provider that panicked did fail; a runtime shutting down (or
+            // a caller dropping the fetch it drove) is no verdict on it.
+            let panicked = std::thread::panicking();
+            self.finish_with(
+                Err(TokenError::new(
+                    "token provider stopped without answering (it panicked, or the runtime shut down)",
+                )),
+                panicked,
+            );
         }
     }
 }
 
-/// `initial × 2^(failures−1)`, at most 30 s (or `initial` if longer), ±20 %.
+/// The longest a failed provider is left alone: callers without a valid
+/// token fail fast for at most this long.
+const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `initial × 2^(failures−1)`, at most 30 s, ±20 %.
 fn failure_backoff(initial: Duration, failures: u32) -> Duration {
-    let cap = initial.max(Duration::from_secs(30));
     let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    time::mul_f64(doubled.min(cap), 0.8 + 0.4 * fastrand::f64())
+    time::mul_f64(
+        doubled.min(MAX_FAILURE_BACKOFF),
+        0.8 + 0.4 * fastrand::f64(),
+    )
 }
 
 fn store(state: &mut State, token: Option<AccessToken>) {

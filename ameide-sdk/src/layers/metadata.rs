@@ -388,7 +388,9 @@ fn finish(
             inner: body,
             state,
             frames: crate::codec::FrameCheck::new(decode_limit),
-            failed: false,
+            // A trailers-only response ended with its headers: its (empty)
+            // body is over, and no trailers are to come.
+            failed: trailers_only.is_some(),
             call,
         })
     }))

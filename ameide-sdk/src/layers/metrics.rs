@@ -326,8 +326,9 @@ impl http_body::Body for AttemptBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        // Ended without trailers: tonic reports it as INTERNAL too.
-        if let Some(code) = observe_frame(&polled, this.bytes, Code::Internal)
+        // Ended without trailers (no grpc-status): UNKNOWN, as the metadata
+        // layer tells the caller.
+        if let Some(code) = observe_frame(&polled, this.bytes, Code::Unknown)
             && let Some(end) = this.end.take()
         {
             end.record(code, this.bytes.total());
