@@ -21,8 +21,9 @@ use http::{HeaderMap, HeaderValue};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-/// The longest `grpc-message` kept; longer ones are cut (hyper already caps a
-/// whole header block at 16 KiB by default).
+/// The longest `grpc-message` kept; longer ones are cut (the transport caps a
+/// whole header block at `TransportOptions::max_header_list_size`, 16 MiB by
+/// default, as grpc-go).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 // Parsed once: a lookup by `&str` would parse and validate the name on every call.
