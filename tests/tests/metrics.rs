@@ -666,6 +666,31 @@ async fn the_inbound_layer_records_server_calls_and_handlers_return_sdk_errors_w
     let _ = CallOptions::new();
 }
 
+/// One `ListRepositories` call (300 ms budget, retries off) to a server that
+/// answers `reply`: it fails with `code`; the series recorded, and the target.
+async fn list_once(
+    recorder: &Recorder,
+    reply: ameide_sdk::testkit::RawReply,
+    code: Code,
+) -> (Series, String) {
+    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
+    server.push_reply(reply);
+    let client = AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .meter_provider(&recorder.provider)
+        .timeout(std::time::Duration::from_millis(300))
+        .retry_policy(ameide_sdk::layers::RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    let err = client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), code, "{err}");
+    (recorder.series(), client.endpoint().to_owned())
+}
+
 /// An attempt cut by the call's deadline before its response headers (a
 /// server that ignores `grpc-timeout` and sends nothing for 5 s) is
 /// recorded DEADLINE_EXCEEDED, as the call is (issue 25: the attempt said
@@ -673,26 +698,14 @@ async fn the_inbound_layer_records_server_calls_and_handlers_return_sdk_errors_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_cut_by_the_deadline_is_recorded_as_the_call_is() {
     let recorder = Recorder::new();
-    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
-    server.push_reply(
+    let (series, target) = list_once(
+        &recorder,
         ameide_sdk::testkit::RawReply::grpc()
             .delay(std::time::Duration::from_secs(5))
             .hang(),
-    );
-    let client = AmeideClient::builder()
-        .endpoint(server.endpoint())
-        .meter_provider(&recorder.provider)
-        .timeout(std::time::Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let target = client.endpoint().to_owned();
-    let err = client
-        .graph()
-        .list_repositories(list_request())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded);
-    let series = recorder.series();
+        Code::DeadlineExceeded,
+    )
+    .await;
     let cut = [
         ("grpc.method", LIST),
         ("grpc.target", target.as_str()),
@@ -707,26 +720,14 @@ async fn an_attempt_cut_by_the_deadline_is_recorded_as_the_call_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_without_grpc_status_is_recorded_unknown_as_the_caller_sees_it() {
     let recorder = Recorder::new();
-    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
-    server.push_reply(
+    let (series, target) = list_once(
+        &recorder,
         ameide_sdk::testkit::RawReply::grpc()
             .message(&[])
             .trailer("x-other", "1"),
-    );
-    let client = AmeideClient::builder()
-        .endpoint(server.endpoint())
-        .meter_provider(&recorder.provider)
-        .retry_policy(ameide_sdk::layers::RetryPolicy::disabled())
-        .build()
-        .unwrap();
-    let target = client.endpoint().to_owned();
-    let err = client
-        .graph()
-        .list_repositories(list_request())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unknown);
-    let series = recorder.series();
+        Code::Unknown,
+    )
+    .await;
     let unknown = [
         ("grpc.method", LIST),
         ("grpc.target", target.as_str()),

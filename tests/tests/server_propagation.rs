@@ -318,21 +318,30 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn malformed_traceparent_and_grpc_timeout_are_ignored_with_a_warning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+impl Captured {
+    /// Captures WARN and above on this thread until the guard drops.
+    fn install() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
 
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// A downstream service behind the inbound layer on `provider`, and a plain
+/// tonic channel to it: its log and the channel.
+async fn downstream(provider: &SdkTracerProvider) -> (Log, tonic::transport::Channel) {
     let log = Log::default();
-    let provider = SdkTracerProvider::builder().build();
     let addr = serve(
         InferenceServiceServer::new(Downstream { log: log.clone() }),
-        &provider,
+        provider,
     )
     .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -340,6 +349,15 @@ async fn malformed_traceparent_and_grpc_timeout_are_ignored_with_a_warning() {
         .connect()
         .await
         .unwrap();
+    (log, channel)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn malformed_traceparent_and_grpc_timeout_are_ignored_with_a_warning() {
+    let (captured, _guard) = Captured::install();
+
+    let provider = SdkTracerProvider::builder().build();
+    let (log, channel) = downstream(&provider).await;
     let mut raw = InferenceServiceClient::new(channel);
     let mut request = Request::new(ListAgentsRequest::default());
     request
@@ -362,7 +380,7 @@ async fn malformed_traceparent_and_grpc_timeout_are_ignored_with_a_warning() {
         "a malformed grpc-timeout gives no deadline"
     );
     assert!(handled.trace_id.is_some(), "a fresh trace starts instead");
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("ignoring malformed inbound traceparent"),
         "{logs}"
@@ -382,26 +400,10 @@ async fn malformed_traceparent_and_grpc_timeout_are_ignored_with_a_warning() {
 /// warning, not one per entry (issue 25: it wrote 4,095).
 #[tokio::test(flavor = "current_thread")]
 async fn a_baggage_of_malformed_entries_writes_one_warning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
 
-    let log = Log::default();
     let provider = SdkTracerProvider::builder().build();
-    let addr = serve(
-        InferenceServiceServer::new(Downstream { log: log.clone() }),
-        &provider,
-    )
-    .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_log, channel) = downstream(&provider).await;
     let mut raw = InferenceServiceClient::new(channel);
     let mut request = Request::new(ListAgentsRequest::default());
     let hostile = "a,".repeat(4095);
@@ -415,7 +417,7 @@ async fn a_baggage_of_malformed_entries_writes_one_warning() {
     raw.list_agents(request)
         .await
         .expect("malformed baggage is not an error");
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let lines = logs.lines().filter(|l| l.contains("baggage")).count();
     assert!(
         (1..=2).contains(&lines),
@@ -426,18 +428,8 @@ async fn a_baggage_of_malformed_entries_writes_one_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_request_id_is_generated_once_and_echoed_back() {
-    let log = Log::default();
     let provider = SdkTracerProvider::builder().build();
-    let addr = serve(
-        InferenceServiceServer::new(Downstream { log: log.clone() }),
-        &provider,
-    )
-    .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (log, channel) = downstream(&provider).await;
     let mut raw = InferenceServiceClient::new(channel);
     let response = raw.list_agents(ListAgentsRequest::default()).await.unwrap();
     let echoed = response
@@ -559,18 +551,7 @@ async fn a_server_span_for_a_method_outside_the_roster_is_named_other() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let addr = serve(
-        InferenceServiceServer::new(Downstream {
-            log: Log::default(),
-        }),
-        &provider,
-    )
-    .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_log, channel) = downstream(&provider).await;
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     for n in 0..3 {
         grpc.ready().await.unwrap();
