@@ -162,9 +162,15 @@ pub(crate) fn method_of(
 pub(crate) fn deadline_of(
     request: &http::Request<tonic::body::Body>,
 ) -> Option<tokio::time::Instant> {
-    request
-        .extensions()
-        .get::<CallState>()
+    deadline_in(request.extensions().get::<CallState>(), request)
+}
+
+/// [`deadline_of`] for a caller that has looked the [`CallState`] up already.
+pub(crate) fn deadline_in(
+    state: Option<&CallState>,
+    request: &http::Request<tonic::body::Body>,
+) -> Option<tokio::time::Instant> {
+    state
         .and_then(CallState::deadline)
         .or_else(|| request.extensions().get::<Deadline>().map(|d| d.0))
 }

@@ -256,6 +256,16 @@ impl AmeideConfig {
 
 pub use crate::config_error::{ConfigError, ConfigErrorKind};
 
+/// Whether `host` (a name, an IP address, or a bracketed IPv6 address) is
+/// this machine: `localhost` or a loopback address.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Validates an endpoint: `http` or `https`, a host, an optional port, no path or query.
 /// The port of an endpoint URI: its own, else 443 for `https` and 80 for `http`.
 pub(crate) fn port_of(uri: &Uri) -> u16 {

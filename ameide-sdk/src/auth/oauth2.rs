@@ -26,6 +26,7 @@
 //! Wrap it in a [`CachingTokenProvider`](super::CachingTokenProvider) (or use
 //! [`ClientCredentials::cached`]) so tokens are reused until they near expiry.
 
+use crate::config::is_loopback_host as is_loopback;
 use std::fmt;
 use std::time::Duration;
 
@@ -303,15 +304,6 @@ impl ClientCredentials {
             None => token,
         }))
     }
-}
-
-/// Whether `host` names this machine: `localhost`, `127.0.0.0/8` or `::1`.
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl TokenProvider for ClientCredentials {

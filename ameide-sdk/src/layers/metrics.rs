@@ -207,15 +207,13 @@ where
         let method = grpc_method(info);
         self.metrics.attempt_started(method);
         let sent = Sent::of(&mut request, info);
+        // One look-up of the call's record serves both.
+        let state = request.extensions().get::<CallState>();
         let hand_over = match &sent {
-            Sent::Known(_) => request
-                .extensions()
-                .get::<CallState>()
-                .filter(|state| state.records_attempts())
-                .cloned(),
+            Sent::Known(_) => state.filter(|state| state.records_attempts()).cloned(),
             Sent::Counted(_) => None,
         };
-        let deadline = crate::call::deadline_of(&request);
+        let deadline = crate::call::deadline_in(state, &request);
         MetricsFuture {
             inner: self.inner.call(request),
             end: Some(AttemptEnd {

@@ -1,4 +1,4 @@
-//! One HTTP/2 connection of a [`Subchannel`](super::subchannel::Subchannel):
+//! One HTTP/2 connection of the subchannel (`subchannel.rs`):
 //! made by [`connect`] (resolve, TCP, TLS with ALPN `h2`, the HTTP/2
 //! handshake, then the server's first SETTINGS, all within the connect
 //! timeout), on hyper's client connection API, with the bytes hyper reads

@@ -102,15 +102,11 @@ pub(crate) fn route(
     })?;
     // Checked after the URL, so a malformed variable is an error whatever the endpoint.
     let from_environment = matches!(proxy, Proxy::FromEnvironment);
-    if (from_environment && is_loopback(host)) || bypass(&no_proxy, host, port) {
+    if (from_environment && crate::config::is_loopback_host(host)) || bypass(&no_proxy, host, port)
+    {
         return Ok(None);
     }
     Ok(Some(route))
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parses `http://[user:password@]host[:port]` (no scheme: `http`).
