@@ -72,7 +72,10 @@ impl Nginx {
              error_log {d}/logs/error.log info;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n\
-             access_log {d}/logs/access.log;\n\
+             log_format timed '$remote_addr:$remote_port c=$connection n=$connection_requests \
+             \"$request\" $status rt=$request_time uct=$upstream_connect_time \
+             urt=$upstream_response_time pid=$pid';\n\
+             access_log {d}/logs/access.log timed;\n\
              client_body_temp_path {d}/tmp/body;\n\
              proxy_temp_path {d}/tmp/proxy;\n\
              fastcgi_temp_path {d}/tmp/fastcgi;\n\
@@ -129,6 +132,26 @@ impl Nginx {
     /// The error log so far, for failure messages.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// The access log's requests that did not end with status 200 or took
+    /// a second or more (format `timed`: client address and port, nginx's
+    /// connection number, status, request and upstream times, worker pid),
+    /// for failure messages.
+    pub fn access_log_unusual(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("logs/access.log")).unwrap_or_default();
+        log.lines()
+            .filter(|line| {
+                let slow = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("rt="))
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(|t| t >= 1.0);
+                slow || !line.contains("\" 200 ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// A graceful reload (`nginx -s reload`): new workers take new

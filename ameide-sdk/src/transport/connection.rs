@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -100,7 +100,8 @@ impl std::error::Error for Unwritten {
 /// and what the server said about it.
 pub(crate) struct Conn {
     pub(crate) id: u64,
-    pub(crate) sender: SendRequest<tonic::body::Body>,
+    /// The way into hyper's connection task, until that task ends (see [`Dispatch`]).
+    dispatch: Arc<Dispatch>,
     /// Streams opened on it and not yet over (see [`StreamGuard`]).
     open: AtomicUsize,
     pub(crate) events: Arc<ConnEvents>,
@@ -108,10 +109,74 @@ pub(crate) struct Conn {
     pub(crate) keepalive: Option<Duration>,
 }
 
+/// hyper's request queue into one connection's task, held so that it can
+/// be let go when the task ends.
+///
+/// Why: hyper's queue is a tokio unbounded channel. When the connection's
+/// task ends (GOAWAY, or the connection closed) it drops the receiving end,
+/// which hands every queued request back unwritten, except one whose
+/// sender was between reserving its place and writing it at that instant:
+/// that request stays in the channel, its caller waiting for an answer, until
+/// the last sender is gone (tokio frees the channel's leftovers then). A
+/// sender kept for the connection's life made that wait last until the
+/// call's deadline (2 calls of 3,805 through nginx reloads, on a loaded CI
+/// machine). So the connection's task drops this slot's sender when it ends,
+/// and each call holds its own clone only while queueing: the last sender
+/// then goes with the racing call, and its request comes back unwritten and
+/// is resent on a fresh connection.
+pub(crate) struct Dispatch {
+    sender: std::sync::Mutex<Option<SendRequest<tonic::body::Body>>>,
+    closed: AtomicBool,
+}
+
+impl Dispatch {
+    fn new(sender: SendRequest<tonic::body::Body>) -> Self {
+        Dispatch {
+            sender: std::sync::Mutex::new(Some(sender)),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<tonic::body::Body>>> {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's task stopped taking requests (hyper says so before
+    /// the task has ended) or has ended.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn sender(&self) -> Option<SendRequest<tonic::body::Body>> {
+        let slot = self.lock();
+        match slot.as_ref() {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            _ => {
+                self.closed.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// The connection's task has ended: no request can be queued any more.
+    fn release(&self) {
+        self.closed.store(true, Ordering::Release);
+        let sender = self.lock().take();
+        drop(sender);
+    }
+}
+
 impl Conn {
     /// Takes new streams: not closed, no GOAWAY.
     pub(crate) fn usable(&self) -> bool {
-        !self.events.going_away() && !self.events.closed() && !self.sender.is_closed()
+        !self.events.going_away() && !self.events.closed() && !self.dispatch.is_closed()
+    }
+
+    /// A sender for one request, or `None` once the connection's task has
+    /// ended. The caller drops it as soon as its request is queued (see
+    /// [`Dispatch`]).
+    pub(crate) fn sender(&self) -> Option<SendRequest<tonic::body::Body>> {
+        self.dispatch.sender()
     }
 
     /// Counts one more open stream when the server's
@@ -261,7 +326,7 @@ pub(crate) async fn connect(
             // Best effort: a socket that refuses it still carries gRPC.
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         }
-        let sender = match &target.tls {
+        let dispatch = match &target.tls {
             None => handshake(target, keepalive, Tap::new(stream, events.clone()), &events)
                 .await
                 .map_err(fail)?,
@@ -306,12 +371,12 @@ pub(crate) async fn connect(
                 "the server closed the connection before its HTTP/2 SETTINGS".to_owned(),
             ));
         }
-        Ok(sender)
+        Ok(dispatch)
     };
     match tokio::time::timeout(target.connect_timeout, work).await {
-        Ok(Ok(sender)) => Ok(Conn {
+        Ok(Ok(dispatch)) => Ok(Conn {
             id,
-            sender,
+            dispatch,
             open: AtomicUsize::new(0),
             events,
             keepalive,
@@ -390,7 +455,7 @@ async fn handshake<T>(
     keepalive: Option<Duration>,
     io: Tap<T>,
     events: &Arc<ConnEvents>,
-) -> Result<SendRequest<tonic::body::Body>, String>
+) -> Result<Arc<Dispatch>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -408,14 +473,18 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    let dispatch = Arc::new(Dispatch::new(sender));
     let events = events.clone();
+    let ended = dispatch.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             ::tracing::debug!(%error, "HTTP/2 connection ended");
         }
+        // Before the waiters are woken: none of them may take a sender now.
+        ended.release();
         events.mark_closed();
     });
-    Ok(sender)
+    Ok(dispatch)
 }
 
 #[cfg(test)]

@@ -429,8 +429,18 @@ impl Subchannel {
                     }
                 };
                 let guard = StreamGuard { conn };
-                let mut sender = guard.conn.sender.clone();
-                match sender.try_send_request(request).await {
+                let Some(mut sender) = guard.conn.sender() else {
+                    // Its task ended since the pick: not sent, pick again.
+                    let conn = guard.conn.clone();
+                    drop(guard);
+                    self.forget(&conn);
+                    continue;
+                };
+                // Queued, then the sender let go before the wait (see
+                // `connection::Dispatch`): the future holds no sender.
+                let sent = sender.try_send_request(request);
+                drop(sender);
+                match sent.await {
                     Ok(response) => {
                         return Ok(response
                             .map(|body| tonic::body::Body::new(CountedBody::new(body, guard))));
