@@ -61,8 +61,15 @@ pub enum Token {
         /// The token.
         value: String,
     },
-    /// A provider that fails with `message`.
+    /// A provider that fails with `message` (down, unreachable, broken):
+    /// the call fails `UNAVAILABLE`.
     Error {
+        /// The provider's error message.
+        message: String,
+    },
+    /// A provider that says the credentials were refused (an OAuth2
+    /// `invalid_client`): the call fails `UNAUTHENTICATED`.
+    Refused {
         /// The provider's error message.
         message: String,
     },

@@ -192,8 +192,8 @@ async fn a_provider_slower_than_the_call_timeout_still_ends_up_serving_tokens() 
     // The first calls give up waiting for the token…
     for _ in 0..2 {
         let err = ameide_tests::calls::read(&client).await.unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
-        assert!(err.message().contains("did not answer"), "{err}");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+        assert!(err.message().contains("had not answered"), "{err}");
     }
     // …but the one fetch they started finishes on its own and is cached.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -273,6 +273,11 @@ async fn a_provider_that_is_down_is_asked_once_per_backoff() {
     for _ in 0..100 {
         let err = cache.token().await.unwrap_err();
         assert!(err.to_string().contains("identity provider down"), "{err}");
+        assert_eq!(
+            err.code(),
+            Code::Unavailable,
+            "the cached failure keeps its code"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!((1..=2).contains(&inner.fetches()), "{}", inner.fetches());
@@ -475,22 +480,38 @@ async fn client_credentials_posts_the_form_and_reads_the_token() {
 
 #[tokio::test]
 async fn client_credentials_reports_failures_clearly() {
-    let cases: Vec<(u16, &str, &str)> = vec![
+    // Refused credentials (400/401, RFC 6749 §5.2) are UNAUTHENTICATED; an
+    // endpoint that fails or answers nonsense is UNAVAILABLE (issue 25 item 8).
+    let cases: Vec<(u16, &str, &str, Code)> = vec![
         (
             401,
             r#"{"error":"invalid_client","error_description":"bad secret"}"#,
             "401 Unauthorized: invalid_client (bad secret)",
+            Code::Unauthenticated,
         ),
-        (500, "oops", "500 Internal Server Error"),
-        (200, "{not json", "malformed JSON"),
-        (200, r#"{"token_type":"Bearer"}"#, "without an access_token"),
+        (
+            400,
+            r#"{"error":"invalid_grant"}"#,
+            "400 Bad Request: invalid_grant",
+            Code::Unauthenticated,
+        ),
+        (500, "oops", "500 Internal Server Error", Code::Unavailable),
+        (429, "", "429 Too Many Requests", Code::Unavailable),
+        (200, "{not json", "malformed JSON", Code::Unavailable),
+        (
+            200,
+            r#"{"token_type":"Bearer"}"#,
+            "without an access_token",
+            Code::Unavailable,
+        ),
         (
             200,
             r#"{"access_token":"x","token_type":"mac"}"#,
             "not a Bearer token",
+            Code::Unavailable,
         ),
     ];
-    for (status, body, needle) in cases {
+    for (status, body, needle, code) in cases {
         let body = body.to_owned();
         let (url, _) = token_endpoint(move |_| (Duration::ZERO, status, body.clone())).await;
         let err = ClientCredentials::new(&url, "id", "secret-value")
@@ -499,6 +520,7 @@ async fn client_credentials_reports_failures_clearly() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains(needle), "{status}: {err}");
+        assert_eq!(err.code(), code, "{status}: {err}");
         assert!(!err.to_string().contains("secret-value"));
     }
 }
@@ -526,6 +548,7 @@ async fn an_unreachable_token_endpoint_is_an_error_not_a_hang() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unreachable"), "{err}");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
 
 #[tokio::test]

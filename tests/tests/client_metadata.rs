@@ -154,8 +154,11 @@ async fn no_authorization_header_without_provider_or_when_it_returns_none() {
     }
 }
 
+/// A provider that is down fails the call UNAVAILABLE (retryable: a later
+/// call may get a token), not UNAUTHENTICATED, which would read as "bad
+/// credentials" (issue 25 item 8, gRFC A54, grpc-go).
 #[tokio::test]
-async fn token_provider_error_fails_the_call_unauthenticated_with_its_message() {
+async fn token_provider_error_fails_the_call_unavailable_with_its_message() {
     let server = MockServer::new();
     let client = mock_client(&server)
         .token_provider(|| async { Err(TokenError::new("identity provider unreachable")) })
@@ -167,7 +170,9 @@ async fn token_provider_error_fails_the_call_unauthenticated_with_its_message() 
         .await
         .into_ameide()
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.attempts(), 0, "{err}");
     assert!(
         err.message().contains("identity provider unreachable"),
         "{err}"
@@ -177,6 +182,46 @@ async fn token_provider_error_fails_the_call_unauthenticated_with_its_message() 
         server.attempts().is_empty(),
         "the transport is never reached"
     );
+}
+
+/// The codes a provider names: UNAUTHENTICATED for refused credentials,
+/// others as given, and the ones gRFC A54 keeps for servers become INTERNAL.
+#[tokio::test]
+async fn token_provider_codes_follow_grfc_a54() {
+    let cases = [
+        (
+            TokenError::unauthenticated("invalid_client"),
+            Code::Unauthenticated,
+        ),
+        (
+            TokenError::with_code(Code::PermissionDenied, "no scope"),
+            Code::PermissionDenied,
+        ),
+        (
+            TokenError::with_code(Code::NotFound, "no key"),
+            Code::Internal,
+        ),
+        (TokenError::with_code(Code::Ok, "odd"), Code::Internal),
+    ];
+    for (error, want) in cases {
+        let server = MockServer::new();
+        let client = mock_client(&server)
+            .token_provider(move || {
+                let error = error.clone();
+                async move { Err(error) }
+            })
+            .build()
+            .unwrap();
+        let err = client
+            .graph()
+            .list_repositories(list())
+            .await
+            .into_ameide()
+            .unwrap_err();
+        assert_eq!(err.code(), want, "{err}");
+        assert_eq!(err.attempts(), 0, "{err}");
+        assert!(server.attempts().is_empty());
+    }
 }
 
 #[tokio::test]
@@ -192,7 +237,7 @@ async fn token_with_invalid_characters_fails_cleanly() {
         .await
         .into_ameide()
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.code(), Code::Internal, "{err}");
     assert!(!err.to_string().contains("line\nbreak"));
 }
 
@@ -214,8 +259,12 @@ async fn a_hanging_token_provider_is_bounded_by_the_call_timeout() {
         .await
         .into_ameide()
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("did not answer"), "{err}");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        err.message().contains("token provider had not answered"),
+        "{err}"
+    );
+    assert_eq!(err.attempts(), 0, "{err}");
     assert!(started.elapsed() <= std::time::Duration::from_millis(310));
 }
 

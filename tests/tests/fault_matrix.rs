@@ -212,14 +212,20 @@ async fn fault_matrix() {
         outcomes.push(o);
     }
 
-    // Token endpoint down / slow: the provider's failure is UNAUTHENTICATED
-    // (the contract's code for a provider error), within the call's budget.
-    for (row, url) in [
+    // Token endpoint down / slow: a provider that is down is UNAVAILABLE, one
+    // still silent at the call's deadline DEADLINE_EXCEEDED (issue 25 item 8,
+    // gRFC A54), within the call's budget; nothing reaches the server.
+    for (row, url, code) in [
         (
             "token endpoint down",
             format!("http://{}/token", closed_addr()),
+            Code::Unavailable,
         ),
-        ("token endpoint slow", silent_endpoint().await),
+        (
+            "token endpoint slow",
+            silent_endpoint().await,
+            Code::DeadlineExceeded,
+        ),
     ] {
         let server = MockServer::new();
         let addr = serve_tcp(server.clone()).await.unwrap();
@@ -230,8 +236,8 @@ async fn fault_matrix() {
             .token_provider(provider)
             .build()
             .unwrap();
-        outcomes.push(run(row, "read", Code::Unauthenticated, read(&client)).await);
-        let mut o = run(row, "write", Code::Unauthenticated, write(&client)).await;
+        outcomes.push(run(row, "read", code, read(&client)).await);
+        let mut o = run(row, "write", code, write(&client)).await;
         o.wire = Some(server.attempts_for(paths::CREATE_ELEMENT).len());
         outcomes.push(o);
     }

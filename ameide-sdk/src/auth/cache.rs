@@ -207,7 +207,7 @@ impl<P: TokenProvider> CachingTokenProvider<P> {
                 .map(|at| at.saturating_duration_since(now))
                 .unwrap_or_default();
             return (
-                Plan::Failed(TokenError::new(format!(
+                Plan::Failed(error.reworded(format!(
                     "{error} (the token provider failed {} time(s) in a row; asked again in {wait:?})",
                     state.failures
                 ))),

@@ -5,8 +5,9 @@
 //!
 //! The auth layer asks the provider once per call (not per attempt) and sends
 //! `authorization: Bearer <token>` when it returns a token, nothing when it
-//! returns `None`. A provider error fails the call with `UNAUTHENTICATED` and
-//! the provider's message. Tokens never appear in `Debug` output or logs, and
+//! returns `None`. A provider error fails the call with the error's code
+//! (`UNAVAILABLE` for a provider that is down, `UNAUTHENTICATED` for refused
+//! credentials; see [`TokenError`]) and the provider's message. Tokens never appear in `Debug` output or logs, and
 //! the header is marked sensitive so HTTP/2 never indexes it.
 
 use std::fmt;
@@ -94,22 +95,90 @@ impl fmt::Debug for AccessToken {
     }
 }
 
-/// A token provider failed; its message reaches the caller in the `UNAUTHENTICATED` status.
+/// A token provider failed: the call fails with the error's [`code`](Self::code)
+/// and its message, before anything is sent (zero attempts).
+///
+/// Which code, as in grpc-go and gRFC A54 (a credential failure is the
+/// client's control plane, not the server's answer):
+///
+/// - [`TokenError::new`]: the provider is down, unreachable, slow or broken:
+///   `UNAVAILABLE`, retryable (a later call may get a token).
+/// - [`TokenError::unauthenticated`]: the credentials themselves were refused
+///   (an OAuth2 `invalid_client`, a secret that is set but empty):
+///   `UNAUTHENTICATED`, not retryable.
+/// - [`TokenError::with_code`]: any other code the provider means; the codes
+///   A54 keeps for servers (`INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`,
+///   `FAILED_PRECONDITION`, `ABORTED`, `OUT_OF_RANGE`, `DATA_LOSS`) and `OK`
+///   become `INTERNAL`, so that a caller never mistakes them for the server's.
 ///
 /// ```
-/// let err = ameide_sdk::auth::TokenError::new("identity provider unreachable");
+/// use ameide_sdk::auth::TokenError;
+/// use tonic::Code;
+///
+/// let err = TokenError::new("identity provider unreachable");
 /// assert_eq!(err.to_string(), "identity provider unreachable");
+/// assert_eq!(err.code(), Code::Unavailable);
+/// assert_eq!(TokenError::unauthenticated("invalid_client").code(), Code::Unauthenticated);
+/// assert_eq!(TokenError::with_code(Code::PermissionDenied, "no scope").code(), Code::PermissionDenied);
+/// assert_eq!(TokenError::with_code(Code::NotFound, "no such key").code(), Code::Internal);
 /// ```
 #[derive(Debug, Clone)]
 pub struct TokenError {
+    code: tonic::Code,
     message: String,
 }
 
 impl TokenError {
-    /// A failure with a message for the caller (never include the token itself).
+    /// The provider could not give a token now (down, unreachable, slow,
+    /// malformed answer): the call fails `UNAVAILABLE`. Never include the
+    /// token itself in the message.
     pub fn new(message: impl Into<String>) -> Self {
         TokenError {
+            code: tonic::Code::Unavailable,
             message: message.into(),
+        }
+    }
+
+    /// The credentials were refused or are missing: the call fails
+    /// `UNAUTHENTICATED` (not retryable).
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        TokenError {
+            code: tonic::Code::Unauthenticated,
+            message: message.into(),
+        }
+    }
+
+    /// A failure with the code the provider means, held to gRFC A54 (see
+    /// the type's documentation).
+    pub fn with_code(code: tonic::Code, message: impl Into<String>) -> Self {
+        use tonic::Code;
+        let code = match code {
+            Code::Ok
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::DataLoss => Code::Internal,
+            other => other,
+        };
+        TokenError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code the call fails with.
+    pub fn code(&self) -> tonic::Code {
+        self.code
+    }
+
+    /// The same failure (its code kept) told with another message.
+    pub(crate) fn reworded(&self, message: String) -> Self {
+        TokenError {
+            code: self.code,
+            message,
         }
     }
 }
@@ -220,13 +289,13 @@ impl EnvTokenProvider {
 impl TokenProvider for EnvTokenProvider {
     fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
         let result = match std::env::var(&self.variable) {
-            Ok(value) if value.is_empty() => Err(TokenError::new(format!(
+            Ok(value) if value.is_empty() => Err(TokenError::unauthenticated(format!(
                 "{} is set but empty",
                 self.variable
             ))),
             Ok(value) => Ok(Some(AccessToken::new(value))),
             Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(TokenError::new(format!(
+            Err(std::env::VarError::NotUnicode(_)) => Err(TokenError::unauthenticated(format!(
                 "{} is not valid UTF-8",
                 self.variable
             ))),

@@ -108,9 +108,17 @@ pub(crate) fn parse_token_response(
                 _ => None,
             })
             .unwrap_or_default();
-        return Err(TokenError::new(format!(
-            "token endpoint answered {status}{detail}"
-        )));
+        let message = format!("token endpoint answered {status}{detail}");
+        // RFC 6749 §5.2: 400 and 401 say the client's credentials or grant
+        // were refused; anything else (5xx, 429, a proxy's page) is the
+        // endpoint failing, which a later call may get past.
+        return Err(
+            if status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED {
+                TokenError::unauthenticated(message)
+            } else {
+                TokenError::new(message)
+            },
+        );
     }
     let parsed: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| TokenError::new(format!("token endpoint answered malformed JSON: {e}")))?;

@@ -2,9 +2,14 @@
 //!
 //! - A token → `authorization: Bearer <token>` (marked sensitive).
 //! - `None`, or an empty token → no header.
-//! - A provider error, an unusable token, or no answer within `max_wait` →
-//!   the call fails at once with `UNAUTHENTICATED` carrying the reason; the
-//!   transport is never reached.
+//! - A provider error fails the call at once with the error's code and
+//!   message: `UNAVAILABLE` for a provider that is down, unreachable or
+//!   broken, `UNAUTHENTICATED` only when it says the credentials were
+//!   refused (grpc-go's and gRFC A54's rule; see [`TokenError`](crate::auth::TokenError)).
+//!   No answer before the call's deadline is `DEADLINE_EXCEEDED`; none
+//!   within `max_wait` (shorter than a long per-call timeout) `UNAVAILABLE`;
+//!   a token that cannot be a header value `INTERNAL`. The transport is
+//!   never reached (zero attempts).
 //! - A request that already carries `authorization` (set per call) is left as it is.
 //! - When the server answers UNAUTHENTICATED and the provider caches tokens
 //!   ([`TokenProvider::invalidate`] returns `true`, e.g. [`CachingTokenProvider`](crate::auth::CachingTokenProvider)),
@@ -175,7 +180,8 @@ where
         AuthFuture {
             kind: Kind::Provider {
                 inner: Box::pin(async move {
-                    let sent = match authorize(&mut request, &*provider, wait_until).await {
+                    let sent = match authorize(&mut request, &*provider, deadline, wait_until).await
+                    {
                         Ok(sent) => sent,
                         Err(response) => {
                             // Failed before any attempt: the error reports 0 attempts.
@@ -221,7 +227,9 @@ where
                     );
                     let mut again = replay_request(&parts, &bytes);
                     again.headers_mut().remove(AUTHORIZATION);
-                    if let Err(response) = authorize(&mut again, &*provider, wait_until).await {
+                    if let Err(response) =
+                        authorize(&mut again, &*provider, deadline, wait_until).await
+                    {
                         return Ok(response);
                     }
                     inner.ready().await.map_err(Into::into)?;
@@ -236,10 +244,16 @@ where
 const REPLAY_LIMIT: usize = super::replay::DEFAULT_MAX_REPLAY_BYTES;
 
 /// Asks the provider and sets `authorization`; `Ok` holds the token sent
-/// (if any), `Err` is the UNAUTHENTICATED response to return instead of calling.
+/// (if any), `Err` is the response to return instead of calling: the
+/// provider's failure with its code (`UNAVAILABLE` unless it named another,
+/// see [`TokenError`](crate::auth::TokenError)), `DEADLINE_EXCEEDED` when the
+/// call's deadline came first, `UNAVAILABLE` when the layer's own wait did,
+/// `INTERNAL` for a token that cannot be a header (grpc-go's verdict on
+/// invalid metadata from credentials).
 async fn authorize(
     request: &mut HttpRequest,
     provider: &dyn TokenProvider,
+    deadline: tokio::time::Instant,
     wait_until: tokio::time::Instant,
 ) -> Result<Option<AccessToken>, HttpResponse> {
     let max_wait = wait_until.saturating_duration_since(tokio::time::Instant::now());
@@ -252,15 +266,21 @@ async fn authorize(
                 request.headers_mut().insert(AUTHORIZATION, value);
                 Ok(Some(token))
             }
-            Err(e) => Err(status_response(Status::unauthenticated(format!(
+            Err(e) => Err(status_response(Status::internal(format!(
                 "token provider returned an unusable token: {e}"
             )))),
         },
         Ok(Ok(None)) => Ok(None),
-        Ok(Err(e)) => Err(status_response(Status::unauthenticated(format!(
-            "token provider failed: {e}"
-        )))),
-        Err(_) => Err(status_response(Status::unauthenticated(format!(
+        Ok(Err(e)) => Err(status_response(Status::new(
+            e.code(),
+            format!("token provider failed: {e}"),
+        ))),
+        Err(_) if wait_until >= deadline => {
+            Err(status_response(Status::deadline_exceeded(format!(
+                "deadline exceeded: the call's deadline passed while the token provider had not answered (waited {max_wait:?})"
+            ))))
+        }
+        Err(_) => Err(status_response(Status::unavailable(format!(
             "token provider did not answer within {max_wait:?}"
         )))),
     }

@@ -101,8 +101,11 @@ def run(request, pool):
     message = json_format.ParseDict(call.get("request") or {}, request_class())
     md, request_id, token = metadata_of(client, call)
     outcome["request_id"] = request_id
-    if token["kind"] == "error":
-        outcome.update(code="UNAUTHENTICATED", message=token.get("message", ""), attempts=0, elapsed_ms=0)
+    if token["kind"] in ("error", "refused"):
+        # A provider that is down fails the call UNAVAILABLE; one that refuses
+        # the credentials, UNAUTHENTICATED (gRFC A54, as grpc-go).
+        code = "UNAVAILABLE" if token["kind"] == "error" else "UNAUTHENTICATED"
+        outcome.update(code=code, message=token.get("message", ""), attempts=0, elapsed_ms=0)
         return outcome
     timeout_ms = call.get("timeout_ms") or client.get("timeout_ms") or CONTRACT_TIMEOUT_MS
     channel = grpc.insecure_channel(request["endpoint"].removeprefix("http://"))

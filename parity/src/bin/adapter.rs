@@ -94,6 +94,13 @@ fn client(request: &Request, breaks: &[String]) -> Result<AmeideClient, String> 
                 async move { Err(TokenError::new(message)) }
             })
         }
+        Token::Refused { message } => {
+            let message = message.clone();
+            builder.token_provider(move || {
+                let message = message.clone();
+                async move { Err(TokenError::unauthenticated(message)) }
+            })
+        }
     };
     // Throttling is a Rust SDK extension beyond the contract: parity runs
     // without it, like the other SDKs.
