@@ -24,6 +24,17 @@ impl StreamingKind {
     pub const fn has_single_request(self) -> bool {
         matches!(self, StreamingKind::Unary | StreamingKind::ServerStreaming)
     }
+
+    /// True when the response is a single message (unary and client
+    /// streaming): an OK response without it is a broken one.
+    ///
+    /// ```
+    /// assert!(ameide_proto::StreamingKind::ClientStreaming.has_single_response());
+    /// assert!(!ameide_proto::StreamingKind::ServerStreaming.has_single_response());
+    /// ```
+    pub const fn has_single_response(self) -> bool {
+        matches!(self, StreamingKind::Unary | StreamingKind::ClientStreaming)
+    }
 }
 
 /// A method's `idempotency_level` option.

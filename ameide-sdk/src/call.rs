@@ -292,6 +292,34 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct CallState(Arc<CallStateInner>);
 
+/// What an [`ErrorStamp`](ameide_proto::codec::ErrorStamp) filled by
+/// [`CallState::fill_stamp`] does to an error: one the layers stamped already
+/// stays as it is; one tonic raised above them (the response could not be
+/// decoded or decompressed, or a unary response had no message) is the
+/// client's own verdict on this response, not retryable (the same response
+/// fails the same way), gets the call's facts, and its code is kept for
+/// the call metric.
+fn stamp_raised_above(
+    call: &Arc<dyn std::any::Any + Send + Sync>,
+    status: tonic::Status,
+) -> tonic::Status {
+    if facts_of(&status).is_some() {
+        return status;
+    }
+    let Ok(inner) = call.clone().downcast::<CallStateInner>() else {
+        return status;
+    };
+    let state = CallState(inner);
+    state.record_retryable(false);
+    let _ = state.0.failed_above.compare_exchange(
+        NO_FAILURE_ABOVE,
+        status.code() as i32,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    CallFacts::of(&state).attach(status)
+}
+
 /// `CallStateInner::attempts` of a call that was never sent.
 const UNSENT: u32 = u32::MAX;
 
@@ -316,7 +344,15 @@ struct CallStateInner {
     /// `start`; `u64::MAX` when none) and its request message bytes.
     committed_start_nanos: AtomicU64,
     committed_sent: AtomicU64,
+    /// The code of an error raised above the layers (tonic could not decode
+    /// or decompress the response, or a unary response had no message), as
+    /// `i32`; `NO_FAILURE_ABOVE` when none. The metadata layer's response
+    /// body records it instead of CANCELLED when tonic then drops the body.
+    failed_above: std::sync::atomic::AtomicI32,
 }
+
+/// `CallStateInner::failed_above` when nothing failed above the layers.
+const NO_FAILURE_ABOVE: i32 = -1;
 
 /// The attempt history: the first attempt inline (most calls have one, and
 /// recording it then costs no allocation), the rest in a vector.
@@ -348,7 +384,24 @@ impl CallState {
             records_attempts: AtomicBool::new(false),
             committed_start_nanos: AtomicU64::new(u64::MAX),
             committed_sent: AtomicU64::new(0),
+            failed_above: std::sync::atomic::AtomicI32::new(NO_FAILURE_ABOVE),
         }))
+    }
+
+    /// Fills a generated client's [`ErrorStamp`](ameide_proto::codec::ErrorStamp)
+    /// with this call: errors tonic raises above the layers then carry the
+    /// call's facts.
+    pub(crate) fn fill_stamp(&self, stamp: &ameide_proto::codec::ErrorStamp) {
+        let call: Arc<dyn std::any::Any + Send + Sync> = self.0.clone();
+        stamp.fill(call, stamp_raised_above);
+    }
+
+    /// The code of an error raised above the layers, if one was.
+    pub(crate) fn failed_above(&self) -> Option<tonic::Code> {
+        match self.0.failed_above.load(Ordering::Relaxed) {
+            NO_FAILURE_ABOVE => None,
+            code => Some(tonic::Code::from_i32(code)),
+        }
     }
 
     pub(crate) fn start(&self) -> Instant {

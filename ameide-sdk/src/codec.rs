@@ -126,6 +126,10 @@ pub(crate) struct FrameCheck {
     len: usize,
     /// Message bytes read so far (prefixes left out), for the metrics.
     message_bytes: u64,
+    /// Messages whose header has been read.
+    messages: u64,
+    /// The response named a `grpc-encoding`: the compressed flag is allowed.
+    compressed_ok: bool,
 }
 
 impl FrameCheck {
@@ -137,7 +141,22 @@ impl FrameCheck {
             left: 0,
             len: 0,
             message_bytes: 0,
+            messages: 0,
+            compressed_ok: true,
         }
+    }
+
+    /// For a response without `grpc-encoding`: a message with the compressed
+    /// flag set cannot be decompressed, and fails the call with the facts
+    /// (tonic would raise it above the layers, without them).
+    pub(crate) fn uncompressed_only(mut self) -> Self {
+        self.compressed_ok = false;
+        self
+    }
+
+    /// Messages begun so far.
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages
     }
 
     /// Reads one data chunk; the error is the status the call fails with.
@@ -165,6 +184,13 @@ impl FrameCheck {
                     "protocol error: a response message has compression flag {flag} (valid flags are 0 and 1): the server or a proxy sent bytes that are not gRPC framing"
                 )));
             }
+            if flag == 1 && !self.compressed_ok {
+                return Err(Status::internal(
+                    "protocol error: a response message is marked compressed but the response \
+                     named no grpc-encoding: the server sent a message the client cannot decompress",
+                ));
+            }
+            self.messages = self.messages.saturating_add(1);
             let len = u32::from_be_bytes([self.head[1], self.head[2], self.head[3], self.head[4]]);
             let len = usize::try_from(len).unwrap_or(usize::MAX);
             if len > self.limit {

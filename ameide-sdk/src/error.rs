@@ -207,6 +207,15 @@ impl Error {
         error.inner.attempts = 0;
         error
     }
+
+    /// The error of a stop made between calls (pagination's loop and page
+    /// caps) with the request id of the call it is about.
+    pub(crate) fn with_request_id(mut self, request_id: Option<std::sync::Arc<str>>) -> Self {
+        if let Some(id) = request_id {
+            self.inner.request_id = Some(id.to_string());
+        }
+        self
+    }
 }
 
 /// A rejected setting met while making a call (for example from

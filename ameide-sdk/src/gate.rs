@@ -286,16 +286,6 @@ impl Future for ResponseFuture {
     }
 }
 
-impl ResponseFuture {
-    /// A future that is already done (a call refused before the stack).
-    pub(crate) fn ready(result: Result<HttpResponse, BoxError>) -> Self {
-        ResponseFuture {
-            inner: Box::pin(std::future::ready(result)),
-            permit: None,
-        }
-    }
-}
-
 /// The in-flight limit as a tower service over the layered stack: admission
 /// in `poll_ready`, the place kept by the [`ResponseFuture`] of a unary call
 /// until its response headers arrive. Without a gate it passes calls through.
@@ -328,11 +318,6 @@ impl<S> Admit<S> {
             admission: Admission::default(),
             inner_ready: false,
         }
-    }
-
-    /// Gives up what `poll_ready` obtained (a call refused before the stack).
-    pub(crate) fn forget(&mut self) {
-        drop(self.admission.take());
     }
 }
 

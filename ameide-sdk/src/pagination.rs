@@ -146,6 +146,8 @@ pub struct Pages<R> {
     max_empty_pages: u32,
     /// Empty pages with a next token, in a row.
     empty_run: u32,
+    /// The request id of the last page received (for loop and cap errors).
+    last_request_id: Option<std::sync::Arc<str>>,
 }
 
 /// Default [`Pages::max_pages`].
@@ -207,6 +209,7 @@ impl<R: PagedResponse + Send + 'static> Pages<R> {
             max_pages: DEFAULT_MAX_PAGES,
             max_empty_pages: DEFAULT_MAX_EMPTY_PAGES,
             empty_run: 0,
+            last_request_id: None,
         }
     }
 
@@ -397,11 +400,18 @@ fn loop_error(token: &str, page: u32) -> Error {
 }
 
 /// The error of a runaway listing: too many pages, or too many empty ones.
-fn cap_error(status: fn(String) -> Status, why: String, token: &str) -> Error {
+/// It carries the request id of the page whose token it is about.
+fn cap_error(
+    request_id: Option<std::sync::Arc<str>>,
+    status: fn(String) -> Status,
+    why: String,
+    token: &str,
+) -> Error {
     Error::local_stop(status(format!(
         "pagination stopped: {why}; resume from next_page_token {} (Pages::resume_token)",
         shown(token)
     )))
+    .with_request_id(request_id)
 }
 
 impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
@@ -414,7 +424,15 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
                 let result = std::task::ready!(call.as_mut().poll(cx));
                 this.in_flight = None;
                 let page = match result {
-                    Ok(response) => response.into_inner(),
+                    Ok(response) => {
+                        // The page that may end the loop: its call's id
+                        // goes into a loop or cap error.
+                        this.last_request_id = response
+                            .extensions()
+                            .get::<crate::CallInfo>()
+                            .map(|info| info.request_id.clone());
+                        response.into_inner()
+                    }
                     Err(status) => {
                         this.next = Next::Done;
                         // Resume from the page that failed.
@@ -440,6 +458,7 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
                     Next::Loop(token.to_owned())
                 } else if this.empty_run >= this.max_empty_pages {
                     Next::Capped(cap_error(
+                        this.last_request_id.clone(),
                         Status::internal,
                         format!(
                             "the server sent {} empty pages in a row, each with a new next_page_token (max_empty_pages)",
@@ -449,6 +468,7 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
                     ))
                 } else if this.asked >= this.max_pages {
                     Next::Capped(cap_error(
+                        this.last_request_id.clone(),
                         Status::resource_exhausted,
                         format!("{} pages read (max_pages)", this.asked),
                         token,
@@ -460,7 +480,11 @@ impl<R: PagedResponse + Send + 'static> Stream for Pages<R> {
             }
             match std::mem::replace(&mut this.next, Next::Done) {
                 Next::Done => return Poll::Ready(None),
-                Next::Loop(token) => return Poll::Ready(Some(Err(loop_error(&token, this.asked)))),
+                Next::Loop(token) => {
+                    let error = loop_error(&token, this.asked)
+                        .with_request_id(this.last_request_id.clone());
+                    return Poll::Ready(Some(Err(error)));
+                }
                 Next::Capped(error) => return Poll::Ready(Some(Err(error))),
                 Next::Page(token) => match this.ask(token) {
                     Ok(call) => this.in_flight = Some(call),

@@ -35,7 +35,105 @@ pub fn generate_stubs(bundle: &Bundle, out_dir: &Path) -> io::Result<()> {
         .codec_path("crate::codec::ProstCodec")
         .include_file(INCLUDE_FILE)
         .out_dir(out_dir)
-        .compile_fds(bundle.descriptors_with_imports().clone())
+        .compile_fds(bundle.descriptors_with_imports().clone())?;
+    for entry in std::fs::read_dir(out_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".rs") || name.starts_with('_') {
+            continue;
+        }
+        let code = std::fs::read_to_string(&path)?;
+        if !code.contains("_client {") {
+            continue;
+        }
+        let stamped = stamp_clients(&code)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, stamped)?;
+    }
+    Ok(())
+}
+
+/// The lines of a tonic client method that [`stamp_clients`] extends, as
+/// tonic-build 0.14 writes them.
+const CODEC_LINE: &str = "let codec = crate::codec::ProstCodec::default();";
+const REQUEST_LINE: &str = "let mut req = request.into_request();";
+const CALLS: [&str; 4] = [
+    "self.inner.unary(req, path, codec).await",
+    "self.inner.server_streaming(req, path, codec).await",
+    "self.inner.client_streaming(req, path, codec).await",
+    "self.inner.streaming(req, path, codec).await",
+];
+
+/// Gives every method of the generated clients (`pub mod …_client`, never
+/// the servers) an `ameide_proto::codec::ErrorStamp`: made with the codec,
+/// put in the request's extensions for the SDK to fill, and applied to the
+/// method's error and to the decoder's. Errors tonic raises above the SDK's
+/// layers (a response it cannot decode or decompress, a unary response
+/// without its message) then carry the call's facts like every other error.
+///
+/// Fails, rather than generating clients without it, when tonic's output no
+/// longer has the expected shape: every client method must have exactly one
+/// codec line, one request line and one call.
+pub fn stamp_clients(code: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(code.len() + 4096);
+    let mut rest = code;
+    let mut methods = 0usize;
+    while let Some(start) = find_client_module(rest) {
+        out.push_str(&rest[..start]);
+        let module = &rest[start..];
+        // The client module ends where the next module (its server) starts.
+        let end = module[1..]
+            .find("\npub mod ")
+            .map_or(module.len(), |i| i + 1);
+        let (client, after) = module.split_at(end);
+        let codecs = client.matches(CODEC_LINE).count();
+        let requests = client.matches(REQUEST_LINE).count();
+        let calls: usize = CALLS.iter().map(|c| client.matches(c).count()).sum();
+        if codecs != requests || codecs != calls {
+            return Err(format!(
+                "tonic's client code changed shape: {codecs} codec lines, {requests} request lines, {calls} calls; update ameide-build's stamp_clients"
+            ));
+        }
+        let mut stamped = client
+            .replace(
+                CODEC_LINE,
+                "let stamp = crate::codec::ErrorStamp::default();\n            \
+                 let codec = crate::codec::ProstCodec::stamped(stamp.clone());",
+            )
+            .replace(
+                REQUEST_LINE,
+                "let mut req = request.into_request();\n            \
+                 req.extensions_mut().insert(stamp.clone());",
+            );
+        for call in CALLS {
+            stamped = stamped.replace(
+                call,
+                &format!("{call}.map_err(|status| stamp.stamp(status))"),
+            );
+        }
+        methods += codecs;
+        out.push_str(&stamped);
+        rest = after;
+    }
+    out.push_str(rest);
+    if methods == 0 {
+        return Err("no client method found to stamp".to_owned());
+    }
+    Ok(out)
+}
+
+/// Where the next `pub mod …_client {` starts.
+fn find_client_module(code: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = code[from..].find("pub mod ") {
+        let at = from + i;
+        let line_end = code[at..].find('\n').map_or(code.len(), |n| at + n);
+        if code[at..line_end].trim_end().ends_with("_client {") {
+            return Some(at);
+        }
+        from = line_end;
+    }
+    None
 }
 
 /// Renders the method table and roster: a sorted static slice per path.
@@ -280,7 +378,45 @@ pub fn render_client_set(roster: &Roster) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::to_snake;
+    use super::{stamp_clients, to_snake};
+
+    const CLIENT: &str = "pub mod a_client {\n\
+        pub async fn m(&mut self) {\n\
+            let codec = crate::codec::ProstCodec::default();\n\
+            let mut req = request.into_request();\n\
+            self.inner.unary(req, path, codec).await\n\
+        }\n\
+        pub async fn s(&mut self) {\n\
+            let codec = crate::codec::ProstCodec::default();\n\
+            let mut req = request.into_request();\n\
+            self.inner.server_streaming(req, path, codec).await\n\
+        }\n\
+        }\n";
+    const SERVER: &str = "pub mod a_server {\n\
+        let codec = crate::codec::ProstCodec::default();\n\
+        }\n";
+
+    #[test]
+    fn client_methods_are_stamped_and_servers_left_alone() {
+        let code = format!("{CLIENT}{SERVER}");
+        let out = stamp_clients(&code).unwrap();
+        assert_eq!(out.matches("ErrorStamp::default()").count(), 2);
+        assert_eq!(out.matches("ProstCodec::stamped(stamp.clone())").count(), 2);
+        assert_eq!(
+            out.matches("req.extensions_mut().insert(stamp.clone())").count(),
+            2
+        );
+        assert_eq!(out.matches(".map_err(|status| stamp.stamp(status))").count(), 2);
+        assert!(out.ends_with(SERVER), "the server module is untouched");
+    }
+
+    #[test]
+    fn a_changed_tonic_output_fails_the_build_instead_of_skipping_the_stamp() {
+        let changed = CLIENT.replace("self.inner.unary(req, path, codec).await", "other()");
+        let err = stamp_clients(&changed).unwrap_err();
+        assert!(err.contains("changed shape"), "{err}");
+        assert!(stamp_clients(SERVER).is_err(), "no client at all");
+    }
 
     #[test]
     fn snake_case_matches_prost_naming() {

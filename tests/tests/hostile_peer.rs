@@ -87,8 +87,8 @@ async fn expect(reply: RawReply, code: Code) -> Error {
 
 /// One reply, one call with retries off: an error by the deadline, in one
 /// line. The SDK checks the framing below tonic (see `ameide_sdk::codec`);
-/// what only tonic's decoder can find (a compressed message without an
-/// encoding, a message that is not the response type) carries no SDK facts.
+/// what only tonic finds (a message that is not the response type) gets the
+/// SDK's facts through the generated client's stamp.
 async fn expect_any(reply: RawReply) -> Error {
     expect_any_with(reply, TransportOptions::default()).await
 }
@@ -291,23 +291,27 @@ async fn malformed_message_frames_are_clear_errors_with_the_request_id() {
     )
     .await;
     assert!(err.message().contains("2 of 10 bytes"), "{err}");
-    // Compression flag set, no grpc-encoding: tonic's decoder finds it,
-    // above every layer, so no SDK facts (yet) on this one.
-    let err = expect_any(
+    // Compression flag set, no grpc-encoding: the SDK's framing check finds
+    // it, with the facts (issue 25).
+    let err = expect(
         RawReply::grpc()
             .data(vec![1, 0, 0, 0, 1, 0])
             .trailer("grpc-status", "0"),
+        Code::Internal,
     )
     .await;
-    assert_eq!(err.code(), Code::Internal, "{err}");
-    // A message that is not the response type's protobuf: likewise tonic's.
-    let err = expect_any(
+    assert!(err.message().contains("no grpc-encoding"), "{err}");
+    // A message that is not the response type's protobuf: tonic's decoder
+    // finds it above the layers, and the generated client's stamp gives it
+    // the facts.
+    let err = expect(
         RawReply::grpc()
             .message(&[0xff, 0xff, 0xff, 0xff])
             .trailer("grpc-status", "0"),
+        Code::Internal,
     )
     .await;
-    assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(!err.is_retryable(), "{err}");
 }
 
 /// Headers past the client's `max_header_list_size` (16 KiB here; the

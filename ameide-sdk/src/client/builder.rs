@@ -489,20 +489,21 @@ impl AmeideClientBuilder {
         };
         // Without user layers the built-in stack sits on the slot itself: one
         // box (and, per call, one boxed future and one clone) less.
+        let closed = Arc::new(AtomicBool::new(false));
         let service = if self.user_layers.is_empty() {
-            layers.stack(slot.clone())
+            layers.stack(slot.clone(), &closed)
         } else {
             let mut below: BoxTransport = BoxCloneSyncService::new(slot.clone());
             for wrap in self.user_layers.into_iter().rev() {
                 below = wrap(below);
             }
-            layers.stack(below)
+            layers.stack(below, &closed)
         };
         let channel = AmeideChannel {
             service: Admit::new(service, gate),
             codec: Arc::new(self.codec),
             stack_decode_limit: self.codec.max_decoding_message_size,
-            closed: Arc::new(AtomicBool::new(false)),
+            closed,
         };
         Ok(AmeideClient {
             channel,
@@ -600,7 +601,7 @@ struct BuiltIn {
 }
 
 impl BuiltIn {
-    fn stack<B>(self, below: B) -> BoxTransport
+    fn stack<B>(self, below: B, closed: &Arc<AtomicBool>) -> BoxTransport
     where
         B: Service<HttpRequest, Response = HttpResponse, Error = BoxError>
             + Clone
@@ -611,6 +612,7 @@ impl BuiltIn {
     {
         let stack = ServiceBuilder::new()
             .layer(self.metadata)
+            .layer(super::channel::ClosedLayer(closed.clone()))
             .option_layer(self.auth)
             .layer(self.timeout)
             .layer(self.retry)

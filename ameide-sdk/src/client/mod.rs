@@ -3,11 +3,13 @@
 //! The stack, outermost first (contract §4; the table in [`crate::layers`] says what each does):
 //!
 //! ```text
-//! AmeideChannel ─ closed? ─ in-flight limit ─ metadata → auth → timeout → retry → tracing → user layers… → transport
+//! AmeideChannel ─ in-flight limit ─ metadata → closed? → auth → timeout → retry → tracing → user layers… → transport
 //! ```
 //!
+//! The closed check sits under the metadata layer, so that a call after
+//! [`AmeideClient::close`] fails with its request id like any other.
 //! The in-flight limit ([`InFlightLimit`]) is a tower service of its own
-//! (`Admit`, `gate.rs`) between the channel's closed check and the stack: it
+//! (`Admit`, `gate.rs`) between the channel and the stack: it
 //! admits in `poll_ready`, so that a call waiting for a place has built
 //! nothing yet, and its response future holds a unary call's place.
 

@@ -259,6 +259,15 @@ impl<S> MetadataService<S> {
             .map_or_else(Instant::now, |start| start.0);
         let method = ameide_proto::method(request.uri().path());
         let state = CallState::new(start, request_id, method);
+        // Taken out too (the retry layer need not copy it): a generated
+        // client's stamp, filled so that errors tonic raises above the
+        // layers carry this call's facts.
+        if let Some(stamp) = request
+            .extensions_mut()
+            .remove::<ameide_proto::codec::ErrorStamp>()
+        {
+            state.fill_stamp(&stamp);
+        }
         request.extensions_mut().insert(state.clone());
         state
     }
@@ -360,6 +369,20 @@ fn finish(
     // up with its headers sanitized, because tonic parses them again. Either
     // way the call ends here.
     let trailers_only = grpc_code(response.headers());
+    if trailers_only == Some(tonic::Code::Ok)
+        && state.method().is_some_and(|m| m.kind.has_single_response())
+    {
+        // OK with no body at all: the one response message is missing
+        // (tonic would say so above the layers, without the facts).
+        state.record_retryable(false);
+        if let Some(call) = call.take() {
+            call.record(tonic::Code::Internal, &state, 0);
+        }
+        return Err(Box::new(stamp_status(
+            Status::internal("the server ended the call OK without its response message"),
+            &state,
+        )));
+    }
     if let Some(code) = trailers_only
         && let Some(call) = call.take()
     {
@@ -378,6 +401,14 @@ fn finish(
             }
         }
     }
+    let mut frames = crate::codec::FrameCheck::new(decode_limit);
+    if response
+        .headers()
+        .get("grpc-encoding")
+        .is_none_or(|e| e.as_bytes() == b"identity")
+    {
+        frames = frames.uncompressed_only();
+    }
     response.extensions_mut().insert(CallInfo {
         request_id: state.request_id_arc(),
         attempts: state.attempts(),
@@ -387,7 +418,7 @@ fn finish(
         tonic::body::Body::new(StampBody {
             inner: body,
             state,
-            frames: crate::codec::FrameCheck::new(decode_limit),
+            frames,
             // A trailers-only response ended with its headers: its (empty)
             // body is over, and no trailers are to come.
             failed: trailers_only.is_some(),
@@ -427,7 +458,10 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(call) = this.call.take() {
-                call.record(tonic::Code::Cancelled, this.state, this.frames.message_bytes());
+                // Dropped unfinished: by its caller (CANCELLED), or by tonic
+                // after an error it raised above the layers (that error's code).
+                let code = this.state.failed_above().unwrap_or(tonic::Code::Cancelled);
+                call.record(code, this.state, this.frames.message_bytes());
             }
         }
     }
@@ -513,6 +547,20 @@ impl StampBody {
                         }
                         Some(tonic::Code::Ok) => {
                             if let Some(status) = this.frames.cut_off() {
+                                return fail(status, this.failed, this.state);
+                            }
+                            if this.frames.messages() == 0
+                                && this
+                                    .state
+                                    .method()
+                                    .is_some_and(|m| m.kind.has_single_response())
+                            {
+                                // tonic would say "Missing response message"
+                                // above the layers; said here, it has the facts.
+                                this.state.record_retryable(false);
+                                let status = tonic::Status::internal(
+                                    "the server ended the call OK without its response message",
+                                );
                                 return fail(status, this.failed, this.state);
                             }
                             // tonic parses OK trailers again: nothing it could panic on.
