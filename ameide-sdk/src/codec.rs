@@ -130,6 +130,11 @@ pub(crate) struct FrameCheck {
     messages: u64,
     /// The response named a `grpc-encoding`: the compressed flag is allowed.
     compressed_ok: bool,
+    /// The encoding whose compressed messages are checked here (a stream's,
+    /// see [`check_compressed`](Self::check_compressed)).
+    checked: Option<CompressionEncoding>,
+    /// The compressed message being collected for that check.
+    collected: Option<Vec<u8>>,
 }
 
 impl FrameCheck {
@@ -143,7 +148,20 @@ impl FrameCheck {
             message_bytes: 0,
             messages: 0,
             compressed_ok: true,
+            checked: None,
+            collected: None,
         }
+    }
+
+    /// For a stream of responses compressed with `encoding`: each compressed
+    /// message is decompressed here (its output bounded by the limit and
+    /// thrown away), so that a corrupt one fails the call with the facts.
+    /// tonic decompresses it again above the layers, where a failure in the
+    /// middle of a stream could not be given them. Unary responses need no
+    /// such check (the generated client stamps tonic's error).
+    pub(crate) fn check_compressed(mut self, encoding: CompressionEncoding) -> Self {
+        self.checked = Some(encoding);
+        self
     }
 
     /// For a response without `grpc-encoding`: a message with the compressed
@@ -166,6 +184,15 @@ impl FrameCheck {
                 let n = self.left.min(data.len());
                 self.left -= n;
                 self.message_bytes = self.message_bytes.saturating_add(n as u64);
+                if let Some(collected) = self.collected.as_mut() {
+                    collected.extend_from_slice(&data[..n]);
+                    if self.left == 0 {
+                        let message = self.collected.take().unwrap_or_default();
+                        if let Some(encoding) = self.checked {
+                            decompresses(encoding, &message, self.limit)?;
+                        }
+                    }
+                }
                 data = &data[n..];
                 continue;
             }
@@ -204,6 +231,15 @@ impl FrameCheck {
             }
             self.len = len;
             self.left = len;
+            if flag == 1 && self.checked.is_some() {
+                if len == 0 {
+                    if let Some(encoding) = self.checked {
+                        decompresses(encoding, &[], self.limit)?;
+                    }
+                } else {
+                    self.collected = Some(Vec::with_capacity(len));
+                }
+            }
         }
         Ok(())
     }
@@ -228,6 +264,34 @@ impl FrameCheck {
                 self.len
             ))
         })
+    }
+}
+
+/// Whether `message` decompresses with `encoding` (into at most `limit`
+/// bytes, thrown away); the error is the status the call fails with.
+fn decompresses(encoding: CompressionEncoding, message: &[u8], limit: usize) -> Result<(), Status> {
+    use std::io::Read;
+    let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let result = match encoding {
+        CompressionEncoding::Gzip => std::io::copy(
+            &mut flate2::read::GzDecoder::new(message).take(bound),
+            &mut std::io::sink(),
+        ),
+        CompressionEncoding::Zstd => zstd::stream::read::Decoder::with_buffer(message)
+            .and_then(|d| std::io::copy(&mut d.take(bound), &mut std::io::sink())),
+        _ => return Ok(()),
+    };
+    match result {
+        Ok(n) if n >= bound => Err(Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "a compressed response message decompresses to more than the client's limit of {limit} bytes (CodecOptions::max_decoding_message_size)"
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Status::internal(format!(
+            "a compressed response message does not decompress ({encoding:?}): {e}"
+        ))),
     }
 }
 

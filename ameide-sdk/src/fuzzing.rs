@@ -163,10 +163,17 @@ pub fn frames(data: &[u8]) {
         return;
     };
     let limit = 1 + usize::from(first) * 64;
-    let mut whole = crate::codec::FrameCheck::new(limit);
+    // Odd first bytes also check compressed messages (gzip or zstd: the
+    // decompressors see whatever bytes the peer sent).
+    let check = |frames: crate::codec::FrameCheck| match first % 4 {
+        1 => frames.check_compressed(tonic::codec::CompressionEncoding::Gzip),
+        3 => frames.check_compressed(tonic::codec::CompressionEncoding::Zstd),
+        _ => frames,
+    };
+    let mut whole = check(crate::codec::FrameCheck::new(limit));
     let whole_result = whole.feed(rest).map_err(|s| s.code());
     let at = usize::from(first) % (rest.len() + 1);
-    let mut split = crate::codec::FrameCheck::new(limit);
+    let mut split = check(crate::codec::FrameCheck::new(limit));
     let split_result = split
         .feed(&rest[..at])
         .and_then(|()| split.feed(&rest[at..]))

@@ -403,10 +403,15 @@ mod tests {
         assert_eq!(out.matches("ErrorStamp::default()").count(), 2);
         assert_eq!(out.matches("ProstCodec::stamped(stamp.clone())").count(), 2);
         assert_eq!(
-            out.matches("req.extensions_mut().insert(stamp.clone())").count(),
+            out.matches("req.extensions_mut().insert(stamp.clone())")
+                .count(),
             2
         );
-        assert_eq!(out.matches(".map_err(|status| stamp.stamp(status))").count(), 2);
+        assert_eq!(
+            out.matches(".map_err(|status| stamp.stamp(status))")
+                .count(),
+            2
+        );
         assert!(out.ends_with(SERVER), "the server module is untouched");
     }
 

@@ -284,3 +284,49 @@ async fn a_stream_message_that_cannot_be_decoded_carries_the_facts() {
         err.request_id()
     );
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// In a gzip-compressed server stream, a message that does not decompress
+/// fails `message()` with the call's facts (the SDK decompresses a stream's
+/// messages to check them; tonic's own error there had none), after the
+/// good message before it; one that decompresses past the client's limit is
+/// RESOURCE_EXHAUSTED, without inflating it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_message_that_does_not_decompress_carries_the_facts() {
+    let tokens = ameide_tests::calls::tokens(["one"]);
+    let bomb = gzip(&vec![0u8; 64 * 1024 * 1024]);
+    for (bad, code) in [
+        (b"not gzip".to_vec(), Code::Internal),
+        (bomb, Code::ResourceExhausted),
+    ] {
+        let server = H2FaultServer::start().await.unwrap();
+        server.push_reply(ok_trailers(
+            RawReply::grpc()
+                .header("grpc-encoding", "gzip")
+                .data(frame(1, &gzip(&tokens[0])))
+                .data(frame(1, &bad)),
+        ));
+        let client = client(&server).build().unwrap();
+        let mut stream = client
+            .inference()
+            .generate(GenerateRequest::default())
+            .await
+            .expect("the stream starts")
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .expect("the good message decompresses");
+        assert!(first.is_some());
+        let err = Error::from(stream.message().await.unwrap_err());
+        assert_eq!(err.code(), code, "{err}");
+        assert!(err.request_id().is_some(), "{err}");
+        assert_eq!(err.attempts(), 1, "{err}");
+    }
+}

@@ -19,6 +19,7 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tonic::Status;
+use tonic::codec::CompressionEncoding;
 use tower::{Layer, Service};
 
 use super::{BoxError, HttpRequest, HttpResponse, grpc_code, names, status_from_error};
@@ -402,12 +403,26 @@ fn finish(
         }
     }
     let mut frames = crate::codec::FrameCheck::new(decode_limit);
-    if response
+    match response
         .headers()
         .get("grpc-encoding")
-        .is_none_or(|e| e.as_bytes() == b"identity")
+        .map(|e| e.as_bytes())
     {
-        frames = frames.uncompressed_only();
+        None | Some(b"identity") => frames = frames.uncompressed_only(),
+        // A stream's compressed messages are checked here: tonic's error in
+        // the middle of a stream would come without the facts.
+        Some(encoding)
+            if state
+                .method()
+                .is_some_and(|m| !m.kind.has_single_response()) =>
+        {
+            match encoding {
+                b"gzip" => frames = frames.check_compressed(CompressionEncoding::Gzip),
+                b"zstd" => frames = frames.check_compressed(CompressionEncoding::Zstd),
+                _ => {}
+            }
+        }
+        Some(_) => {}
     }
     response.extensions_mut().insert(CallInfo {
         request_id: state.request_id_arc(),
