@@ -176,13 +176,38 @@ pub(crate) fn deadline_in(
 }
 
 /// How an attempt dropped unfinished ended: `DEADLINE_EXCEEDED` when the
-/// call's deadline has passed (the timeout layer cut it, and says so to the
-/// caller), else `CANCELLED` (the caller went away).
-pub(crate) fn cut_code(deadline: Option<tokio::time::Instant>) -> tonic::Code {
-    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-        tonic::Code::DeadlineExceeded
-    } else {
-        tonic::Code::Cancelled
+/// timeout layer cut the call (its deadline passed, or under an idle
+/// timeout nothing arrived for that long; the caller is told
+/// DEADLINE_EXCEEDED either way), else `CANCELLED` (the caller went away).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cut {
+    deadline: Option<tokio::time::Instant>,
+    state: Option<CallState>,
+}
+
+impl Cut {
+    /// What the layers under the timeout layer know of a request: its
+    /// deadline and (in a client's stack) its call state.
+    pub(crate) fn of(
+        state: Option<&CallState>,
+        request: &http::Request<tonic::body::Body>,
+    ) -> Self {
+        Cut {
+            deadline: deadline_in(state, request),
+            state: state.cloned(),
+        }
+    }
+
+    /// The code of an attempt or stream dropped unfinished now.
+    pub(crate) fn code(&self) -> tonic::Code {
+        let past = self
+            .deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d);
+        if past || self.state.as_ref().is_some_and(CallState::was_cut) {
+            tonic::Code::DeadlineExceeded
+        } else {
+            tonic::Code::Cancelled
+        }
     }
 }
 
@@ -349,6 +374,8 @@ struct CallStateInner {
     /// `i32`; `NO_FAILURE_ABOVE` when none. The metadata layer's response
     /// body records it instead of CANCELLED when tonic then drops the body.
     failed_above: std::sync::atomic::AtomicI32,
+    /// The timeout layer cut the call (its deadline, or its idle timeout).
+    cut: AtomicBool,
 }
 
 /// `CallStateInner::failed_above` when nothing failed above the layers.
@@ -385,6 +412,7 @@ impl CallState {
             committed_start_nanos: AtomicU64::new(u64::MAX),
             committed_sent: AtomicU64::new(0),
             failed_above: std::sync::atomic::AtomicI32::new(NO_FAILURE_ABOVE),
+            cut: AtomicBool::new(false),
         }))
     }
 
@@ -394,6 +422,16 @@ impl CallState {
     pub(crate) fn fill_stamp(&self, stamp: &ameide_proto::codec::ErrorStamp) {
         let call: Arc<dyn std::any::Any + Send + Sync> = self.0.clone();
         stamp.fill(call, stamp_raised_above);
+    }
+
+    /// The timeout layer cut the call (deadline or idle timeout).
+    pub(crate) fn mark_cut(&self) {
+        self.0.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the timeout layer cut the call.
+    pub(crate) fn was_cut(&self) -> bool {
+        self.0.cut.load(Ordering::Relaxed)
     }
 
     /// The code of an error raised above the layers, if one was.

@@ -330,3 +330,48 @@ async fn an_attempt_cut_by_the_deadline_ends_its_span_with_deadline_exceeded() {
         );
     }
 }
+
+/// A stream cut by its idle timeout (one message, then silence) ends its
+/// attempt span with DEADLINE_EXCEEDED, as the call ends: the timeout layer
+/// marks the cut for the layers under it (issue 25; an idle cut comes before
+/// any deadline, so the clock alone read it as the caller going away,
+/// CANCELLED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_its_idle_timeout_ends_its_span_with_deadline_exceeded() {
+    let (provider, exporter) = provider();
+    let server = ameide_sdk::testkit::H2FaultServer::start().await.unwrap();
+    let first = ameide_tests::calls::tokens(["one"]);
+    server.push_reply(
+        ameide_sdk::testkit::RawReply::grpc()
+            .message(&first[0])
+            .hang(),
+    );
+    let client = ameide_sdk::AmeideClient::builder()
+        .endpoint(server.endpoint())
+        .tracer_provider(&provider)
+        .retry_policy(ameide_sdk::layers::RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    let request = ameide_sdk::CallOptions::new()
+        .idle_timeout(std::time::Duration::from_millis(300))
+        .into_request(ameide_sdk::proto::inference::v1::GenerateRequest::default())
+        .unwrap();
+    let mut stream = client
+        .inference()
+        .generate(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    drop(stream);
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        attrs(&spans[0]).get("rpc.grpc.status_code"),
+        Some(&Value::I64(Code::DeadlineExceeded as i64)),
+        "{:?}",
+        spans[0].status
+    );
+}

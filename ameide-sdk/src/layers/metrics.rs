@@ -173,8 +173,8 @@ struct AttemptEnd {
     /// The call's record, when its metadata layer records the committed
     /// attempt's end: a response with a body is handed over to it.
     hand_over: Option<CallState>,
-    /// The call's deadline: an attempt dropped past it was cut by it.
-    deadline: Option<Instant>,
+    /// Whether an attempt dropped unfinished was cut by the timeout layer.
+    cut: crate::call::Cut,
 }
 
 impl AttemptEnd {
@@ -213,7 +213,7 @@ where
             Sent::Known(_) => state.filter(|state| state.records_attempts()).cloned(),
             Sent::Counted(_) => None,
         };
-        let deadline = crate::call::deadline_in(state, &request);
+        let cut = crate::call::Cut::of(state, &request);
         MetricsFuture {
             inner: self.inner.call(request),
             end: Some(AttemptEnd {
@@ -222,7 +222,7 @@ where
                 start: Instant::now(),
                 sent,
                 hand_over,
-                deadline,
+                cut,
             }),
         }
     }
@@ -240,7 +240,7 @@ pin_project! {
     impl<F> PinnedDrop for MetricsFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(end) = this.project().end.take() {
-                let code = crate::call::cut_code(end.deadline);
+                let code = end.cut.code();
                 end.record(code, 0);
             }
         }
@@ -307,7 +307,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(end) = this.end.take() {
-                let code = crate::call::cut_code(end.deadline);
+                let code = end.cut.code();
                 end.record(code, this.bytes.total());
             }
         }

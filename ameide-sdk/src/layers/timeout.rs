@@ -209,6 +209,7 @@ where
                 deadline,
                 timeout,
                 idle,
+                idle_state: None,
             };
         }
         if hard {
@@ -222,12 +223,16 @@ where
             Some(idle) => crate::time::add(now, idle).min(deadline),
             None => deadline,
         };
+        // An idle cut comes before any deadline: the layers below learn from
+        // the call's state that it was a cut, not the caller going away.
+        let idle_state = idle.and_then(|_| request.extensions().get::<CallState>().cloned());
         TimeoutFuture {
             inner: Some(self.inner.call(request)),
             sleep: Some(tokio::time::sleep_until(wake)),
             deadline,
             timeout,
             idle,
+            idle_state,
         }
     }
 }
@@ -300,6 +305,8 @@ pin_project! {
         // headers that long (at most until `deadline`), and the body's timer
         // is pushed back by every frame.
         idle: Option<Duration>,
+        // Under an idle timeout, the call's state, marked cut when it fires.
+        idle_state: Option<CallState>,
     }
 }
 
@@ -320,6 +327,7 @@ where
             Poll::Ready(Ok(response)) => {
                 let timeout = *this.timeout;
                 let deadline = *this.deadline;
+                let idle_state = this.idle_state.take();
                 this.sleep.set(None);
                 this.inner.set(None);
                 let wake = match idle {
@@ -333,6 +341,7 @@ where
                         deadline,
                         timeout,
                         idle,
+                        idle_state,
                         done: false,
                     })
                 })))
@@ -347,6 +356,9 @@ where
             }
             Poll::Pending => match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
                 Some(Poll::Ready(())) => {
+                    if let Some(state) = this.idle_state.take() {
+                        state.mark_cut();
+                    }
                     this.inner.set(None);
                     Poll::Ready(Ok(status_response(expired(
                         idle,
@@ -371,6 +383,7 @@ pin_project! {
         deadline: Instant,
         timeout: Duration,
         idle: Option<Duration>,
+        idle_state: Option<CallState>,
         done: bool,
     }
 }
@@ -400,6 +413,9 @@ impl http_body::Body for DeadlineBody {
             Poll::Pending => match this.sleep.poll(cx) {
                 Poll::Ready(()) => {
                     *this.done = true;
+                    if let Some(state) = this.idle_state.take() {
+                        state.mark_cut();
+                    }
                     Poll::Ready(Some(Err(expired(
                         *this.idle,
                         *this.deadline,

@@ -280,14 +280,18 @@ where
         // nothing to end: the response passes through unwrapped. Without a
         // span of ours, `cx` is the caller's: never ours to end.
         let span = (self.config.tracer.creates_spans() && cx.span().is_recording()).then_some(cx);
-        let deadline = span
-            .as_ref()
-            .and_then(|_| crate::call::deadline_of(&request));
+        let cut = match &span {
+            Some(_) => crate::call::Cut::of(
+                request.extensions().get::<crate::call::CallState>(),
+                &request,
+            ),
+            None => crate::call::Cut::default(),
+        };
         TracingFuture {
             inner: self.inner.call(request),
             span,
             semconv: self.config.semconv,
-            deadline,
+            cut,
         }
     }
 }
@@ -302,14 +306,14 @@ pin_project! {
         inner: F,
         span: Option<Context>,
         semconv: SemconvMode,
-        deadline: Option<tokio::time::Instant>,
+        cut: crate::call::Cut,
     }
 
     impl<F> PinnedDrop for TracingFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(span) = this.span.take() {
-                end_dropped(&span, *this.semconv, Side::Client, *this.deadline, "attempt");
+                end_dropped(&span, *this.semconv, Side::Client, this.cut, "attempt");
             }
         }
     }
@@ -344,9 +348,8 @@ where
                     );
                     Ok(response)
                 } else {
-                    let deadline = *this.deadline;
-                    Ok(response
-                        .map(|body| SpanBody::wrap(body, span, semconv, Side::Client, deadline)))
+                    let cut = this.cut.clone();
+                    Ok(response.map(|body| SpanBody::wrap(body, span, semconv, Side::Client, cut)))
                 }
             }
             Err(error) => {

@@ -489,8 +489,15 @@ where
                         end_span(&span, semconv, Side::Server, code, &message);
                         Ok(response)
                     }
-                    None => Ok(response
-                        .map(|body| SpanBody::wrap(body, span, semconv, Side::Server, None))),
+                    None => Ok(response.map(|body| {
+                        SpanBody::wrap(
+                            body,
+                            span,
+                            semconv,
+                            Side::Server,
+                            crate::call::Cut::default(),
+                        )
+                    })),
                 }
             }
             Err(error) => {

@@ -19,10 +19,10 @@ pub(crate) fn end_dropped(
     cx: &Context,
     semconv: SemconvMode,
     side: Side,
-    deadline: Option<tokio::time::Instant>,
+    cut: &crate::call::Cut,
     what: &str,
 ) {
-    match crate::call::cut_code(deadline) {
+    match cut.code() {
         Code::DeadlineExceeded => end_span(
             cx,
             semconv,
@@ -48,14 +48,14 @@ pin_project! {
         span: Option<Context>,
         semconv: SemconvMode,
         side: Side,
-        deadline: Option<tokio::time::Instant>,
+        cut: crate::call::Cut,
     }
 
     impl PinnedDrop for SpanBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(cx) = this.span.take() {
-                end_dropped(&cx, *this.semconv, *this.side, *this.deadline, "response stream");
+                end_dropped(&cx, *this.semconv, *this.side, this.cut, "response stream");
             }
         }
     }
@@ -63,21 +63,21 @@ pin_project! {
 
 impl SpanBody {
     /// Wraps `body` so that `span` ends with the call's status when the
-    /// stream ends; dropped unfinished, with `DEADLINE_EXCEEDED` past
-    /// `deadline`, else `CANCELLED`.
+    /// stream ends; dropped unfinished, with `DEADLINE_EXCEEDED` when `cut`
+    /// says the call was cut, else `CANCELLED`.
     pub(crate) fn wrap(
         body: tonic::body::Body,
         span: Context,
         semconv: SemconvMode,
         side: Side,
-        deadline: Option<tokio::time::Instant>,
+        cut: crate::call::Cut,
     ) -> tonic::body::Body {
         tonic::body::Body::new(SpanBody {
             inner: body,
             span: Some(span),
             semconv,
             side,
-            deadline,
+            cut,
         })
     }
 }
