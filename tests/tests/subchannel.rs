@@ -368,3 +368,47 @@ async fn a_failed_extra_connection_is_made_again_after_the_backoff() {
         "every call reached the server"
     );
 }
+
+/// A relay in front of `upstream` that reports when the client's side of
+/// its one connection ends (the client closed its socket).
+async fn watched_relay(
+    upstream: std::net::SocketAddr,
+) -> (String, tokio::sync::oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ended, watch) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut client_side, _) = listener.accept().await.unwrap();
+        let mut server_side = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client_side, &mut server_side).await;
+        let _ = ended.send(());
+    });
+    (format!("http://{addr}"), watch)
+}
+
+/// `close()` and dropping the client really release its connection: the
+/// socket closes although the server keeps it open (the connection's task
+/// holds no sender of its own; it did, and the connection outlived the
+/// client until the server hung up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_and_drop_release_the_connection() {
+    for close in [true, false] {
+        let (_server, addr) = upstream().await;
+        let (endpoint, watch) = watched_relay(addr).await;
+        let client = client(
+            endpoint,
+            Duration::from_secs(5),
+            TransportOptions::default(),
+        );
+        calls::read(&client).await.expect("a call over the relay");
+        if close {
+            client.close();
+        } else {
+            drop(client);
+        }
+        tokio::time::timeout(Duration::from_secs(3), watch)
+            .await
+            .unwrap_or_else(|_| panic!("close={close}: the connection is still open 3 s later"))
+            .unwrap();
+    }
+}

@@ -475,13 +475,18 @@ where
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
     let dispatch = Arc::new(Dispatch::new(sender));
     let events = events.clone();
-    let ended = dispatch.clone();
+    // Weak: the connection's last sender goes with its last `Conn` (a
+    // closed or dropped client, a connect that timed out), which is what
+    // ends hyper's connection when the server does not.
+    let ended = Arc::downgrade(&dispatch);
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             ::tracing::debug!(%error, "HTTP/2 connection ended");
         }
         // Before the waiters are woken: none of them may take a sender now.
-        ended.release();
+        if let Some(dispatch) = ended.upgrade() {
+            dispatch.release();
+        }
         events.mark_closed();
     });
     Ok(dispatch)
