@@ -56,7 +56,10 @@ impl<T, U> ProstCodec<T, U> {
     /// ```
     /// use ameide_proto::codec::{ErrorStamp, ProstCodec};
     /// let stamp = ErrorStamp::default();
-    /// let _codec = ProstCodec::<prost_types::Duration, prost_types::Duration>::stamped(stamp);
+    /// let codec = ProstCodec::<prost_types::Duration, prost_types::Duration>::stamped(stamp.clone());
+    /// assert!(format!("{codec:?}").contains("ErrorStamp { filled: false }"));
+    /// stamp.fill(std::sync::Arc::new(()), |_, status| status);
+    /// assert!(format!("{codec:?}").contains("ErrorStamp { filled: true }"), "one stamp, shared");
     /// ```
     pub fn stamped(stamp: ErrorStamp) -> Self {
         ProstCodec {

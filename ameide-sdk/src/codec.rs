@@ -19,6 +19,8 @@
 //! compression flag other than 0 or 1 and a body that ends inside a message
 //! are `INTERNAL` errors that carry the request id, attempts and history.
 
+use std::fmt;
+
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Status};
 
@@ -26,6 +28,19 @@ use crate::config_error::{ConfigError, ConfigErrorKind};
 
 /// gRPC's default receive limit.
 pub const DEFAULT_MAX_DECODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// An encoding's `grpc-encoding` name (tonic keeps its own private).
+pub(crate) fn encoding_name(encoding: CompressionEncoding) -> &'static str {
+    match encoding {
+        CompressionEncoding::Gzip => "gzip",
+        CompressionEncoding::Zstd => "zstd",
+        _ => "unknown",
+    }
+}
+
+/// The response encodings a client accepts unless told otherwise.
+pub(crate) const DEFAULT_ACCEPT_COMPRESSED: &[CompressionEncoding] =
+    &[CompressionEncoding::Gzip, CompressionEncoding::Zstd];
 /// The largest message a gRPC frame can carry (its length is a `u32`).
 pub const MAX_MESSAGE_SIZE: usize = u32::MAX as usize;
 
@@ -61,7 +76,7 @@ impl Default for CodecOptions {
             max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
             max_encoding_message_size: MAX_MESSAGE_SIZE,
             send_compressed: None,
-            accept_compressed: &[CompressionEncoding::Gzip, CompressionEncoding::Zstd],
+            accept_compressed: DEFAULT_ACCEPT_COMPRESSED,
         }
     }
 }
@@ -130,11 +145,12 @@ pub(crate) struct FrameCheck {
     messages: u64,
     /// The response named a `grpc-encoding`: the compressed flag is allowed.
     compressed_ok: bool,
-    /// The encoding whose compressed messages are checked here (a stream's,
-    /// see [`check_compressed`](Self::check_compressed)).
+    /// The encoding whose compressed messages are checked here (see
+    /// [`check_compressed`](Self::check_compressed)).
     checked: Option<CompressionEncoding>,
-    /// The compressed message being collected for that check.
-    collected: Option<Vec<u8>>,
+    /// The compressed message being decompressed for that check, chunk by
+    /// chunk as it arrives (nothing of it is kept).
+    inflate: Option<Inflate>,
 }
 
 impl FrameCheck {
@@ -149,16 +165,16 @@ impl FrameCheck {
             messages: 0,
             compressed_ok: true,
             checked: None,
-            collected: None,
+            inflate: None,
         }
     }
 
-    /// For a stream of responses compressed with `encoding`: each compressed
-    /// message is decompressed here (its output bounded by the limit and
-    /// thrown away), so that a corrupt one fails the call with the facts.
-    /// tonic decompresses it again above the layers, where a failure in the
-    /// middle of a stream could not be given them. Unary responses need no
-    /// such check (the generated client stamps tonic's error).
+    /// For a response compressed with `encoding`: each compressed message is
+    /// decompressed here as its chunks arrive (the output counted against
+    /// the limit and thrown away), so that a corrupt one, or one that
+    /// inflates past the limit, fails the call with the facts and the right
+    /// code in the call metric. tonic decompresses it again above the layers,
+    /// where its error could not be given them before the body is dropped.
     pub(crate) fn check_compressed(mut self, encoding: CompressionEncoding) -> Self {
         self.checked = Some(encoding);
         self
@@ -184,13 +200,12 @@ impl FrameCheck {
                 let n = self.left.min(data.len());
                 self.left -= n;
                 self.message_bytes = self.message_bytes.saturating_add(n as u64);
-                if let Some(collected) = self.collected.as_mut() {
-                    collected.extend_from_slice(&data[..n]);
-                    if self.left == 0 {
-                        let message = self.collected.take().unwrap_or_default();
-                        if let Some(encoding) = self.checked {
-                            decompresses(encoding, &message, self.limit)?;
-                        }
+                if let Some(inflate) = self.inflate.as_mut() {
+                    inflate.feed(&data[..n])?;
+                    if self.left == 0
+                        && let Some(inflate) = self.inflate.take()
+                    {
+                        inflate.finish()?;
                     }
                 }
                 data = &data[n..];
@@ -231,13 +246,14 @@ impl FrameCheck {
             }
             self.len = len;
             self.left = len;
-            if flag == 1 && self.checked.is_some() {
+            if flag == 1
+                && let Some(encoding) = self.checked
+            {
+                let inflate = Inflate::new(encoding, self.limit)?;
                 if len == 0 {
-                    if let Some(encoding) = self.checked {
-                        decompresses(encoding, &[], self.limit)?;
-                    }
+                    inflate.finish()?;
                 } else {
-                    self.collected = Some(Vec::with_capacity(len));
+                    self.inflate = Some(inflate);
                 }
             }
         }
@@ -267,37 +283,169 @@ impl FrameCheck {
     }
 }
 
-/// Whether `message` decompresses with `encoding` (into at most `limit`
-/// bytes, thrown away); the error is the status the call fails with.
-fn decompresses(encoding: CompressionEncoding, message: &[u8], limit: usize) -> Result<(), Status> {
-    use std::io::Read;
-    let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    let result = match encoding {
-        CompressionEncoding::Gzip => std::io::copy(
-            &mut flate2::read::GzDecoder::new(message).take(bound),
-            &mut std::io::sink(),
-        ),
-        CompressionEncoding::Zstd => zstd::stream::read::Decoder::with_buffer(message)
-            .and_then(|d| std::io::copy(&mut d.take(bound), &mut std::io::sink())),
-        _ => return Ok(()),
-    };
-    match result {
-        Ok(n) if n >= bound => Err(Status::new(
-            Code::ResourceExhausted,
-            format!(
-                "a compressed response message decompresses to more than the client's limit of {limit} bytes (CodecOptions::max_decoding_message_size)"
-            ),
-        )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(Status::internal(format!(
-            "a compressed response message does not decompress ({encoding:?}): {e}"
-        ))),
+/// One compressed message being decompressed as it arrives, into a sink
+/// that counts the output against the limit (a decompression bomb stops at
+/// the limit, not at the bottom of memory).
+enum Inflate {
+    Gzip(Box<flate2::write::GzDecoder<Bounded>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Bounded>>),
+}
+
+impl fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Inflate::Gzip(_) => "Inflate::Gzip",
+            Inflate::Zstd(_) => "Inflate::Zstd",
+        })
+    }
+}
+
+/// The sink of [`Inflate`]: fails once more than `limit` bytes came out.
+struct Bounded {
+    written: usize,
+    limit: usize,
+}
+
+/// The error [`Bounded`] fails with.
+#[derive(Debug)]
+struct PastLimit;
+
+impl fmt::Display for PastLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("past the limit")
+    }
+}
+
+impl std::error::Error for PastLimit {}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.written = self.written.saturating_add(bytes.len());
+        if self.written > self.limit {
+            return Err(std::io::Error::other(PastLimit));
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Inflate {
+    fn new(encoding: CompressionEncoding, limit: usize) -> Result<Self, Status> {
+        let sink = Bounded { written: 0, limit };
+        match encoding {
+            CompressionEncoding::Gzip => {
+                Ok(Inflate::Gzip(Box::new(flate2::write::GzDecoder::new(sink))))
+            }
+            // zstd's default window limit (128 MiB), as tonic's own decoder:
+            // streaming compressors declare windows far past small messages
+            // (2 MiB at level 3), so a tighter limit would refuse good ones.
+            CompressionEncoding::Zstd => zstd::stream::write::Decoder::new(sink)
+                .map(|d| Inflate::Zstd(Box::new(d)))
+                .map_err(|e| Self::failed(&e)),
+            _ => Err(Status::internal(format!(
+                "a response message is compressed with {encoding:?}, which the SDK cannot check"
+            ))),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Status> {
+        use std::io::Write;
+        match self {
+            Inflate::Gzip(d) => d.write_all(chunk),
+            Inflate::Zstd(d) => d.write_all(chunk),
+        }
+        .map_err(|e| Self::failed(&e))
+    }
+
+    /// The message is complete: its compressed data must be too.
+    fn finish(self) -> Result<(), Status> {
+        match self {
+            Inflate::Gzip(mut d) => d.try_finish(),
+            Inflate::Zstd(mut d) => d.do_finish(),
+        }
+        .map_err(|e| Self::failed(&e))
+    }
+
+    fn failed(error: &std::io::Error) -> Status {
+        if error.get_ref().is_some_and(|e| e.is::<PastLimit>()) {
+            return Status::new(
+                Code::ResourceExhausted,
+                "a compressed response message inflates past the client's limit \
+                 (CodecOptions::max_decoding_message_size)",
+            );
+        }
+        Status::internal(format!(
+            "a compressed response message does not decompress: {error}"
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zstd(bytes: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(bytes, 3).unwrap()
+    }
+
+    /// Each compressed message decompresses, chunk by chunk, into a sink
+    /// bounded by the limit: good ones pass whatever the split, a truncated
+    /// or corrupt one is INTERNAL, a bomb RESOURCE_EXHAUSTED.
+    #[test]
+    fn compressed_messages_are_checked_as_they_arrive() {
+        let text = b"hello hello hello hello".repeat(20);
+        for (encoding, pack) in [
+            (CompressionEncoding::Gzip, gzip as fn(&[u8]) -> Vec<u8>),
+            (CompressionEncoding::Zstd, zstd as fn(&[u8]) -> Vec<u8>),
+        ] {
+            let check = |body: &[u8], at: usize| {
+                let mut frames = FrameCheck::new(1024).check_compressed(encoding);
+                let at = at.min(body.len());
+                frames
+                    .feed(&body[..at])
+                    .and_then(|()| frames.feed(&body[at..]))
+                    .map_err(|s| s.code())
+            };
+            let good = frame(1, &pack(&text));
+            for at in [0, 3, 7, 20, good.len()] {
+                assert_eq!(check(&good, at), Ok(()), "{encoding:?} split at {at}");
+            }
+            let packed = pack(&text);
+            let truncated = frame(1, &packed[..packed.len() - 4]);
+            assert_eq!(
+                check(&truncated, 9),
+                Err(Code::Internal),
+                "{encoding:?} truncated"
+            );
+            let corrupt = frame(1, b"not compressed at all");
+            assert_eq!(
+                check(&corrupt, 9),
+                Err(Code::Internal),
+                "{encoding:?} corrupt"
+            );
+            let bomb = frame(1, &pack(&vec![0u8; 256 << 10]));
+            assert_eq!(
+                check(&bomb, 9),
+                Err(Code::ResourceExhausted),
+                "{encoding:?} bomb"
+            );
+            assert_eq!(
+                check(&frame(1, b""), 0),
+                Err(Code::Internal),
+                "{encoding:?} empty"
+            );
+        }
+    }
 
     fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![flag];

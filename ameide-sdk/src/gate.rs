@@ -310,7 +310,24 @@ impl<S: Clone> Clone for Admit<S> {
     }
 }
 
+impl ResponseFuture {
+    /// A call that takes no place in the gate (one refused anyway).
+    pub(crate) fn ungated(inner: BoxFuture<'static, Result<HttpResponse, BoxError>>) -> Self {
+        ResponseFuture {
+            inner,
+            permit: None,
+        }
+    }
+}
+
 impl<S> Admit<S> {
+    /// Gives up what `poll_ready` obtained, if anything, and the stack under
+    /// the gate: for a call sent past it (the closed client's refusal).
+    pub(crate) fn bypass(&mut self) -> &S {
+        drop(self.admission.take());
+        &self.inner
+    }
+
     pub(crate) fn new(inner: S, gate: Option<Gate>) -> Self {
         Admit {
             inner,

@@ -36,19 +36,27 @@ pub fn generate_stubs(bundle: &Bundle, out_dir: &Path) -> io::Result<()> {
         .include_file(INCLUDE_FILE)
         .out_dir(out_dir)
         .compile_fds(bundle.descriptors_with_imports().clone())?;
-    for entry in std::fs::read_dir(out_dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.ends_with(".rs") || name.starts_with('_') {
-            continue;
-        }
+    // The package files `_includes.rs` names: never a stale file of an
+    // earlier bundle left in OUT_DIR.
+    let includes = std::fs::read_to_string(out_dir.join(INCLUDE_FILE))?;
+    let mut stamped_methods = 0usize;
+    for name in includes
+        .split('"')
+        .filter(|part| part.ends_with(".rs") && !part.contains('/'))
+    {
+        let path = out_dir.join(name);
         let code = std::fs::read_to_string(&path)?;
-        if !code.contains("_client {") {
-            continue;
-        }
-        let stamped = stamp_clients(&code)
+        let (stamped, methods) = stamp_clients(&code)
             .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
-        std::fs::write(&path, stamped)?;
+        stamped_methods += methods;
+        if methods > 0 {
+            std::fs::write(&path, stamped)?;
+        }
+    }
+    if stamped_methods == 0 {
+        return Err(io::Error::other(
+            "no generated client method found to stamp: tonic's output changed; update ameide-build's stamp_clients",
+        ));
     }
     Ok(())
 }
@@ -56,7 +64,10 @@ pub fn generate_stubs(bundle: &Bundle, out_dir: &Path) -> io::Result<()> {
 /// The lines of a tonic client method that [`stamp_clients`] extends, as
 /// tonic-build 0.14 writes them.
 const CODEC_LINE: &str = "let codec = crate::codec::ProstCodec::default();";
-const REQUEST_LINE: &str = "let mut req = request.into_request();";
+const REQUEST_LINES: [&str; 2] = [
+    "let mut req = request.into_request();",
+    "let mut req = request.into_streaming_request();",
+];
 const CALLS: [&str; 4] = [
     "self.inner.unary(req, path, codec).await",
     "self.inner.server_streaming(req, path, codec).await",
@@ -70,11 +81,16 @@ const CALLS: [&str; 4] = [
 /// method's error and to the decoder's. Errors tonic raises above the SDK's
 /// layers (a response it cannot decode or decompress, a unary response
 /// without its message) then carry the call's facts like every other error.
+/// Returns the code and how many methods it stamped (0 for a file without
+/// clients, or one stamped already: the edit is idempotent).
 ///
 /// Fails, rather than generating clients without it, when tonic's output no
 /// longer has the expected shape: every client method must have exactly one
 /// codec line, one request line and one call.
-pub fn stamp_clients(code: &str) -> Result<String, String> {
+pub fn stamp_clients(code: &str) -> Result<(String, usize), String> {
+    if code.contains("crate::codec::ErrorStamp::default()") {
+        return Ok((code.to_owned(), 0));
+    }
     let mut out = String::with_capacity(code.len() + 4096);
     let mut rest = code;
     let mut methods = 0usize;
@@ -87,24 +103,27 @@ pub fn stamp_clients(code: &str) -> Result<String, String> {
             .map_or(module.len(), |i| i + 1);
         let (client, after) = module.split_at(end);
         let codecs = client.matches(CODEC_LINE).count();
-        let requests = client.matches(REQUEST_LINE).count();
+        let requests: usize = REQUEST_LINES
+            .iter()
+            .map(|l| client.matches(l).count())
+            .sum();
         let calls: usize = CALLS.iter().map(|c| client.matches(c).count()).sum();
         if codecs != requests || codecs != calls {
             return Err(format!(
                 "tonic's client code changed shape: {codecs} codec lines, {requests} request lines, {calls} calls; update ameide-build's stamp_clients"
             ));
         }
-        let mut stamped = client
-            .replace(
-                CODEC_LINE,
-                "let stamp = crate::codec::ErrorStamp::default();\n            \
-                 let codec = crate::codec::ProstCodec::stamped(stamp.clone());",
-            )
-            .replace(
-                REQUEST_LINE,
-                "let mut req = request.into_request();\n            \
-                 req.extensions_mut().insert(stamp.clone());",
+        let mut stamped = client.replace(
+            CODEC_LINE,
+            "let stamp = crate::codec::ErrorStamp::default();\n            \
+             let codec = crate::codec::ProstCodec::stamped(stamp.clone());",
+        );
+        for line in REQUEST_LINES {
+            stamped = stamped.replace(
+                line,
+                &format!("{line}\n            req.extensions_mut().insert(stamp.clone());"),
             );
+        }
         for call in CALLS {
             stamped = stamped.replace(
                 call,
@@ -116,10 +135,7 @@ pub fn stamp_clients(code: &str) -> Result<String, String> {
         rest = after;
     }
     out.push_str(rest);
-    if methods == 0 {
-        return Err("no client method found to stamp".to_owned());
-    }
-    Ok(out)
+    Ok((out, methods))
 }
 
 /// Where the next `pub mod …_client {` starts.
@@ -391,6 +407,11 @@ mod tests {
             let mut req = request.into_request();\n\
             self.inner.server_streaming(req, path, codec).await\n\
         }\n\
+        pub async fn c(&mut self) {\n\
+            let codec = crate::codec::ProstCodec::default();\n\
+            let mut req = request.into_streaming_request();\n\
+            self.inner.client_streaming(req, path, codec).await\n\
+        }\n\
         }\n";
     const SERVER: &str = "pub mod a_server {\n\
         let codec = crate::codec::ProstCodec::default();\n\
@@ -399,20 +420,21 @@ mod tests {
     #[test]
     fn client_methods_are_stamped_and_servers_left_alone() {
         let code = format!("{CLIENT}{SERVER}");
-        let out = stamp_clients(&code).unwrap();
-        assert_eq!(out.matches("ErrorStamp::default()").count(), 2);
-        assert_eq!(out.matches("ProstCodec::stamped(stamp.clone())").count(), 2);
-        assert_eq!(
-            out.matches("req.extensions_mut().insert(stamp.clone())")
-                .count(),
-            2
-        );
-        assert_eq!(
-            out.matches(".map_err(|status| stamp.stamp(status))")
-                .count(),
-            2
-        );
+        let (out, methods) = stamp_clients(&code).unwrap();
+        assert_eq!(methods, 3);
+        for (needle, count) in [
+            ("ErrorStamp::default()", 3),
+            ("ProstCodec::stamped(stamp.clone())", 3),
+            ("req.extensions_mut().insert(stamp.clone())", 3),
+            (".map_err(|status| stamp.stamp(status))", 3),
+        ] {
+            assert_eq!(out.matches(needle).count(), count, "{needle}");
+        }
         assert!(out.ends_with(SERVER), "the server module is untouched");
+        // Idempotent: a second pass changes nothing.
+        assert_eq!(stamp_clients(&out).unwrap(), (out.clone(), 0));
+        // A file without clients is left as it is.
+        assert_eq!(stamp_clients(SERVER).unwrap(), (SERVER.to_owned(), 0));
     }
 
     #[test]
@@ -420,7 +442,6 @@ mod tests {
         let changed = CLIENT.replace("self.inner.unary(req, path, codec).await", "other()");
         let err = stamp_clients(&changed).unwrap_err();
         assert!(err.contains("changed shape"), "{err}");
-        assert!(stamp_clients(SERVER).is_err(), "no client at all");
     }
 
     #[test]

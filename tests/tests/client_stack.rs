@@ -439,8 +439,42 @@ async fn calls_after_close_fail_with_a_clear_error() {
         let err = result.into_ameide().unwrap_err();
         assert_eq!(err.code(), Code::Cancelled);
         assert!(err.message().contains("AmeideClient is closed"), "{err}");
+        assert!(err.request_id().is_some(), "{err}");
+        assert_eq!(err.attempts(), 0, "{err}");
     }
     assert_eq!(server.attempts().len(), 1);
+}
+
+/// With every place of the in-flight limit taken, a call after `close()`
+/// still fails at once: it waits for no place (the closed check sits under
+/// the metadata layer, past the gate).
+#[tokio::test(start_paused = true)]
+async fn a_call_after_close_waits_for_no_in_flight_place() {
+    let server = MockServer::new();
+    server.fallback(Reply::ok().after(Duration::from_secs(60)));
+    let client = mock_client(&server)
+        .timeout(Duration::from_secs(120))
+        .in_flight_limit(Some(ameide_sdk::InFlightLimit {
+            max_calls: 1,
+            max_wait: Duration::from_secs(1),
+        }))
+        .build()
+        .unwrap();
+    let busy = client.clone();
+    let held = tokio::spawn(async move { busy.graph().list_repositories(list()).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    client.close();
+    let started = tokio::time::Instant::now();
+    let err = client
+        .graph()
+        .list_repositories(list())
+        .await
+        .into_ameide()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Cancelled, "{err}");
+    assert!(err.request_id().is_some(), "{err}");
+    assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+    held.abort();
 }
 
 #[tokio::test]

@@ -735,3 +735,62 @@ async fn a_response_without_grpc_status_is_recorded_unknown_as_the_caller_sees_i
     ];
     assert_eq!(get(&series, "grpc.client.call.duration", &unknown).count, 1);
 }
+
+/// Failures found above the transport (a message that is not protobuf, one
+/// that does not decompress, an encoding not accepted, an OK without the
+/// response message) are recorded in the call metric with the code the
+/// caller gets, not CANCELLED (issue 25: tonic dropped the body first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_found_above_the_transport_are_recorded_with_their_code() {
+    use ameide_sdk::testkit::RawReply;
+    let frame = |flag: u8, payload: &[u8]| {
+        let mut out = vec![flag];
+        out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    };
+    let rows = [
+        (
+            RawReply::grpc()
+                .data(frame(0, &[0x0f, 0x01]))
+                .trailer("grpc-status", "0"),
+            Code::Internal,
+            "INTERNAL",
+        ),
+        (
+            RawReply::grpc()
+                .header("grpc-encoding", "gzip")
+                .data(frame(1, b"not gzip"))
+                .trailer("grpc-status", "0"),
+            Code::Internal,
+            "INTERNAL",
+        ),
+        (
+            RawReply::grpc()
+                .header("grpc-encoding", "br")
+                .data(frame(1, b"?"))
+                .trailer("grpc-status", "0"),
+            Code::Unimplemented,
+            "UNIMPLEMENTED",
+        ),
+        (
+            RawReply::grpc().trailer("grpc-status", "0"),
+            Code::Internal,
+            "INTERNAL",
+        ),
+    ];
+    for (reply, code, name) in rows {
+        let recorder = Recorder::new();
+        let (series, target) = list_once(&recorder, reply, code).await;
+        let want = [
+            ("grpc.method", LIST),
+            ("grpc.target", target.as_str()),
+            ("grpc.status", name),
+        ];
+        assert_eq!(
+            get(&series, "grpc.client.call.duration", &want).count,
+            1,
+            "{name}: {series:#?}"
+        );
+    }
+}

@@ -658,6 +658,7 @@ fn package_smoke() -> Result<(), String> {
 /// each), writing `.crate` files under `root/target/package`.
 fn package_crates(dir: &Path, root: &Path) -> Result<(), String> {
     forget_stale_local_packages();
+    forget_stale_package_builds(&root.join("target"));
     let mut command = cargo();
     command
         .arg("package")
@@ -704,6 +705,63 @@ fn forget_stale_local_packages() {
             let name = krate.file_name().to_string_lossy().into_owned();
             if PUBLISHED.iter().any(|p| name.starts_with(&format!("{p}-"))) {
                 let _ = std::fs::remove_dir_all(krate.path());
+            }
+        }
+    }
+}
+
+/// The same staleness one level down: `cargo package` verifies each crate
+/// against the others' packages, built into the shared target dir under a
+/// package id (name, version, local registry path) that is the same on
+/// every run, and cargo trusts a registry package's build without looking
+/// at its sources again. A verification would link the previous run's
+/// `ameide-proto` (it did: "cannot find type `ErrorStamp`"). Every build of
+/// our crates from such a registry (its dep-info names a
+/// `registry/src/-<hash>` path) loses its fingerprint, so it is rebuilt.
+fn forget_stale_package_builds(target: &Path) {
+    let debug = target.join("debug");
+    let fingerprints = debug.join(".fingerprint");
+    let from_local_registry = |dep_info: &Path| {
+        std::fs::read_to_string(dep_info).is_ok_and(|text| {
+            text.contains("/registry/src/-")
+                && PUBLISHED.iter().any(|k| text.contains(&format!("/{k}-")))
+        })
+    };
+    // Libraries: deps/<crate_name>-<hash>.d ↔ .fingerprint/<crate-name>-<hash>.
+    if let Ok(entries) = std::fs::read_dir(debug.join("deps")) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(stem) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".d"))
+            else {
+                continue;
+            };
+            let ours = PUBLISHED
+                .iter()
+                .any(|k| stem.starts_with(&format!("{}-", k.replace('-', "_"))));
+            if ours && from_local_registry(&path) {
+                let _ = std::fs::remove_dir_all(fingerprints.join(stem.replace('_', "-")));
+            }
+        }
+    }
+    // Build scripts: build/<crate-name>-<hash>/*.d ↔ .fingerprint/<crate-name>-<hash>.
+    if let Ok(entries) = std::fs::read_dir(debug.join("build")) {
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !PUBLISHED.iter().any(|k| name.starts_with(&format!("{k}-"))) {
+                continue;
+            }
+            let stale = std::fs::read_dir(&dir).is_ok_and(|files| {
+                files.flatten().any(|f| {
+                    let p = f.path();
+                    p.extension().is_some_and(|e| e == "d") && from_local_registry(&p)
+                })
+            });
+            if stale {
+                let _ = std::fs::remove_dir_all(fingerprints.join(&name));
             }
         }
     }

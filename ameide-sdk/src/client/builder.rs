@@ -424,6 +424,7 @@ impl AmeideClientBuilder {
         );
         let mut metadata = MetadataLayer::builder()
             .max_decoding_message_size(self.codec.max_decoding_message_size)
+            .accept_compressed(self.codec.accept_compressed)
             .call_metrics(metrics.clone());
         if let Some(tenant) = &config.tenant_id {
             metadata = metadata.tenant_id(tenant);

@@ -128,10 +128,21 @@ impl Service<HttpRequest> for AmeideChannel {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.closed.load(Ordering::Acquire) {
+            // Refused under the metadata layer (`ClosedLayer`): no place in
+            // the in-flight limit to wait for.
+            return Poll::Ready(Ok(()));
+        }
         self.service.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
+        if self.closed.load(Ordering::Acquire) {
+            // Past the gate, straight to the stack, whose closed check
+            // refuses it with the call's facts (rare: a clone of the stack).
+            let stack = self.service.bypass().clone();
+            return ResponseFuture::ungated(Box::pin(tower::ServiceExt::oneshot(stack, request)));
+        }
         if self.codec.max_decoding_message_size != self.stack_decode_limit {
             request.extensions_mut().insert(crate::codec::DecodeLimit(
                 self.codec.max_decoding_message_size,

@@ -277,7 +277,7 @@ async fn authorize(
         ))),
         Err(_) if wait_until >= deadline => {
             Err(status_response(Status::deadline_exceeded(format!(
-                "deadline exceeded: the call's deadline passed while the token provider had not answered (waited {max_wait:?})"
+                "deadline exceeded: the token provider had not answered within the call's time budget ({max_wait:?})"
             ))))
         }
         Err(_) => Err(status_response(Status::unavailable(format!(

@@ -60,10 +60,28 @@ pub struct MetadataLayerBuilder {
     headers: Vec<(String, String)>,
     generator: Option<RequestIdGenerator>,
     max_decoding_message_size: Option<usize>,
+    accept_compressed: Option<&'static [CompressionEncoding]>,
     metrics: Option<Arc<ClientMetrics>>,
 }
 
 impl MetadataLayerBuilder {
+    /// The response encodings the client accepts (default gzip and zstd,
+    /// as [`CodecOptions::accept_compressed`](crate::CodecOptions)): a
+    /// response compressed otherwise fails `UNIMPLEMENTED` here, with the
+    /// call's facts, and every compressed message of an accepted one is
+    /// checked as it arrives.
+    ///
+    /// ```
+    /// use ameide_sdk::layers::MetadataLayer;
+    /// use ameide_sdk::tonic::codec::CompressionEncoding;
+    /// let layer = MetadataLayer::builder().accept_compressed(&[CompressionEncoding::Gzip]).build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn accept_compressed(mut self, encodings: &'static [CompressionEncoding]) -> Self {
+        self.accept_compressed = Some(encodings);
+        self
+    }
+
     /// The largest response message, checked on the wire before tonic
     /// decodes it (default 4 MiB; see [`crate::CodecOptions`]).
     pub fn max_decoding_message_size(mut self, bytes: usize) -> Self {
@@ -133,6 +151,9 @@ impl MetadataLayerBuilder {
                 decode_limit: self
                     .max_decoding_message_size
                     .unwrap_or(crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE),
+                accept: self
+                    .accept_compressed
+                    .unwrap_or(crate::codec::DEFAULT_ACCEPT_COMPRESSED),
                 metrics: self.metrics,
             }),
         })
@@ -146,6 +167,7 @@ struct MetadataConfig {
     headers: HeaderMap,
     generator: RequestIdGenerator,
     decode_limit: usize,
+    accept: &'static [CompressionEncoding],
     metrics: Option<Arc<ClientMetrics>>,
 }
 
@@ -305,6 +327,7 @@ where
             inner: self.inner.call(request),
             state: Some(state),
             decode_limit,
+            accept: self.config.accept,
             call,
         }
     }
@@ -317,6 +340,7 @@ pin_project! {
         inner: F,
         state: Option<CallState>,
         decode_limit: usize,
+        accept: &'static [CompressionEncoding],
         call: Option<CallEnd>,
     }
 
@@ -348,7 +372,7 @@ where
         };
         let call = this.call.take();
         Poll::Ready(match result {
-            Ok(response) => finish(response, state, *this.decode_limit, call),
+            Ok(response) => finish(response, state, (*this.decode_limit, *this.accept), call),
             Err(error) => {
                 let status = status_from_error(error.into());
                 if let Some(call) = call {
@@ -363,7 +387,7 @@ where
 fn finish(
     mut response: HttpResponse,
     state: CallState,
-    decode_limit: usize,
+    (decode_limit, accept): (usize, &'static [CompressionEncoding]),
     mut call: Option<CallEnd>,
 ) -> Result<HttpResponse, BoxError> {
     // Trailers-only. A failure becomes the call's error here; an OK is handed
@@ -403,26 +427,38 @@ fn finish(
         }
     }
     let mut frames = crate::codec::FrameCheck::new(decode_limit);
-    match response
-        .headers()
-        .get("grpc-encoding")
-        .map(|e| e.as_bytes())
-    {
+    let encoding = response.headers().get("grpc-encoding");
+    match encoding.map(|e| e.as_bytes()) {
         None | Some(b"identity") => frames = frames.uncompressed_only(),
-        // A stream's compressed messages are checked here: tonic's error in
-        // the middle of a stream would come without the facts.
-        Some(encoding)
-            if state
-                .method()
-                .is_some_and(|m| !m.kind.has_single_response()) =>
-        {
-            match encoding {
-                b"gzip" => frames = frames.check_compressed(CompressionEncoding::Gzip),
-                b"zstd" => frames = frames.check_compressed(CompressionEncoding::Zstd),
-                _ => {}
+        Some(_) if trailers_only.is_some() => {}
+        Some(name) => {
+            // Checked here, as the messages arrive: tonic's errors about
+            // them are raised above the layers, where they are recorded too
+            // late for the call metric (and, mid-stream, without the facts).
+            let accepted = accept
+                .iter()
+                .copied()
+                .find(|e| crate::codec::encoding_name(*e).as_bytes() == name);
+            match accepted {
+                Some(encoding) => frames = frames.check_compressed(encoding),
+                None => {
+                    state.record_retryable(false);
+                    if let Some(call) = call.take() {
+                        call.record(tonic::Code::Unimplemented, &state, 0);
+                    }
+                    let status = Status::unimplemented(format!(
+                        "the response is compressed with {:?}, which this client does not accept ({})",
+                        String::from_utf8_lossy(&name[..name.len().min(64)]),
+                        accept
+                            .iter()
+                            .map(|e| crate::codec::encoding_name(*e))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    return Err(Box::new(stamp_status(status, &state)));
+                }
             }
         }
-        Some(_) => {}
     }
     response.extensions_mut().insert(CallInfo {
         request_id: state.request_id_arc(),
