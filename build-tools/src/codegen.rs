@@ -317,7 +317,7 @@ pub fn render_client_set(roster: &Roster) -> Result<String, String> {
             .ok_or_else(|| format!("roster service {:?} has no package", entry.service))?;
         let client_type = format!(
             "$crate::{}::{}_client::{}Client<$channel>",
-            package.replace('.', "::"),
+            crate::model::rust_module_path(package),
             to_snake(service),
             service
         );

@@ -123,6 +123,32 @@ pub enum ItemRust {
     Message(String),
 }
 
+/// A module name the way prost writes it: snake case, and a Rust keyword
+/// made usable (`r#type`; `self_` for the few that cannot be raw).
+pub fn rust_module(segment: &str) -> String {
+    let ident = crate::codegen::to_snake(segment);
+    match ident.as_str() {
+        "as" | "break" | "const" | "continue" | "else" | "enum" | "false" | "fn" | "for" | "if"
+        | "impl" | "in" | "let" | "loop" | "match" | "mod" | "move" | "mut" | "pub" | "ref"
+        | "return" | "static" | "struct" | "trait" | "true" | "type" | "unsafe" | "use"
+        | "where" | "while" | "dyn" | "abstract" | "become" | "box" | "do" | "final" | "macro"
+        | "override" | "priv" | "typeof" | "unsized" | "virtual" | "yield" | "async" | "await"
+        | "try" | "gen" => format!("r#{ident}"),
+        "_" | "super" | "self" | "Self" | "extern" | "crate" => format!("{ident}_"),
+        s if s.starts_with(|c: char| c.is_ascii_digit()) => format!("_{ident}"),
+        _ => ident,
+    }
+}
+
+/// A proto package as a Rust module path (`type.v1` → `r#type::v1`).
+pub fn rust_module_path(package: &str) -> String {
+    package
+        .split('.')
+        .map(rust_module)
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
 /// `Name` the way prost names a message type (upper camel case).
 pub fn rust_type_name(name: &str) -> String {
     crate::codegen::to_snake(name)
@@ -150,8 +176,8 @@ fn message_rust_path(set: &FileDescriptorSet, full_name: &str) -> Option<String>
         .max_by_key(|p| p.len())?;
     let local: Vec<&str> = name[package.len() + 1..].split('.').collect();
     let (last, outer) = local.split_last()?;
-    let mut path: Vec<String> = package.split('.').map(str::to_owned).collect();
-    path.extend(outer.iter().map(|m| crate::codegen::to_snake(m)));
+    let mut path: Vec<String> = vec![rust_module_path(package)];
+    path.extend(outer.iter().map(|m| rust_module(m)));
     path.push(rust_type_name(last));
     Some(path.join("::"))
 }

@@ -24,7 +24,7 @@ fn type_path(root: &str, full_name: &str) -> Result<String, String> {
         .ok_or_else(|| format!("type {full_name:?} has no package"))?;
     Ok(format!(
         "{root}::{}::{}",
-        package.replace('.', "::"),
+        crate::model::rust_module_path(package),
         rust_type_name(local)
     ))
 }
@@ -80,7 +80,7 @@ pub fn render(roster: &Roster, services: &[ServiceModel]) -> Result<String, Stri
             .ok_or_else(|| format!("service {:?} has no package", service.full_name))?;
         let client = format!(
             "$crate::{}::{}_client::{}Client<$channel>",
-            package.replace('.', "::"),
+            crate::model::rust_module_path(package),
             to_snake(service_name),
             service_name
         );
@@ -227,16 +227,17 @@ message PaginationResponse { string next_page_token = 1; int64 total_size = 2; }
 
     /// The four shapes today's bundle avoids: enum items, nested message
     /// items, a request shared by two paginated methods, a response shared
-    /// by two.
+    /// by two; in a package and a message whose modules are Rust keywords
+    /// (`r#type`).
     const SHAPES: &str = "syntax = \"proto3\";
-package ameide_core_proto.shapes.v1;
+package ameide_core_proto.type.v1;
 import \"common.proto\";
 enum Color { COLOR_UNSPECIFIED = 0; RED = 1; }
-message Outer { message Inner { string id = 1; } }
+message Type { message Inner { string id = 1; } }
 message ListColorsRequest { ameide_core_proto.common.v1.PaginationRequest pagination = 1; }
 message ListColorsResponse { ameide_core_proto.common.v1.PaginationResponse pagination = 1; repeated Color colors = 2; }
 message ListInnersRequest { ameide_core_proto.common.v1.PaginationRequest pagination = 1; }
-message ListInnersResponse { ameide_core_proto.common.v1.PaginationResponse pagination = 1; repeated Outer.Inner inners = 2; }
+message ListInnersResponse { ameide_core_proto.common.v1.PaginationResponse pagination = 1; repeated Type.Inner inners = 2; }
 message SharedRequest { ameide_core_proto.common.v1.PaginationRequest pagination = 1; }
 message OtherRequest { ameide_core_proto.common.v1.PaginationRequest pagination = 1; }
 message NamesResponse { ameide_core_proto.common.v1.PaginationResponse pagination = 1; repeated string names = 2; }
@@ -255,7 +256,7 @@ service ShapesService {
         std::fs::write(dir.path().join("common.proto"), COMMON).unwrap();
         std::fs::write(dir.path().join("shapes.proto"), SHAPES).unwrap();
         let set = protox::compile(["shapes.proto"], [dir.path()]).unwrap();
-        let service = "ameide_core_proto.shapes.v1.ShapesService";
+        let service = "ameide_core_proto.type.v1.ShapesService";
         let methods = [
             ("ListColors", "ListColorsRequest", "ListColorsResponse"),
             ("ListInners", "ListInnersRequest", "ListInnersResponse"),
@@ -265,7 +266,7 @@ service ShapesService {
         ]
         .into_iter()
         .map(|(name, input, output)| {
-            let full = |m: &str| format!(".ameide_core_proto.shapes.v1.{m}");
+            let full = |m: &str| format!(".ameide_core_proto.type.v1.{m}");
             crate::model::MethodModel {
                 name: name.to_owned(),
                 path: format!("/{service}/{name}"),
@@ -303,18 +304,19 @@ service ShapesService {
         assert_eq!(paged[0].item_rust, ItemRust::Enum);
         assert_eq!(
             paged[1].item_rust,
-            ItemRust::Message("ameide_core_proto::shapes::v1::outer::Inner".into())
+            ItemRust::Message("ameide_core_proto::r#type::v1::r#type::Inner".into())
         );
         let out = render(&roster, &services).unwrap();
-        // Enum items are prost's i32; nested items sit in the outer message's module.
+        // Enum items are prost's i32; nested items sit in the outer message's
+        // module; keyword modules are raw identifiers, as prost writes them.
         assert!(out.contains("type Item = i32;"), "{out}");
         assert!(
-            out.contains("type Item = crate::ameide_core_proto::shapes::v1::outer::Inner;"),
+            out.contains("type Item = crate::ameide_core_proto::r#type::v1::r#type::Inner;"),
             "{out}"
         );
         // One impl per message, however many methods share it.
         let count = |needle: &str| out.matches(needle).count();
-        let shapes = "crate::ameide_core_proto::shapes::v1";
+        let shapes = "crate::ameide_core_proto::r#type::v1";
         assert_eq!(
             count(&format!("PagedRequest for {shapes}::SharedRequest ")),
             1
@@ -392,7 +394,7 @@ service ShapesService {
             "#![allow(dead_code)]
 pub mod ameide_core_proto {
     pub mod common { pub mod v1 { include!(\"ameide_core_proto.common.v1.rs\"); } }
-    pub mod shapes { pub mod v1 { include!(\"ameide_core_proto.shapes.v1.rs\"); } }
+    pub mod r#type { pub mod v1 { include!(\"ameide_core_proto.r#type.v1.rs\"); } }
 }
 pub mod pagination;
 ",
@@ -419,9 +421,14 @@ pub mod pagination;
             .env("CARGO_TARGET_DIR", root.join("target/pagination-shapes"))
             .output()
             .unwrap();
+        let files: Vec<_> = std::fs::read_dir(&src)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert!(
             output.status.success(),
-            "the rendered pagination code does not compile: {}",
+            "the rendered pagination code does not compile: {} (files: {files:?})",
             String::from_utf8_lossy(&output.stderr)
         );
     }
