@@ -277,6 +277,61 @@ pub(crate) fn port_of(uri: &Uri) -> u16 {
         })
 }
 
+/// The most addresses a static target may list.
+pub(crate) const MAX_STATIC_ENDPOINTS: usize = 64;
+
+/// The endpoints a target names: itself, or for `static:///a:1,b:2` (a
+/// static list of replicas, balanced round-robin) each entry as an endpoint
+/// (`host:port` is `http://host:port`; an entry may carry its own `http://`
+/// or `https://`, the same for all). Each is validated.
+///
+/// ```ignore
+/// assert_eq!(endpoints_of("static:///10.0.0.1:50051,10.0.0.2:50051")?.len(), 2);
+/// ```
+pub(crate) fn endpoints_of(target: &str) -> Result<Vec<(String, Uri)>, ConfigError> {
+    let Some(list) = target.strip_prefix("static:///") else {
+        return Ok(vec![(target.to_owned(), validate_endpoint(target)?)]);
+    };
+    let bad = |why: String| {
+        ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!(
+                "invalid target {:?}: {why}",
+                crate::peer::bounded(target, 256)
+            ),
+        )
+    };
+    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+    if entries.iter().any(|e| e.is_empty()) {
+        return Err(bad(
+            "an empty entry; expected static:///host:port,host:port".to_owned(),
+        ));
+    }
+    if entries.len() > MAX_STATIC_ENDPOINTS {
+        return Err(bad(format!(
+            "{} entries, more than {MAX_STATIC_ENDPOINTS}",
+            entries.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let endpoint = if entry.contains("://") {
+            entry.to_owned()
+        } else {
+            format!("http://{entry}")
+        };
+        let uri = validate_endpoint(&endpoint)?;
+        if let Some((_, first)) = out.first() {
+            let first: &Uri = first;
+            if first.scheme_str() != uri.scheme_str() {
+                return Err(bad("entries mix http:// and https://".to_owned()));
+            }
+        }
+        out.push((endpoint, uri));
+    }
+    Ok(out)
+}
+
 pub(crate) fn validate_endpoint(endpoint: &str) -> Result<Uri, ConfigError> {
     let bad = |why: &str| {
         ConfigError::new(

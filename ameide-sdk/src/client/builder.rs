@@ -12,9 +12,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::auth::TokenProvider;
 use crate::codec::CodecOptions;
-use crate::config::{
-    AmeideConfig, ConfigError, ConfigErrorKind, validate_endpoint, validate_timeout,
-};
+use crate::config::{AmeideConfig, ConfigError, ConfigErrorKind, validate_timeout};
 use crate::gate::{Admit, Gate, InFlightLimit};
 use crate::layers::{
     AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, MetricsLayer,
@@ -398,7 +396,8 @@ impl AmeideClientBuilder {
     /// Tokio runtime when the default transport is used.
     pub fn build(self) -> Result<AmeideClient, ConfigError> {
         let config = self.explicit.apply(self.config);
-        let uri = validate_endpoint(&config.endpoint)?;
+        // A static list's first entry names the server in spans.
+        let uri = crate::config::endpoints_of(&config.endpoint)?.remove(0).1;
         validate_timeout("timeout", config.timeout)?;
         if let Some(idle) = self.stream_idle {
             validate_timeout("stream idle timeout", idle)?;

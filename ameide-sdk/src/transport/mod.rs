@@ -14,9 +14,10 @@ use tonic::Status;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::config::{ConfigError, ConfigErrorKind, validate_endpoint};
+use crate::config::{ConfigError, ConfigErrorKind};
 use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
+pub(crate) mod balancer;
 pub(crate) mod connection;
 pub(crate) mod failure;
 pub(crate) mod proxy;
@@ -394,13 +395,38 @@ pub(crate) fn http2_transport(
     options: &TransportOptions,
     ca_file: Option<&Path>,
 ) -> Result<BoxTransport, ConfigError> {
-    let uri = validate_endpoint(endpoint)?;
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(ConfigError::new(
             ConfigErrorKind::Runtime,
             "AmeideClient::build() must be called inside a Tokio runtime (the transport spawns its connection task there)",
         ));
     }
+    let endpoints = crate::config::endpoints_of(endpoint)?;
+    if endpoint.starts_with("static:///") {
+        let subchannels = endpoints
+            .iter()
+            .map(|(endpoint, uri)| subchannel(endpoint, uri.clone(), options, ca_file))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(BoxCloneSyncService::new(balancer::RoundRobin::new(
+            subchannels,
+        )));
+    }
+    let (endpoint, uri) = endpoints
+        .into_iter()
+        .next()
+        .ok_or_else(|| ConfigError::new(ConfigErrorKind::Endpoint, "no endpoint".to_owned()))?;
+    Ok(BoxCloneSyncService::new(subchannel(
+        &endpoint, uri, options, ca_file,
+    )?))
+}
+
+/// One subchannel: the connections to one endpoint.
+fn subchannel(
+    endpoint: &str,
+    uri: http::Uri,
+    options: &TransportOptions,
+    ca_file: Option<&Path>,
+) -> Result<Subchannel, ConfigError> {
     let https = uri.scheme_str() == Some("https");
     let host = uri
         .host()
@@ -499,7 +525,7 @@ pub(crate) fn http2_transport(
         backoff_max: options.connect_backoff_max,
         keepalive: options.keepalive_interval,
     };
-    Ok(BoxCloneSyncService::new(Subchannel::new(target, pacing)))
+    Ok(Subchannel::new(target, pacing))
 }
 
 impl Service<HttpRequest> for Subchannel {

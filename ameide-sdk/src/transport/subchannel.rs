@@ -55,6 +55,17 @@ const CONNECT_GRACE: Duration = Duration::from_millis(200);
 /// The largest keepalive interval doubling reaches.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 3600);
 
+/// A subchannel's state as a balancer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// A connection takes new streams.
+    Ready,
+    /// No connection; the next connect is not due yet.
+    Failing,
+    /// No connection; one may be made now (or is being made).
+    Idle,
+}
+
 /// How many connections, and how connects are paced.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pacing {
@@ -310,6 +321,32 @@ impl Subchannel {
                 }),
             }),
         }
+    }
+
+    /// What a balancer sees: READY (a connection takes streams), FAILING
+    /// (its last connect failed and it backs off), or IDLE / CONNECTING.
+    pub(crate) fn health(&self) -> Health {
+        let state = self.shared.lock();
+        if state.conns.iter().any(|c| c.usable()) {
+            Health::Ready
+        } else if state.last_error.is_some() && state.retry_at.is_some_and(|at| at > Instant::now())
+        {
+            Health::Failing
+        } else {
+            Health::Idle
+        }
+    }
+
+    /// Starts a connect unless one runs or a connection is up (a balancer
+    /// keeps every subchannel of its list connected, as grpc-go's
+    /// `round_robin` does). The connect task waits out the backoff first.
+    pub(crate) fn request_connection(&self) {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        if state.connecting || state.conns.iter().any(|c| c.usable()) {
+            return;
+        }
+        shared.start_connect(&mut state);
     }
 
     /// The fast path: a ready connection with room, or `None`.
