@@ -5,7 +5,7 @@
 //! | The subchannels | What a call does |
 //! |---|---|
 //! | some READY | takes the next READY one in turn; every IDLE one it passes starts connecting (all are kept connected) |
-//! | none READY, some IDLE or connecting | takes the next IDLE one (its call waits for that connect, within its deadline) |
+//! | none READY, some IDLE or connecting | starts every IDLE one connecting and waits, within its deadline, for the first to become READY (grpc-go's picker blocks the same way) |
 //! | all backing off after failed connects | takes the next in turn, which fails at once naming its connect error (or waits for its connect when the deadline allows) |
 //!
 //! A call never goes to an address whose connect failed while another is
@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use tower::Service;
 
 use super::subchannel::{Health, Subchannel};
+use super::tap::Wake;
 use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 /// Round-robin over the subchannels of a static list. Cheap to clone.
@@ -26,20 +27,56 @@ use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 pub(crate) struct RoundRobin {
     subchannels: Arc<[Subchannel]>,
     next: Arc<AtomicUsize>,
+    /// Shared by every subchannel: woken by any of their changes.
+    wake: Arc<Wake>,
+}
+
+/// What one look at the subchannels found.
+enum Pick {
+    Ready(usize),
+    /// None READY; some may become so (IDLE, or connecting).
+    Wait(usize),
+    /// Every one backs off after a failed connect.
+    Failing(usize),
 }
 
 impl RoundRobin {
-    pub(crate) fn new(subchannels: Vec<Subchannel>) -> Self {
+    pub(crate) fn new(subchannels: Vec<Subchannel>, wake: Arc<Wake>) -> Self {
         RoundRobin {
             subchannels: subchannels.into(),
             next: Arc::new(AtomicUsize::new(0)),
+            wake,
         }
     }
 
-    /// The subchannel for the next call (see the module's table): the turn
-    /// counts over the READY subchannels only, so that one that is down
-    /// does not hand its share to its neighbour in the list.
-    fn pick(&self) -> &Subchannel {
+    /// The subchannel for a call: a READY one at once, else (none READY,
+    /// some connecting) the first to become READY within the deadline.
+    async fn pick_ready(self, deadline: Option<tokio::time::Instant>) -> Subchannel {
+        let wake = self.wake.clone();
+        loop {
+            let notified = wake.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let index = match self.pick() {
+                Pick::Ready(i) | Pick::Failing(i) => return self.subchannels[i].clone(),
+                Pick::Wait(i) => i,
+            };
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        // Its send fails the call the way its deadline says.
+                        return self.subchannels[index].clone();
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// One look (see the module's table): the turn counts over the READY
+    /// subchannels only, so that one that is down does not hand its share
+    /// to its neighbour in the list.
+    fn pick(&self) -> Pick {
         let n = self.subchannels.len();
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         // At most MAX_STATIC_ENDPOINTS (64) subchannels: on the stack.
@@ -60,12 +97,13 @@ impl RoundRobin {
                 Health::Failing => {}
             }
         }
-        let index = if count > 0 {
-            ready[turn % count]
+        if count > 0 {
+            Pick::Ready(ready[turn % count])
+        } else if let Some(i) = idle {
+            Pick::Wait(i)
         } else {
-            idle.unwrap_or(turn % n)
-        };
-        &self.subchannels[index]
+            Pick::Failing(turn % n)
+        }
     }
 }
 
@@ -79,6 +117,12 @@ impl Service<HttpRequest> for RoundRobin {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        Box::pin(self.pick().clone().send(request))
+        // The fast path: a READY subchannel, no waiting.
+        if let Pick::Ready(i) = self.pick() {
+            return Box::pin(self.subchannels[i].clone().send(request));
+        }
+        let deadline = crate::call::deadline_of(&request);
+        let balancer = self.clone();
+        Box::pin(async move { balancer.pick_ready(deadline).await.send(request).await })
     }
 }

@@ -403,12 +403,16 @@ pub(crate) fn http2_transport(
     }
     let endpoints = crate::config::endpoints_of(endpoint)?;
     if endpoint.starts_with("static:///") {
+        let wake = Arc::new(tap::Wake::new());
         let subchannels = endpoints
             .iter()
-            .map(|(endpoint, uri)| subchannel(endpoint, uri.clone(), options, ca_file))
+            .map(|(endpoint, uri)| {
+                subchannel(endpoint, uri.clone(), options, ca_file, Some(wake.clone()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(BoxCloneSyncService::new(balancer::RoundRobin::new(
             subchannels,
+            wake,
         )));
     }
     let (endpoint, uri) = endpoints
@@ -416,7 +420,7 @@ pub(crate) fn http2_transport(
         .next()
         .ok_or_else(|| ConfigError::new(ConfigErrorKind::Endpoint, "no endpoint".to_owned()))?;
     Ok(BoxCloneSyncService::new(subchannel(
-        &endpoint, uri, options, ca_file,
+        &endpoint, uri, options, ca_file, None,
     )?))
 }
 
@@ -426,6 +430,7 @@ fn subchannel(
     uri: http::Uri,
     options: &TransportOptions,
     ca_file: Option<&Path>,
+    wake: Option<Arc<tap::Wake>>,
 ) -> Result<Subchannel, ConfigError> {
     let https = uri.scheme_str() == Some("https");
     let host = uri
@@ -525,7 +530,10 @@ fn subchannel(
         backoff_max: options.connect_backoff_max,
         keepalive: options.keepalive_interval,
     };
-    Ok(Subchannel::new(target, pacing))
+    Ok(match wake {
+        Some(wake) => Subchannel::with_wake(target, pacing, wake),
+        None => Subchannel::new(target, pacing),
+    })
 }
 
 impl Service<HttpRequest> for Subchannel {

@@ -303,11 +303,18 @@ impl Drop for ConnectTaskMark {
 
 impl Subchannel {
     pub(crate) fn new(target: Arc<Target>, pacing: Pacing) -> Self {
+        Self::with_wake(target, pacing, Arc::new(Wake::new()))
+    }
+
+    /// A subchannel whose changes (a connect's outcome, a connection that
+    /// stops taking streams) also wake whoever waits on `wake`: a balancer
+    /// waiting for any of its subchannels to become READY.
+    pub(crate) fn with_wake(target: Arc<Target>, pacing: Pacing, wake: Arc<Wake>) -> Self {
         Subchannel {
             shared: Arc::new(Shared {
                 target,
                 pacing,
-                wake: Arc::new(Wake::new()),
+                wake,
                 state: Mutex::new(State {
                     conns: Vec::new(),
                     next: 0,
