@@ -196,7 +196,7 @@ impl AmeideConfig {
         };
         let mut config = AmeideConfig::default();
         if let Some(url) = read(env::BASE_URL)? {
-            validate_endpoint(&url).map_err(|e| env_err(env::BASE_URL, e))?;
+            endpoints_of(&url).map_err(|e| env_err(env::BASE_URL, e))?;
             config.endpoint = url;
         }
         if let Some(tenant) = read(env::TENANT_ID)? {
@@ -277,6 +277,64 @@ pub(crate) fn port_of(uri: &Uri) -> u16 {
         })
 }
 
+/// A `dns:` target (grpc-go's form): `dns:///host:port`, `dns:host:port`,
+/// or `dns://server:port/host:port` to ask that DNS server instead of the
+/// system's. Every address the name has (A and AAAA) is a replica (h2c).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DnsTarget {
+    pub(crate) server: Option<std::net::SocketAddr>,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+/// `Some` for a `dns:` target (validated), `None` for any other.
+pub(crate) fn dns_target(target: &str) -> Result<Option<DnsTarget>, ConfigError> {
+    let Some(rest) = target.strip_prefix("dns:") else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!(
+                "invalid target {:?}: {why}; expected dns:///host:port or dns://dns-server:port/host:port",
+                crate::peer::bounded(target, 256)
+            ),
+        )
+    };
+    let (server, name) = match rest.strip_prefix("//") {
+        Some(rest) => {
+            let (authority, name) = rest.split_once('/').ok_or_else(|| bad("no host:port"))?;
+            let server = if authority.is_empty() {
+                None
+            } else {
+                Some(
+                    authority
+                        .parse::<std::net::SocketAddr>()
+                        .map_err(|_| bad("the DNS server must be an ip:port"))?,
+                )
+            };
+            (server, name)
+        }
+        None => (None, rest),
+    };
+    let (host, port) = name.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(bad("the host is not a DNS name"));
+    }
+    Ok(Some(DnsTarget {
+        server,
+        host: host.to_owned(),
+        port,
+    }))
+}
+
 /// The most addresses a static target may list.
 pub(crate) const MAX_STATIC_ENDPOINTS: usize = 64;
 
@@ -289,6 +347,12 @@ pub(crate) const MAX_STATIC_ENDPOINTS: usize = 64;
 /// assert_eq!(endpoints_of("static:///10.0.0.1:50051,10.0.0.2:50051")?.len(), 2);
 /// ```
 pub(crate) fn endpoints_of(target: &str) -> Result<Vec<(String, Uri)>, ConfigError> {
+    if let Some(dns) = dns_target(target)? {
+        // Where the replicas are is DNS's answer; the name stands for them.
+        let endpoint = format!("http://{}:{}", dns.host, dns.port);
+        let uri = validate_endpoint(&endpoint)?;
+        return Ok(vec![(endpoint, uri)]);
+    }
     let Some(list) = target.strip_prefix("static:///") else {
         return Ok(vec![(target.to_owned(), validate_endpoint(target)?)]);
     };

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod dnsmasq;
 pub mod grpc_go;
 pub mod nginx;
 mod peer_install;

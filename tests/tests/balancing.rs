@@ -151,3 +151,183 @@ async fn static_targets_are_validated() {
         assert!(err.to_string().contains(needle), "{target}: {err}");
     }
 }
+
+/// Every replica down: after the first connects failed, a call fails at
+/// once with UNAVAILABLE naming the connect error (it does not wait out its
+/// deadline, nor hang), and the replicas keep reconnecting: one that comes
+/// up on its address gets calls again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_replicas_down_fail_fast_and_a_returning_replica_gets_calls_again() {
+    // Two free addresses on 127.0.0.2 and .3: bound, noted, released.
+    let mut addrs = Vec::new();
+    for octet in [2u8, 3] {
+        let listener =
+            std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, octet], 0))).unwrap();
+        addrs.push(listener.local_addr().unwrap());
+    }
+    let client = AmeideClient::builder()
+        .endpoint(static_target(&addrs))
+        .timeout(Duration::from_secs(3))
+        .retry_policy(ameide_sdk::layers::RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let err = calls::read(&client)
+            .await
+            .expect_err("every replica is down");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "round {round}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "round {round}: failed fast, not at the deadline: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // The first replica comes up on its address.
+    let (server, _) = {
+        let server = MockServer::new();
+        server.fallback(Reply::ok());
+        let addr = serve_tcp_at(server.clone(), addrs[0]).await.unwrap();
+        (server, addr)
+    };
+    let mut served = false;
+    for _ in 0..100 {
+        if calls::read(&client).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the returning replica got no call within 10 s");
+    assert!(!server.attempts_for(paths::LIST_REPOSITORIES).is_empty());
+}
+
+fn dns_client(dns: &ameide_tests::dnsmasq::Dnsmasq, port: u16, refresh: Duration) -> AmeideClient {
+    let mut options = ameide_sdk::TransportOptions::default();
+    options.dns_refresh = refresh;
+    options.dns_min_interval = Duration::from_millis(100);
+    AmeideClient::builder()
+        .endpoint(format!("dns://{}/replicas.ameide.test:{port}", dns.addr))
+        .transport_options(options)
+        .build()
+        .unwrap()
+}
+
+/// Backends on one port, one per loopback address, for a DNS name.
+async fn backends_on_one_port(octets: &[u8]) -> (Vec<MockServer>, u16) {
+    let mut servers = Vec::new();
+    let mut port = 0;
+    for &octet in octets {
+        let server = MockServer::new();
+        server.fallback(Reply::ok());
+        let addr = serve_tcp_at(server.clone(), SocketAddr::from(([127, 0, 0, octet], port)))
+            .await
+            .expect("a backend on its loopback address");
+        port = addr.port();
+        servers.push(server);
+    }
+    (servers, port)
+}
+
+/// A real DNS server (dnsmasq) answers a name with four loopback
+/// addresses: the client resolves all of them and spreads calls within
+/// ±10 % of even.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_target_spreads_calls_over_every_address() {
+    let Some(bin) = ameide_tests::dnsmasq::binary("dns_target_spreads_calls_over_every_address")
+    else {
+        return;
+    };
+    let (servers, port) = backends_on_one_port(&[2, 3, 4, 5]).await;
+    let addrs: Vec<std::net::Ipv4Addr> = (2..=5)
+        .map(|o| std::net::Ipv4Addr::new(127, 0, 0, o))
+        .collect();
+    let dns = ameide_tests::dnsmasq::Dnsmasq::start(&bin, "replicas.ameide.test", &addrs);
+    let client = dns_client(&dns, port, Duration::from_secs(30));
+    let failures = load(&client, 4_000, 16).await;
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {}\n{}",
+        failures.len(),
+        failures[0],
+        dns.log()
+    );
+    let counts: Vec<usize> = servers
+        .iter()
+        .map(|s| s.attempts_for(paths::LIST_REPOSITORIES).len())
+        .collect();
+    for count in &counts {
+        assert!(
+            (900..=1_100).contains(count),
+            "not within ±10 % of 1,000 each: {counts:?}"
+        );
+    }
+}
+
+/// Scale-up: a fifth address is added to DNS while 16 callers run; it gets
+/// calls within the refresh interval, and no call fails. Then the DNS
+/// server stops: the last good list keeps serving, no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_scale_up_and_a_dns_outage_fail_no_call() {
+    let Some(bin) = ameide_tests::dnsmasq::binary("dns_scale_up_and_a_dns_outage_fail_no_call")
+    else {
+        return;
+    };
+    let (servers, port) = backends_on_one_port(&[2, 3, 4]).await;
+    let first: Vec<std::net::Ipv4Addr> = (2..=3)
+        .map(|o| std::net::Ipv4Addr::new(127, 0, 0, o))
+        .collect();
+    let mut dns = ameide_tests::dnsmasq::Dnsmasq::start(&bin, "replicas.ameide.test", &first);
+    let client = dns_client(&dns, port, Duration::from_millis(500));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, stop, failures) = (client.clone(), stop.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = calls::read(&client).await {
+                    failures.lock().unwrap().push(e);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(servers[2].attempts().is_empty(), "not in DNS yet");
+    let all: Vec<std::net::Ipv4Addr> = (2..=4)
+        .map(|o| std::net::Ipv4Addr::new(127, 0, 0, o))
+        .collect();
+    dns.set("replicas.ameide.test", &all);
+    let added = std::time::Instant::now();
+    let mut reached = None;
+    while added.elapsed() < Duration::from_secs(5) {
+        if !servers[2].attempts().is_empty() {
+            reached = Some(added.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reached =
+        reached.unwrap_or_else(|| panic!("the new replica got no call within 5 s\n{}", dns.log()));
+    eprintln!("the new replica got its first call {reached:?} after DNS had it");
+    // DNS goes away: the last good list keeps serving.
+    dns.stop();
+    let before = servers.iter().map(|s| s.attempts().len()).sum::<usize>();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let after = servers.iter().map(|s| s.attempts().len()).sum::<usize>();
+    assert!(
+        after > before + 100,
+        "calls went on without DNS: {before} → {after}"
+    );
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}

@@ -156,7 +156,7 @@ fn print_help() {
          package-smoke       cargo package, unpack, build and run a throwaway consumer\n\
          sync-proto <dir>    replace the bundle with a buf module directory, regenerate the manifest\n\
          deny                cargo deny check bans licenses sources\n\
-         system-packages     apt-get install nginx, openssl, golang-go, golang-google-grpc-dev, tinyproxy when missing (no service started)\n\
+         system-packages     apt-get install nginx, openssl, golang-go, golang-google-grpc-dev, tinyproxy, dnsmasq-base when missing (no service started)\n\
          fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\

@@ -4,8 +4,9 @@
 //! `golang-go` with `golang-google-grpc-dev` (a grpc-go server with grpc-go's
 //! own keepalive enforcement, `tests/go/grpcserver`, built in GOPATH mode from
 //! the packaged sources: `tests/tests/keepalive.rs`) and `tinyproxy` (a real
-//! HTTP CONNECT proxy, `tests/tests/tls_and_proxy.rs`). Installed with apt when
-//! missing.
+//! HTTP CONNECT proxy, `tests/tests/tls_and_proxy.rs`) and `dnsmasq-base` (a
+//! real DNS server, the binary alone without the system service:
+//! `tests/tests/balancing.rs`). Installed with apt when missing.
 //!
 //! The tests start their own nginx on loopback with their own folders; the
 //! install must not start the system service, so a `policy-rc.d` that denies
@@ -25,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "/usr/share/gocode/src/google.golang.org/grpc/server.go",
     ),
     ("tinyproxy", "/usr/bin/tinyproxy"),
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -38,7 +40,7 @@ pub fn install() -> Result<(), String> {
         .collect();
     if missing.is_empty() {
         println!(
-            "system packages: nginx, openssl, golang-go, golang-google-grpc-dev and tinyproxy present"
+            "system packages: nginx, openssl, golang-go, golang-google-grpc-dev, tinyproxy and dnsmasq-base present"
         );
         return Ok(());
     }

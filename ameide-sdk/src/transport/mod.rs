@@ -19,6 +19,7 @@ use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 pub(crate) mod balancer;
 pub(crate) mod connection;
+pub(crate) mod dns;
 pub(crate) mod failure;
 pub(crate) mod proxy;
 pub(crate) mod subchannel;
@@ -130,6 +131,14 @@ pub struct TransportOptions {
     /// this cap (gRFC A105's `max_connections_per_subchannel`); past it,
     /// calls wait for room within their deadline. 8.
     pub max_connections: usize,
+    /// For a `dns:` target: how often its name is resolved again, so that
+    /// a new replica gets calls (30 s). It is also resolved again, no more
+    /// often than [`dns_min_interval`](Self::dns_min_interval), when a
+    /// replica's connection is lost or a call finds one not READY.
+    pub dns_refresh: Duration,
+    /// For a `dns:` target: the least time between two resolutions (grpc-go
+    /// waits 30 s; 5 s here), 10 ms ..= `dns_refresh`.
+    pub dns_min_interval: Duration,
 }
 
 impl Default for TransportOptions {
@@ -154,6 +163,8 @@ impl Default for TransportOptions {
             ca_file: None,
             connections: DEFAULT_CONNECTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            dns_refresh: Duration::from_secs(30),
+            dns_min_interval: Duration::from_secs(5),
         }
     }
 }
@@ -310,6 +321,18 @@ impl TransportOptions {
             }
             Ok(())
         };
+        check(
+            "dns_refresh",
+            self.dns_refresh,
+            Duration::from_millis(100),
+            Duration::from_secs(24 * 3600),
+        )?;
+        check(
+            "dns_min_interval",
+            self.dns_min_interval,
+            10 * ms,
+            self.dns_refresh,
+        )?;
         let day = Duration::from_secs(24 * 3600);
         if let Some(interval) = self.keepalive_interval {
             check("keepalive_interval", interval, MIN_KEEPALIVE, day)?;
@@ -401,18 +424,30 @@ pub(crate) fn http2_transport(
             "AmeideClient::build() must be called inside a Tokio runtime (the transport spawns its connection task there)",
         ));
     }
+    if let Some(target) = crate::config::dns_target(endpoint)? {
+        return dns_transport(target, options, ca_file);
+    }
     let endpoints = crate::config::endpoints_of(endpoint)?;
     if endpoint.starts_with("static:///") {
         let wake = Arc::new(tap::Wake::new());
-        let subchannels = endpoints
+        let replicas = endpoints
             .iter()
             .map(|(endpoint, uri)| {
-                subchannel(endpoint, uri.clone(), options, ca_file, Some(wake.clone()))
+                Ok(balancer::Replica {
+                    key: endpoint.clone(),
+                    subchannel: subchannel(
+                        endpoint,
+                        uri.clone(),
+                        options,
+                        ca_file,
+                        Some(wake.clone()),
+                    )?,
+                })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(replicas.into()));
         return Ok(BoxCloneSyncService::new(balancer::RoundRobin::new(
-            subchannels,
-            wake,
+            list, wake, None,
         )));
     }
     let (endpoint, uri) = endpoints
@@ -422,6 +457,52 @@ pub(crate) fn http2_transport(
     Ok(BoxCloneSyncService::new(subchannel(
         &endpoint, uri, options, ca_file, None,
     )?))
+}
+
+/// A `dns:` target: a balancer whose replicas the DNS task keeps to the
+/// name's addresses (h2c; `:authority` is the name).
+fn dns_transport(
+    target: crate::config::DnsTarget,
+    options: &TransportOptions,
+    ca_file: Option<&Path>,
+) -> Result<BoxTransport, ConfigError> {
+    let resolver = dns::resolver(&target)?;
+    let wake = Arc::new(tap::Wake::new());
+    let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(Arc::from(Vec::new())));
+    let resolution = Arc::new(balancer::Resolution::default());
+    let mut per_address = options.clone();
+    per_address
+        .authority
+        .get_or_insert_with(|| format!("{}:{}", target.host, target.port));
+    let ca_file = ca_file.map(Path::to_owned);
+    let make_wake = wake.clone();
+    let make: dns::MakeSubchannel = Box::new(move |addr| {
+        let endpoint = format!("http://{addr}");
+        let uri = crate::config::validate_endpoint(&endpoint)?;
+        subchannel(
+            &endpoint,
+            uri,
+            &per_address,
+            ca_file.as_deref(),
+            Some(make_wake.clone()),
+        )
+    });
+    let task = dns::DnsTask {
+        target,
+        resolver,
+        list: Arc::downgrade(&list),
+        resolution: resolution.clone(),
+        wake: wake.clone(),
+        make,
+        refresh: options.dns_refresh,
+        min_interval: options.dns_min_interval,
+    };
+    tokio::spawn(task.run());
+    Ok(BoxCloneSyncService::new(balancer::RoundRobin::new(
+        list,
+        wake,
+        Some(resolution),
+    )))
 }
 
 /// One subchannel: the connections to one endpoint.
@@ -529,6 +610,7 @@ fn subchannel(
         backoff: options.connect_backoff,
         backoff_max: options.connect_backoff_max,
         keepalive: options.keepalive_interval,
+        keep_connected: wake.is_some(),
     };
     Ok(match wake {
         Some(wake) => Subchannel::with_wake(target, pacing, wake),

@@ -74,6 +74,10 @@ pub(crate) struct Pacing {
     pub(crate) backoff: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) keepalive: Option<Duration>,
+    /// A balancer's replica: connect again after each backoff until a
+    /// connection is up, whether or not a call waits (grpc-go's subconns
+    /// reconnect on their own; a replica that comes back gets calls again).
+    pub(crate) keep_connected: bool,
 }
 
 /// Every connection to one target; cloned into every call.
@@ -209,9 +213,12 @@ async fn connect_task(mut mark: ConnectTaskMark) {
             let waiting = again.wake.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0;
             let topping_up =
                 !state.conns.is_empty() && state.conns.len() < again.pacing.min_connections;
-            if !waiting && !topping_up {
+            let keeping = again.pacing.keep_connected && state.conns.is_empty();
+            if !waiting && !topping_up && !keeping {
                 state.connecting = false;
                 mark.armed = false;
+                drop(state);
+                again.wake.changed();
                 return;
             }
         }
@@ -244,9 +251,11 @@ async fn connect_task(mut mark: ConnectTaskMark) {
                 state.retry_at = Some(crate::time::add(Instant::now(), backoff));
                 state.failed_connects = state.failed_connects.saturating_add(1);
                 ::tracing::debug!(error = %error.message, ?backoff, "connect failed");
-                let permanent = error.permanent;
+                // A balancer's replica keeps trying even a permanent verdict
+                // (after the backoff): rotated certificates may cure it.
+                let stop = error.permanent && !shared.pacing.keep_connected;
                 state.last_error = Some(error);
-                permanent
+                stop
             }
         };
         if stop {
@@ -336,12 +345,22 @@ impl Subchannel {
         let state = self.shared.lock();
         if state.conns.iter().any(|c| c.usable()) {
             Health::Ready
-        } else if state.last_error.is_some() && state.retry_at.is_some_and(|at| at > Instant::now())
-        {
+        } else if state.last_error.is_some() {
+            // Sticky, as grpc-go's TRANSIENT_FAILURE: until a connect
+            // succeeds (the connect task keeps trying for a balancer).
             Health::Failing
         } else {
             Health::Idle
         }
+    }
+
+    /// The last connect error, while no connection is up.
+    pub(crate) fn last_error(&self) -> Option<ConnectError> {
+        let state = self.shared.lock();
+        if state.conns.iter().any(|c| c.usable()) {
+            return None;
+        }
+        state.last_error.clone()
     }
 
     /// Starts a connect unless one runs or a connection is up (a balancer
@@ -353,6 +372,7 @@ impl Subchannel {
         if state.connecting || state.conns.iter().any(|c| c.usable()) {
             return;
         }
+        shared.prune(&mut state);
         shared.start_connect(&mut state);
     }
 

@@ -1,0 +1,166 @@
+//! The resolver of a `dns:` target: every A and AAAA record of the name is
+//! a replica, resolved with hickory-resolver (the system's name servers, or
+//! the one the target names: `dns://10.0.0.10:53/name:port`), again every
+//! [`dns_refresh`](super::TransportOptions::dns_refresh) and early (no
+//! sooner than [`dns_min_interval`](super::TransportOptions::dns_min_interval))
+//! when the balancer sees a replica that is not READY. While DNS fails, the
+//! last good list keeps serving and the resolver backs off (the minimum
+//! interval, doubling, at most the refresh interval).
+//!
+//! The task holds the balancer's list only weakly while it sleeps: a
+//! dropped client ends it at its next wake-up.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+use tokio::time::Instant;
+
+use super::balancer::{Replica, ReplicaList, Resolution};
+use super::subchannel::Subchannel;
+use super::tap::Wake;
+use crate::config::{ConfigError, ConfigErrorKind, DnsTarget};
+
+/// Makes the subchannel of one resolved address.
+pub(crate) type MakeSubchannel =
+    Box<dyn Fn(SocketAddr) -> Result<Subchannel, ConfigError> + Send + Sync>;
+
+/// A resolver for `target`: its own name server, or the system's.
+pub(crate) fn resolver(target: &DnsTarget) -> Result<TokioResolver, ConfigError> {
+    let mut builder = match target.server {
+        Some(server) => {
+            let mut config = ResolverConfig::new();
+            config.add_name_server(NameServerConfig::new(server, Protocol::Udp));
+            config.add_name_server(NameServerConfig::new(server, Protocol::Tcp));
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+        }
+        None => TokioResolver::builder(TokioConnectionProvider::default()).map_err(|e| {
+            ConfigError::new(
+                ConfigErrorKind::Endpoint,
+                format!("cannot read the system's DNS configuration: {e}"),
+            )
+        })?,
+    };
+    let options = builder.options_mut();
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // Re-resolution is ours: an answer is never older than the refresh.
+    options.cache_size = 0;
+    options.timeout = Duration::from_secs(5);
+    options.attempts = 2;
+    Ok(builder.build())
+}
+
+/// Resolves `target` until the client is dropped, keeping `list` to the answer.
+pub(crate) struct DnsTask {
+    pub(crate) target: DnsTarget,
+    pub(crate) resolver: TokioResolver,
+    pub(crate) list: Weak<std::sync::RwLock<Arc<[Replica]>>>,
+    pub(crate) resolution: Arc<Resolution>,
+    pub(crate) wake: Arc<Wake>,
+    pub(crate) make: MakeSubchannel,
+    pub(crate) refresh: Duration,
+    pub(crate) min_interval: Duration,
+}
+
+impl DnsTask {
+    pub(crate) async fn run(self) {
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let answer = self.resolver.lookup_ip(self.target.host.as_str()).await;
+            let Some(list) = self.list.upgrade() else {
+                return;
+            };
+            let outcome = match answer {
+                Ok(lookup) => {
+                    let mut addrs: Vec<SocketAddr> = lookup
+                        .iter()
+                        .map(|ip| SocketAddr::new(ip, self.target.port))
+                        .collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    if addrs.is_empty() {
+                        Err(format!("DNS has no address for {}", self.target.host))
+                    } else {
+                        self.update(&list, &addrs)
+                    }
+                }
+                Err(e) => Err(format!("cannot resolve {}: {e}", self.target.host)),
+            };
+            drop(list);
+            match outcome {
+                Ok(()) => {
+                    failures = 0;
+                    *self.error() = None;
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    ::tracing::warn!(
+                        target_name = %self.target.host,
+                        %error,
+                        "DNS resolution failed; the last good list of replicas keeps serving"
+                    );
+                    *self.error() = Some(error);
+                }
+            }
+            self.wake.changed();
+            // The next resolution: at the refresh, or earlier when asked,
+            // never sooner than the minimum interval (doubling while DNS fails).
+            let spacing = if failures == 0 {
+                self.min_interval
+            } else {
+                self.min_interval
+                    .saturating_mul(1u32 << failures.min(16))
+                    .min(self.refresh)
+            };
+            let earliest = crate::time::add(started, spacing);
+            tokio::select! {
+                () = tokio::time::sleep_until(crate::time::add(started, self.refresh)) => {}
+                () = self.resolution.again.notified() => {
+                    tokio::time::sleep_until(earliest).await;
+                }
+            }
+        }
+    }
+
+    fn error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.resolution
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The list for `addrs`: the subchannels of addresses still there kept
+    /// (with their connections), new ones made, the rest dropped (they get
+    /// no new calls; calls in flight on them finish).
+    fn update(&self, list: &ReplicaList, addrs: &[SocketAddr]) -> Result<(), String> {
+        let current = list.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut known: HashMap<&str, &Replica> =
+            current.iter().map(|r| (r.key.as_str(), r)).collect();
+        let mut next = Vec::with_capacity(addrs.len());
+        for addr in addrs.iter().take(crate::config::MAX_STATIC_ENDPOINTS) {
+            let key = addr.to_string();
+            match known.remove(key.as_str()) {
+                Some(replica) => next.push(replica.clone()),
+                None => {
+                    let subchannel = (self.make)(*addr).map_err(|e| e.to_string())?;
+                    next.push(Replica { key, subchannel });
+                }
+            }
+        }
+        if next.len() != current.len() || !known.is_empty() {
+            ::tracing::info!(
+                target_name = %self.target.host,
+                replicas = next.len(),
+                "the replicas of the target changed"
+            );
+        }
+        *list.write().unwrap_or_else(|p| p.into_inner()) = next.into();
+        Ok(())
+    }
+}
