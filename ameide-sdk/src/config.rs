@@ -307,10 +307,16 @@ pub(crate) fn dns_target(target: &str) -> Result<Option<DnsTarget>, ConfigError>
             let server = if authority.is_empty() {
                 None
             } else {
+                // grpc-go's default DNS port is 53.
+                let with_port = if authority.parse::<std::net::IpAddr>().is_ok() {
+                    format!("{authority}:53")
+                } else {
+                    authority.to_owned()
+                };
                 Some(
-                    authority
+                    with_port
                         .parse::<std::net::SocketAddr>()
-                        .map_err(|_| bad("the DNS server must be an ip:port"))?,
+                        .map_err(|_| bad("the DNS server must be an ip[:port]"))?,
                 )
             };
             (server, name)
@@ -319,20 +325,31 @@ pub(crate) fn dns_target(target: &str) -> Result<Option<DnsTarget>, ConfigError>
     };
     let (host, port) = name.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if port == 0 {
+        return Err(bad("port 0"));
+    }
+    // An IPv6 literal keeps its brackets (the endpoint and `:authority`
+    // need them); a name has no ':'.
+    let host = match host.strip_prefix('[') {
+        Some(inner) => {
+            let ip = inner
+                .strip_suffix(']')
+                .and_then(|ip| ip.parse::<std::net::Ipv6Addr>().ok())
+                .ok_or_else(|| bad("an unbalanced or invalid [IPv6] host"))?;
+            format!("[{ip}]")
+        }
+        None => host.to_owned(),
+    };
     if host.is_empty()
         || host.len() > 253
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        || !(host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
     {
         return Err(bad("the host is not a DNS name"));
     }
-    Ok(Some(DnsTarget {
-        server,
-        host: host.to_owned(),
-        port,
-    }))
+    Ok(Some(DnsTarget { server, host, port }))
 }
 
 /// The most addresses a static target may list.
@@ -508,6 +525,50 @@ pub(crate) fn validate_timeout(what: &str, timeout: Duration) -> Result<(), Conf
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod dns_target_tests {
+    use super::{DnsTarget, dns_target};
+
+    #[test]
+    fn dns_targets_parse_as_grpc_go_writes_them() {
+        let t = |s: &str| dns_target(s).unwrap().unwrap();
+        assert_eq!(
+            t("dns:///svc.ns:50051"),
+            DnsTarget {
+                server: None,
+                host: "svc.ns".into(),
+                port: 50051
+            }
+        );
+        assert_eq!(t("dns:svc:1").host, "svc");
+        assert_eq!(
+            t("dns://10.0.0.10/svc:1").server,
+            Some("10.0.0.10:53".parse().unwrap()),
+            "grpc-go's default DNS port"
+        );
+        assert_eq!(
+            t("dns://127.0.0.1:5353/svc:1").server,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(t("dns:///[::1]:50051").host, "[::1]");
+        assert!(dns_target("http://x:1").unwrap().is_none());
+        for bad in [
+            "dns:",
+            "dns:///",
+            "dns:///svc",
+            "dns:///svc:0",
+            "dns:///svc:x",
+            "dns:///a:b:1",
+            "dns:///[foo:1",
+            "dns:///[::1:1",
+            "dns://nonsense/svc:1",
+            "dns:///bad name:1",
+        ] {
+            assert!(dns_target(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -184,7 +184,13 @@ impl RoundRobin {
                     replica.subchannel.request_connection();
                     idle.get_or_insert(i);
                 }
-                Health::Failing => all_ready = false,
+                Health::Failing => {
+                    all_ready = false;
+                    // A no-op while its connect task runs; else (its last
+                    // connection closed after a failed extra connect) one
+                    // starts, after the backoff.
+                    replica.subchannel.request_connection();
+                }
             }
         }
         if !all_ready && let Some(resolution) = &self.resolution {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use tokio::time::Instant;
@@ -37,7 +37,11 @@ pub(crate) fn resolver(target: &DnsTarget) -> Result<TokioResolver, ConfigError>
             let mut config = ResolverConfig::new();
             config.add_name_server(NameServerConfig::new(server, Protocol::Udp));
             config.add_name_server(NameServerConfig::new(server, Protocol::Tcp));
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            let mut builder =
+                TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
+            // The named server's answer, not /etc/hosts'.
+            builder.options_mut().use_hosts_file = ResolveHosts::Never;
+            builder
         }
         None => TokioResolver::builder(TokioConnectionProvider::default()).map_err(|e| {
             ConfigError::new(
@@ -71,8 +75,16 @@ impl DnsTask {
     pub(crate) async fn run(self) {
         let mut failures: u32 = 0;
         loop {
+            if self.list.strong_count() == 0 {
+                return;
+            }
             let started = Instant::now();
-            let answer = self.resolver.lookup_ip(self.target.host.as_str()).await;
+            let name = self
+                .target
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let answer = self.resolver.lookup_ip(name).await;
             let Some(list) = self.list.upgrade() else {
                 return;
             };
@@ -84,6 +96,18 @@ impl DnsTask {
                         .collect();
                     addrs.sort();
                     addrs.dedup();
+                    if addrs.len() > crate::config::MAX_STATIC_ENDPOINTS {
+                        // Each client keeps its own 64, not everyone the same lowest.
+                        fastrand::shuffle(&mut addrs);
+                        ::tracing::warn!(
+                            target_name = %self.target.host,
+                            addresses = addrs.len(),
+                            kept = crate::config::MAX_STATIC_ENDPOINTS,
+                            "DNS answered more addresses than a client balances over; a random subset is kept"
+                        );
+                        addrs.truncate(crate::config::MAX_STATIC_ENDPOINTS);
+                        addrs.sort();
+                    }
                     if addrs.is_empty() {
                         Err(format!("DNS has no address for {}", self.target.host))
                     } else {

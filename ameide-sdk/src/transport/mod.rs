@@ -136,8 +136,8 @@ pub struct TransportOptions {
     /// often than [`dns_min_interval`](Self::dns_min_interval), when a
     /// replica's connection is lost or a call finds one not READY.
     pub dns_refresh: Duration,
-    /// For a `dns:` target: the least time between two resolutions (grpc-go
-    /// waits 30 s; 5 s here), 10 ms ..= `dns_refresh`.
+    /// For a `dns:` target: the least time between two resolutions, 30 s
+    /// as grpc-go (10 ms ..= `dns_refresh`).
     pub dns_min_interval: Duration,
 }
 
@@ -164,7 +164,7 @@ impl Default for TransportOptions {
             connections: DEFAULT_CONNECTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             dns_refresh: Duration::from_secs(30),
-            dns_min_interval: Duration::from_secs(5),
+            dns_min_interval: Duration::from_secs(30),
         }
     }
 }

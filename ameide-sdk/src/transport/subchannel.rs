@@ -213,7 +213,7 @@ async fn connect_task(mut mark: ConnectTaskMark) {
             let waiting = again.wake.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0;
             let topping_up =
                 !state.conns.is_empty() && state.conns.len() < again.pacing.min_connections;
-            let keeping = again.pacing.keep_connected && state.conns.is_empty();
+            let keeping = again.pacing.keep_connected && !state.conns.iter().any(|c| c.usable());
             if !waiting && !topping_up && !keeping {
                 state.connecting = false;
                 mark.armed = false;
