@@ -399,14 +399,7 @@ fn finish(
     {
         // OK with no body at all: the one response message is missing
         // (tonic would say so above the layers, without the facts).
-        state.record_retryable(false);
-        if let Some(call) = call.take() {
-            call.record(tonic::Code::Internal, &state, 0);
-        }
-        return Err(Box::new(stamp_status(
-            Status::internal("the server ended the call OK without its response message"),
-            &state,
-        )));
+        return Err(own_verdict(missing_message(), &state, call.take()));
     }
     if let Some(code) = trailers_only
         && let Some(call) = call.take()
@@ -442,10 +435,6 @@ fn finish(
             match accepted {
                 Some(encoding) => frames = frames.check_compressed(encoding),
                 None => {
-                    state.record_retryable(false);
-                    if let Some(call) = call.take() {
-                        call.record(tonic::Code::Unimplemented, &state, 0);
-                    }
                     let status = Status::unimplemented(format!(
                         "the response is compressed with {:?}, which this client does not accept ({})",
                         String::from_utf8_lossy(&name[..name.len().min(64)]),
@@ -455,7 +444,7 @@ fn finish(
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    return Err(Box::new(stamp_status(status, &state)));
+                    return Err(own_verdict(status, &state, call.take()));
                 }
             }
         }
@@ -476,6 +465,22 @@ fn finish(
             call,
         })
     }))
+}
+
+/// A single-response call that ended OK without its message.
+fn missing_message() -> Status {
+    Status::internal("the server ended the call OK without its response message")
+}
+
+/// The client's own verdict on a response, before its body is handed up:
+/// not retryable (the same response fails the same way), recorded with its
+/// code, stamped with the facts.
+fn own_verdict(status: Status, state: &CallState, call: Option<CallEnd>) -> BoxError {
+    state.record_retryable(false);
+    if let Some(call) = call {
+        call.record(status.code(), state, 0);
+    }
+    Box::new(stamp_status(status, state))
 }
 
 /// A status a peer sent, stamped; details the peer garbled are reported.
@@ -609,10 +614,7 @@ impl StampBody {
                                 // tonic would say "Missing response message"
                                 // above the layers; said here, it has the facts.
                                 this.state.record_retryable(false);
-                                let status = tonic::Status::internal(
-                                    "the server ended the call OK without its response message",
-                                );
-                                return fail(status, this.failed, this.state);
+                                return fail(missing_message(), this.failed, this.state);
                             }
                             // tonic parses OK trailers again: nothing it could panic on.
                             if let Some(why) = crate::peer::sanitize(trailers) {

@@ -43,9 +43,21 @@ pub(crate) type ReplicaList = Arc<RwLock<Arc<[Replica]>>>;
 #[derive(Default)]
 pub(crate) struct Resolution {
     /// The last resolution failed with this (cleared by a good answer).
-    pub(crate) error: std::sync::Mutex<Option<String>>,
+    error: std::sync::Mutex<Option<String>>,
     /// Asks the resolver for an early resolution (it keeps its minimum interval).
     pub(crate) again: Notify,
+}
+
+impl Resolution {
+    /// The last resolution's failure, if it failed.
+    pub(crate) fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the last resolution's outcome (`None`: it succeeded).
+    pub(crate) fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
 }
 
 /// Round-robin over the replicas of a target. Cheap to clone.
@@ -141,12 +153,7 @@ impl RoundRobin {
     }
 
     fn resolution_error(&self) -> Option<String> {
-        let resolution = self.resolution.as_ref()?;
-        resolution
-            .error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.resolution.as_ref()?.error()
     }
 
     /// One look (see the module's table): the turn counts over the READY

@@ -120,7 +120,7 @@ impl DnsTask {
             match outcome {
                 Ok(()) => {
                     failures = 0;
-                    *self.error() = None;
+                    self.resolution.set_error(None);
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -129,7 +129,7 @@ impl DnsTask {
                         %error,
                         "DNS resolution failed; the last good list of replicas keeps serving"
                     );
-                    *self.error() = Some(error);
+                    self.resolution.set_error(Some(error));
                 }
             }
             self.wake.changed();
@@ -150,13 +150,6 @@ impl DnsTask {
                 }
             }
         }
-    }
-
-    fn error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.resolution
-            .error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The list for `addrs`: the subchannels of addresses still there kept
