@@ -376,6 +376,9 @@ struct CallStateInner {
     failed_above: std::sync::atomic::AtomicI32,
     /// The timeout layer cut the call (its deadline, or its idle timeout).
     cut: AtomicBool,
+    /// The replica (subchannel id) the balancer gave the last attempt; 0
+    /// before any: a retry prefers another.
+    replica: std::sync::atomic::AtomicUsize,
 }
 
 /// `CallStateInner::failed_above` when nothing failed above the layers.
@@ -413,6 +416,7 @@ impl CallState {
             committed_sent: AtomicU64::new(0),
             failed_above: std::sync::atomic::AtomicI32::new(NO_FAILURE_ABOVE),
             cut: AtomicBool::new(false),
+            replica: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -427,6 +431,16 @@ impl CallState {
     /// The timeout layer cut the call (deadline or idle timeout).
     pub(crate) fn mark_cut(&self) {
         self.0.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// The replica the balancer gave the call's last attempt (0: none yet).
+    pub(crate) fn replica(&self) -> usize {
+        self.0.replica.load(Ordering::Relaxed)
+    }
+
+    /// Records the replica an attempt goes to.
+    pub(crate) fn set_replica(&self, id: usize) {
+        self.0.replica.store(id, Ordering::Relaxed);
     }
 
     /// Whether the timeout layer cut the call.

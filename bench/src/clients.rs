@@ -196,6 +196,12 @@ fn tracing_layer(port: u16) -> TracingLayer {
         .with_session_id("bench-session")
 }
 
+/// The SDK client (`sdk`) for any endpoint: a `static:` list for the
+/// balancing phase.
+pub fn sdk_at(endpoint: &str) -> Result<Typed, BoxError> {
+    Ok(sdk(sdk_builder(endpoint).build()?))
+}
+
 /// Builds (and connects) the client called `name`.
 pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Typed, BoxError> {
     let endpoint = format!("http://127.0.0.1:{port}");

@@ -7,7 +7,7 @@
 //!                  [--target-rounds N] [--target-window-ms N] [--no-instructions]
 //! ameide-bench soak [--calls N] [--concurrency C] [--max-growth-mib M]
 //! ameide-bench count <client> <calls> <concurrency> <port> [stream]   # for callgrind / DHAT
-//! ameide-bench server                                        # internal: prints its port, serves
+//! ameide-bench server [addr]                                 # internal: prints its port, serves
 //! ```
 //!
 //! One loopback server process (plain tonic, one worker thread, pinned to the
@@ -70,11 +70,17 @@ pub fn pin_client() -> bool {
 pub struct Server {
     child: Child,
     pub port: u16,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Server {
     /// Starts `ameide-bench server` on the last core and reads its port.
     pub fn start() -> Result<Server, ameide_sdk::layers::BoxError> {
+        Server::start_at("127.0.0.1:0")
+    }
+
+    /// [`start`](Self::start) bound to `addr`.
+    pub fn start_at(addr: &str) -> Result<Server, ameide_sdk::layers::BoxError> {
         let exe = std::env::current_exe()?;
         let mut command = if cores() > 1 && taskset_available() {
             let mut c = Command::new("taskset");
@@ -83,16 +89,39 @@ impl Server {
         } else {
             Command::new(exe)
         };
-        let mut child = command.arg("server").stdout(Stdio::piped()).spawn()?;
+        let mut child = command
+            .args(["server", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
         let stdout = child.stdout.take().ok_or("server has no stdout")?;
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let mut server = Server { child, port: 0 };
+        stdout.read_line(&mut line)?;
+        let mut server = Server {
+            child,
+            port: 0,
+            stdout: Some(stdout),
+        };
         server.port = line
             .trim()
             .parse()
             .map_err(|_| format!("the server printed {line:?}, not a port"))?;
         Ok(server)
+    }
+}
+
+impl Server {
+    /// The unary calls the server has served so far.
+    pub fn calls(&mut self) -> Result<u64, ameide_sdk::layers::BoxError> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("server has no stdin")?;
+        stdin.write_all(b"calls\n")?;
+        stdin.flush()?;
+        let stdout = self.stdout.as_mut().ok_or("server has no stdout")?;
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        Ok(line.trim().parse()?)
     }
 }
 
@@ -264,7 +293,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("count") => count(&args[1..]),
-        Some("server") => server::serve(),
+        Some("server") => server::serve(args.get(1).map(String::as_str)),
         Some("soak") => soak(&args[1..]),
         Some("run") => run::parse(&args[1..])
             .map_err(Into::into)

@@ -327,6 +327,27 @@ pub fn markdown(report: &Value) -> String {
         ));
     }
 
+    let b = &report["balancing"];
+    if !b.is_null() {
+        md.push_str(&format!(
+            "\n#### Balancing (issue 26)\n\n`sdk` through a `static:` target, round-robin, {} in flight, {} ABBA rounds; \
+             the 4 backend processes (127.0.0.2–5) share the server core that the single one has alone, \
+             so the ratio is the cost of balancing over 4 connections, not added capacity.\n\n\
+             | target | calls/s | CPU µs/call | calls per backend | max from even |\n|---|---:|---:|---|---:|\n\
+             | 1 backend | {} | {:.2} | — | — |\n\
+             | 4 backends | {} ({:.2}x) | {:.2} | {} | {:.1} % |\n",
+            b["concurrency"],
+            b["rounds"],
+            thousands(f(&b["one_backend_calls_per_s"])),
+            f(&b["cpu_us_per_call_one"]),
+            thousands(f(&b["four_backends_calls_per_s"])),
+            f(&b["ratio"]),
+            f(&b["cpu_us_per_call_four"]),
+            b["calls_per_backend"],
+            f(&b["max_deviation_pct"]),
+        ));
+    }
+
     let phase = &report["targets_paired"];
     let method = if phase.is_null() {
         "the median of the main rounds' round-by-round ratios".to_owned()

@@ -34,6 +34,9 @@ pub struct Options {
     pub target_rounds: usize,
     /// The window of one client in one round of the target phase.
     pub target_window: Duration,
+    /// Rounds of the balancing phase (`sdk` over 1 and over 4 backends,
+    /// ABBA); 0 skips it.
+    pub balancing_rounds: usize,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -63,6 +66,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         instructions: true,
         target_rounds: 31,
         target_window: Duration::from_millis(500),
+        balancing_rounds: 3,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -125,6 +129,11 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--build-cost" => options.build_cost = Some(value()?.into()),
             "--out" => options.out = value()?.into(),
             "--no-instructions" => options.instructions = false,
+            "--balancing-rounds" => {
+                options.balancing_rounds = value()?
+                    .parse()
+                    .map_err(|_| "--balancing-rounds takes a count (0 skips the phase)")?
+            }
             "--target-rounds" => {
                 options.target_rounds = value()?
                     .parse()
@@ -218,6 +227,85 @@ async fn target_phase(
         out.insert(kind_name.to_owned(), Value::Object(levels));
     }
     Ok(())
+}
+
+/// The balancing phase (issue 26): the `sdk` client through a `static:`
+/// target over 4 backend processes (127.0.0.2–5) against the same client
+/// over 1 (a one-entry list, so both go through the balancer), round-robin,
+/// at 64 in flight, ABBA rounds; and how evenly the 4 backends shared the
+/// calls. The backends share the server core, as the single one has it alone:
+/// the ratio is the cost of balancing over 4 connections, not 4x capacity.
+async fn balancing_phase(options: &Options) -> Result<Value, ameide_sdk::layers::BoxError> {
+    const IN_FLIGHT: usize = 64;
+    if options.balancing_rounds == 0 {
+        return Ok(Value::Null);
+    }
+    let mut servers = Vec::new();
+    for octet in 2..=5 {
+        servers.push(crate::Server::start_at(&format!("127.0.0.{octet}:0"))?);
+    }
+    let entries: Vec<String> = servers
+        .iter()
+        .zip(2..)
+        .map(|(s, octet)| format!("127.0.0.{octet}:{}", s.port))
+        .collect();
+    let one = clients::sdk_at(&format!("static:///{}", entries[0]))?;
+    let four = clients::sdk_at(&format!("static:///{}", entries.join(",")))?;
+    let warm = Duration::from_millis(300);
+    for client in [&one, &four] {
+        measure::window(client, Kind::Unary, 8, warm)
+            .await
+            .map_err(|e| format!("balancing warm-up: {e}"))?;
+    }
+    let (mut one_runs, mut four_runs) = (Vec::new(), Vec::new());
+    let mut spread = [0u64; 4];
+    for round in 0..options.balancing_rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_four in order {
+            let before: Vec<u64> = servers
+                .iter_mut()
+                .map(crate::Server::calls)
+                .collect::<Result<_, _>>()?;
+            let client = if is_four { &four } else { &one };
+            let sample = measure::window(client, Kind::Unary, IN_FLIGHT, options.duration)
+                .await
+                .map_err(|e| format!("balancing phase: {e}"))?;
+            if is_four {
+                for (k, server) in servers.iter_mut().enumerate() {
+                    spread[k] += server.calls()? - before[k];
+                }
+                four_runs.push(sample);
+            } else {
+                one_runs.push(sample);
+            }
+        }
+    }
+    let (one, four) = (measure::median(&one_runs), measure::median(&four_runs));
+    let mean = spread.iter().sum::<u64>() as f64 / 4.0;
+    let deviation = spread
+        .iter()
+        .map(|&n| (n as f64 - mean).abs() / mean.max(1.0) * 100.0)
+        .fold(0.0, f64::max);
+    let ratio = four.rate / one.rate.max(1.0);
+    eprintln!(
+        "balancing c={IN_FLIGHT}: 1 backend {:.0}/s, 4 backends {:.0}/s ({ratio:.2}x), spread {spread:?} (max {deviation:.1} % from even)",
+        one.rate, four.rate
+    );
+    Ok(json!({
+        "concurrency": IN_FLIGHT,
+        "rounds": options.balancing_rounds,
+        "one_backend_calls_per_s": one.rate.round(),
+        "four_backends_calls_per_s": four.rate.round(),
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "cpu_us_per_call_one": (one.cpu_us_per_item * 100.0).round() / 100.0,
+        "cpu_us_per_call_four": (four.cpu_us_per_item * 100.0).round() / 100.0,
+        "calls_per_backend": spread,
+        "max_deviation_pct": (deviation * 10.0).round() / 10.0,
+    }))
 }
 
 /// The floor the targets are measured against (issue 16).
@@ -349,6 +437,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
     let mut report: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut spans_expected = 0u64;
     let mut paired_targets = serde_json::Map::new();
+    let mut balancing = Value::Null;
     runtime.block_on(tokio::task::LocalSet::new().run_until(async {
         let mut built = Vec::new();
         for name in &options.clients {
@@ -436,6 +525,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
             }
         }
         target_phase(&options, &built, &kinds, &mut paired_targets).await?;
+        balancing = balancing_phase(&options).await?;
         Ok::<_, ameide_sdk::layers::BoxError>(())
     }))?;
     let (instructions, footprint) = if options.instructions && valgrind_available() {
@@ -480,6 +570,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         "build": build_cost,
         "instructions_per_call": instructions,
         "footprint_at_1": footprint,
+        "balancing": balancing,
         "targets_paired": if paired_targets.is_empty() {
             Value::Null
         } else {

@@ -12,12 +12,17 @@ use tonic::{Request, Response, Status};
 
 struct Echo;
 
+/// Unary calls served, for the balancing phase's spread (printed when a
+/// line arrives on stdin).
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[tonic::async_trait]
 impl GraphService for Echo {
     async fn get_repository(
         &self,
         request: Request<GetRepositoryRequest>,
     ) -> Result<Response<GetRepositoryResponse>, Status> {
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = request.into_inner().repository_id;
         // The soak exercises the error path: every tenth of its ids fails.
         if id.starts_with("soak-") && id.ends_with('0') {
@@ -61,14 +66,22 @@ impl InferenceService for Echo {
     }
 }
 
-/// Binds 127.0.0.1:0, prints the port on stdout, serves until killed.
-pub fn serve() -> Result<(), ameide_sdk::layers::BoxError> {
+/// Binds `addr` (127.0.0.1:0 by default), prints the port on stdout, serves
+/// until killed; prints the unary calls served so far for each line read on stdin.
+pub fn serve(addr: Option<&str>) -> Result<(), ameide_sdk::layers::BoxError> {
+    let addr: std::net::SocketAddr = addr.unwrap_or("127.0.0.1:0").parse()?;
+    std::thread::spawn(|| {
+        use std::io::BufRead;
+        for _ in std::io::stdin().lock().lines().map_while(Result::ok) {
+            println!("{}", CALLS.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         println!("{}", listener.local_addr()?.port());
         // TCP_NODELAY like the clients: without it a stream's small frames
         // wait on Nagle + delayed ACK (40 ms stalls on loopback).

@@ -146,6 +146,39 @@ impl GoServer {
             .collect()
     }
 
+    /// The calls that arrived so far.
+    pub fn calls(&self) -> usize {
+        self.events().iter().filter(|e| e.what == "call").count()
+    }
+
+    /// SIGTERM: grpc-go's GracefulStop (GOAWAY; calls in flight finish,
+    /// then the process exits).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// SIGKILL: the process dies at once, its connections reset.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        let _ = self.child.wait();
+    }
+
+    /// Waits (up to `limit`) for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
     /// Whether connection `conn` has ended.
     pub fn closed(&self, conn: u64) -> bool {
         self.events()

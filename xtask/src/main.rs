@@ -283,6 +283,8 @@ fn bench(args: &[&str]) -> Result<(), String> {
             "2",
             "--target-window-ms",
             "50",
+            "--balancing-rounds",
+            "1",
         ]);
     }
     command.args(&passed);

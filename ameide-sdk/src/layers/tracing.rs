@@ -6,7 +6,7 @@
 //! | name | `<package>.<Service>/<Method>` |
 //! | kind | `CLIENT` |
 //! | parent | the caller's current `opentelemetry::Context` |
-//! | attributes (default) | `rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`, `ameide.request_id` |
+//! | attributes (default) | `rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`, `ameide.request_id`; for a `static:` or `dns:` target, the replica the attempt went to: `network.peer.address`, `network.peer.port` |
 //! | attributes (`OTEL_SEMCONV_STABILITY_OPT_IN=rpc`) | `rpc.system.name = "grpc"`, `rpc.method = "<package>.<Service>/<Method>"`, `rpc.response.status_code = "<CODE>"`, `error.type` on errors, `server.*`, `ameide.request_id` |
 //! | `rpc/dup` | both sets; `rpc.method` takes the stable (full) value, `rpc.service` keeps the short form |
 //! | status | `ERROR` with the status message on any non-OK code |
@@ -338,6 +338,18 @@ where
         let semconv = *this.semconv;
         Poll::Ready(match result {
             Ok(response) => {
+                if let Some(peer) = response
+                    .extensions()
+                    .get::<crate::transport::balancer::PeerAddress>()
+                {
+                    // The replica a balanced target's attempt went to.
+                    let span = span.span();
+                    span.set_attribute(KeyValue::new(
+                        "network.peer.address",
+                        StringValue::from(peer.address.clone()),
+                    ));
+                    span.set_attribute(KeyValue::new("network.peer.port", i64::from(peer.port)));
+                }
                 if let Some(status) = trailers_only_status(&response) {
                     end_span(
                         &span,

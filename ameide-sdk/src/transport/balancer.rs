@@ -1,38 +1,95 @@
 //! Load balancing over the replicas of a target: one [`Subchannel`] per
-//! address, picked round-robin among the READY ones, as grpc-go's
-//! `round_robin` policy does. The addresses are a static list
-//! (`static:///a:1,b:2`) or what DNS answers for a `dns:` target, resolved
-//! again as it changes (`dns.rs`).
+//! address, and a policy ([`LoadBalancing`]) that picks among the READY
+//! ones: `round_robin` (the default) and `pick_first` as grpc-go's, and a
+//! least-loaded policy (power of two choices over the streams in flight).
+//! The addresses are a static list (`static:///a:1,b:2`) or what DNS
+//! answers for a `dns:` target, resolved again as it changes (`dns.rs`).
 //!
 //! | The subchannels | What a call does |
 //! |---|---|
-//! | some READY | takes the next READY one in turn; every IDLE one it passes starts connecting (all are kept connected) |
-//! | none READY, some IDLE or connecting | starts every IDLE one connecting and waits, within its deadline, for the first to become READY (grpc-go's picker blocks the same way) |
+//! | some READY | takes one by the policy (round-robin: the next in turn; least-loaded: of two at random, the one with fewer streams in flight; pick_first: the first in the list's order); a retry of the call prefers another than its last attempt's |
+//! | none READY, some IDLE or connecting | round-robin and least-loaded start every IDLE one connecting (all are kept connected); pick_first starts the first and the next after 250 ms or its failure (Happy Eyeballs, gRFC A61); the call waits, within its deadline, for the first to become READY (grpc-go's picker blocks the same way) |
 //! | all failing (their last connect failed; they keep reconnecting after each backoff) | fails at once with `UNAVAILABLE` naming a replica's connect error, as grpc-go does when every subconn is in TRANSIENT_FAILURE |
 //! | none yet (DNS has not answered) | waits for the first answer within its deadline; fails `UNAVAILABLE` naming the resolution error when DNS failed and no address was ever known |
 //!
 //! A call never goes to an address whose connect failed while another is
-//! READY. Draining is the subchannel's: a connection that sent GOAWAY takes
-//! no new stream, and a request handed back unwritten is resent. A replica
-//! that leaves the list gets no new calls; its calls in flight finish.
+//! READY. **Draining**: a connection that sent GOAWAY takes no new stream;
+//! a request its replica cannot take after the pick (the connection was
+//! lost meanwhile) or hands back unwritten goes to another replica
+//! (transparent, no attempt spent). A replica that leaves the list gets no
+//! new calls; its calls in flight finish.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tower::Service;
 
 use super::connection::ConnectError;
-use super::subchannel::{Health, Subchannel};
+use super::subchannel::{Failed, Health, Resends, Subchannel};
 use super::tap::Wake;
+use crate::call::CallState;
 use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
+
+/// How a client with several addresses for its target (a `static:` list or
+/// a `dns:` name) spreads its calls over them: grpc-go's `pick_first` and
+/// `round_robin`, and a least-loaded policy. A plain `http(s)://host:port`
+/// endpoint has one subchannel and no policy.
+///
+/// ```
+/// use ameide_sdk::{LoadBalancing, TransportOptions};
+/// // Round-robin is the default for static lists and dns: targets.
+/// assert_eq!(TransportOptions::default().load_balancing, LoadBalancing::RoundRobin);
+/// let options = TransportOptions::default().with_load_balancing(LoadBalancing::LeastLoaded);
+/// assert_eq!(options.load_balancing, LoadBalancing::LeastLoaded);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LoadBalancing {
+    /// Every call to the first address, in the list's order, that connects
+    /// (grpc-go's default): with Happy Eyeballs (gRFC A61), the next address's
+    /// connect starts when the one before has not connected within 250 ms or
+    /// has failed, IPv6 and IPv4 addresses interleaved. For a target whose
+    /// replicas must not be balanced (a leader, a sticky cache).
+    PickFirst,
+    /// The READY replicas in turn (grpc-go's `round_robin`); every replica
+    /// kept connected. The default.
+    #[default]
+    RoundRobin,
+    /// Power of two choices over the streams each READY replica has in
+    /// flight from this client: of two replicas picked at random, the one
+    /// with fewer (a slow replica accumulates calls and gets fewer new
+    /// ones). Every replica kept connected.
+    LeastLoaded,
+}
+
+/// gRFC A61's Happy Eyeballs stagger: the next address's connect starts
+/// when the one before has not connected within this.
+const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+/// How often a call that found its replica unable to take it (its
+/// connection lost between pick and send, or its request handed back
+/// unwritten) picks another; past it, it waits on the last one.
+const MAX_REPICKS: u32 = 8;
 
 /// One replica: its address (as the list names it) and its subchannel.
 #[derive(Clone)]
 pub(crate) struct Replica {
     pub(crate) key: String,
+    pub(crate) peer: PeerAddress,
     pub(crate) subchannel: Subchannel,
+}
+
+/// The replica an attempt went to, on its response's extensions: the
+/// tracing layer puts it on the attempt's span (`network.peer.address`,
+/// `network.peer.port`).
+#[derive(Debug, Clone)]
+pub(crate) struct PeerAddress {
+    pub(crate) address: Arc<str>,
+    pub(crate) port: u16,
 }
 
 /// The replicas, replaced whole when the resolver's answer changes.
@@ -60,10 +117,11 @@ impl Resolution {
     }
 }
 
-/// Round-robin over the replicas of a target. Cheap to clone.
+/// The balancer over the replicas of a target. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct RoundRobin {
+pub(crate) struct Balancer {
     replicas: ReplicaList,
+    policy: LoadBalancing,
     next: Arc<AtomicUsize>,
     /// Shared by every subchannel and the resolver: woken by any change.
     wake: Arc<Wake>,
@@ -73,45 +131,50 @@ pub(crate) struct RoundRobin {
 
 /// What one look at the subchannels found.
 enum Pick {
-    Ready(Subchannel),
-    /// None READY; some may become so (IDLE, or connecting).
-    Wait(Subchannel),
+    Ready(Replica),
+    /// None READY; some may become so (IDLE, or connecting); look again
+    /// at the instant, if any (Happy Eyeballs' next connect).
+    Wait(Replica, Option<Instant>),
     /// Every one backs off after a failed connect.
-    Failing(Subchannel),
+    Failing(Replica),
     /// No replica yet (the resolver has not answered, or answered nothing).
     Empty,
 }
 
-impl RoundRobin {
+impl Balancer {
     pub(crate) fn new(
         replicas: ReplicaList,
+        policy: LoadBalancing,
         wake: Arc<Wake>,
         resolution: Option<Arc<Resolution>>,
     ) -> Self {
-        RoundRobin {
+        Balancer {
             replicas,
+            policy,
             next: Arc::new(AtomicUsize::new(0)),
             wake,
             resolution,
         }
     }
 
-    /// The subchannel for a call: a READY one at once, else (none READY,
+    /// The replica for a call: a READY one at once, else (none READY,
     /// some connecting, or no replica yet) the first to become READY within
-    /// the deadline.
+    /// the deadline; and whether it is READY (at the deadline, it may not be).
     async fn pick_ready(
-        self,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Result<Subchannel, BoxError> {
+        &self,
+        deadline: Option<Instant>,
+        avoid: usize,
+    ) -> Result<(Replica, bool), BoxError> {
         let wake = self.wake.clone();
         loop {
             let notified = wake.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let fallback = match self.pick() {
-                Pick::Ready(sub) => return Ok(sub),
-                Pick::Failing(sub) => {
-                    let why = sub
+            let (fallback, again_at) = match self.pick(avoid) {
+                Pick::Ready(replica) => return Ok((replica, true)),
+                Pick::Failing(replica) => {
+                    let why = replica
+                        .subchannel
                         .last_error()
                         .map_or_else(|| "no connection".to_owned(), |e| e.message);
                     return Err(Box::new(ConnectError {
@@ -119,7 +182,7 @@ impl RoundRobin {
                         permanent: false,
                     }));
                 }
-                Pick::Wait(sub) => Some(sub),
+                Pick::Wait(replica, again_at) => (Some(replica), again_at),
                 Pick::Empty => {
                     if let Some(error) = self.resolution_error() {
                         return Err(Box::new(ConnectError {
@@ -127,20 +190,25 @@ impl RoundRobin {
                             permanent: false,
                         }));
                     }
-                    None
+                    (None, None)
                 }
             };
-            let woken = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
+            let until = match (deadline, again_at) {
+                (Some(d), Some(a)) => Some(d.min(a)),
+                (d, a) => d.or(a),
+            };
+            let woken = match until {
+                Some(until) => tokio::time::timeout_at(until, notified).await.is_ok(),
                 None => {
                     notified.await;
                     true
                 }
             };
-            if !woken {
+            let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+            if !woken && past_deadline {
                 // The deadline: its send fails the call the way the deadline says.
                 return match fallback {
-                    Some(sub) => Ok(sub),
+                    Some(replica) => Ok((replica, false)),
                     None => Err(Box::new(ConnectError {
                         message: "no address of the target is known yet: DNS has not answered \
                                   within the call's deadline"
@@ -156,10 +224,9 @@ impl RoundRobin {
         self.resolution.as_ref()?.error()
     }
 
-    /// One look (see the module's table): the turn counts over the READY
-    /// subchannels only, so that one that is down does not hand its share
-    /// to its neighbour in the list.
-    fn pick(&self) -> Pick {
+    /// One look (see the module's table). `avoid` is the replica the call's
+    /// last attempt went to: another READY one is preferred.
+    fn pick(&self, avoid: usize) -> Pick {
         let replicas = self
             .replicas
             .read()
@@ -172,12 +239,12 @@ impl RoundRobin {
             }
             return Pick::Empty;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
         // At most MAX_STATIC_ENDPOINTS (64) are counted: on the stack.
         let mut ready = [0usize; crate::config::MAX_STATIC_ENDPOINTS];
         let mut count = 0;
         let mut idle = None;
         let mut all_ready = true;
+        let keep_all = self.policy != LoadBalancing::PickFirst;
         for (i, replica) in replicas.iter().enumerate() {
             match replica.subchannel.health() {
                 Health::Ready => {
@@ -188,7 +255,9 @@ impl RoundRobin {
                 }
                 Health::Idle => {
                     all_ready = false;
-                    replica.subchannel.request_connection();
+                    if keep_all {
+                        replica.subchannel.request_connection();
+                    }
                     idle.get_or_insert(i);
                 }
                 Health::Failing => {
@@ -200,22 +269,160 @@ impl RoundRobin {
                 }
             }
         }
-        if !all_ready && let Some(resolution) = &self.resolution {
+        if !all_ready
+            && keep_all
+            && let Some(resolution) = &self.resolution
+        {
             // A replica is down or not yet up: DNS may know better.
             resolution.again.notify_one();
         }
-        let pick = |i: usize| replicas[i].subchannel.clone();
         if count > 0 {
-            Pick::Ready(pick(ready[turn % count]))
-        } else if let Some(i) = idle {
-            Pick::Wait(pick(i))
-        } else {
-            Pick::Failing(pick(turn % n))
+            let ready = &ready[..count];
+            let chosen = match self.policy {
+                LoadBalancing::PickFirst => ready
+                    .iter()
+                    .copied()
+                    .find(|&i| replicas[i].subchannel.id() != avoid)
+                    .unwrap_or(ready[0]),
+                LoadBalancing::RoundRobin => {
+                    // The turn counts over the READY ones only, so that one
+                    // that is down does not hand its share to its neighbour.
+                    let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                    let i = ready[turn % count];
+                    if count > 1 && replicas[i].subchannel.id() == avoid {
+                        ready[(turn + 1) % count]
+                    } else {
+                        i
+                    }
+                }
+                LoadBalancing::LeastLoaded => least_loaded(&replicas, ready, avoid),
+            };
+            return Pick::Ready(replicas[chosen].clone());
+        }
+        if self.policy == LoadBalancing::PickFirst {
+            return happy_eyeballs(&replicas, &self.resolution);
+        }
+        match idle {
+            Some(i) => Pick::Wait(replicas[i].clone(), None),
+            None => {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                Pick::Failing(replicas[turn % n].clone())
+            }
+        }
+    }
+
+    /// Sends `request` to `replica`, and again to another replica while the
+    /// one it went to hands it back unsent (its connection lost between
+    /// pick and send, or the request handed back unwritten by a connection
+    /// that closed): a replica going away loses no call that it did not
+    /// take. The replica goes on the response for the attempt's span.
+    async fn send(
+        self,
+        mut request: HttpRequest,
+        mut replica: Replica,
+        mut ready: bool,
+    ) -> Result<HttpResponse, BoxError> {
+        let deadline = crate::call::deadline_of(&request);
+        let mut resends = Resends::default();
+        let mut repicks = 0u32;
+        loop {
+            if let Some(state) = request.extensions().get::<CallState>() {
+                state.set_replica(replica.subchannel.id());
+            }
+            let hand_back = ready && repicks < MAX_REPICKS;
+            match replica
+                .subchannel
+                .clone()
+                .send_or_hand_back(request, resends, hand_back)
+                .await
+            {
+                Ok(mut response) => {
+                    response.extensions_mut().insert(replica.peer);
+                    return Ok(response);
+                }
+                Err(Failed::Error(error)) => return Err(error),
+                Err(Failed::HandedBack(unsent, so_far)) => {
+                    (request, resends) = (*unsent, so_far);
+                    repicks += 1;
+                    let avoid = replica.subchannel.id();
+                    (replica, ready) = self.pick_ready(deadline, avoid).await?;
+                }
+            }
         }
     }
 }
 
-impl Service<HttpRequest> for RoundRobin {
+/// Power of two choices: of two READY replicas picked at random (other
+/// than `avoid` when there are more), the one with fewer streams in flight.
+fn least_loaded(replicas: &[Replica], ready: &[usize], avoid: usize) -> usize {
+    let mut candidates = [0usize; crate::config::MAX_STATIC_ENDPOINTS];
+    let mut count = 0;
+    for &i in ready {
+        if replicas[i].subchannel.id() != avoid {
+            candidates[count] = i;
+            count += 1;
+        }
+    }
+    let candidates = if count == 0 {
+        ready
+    } else {
+        &candidates[..count]
+    };
+    if candidates.len() == 1 {
+        return candidates[0];
+    }
+    let a = fastrand::usize(..candidates.len());
+    let mut b = fastrand::usize(..candidates.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (a, b) = (candidates[a], candidates[b]);
+    if replicas[b].subchannel.in_flight() < replicas[a].subchannel.in_flight() {
+        b
+    } else {
+        a
+    }
+}
+
+/// `pick_first` with no READY replica (gRFC A61): walks the list in order;
+/// an address whose connect failed passes the turn at once, one still
+/// connecting after [`HAPPY_EYEBALLS_DELAY`] lets the next start too; the
+/// first not yet tried is started, and the call looks again when its
+/// stagger runs out (or when any replica changes).
+fn happy_eyeballs(replicas: &[Replica], resolution: &Option<Arc<Resolution>>) -> Pick {
+    let now = Instant::now();
+    let mut first_waiting = None;
+    for replica in replicas {
+        match replica.subchannel.health() {
+            Health::Failing => continue,
+            Health::Ready => return Pick::Ready(replica.clone()),
+            Health::Idle => {}
+        }
+        first_waiting.get_or_insert(replica);
+        match replica.subchannel.connecting_since() {
+            None => {
+                replica.subchannel.request_connection();
+                return Pick::Wait(replica.clone(), Some(now + HAPPY_EYEBALLS_DELAY));
+            }
+            Some(since) if now.saturating_duration_since(since) < HAPPY_EYEBALLS_DELAY => {
+                return Pick::Wait(replica.clone(), Some(since + HAPPY_EYEBALLS_DELAY));
+            }
+            Some(_) => {}
+        }
+    }
+    match first_waiting {
+        // Every address is connecting: wait for the first to connect.
+        Some(replica) => Pick::Wait(replica.clone(), None),
+        None => {
+            if let Some(resolution) = resolution {
+                resolution.again.notify_one();
+            }
+            Pick::Failing(replicas[0].clone())
+        }
+    }
+}
+
+impl Service<HttpRequest> for Balancer {
     type Response = HttpResponse;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
@@ -225,12 +432,19 @@ impl Service<HttpRequest> for RoundRobin {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        // The fast path: a READY subchannel, no waiting.
-        if let Pick::Ready(sub) = self.pick() {
-            return Box::pin(sub.send(request));
+        let avoid = request
+            .extensions()
+            .get::<CallState>()
+            .map_or(0, CallState::replica);
+        let balancer = self.clone();
+        // The fast path: a READY replica, no waiting.
+        if let Pick::Ready(replica) = self.pick(avoid) {
+            return Box::pin(balancer.send(request, replica, true));
         }
         let deadline = crate::call::deadline_of(&request);
-        let balancer = self.clone();
-        Box::pin(async move { balancer.pick_ready(deadline).await?.send(request).await })
+        Box::pin(async move {
+            let (replica, ready) = balancer.pick_ready(deadline, avoid).await?;
+            balancer.send(request, replica, ready).await
+        })
     }
 }

@@ -195,6 +195,11 @@ impl Conn {
         self.open.fetch_add(1, Ordering::SeqCst);
         true
     }
+
+    /// Streams open on it now (for the least-loaded balancer).
+    pub(crate) fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
 }
 
 /// One stream counted open on its connection until dropped: held by the

@@ -21,7 +21,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use tokio::time::Instant;
 
-use super::balancer::{Replica, ReplicaList, Resolution};
+use super::balancer::{PeerAddress, Replica, ReplicaList, Resolution};
 use super::subchannel::Subchannel;
 use super::tap::Wake;
 use crate::config::{ConfigError, ConfigErrorKind, DnsTarget};
@@ -57,6 +57,23 @@ pub(crate) fn resolver(target: &DnsTarget) -> Result<TokioResolver, ConfigError>
     options.timeout = Duration::from_secs(5);
     options.attempts = 2;
     Ok(builder.build())
+}
+
+/// Orders sorted addresses IPv6 and IPv4 in turn, IPv6 first (RFC 8305's
+/// order, which `pick_first`'s Happy Eyeballs walks; gRFC A61).
+fn interleave_families(addrs: &mut Vec<SocketAddr>) {
+    let (v6, v4): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs.iter().partition(|a| a.is_ipv6());
+    if v6.is_empty() || v4.is_empty() {
+        return;
+    }
+    addrs.clear();
+    let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (v6.next(), v4.next()) {
+            (None, None) => break,
+            (a, b) => addrs.extend(a.into_iter().chain(b)),
+        }
+    }
 }
 
 /// Resolves `target` until the client is dropped, keeping `list` to the answer.
@@ -108,6 +125,7 @@ impl DnsTask {
                         addrs.truncate(crate::config::MAX_STATIC_ENDPOINTS);
                         addrs.sort();
                     }
+                    interleave_families(&mut addrs);
                     if addrs.is_empty() {
                         Err(format!("DNS has no address for {}", self.target.host))
                     } else {
@@ -166,7 +184,14 @@ impl DnsTask {
                 Some(replica) => next.push(replica.clone()),
                 None => {
                     let subchannel = (self.make)(*addr).map_err(|e| e.to_string())?;
-                    next.push(Replica { key, subchannel });
+                    next.push(Replica {
+                        key,
+                        peer: PeerAddress {
+                            address: Arc::from(addr.ip().to_string()),
+                            port: addr.port(),
+                        },
+                        subchannel,
+                    });
                 }
             }
         }
@@ -179,5 +204,25 @@ impl DnsTask {
         }
         *list.write().unwrap_or_else(|p| p.into_inner()) = next.into();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_interleave_ipv6_first() {
+        let mut addrs: Vec<SocketAddr> = ["10.0.0.1:1", "10.0.0.2:1", "[::1]:1", "10.0.0.3:1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        addrs.sort();
+        interleave_families(&mut addrs);
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["[::1]:1", "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"]);
+        let mut one_family: Vec<SocketAddr> = vec!["10.0.0.2:1".parse().unwrap()];
+        interleave_families(&mut one_family);
+        assert_eq!(one_family.len(), 1);
     }
 }

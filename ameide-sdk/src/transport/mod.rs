@@ -26,6 +26,7 @@ pub(crate) mod subchannel;
 pub(crate) mod tap;
 pub(crate) mod tls;
 
+pub use balancer::LoadBalancing;
 use connection::Target;
 pub use proxy::Proxy;
 use subchannel::{Pacing, Subchannel};
@@ -139,6 +140,9 @@ pub struct TransportOptions {
     /// For a `dns:` target: the least time between two resolutions, 30 s
     /// as grpc-go (10 ms ..= `dns_refresh`).
     pub dns_min_interval: Duration,
+    /// How the calls of a `static:` or `dns:` target are spread over its
+    /// addresses ([`LoadBalancing`]); round-robin by default.
+    pub load_balancing: LoadBalancing,
 }
 
 impl Default for TransportOptions {
@@ -165,6 +169,7 @@ impl Default for TransportOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             dns_refresh: Duration::from_secs(30),
             dns_min_interval: Duration::from_secs(30),
+            load_balancing: LoadBalancing::RoundRobin,
         }
     }
 }
@@ -285,6 +290,20 @@ impl TransportOptions {
     /// Sets [`client_identity`](Self::client_identity).
     pub fn with_client_identity(mut self, value: impl Into<Option<ClientIdentity>>) -> Self {
         self.client_identity = value.into();
+        self
+    }
+
+    /// Sets [`load_balancing`](Self::load_balancing).
+    pub fn with_load_balancing(mut self, value: LoadBalancing) -> Self {
+        self.load_balancing = value;
+        self
+    }
+
+    /// Sets [`dns_refresh`](Self::dns_refresh) and
+    /// [`dns_min_interval`](Self::dns_min_interval).
+    pub fn with_dns_refresh(mut self, refresh: Duration, min_interval: Duration) -> Self {
+        self.dns_refresh = refresh;
+        self.dns_min_interval = min_interval;
         self
     }
 
@@ -435,6 +454,15 @@ pub(crate) fn http2_transport(
             .map(|(endpoint, uri)| {
                 Ok(balancer::Replica {
                     key: endpoint.clone(),
+                    peer: balancer::PeerAddress {
+                        address: Arc::from(
+                            uri.host()
+                                .unwrap_or_default()
+                                .trim_start_matches('[')
+                                .trim_end_matches(']'),
+                        ),
+                        port: crate::config::port_of(uri),
+                    },
                     subchannel: subchannel(
                         endpoint,
                         uri.clone(),
@@ -446,8 +474,11 @@ pub(crate) fn http2_transport(
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(replicas.into()));
-        return Ok(BoxCloneSyncService::new(balancer::RoundRobin::new(
-            list, wake, None,
+        return Ok(BoxCloneSyncService::new(balancer::Balancer::new(
+            list,
+            options.load_balancing,
+            wake,
+            None,
         )));
     }
     let (endpoint, uri) = endpoints
@@ -498,8 +529,9 @@ fn dns_transport(
         min_interval: options.dns_min_interval,
     };
     tokio::spawn(task.run());
-    Ok(BoxCloneSyncService::new(balancer::RoundRobin::new(
+    Ok(BoxCloneSyncService::new(balancer::Balancer::new(
         list,
+        options.load_balancing,
         wake,
         Some(resolution),
     )))

@@ -100,6 +100,9 @@ struct State {
     next: usize,
     /// A connect task runs.
     connecting: bool,
+    /// When the running connect task started (Happy Eyeballs staggers the
+    /// next replica's connect on it).
+    connect_started: Option<Instant>,
     next_id: u64,
     /// Failed connects since the last connection was made.
     failures: u32,
@@ -149,6 +152,7 @@ impl Shared {
 
     fn start_connect(self: &Arc<Self>, state: &mut State) {
         state.connecting = true;
+        state.connect_started = Some(Instant::now());
         let mark = ConnectTaskMark {
             shared: Arc::downgrade(self),
             armed: true,
@@ -328,6 +332,7 @@ impl Subchannel {
                     conns: Vec::new(),
                     next: 0,
                     connecting: false,
+                    connect_started: None,
                     next_id: 0,
                     failures: 0,
                     retry_at: None,
@@ -361,6 +366,27 @@ impl Subchannel {
             return None;
         }
         state.last_error.clone()
+    }
+
+    /// Streams open on its connections now (the least-loaded policy's load).
+    pub(crate) fn in_flight(&self) -> usize {
+        let state = self.shared.lock();
+        state.conns.iter().map(|c| c.open_streams()).sum()
+    }
+
+    /// When its running connect started, while one runs and no connection
+    /// is up (Happy Eyeballs staggers the next address on it).
+    pub(crate) fn connecting_since(&self) -> Option<Instant> {
+        let state = self.shared.lock();
+        if !state.connecting || state.conns.iter().any(|c| c.usable()) {
+            return None;
+        }
+        state.connect_started
+    }
+
+    /// Tells one subchannel from another (while both live).
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// Starts a connect unless one runs or a connection is up (a balancer
@@ -456,21 +482,47 @@ impl Subchannel {
 
     /// Sends `request` on a connection with room, connecting first if
     /// needed; resends it while it is provably unsent (see the module doc).
+    pub(crate) fn send(
+        self,
+        request: HttpRequest,
+    ) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static {
+        let sent = self.send_or_hand_back(request, Resends::default(), false);
+        async move {
+            match sent.await {
+                Ok(response) => Ok(response),
+                Err(Failed::Error(error)) => Err(error),
+                // Never without `hand_back`; an unsent request if it were.
+                Err(Failed::HandedBack(_, _)) => Err(Box::new(ConnectError {
+                    message: "the request was not sent".to_owned(),
+                    permanent: false,
+                }) as BoxError),
+            }
+        }
+    }
+
+    /// [`send`](Self::send), for a balancer when `hand_back`: a request this
+    /// subchannel cannot take now (it has no usable connection) or that its
+    /// connection handed back unwritten comes back to the caller, unsent,
+    /// to go to another replica.
     ///
     /// An `async` block over the arguments rather than an `async fn`, whose
     /// future would keep the request twice (it is boxed on every call).
-    pub(crate) fn send(
+    pub(crate) fn send_or_hand_back(
         self,
         mut request: HttpRequest,
-    ) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static {
+        resends: Resends,
+        hand_back: bool,
+    ) -> impl Future<Output = Result<HttpResponse, Failed>> + Send + 'static {
         let origin = set_origin(&mut request, &self.shared.target);
         async move {
-            origin?;
+            origin.map_err(Failed::Error)?;
             let deadline = crate::call::deadline_of(&request);
             // Failed connects waited through, and requests handed back
             // unwritten: the header counts both, the cap only the second.
-            let mut waited_connects = 0u32;
-            let mut unwritten = 0u32;
+            let Resends {
+                mut waited_connects,
+                mut unwritten,
+            } = resends;
             loop {
                 let conn = match self.pick_now() {
                     Some(conn) => {
@@ -479,11 +531,20 @@ impl Subchannel {
                         }
                         conn
                     }
+                    None if hand_back && self.health() != Health::Ready => {
+                        return Err(Failed::HandedBack(
+                            Box::new(request),
+                            Resends {
+                                waited_connects,
+                                unwritten,
+                            },
+                        ));
+                    }
                     None => {
                         // Large and rare: boxed, so the per-call future stays small.
                         let (conn, waited) = Box::pin(self.wait(deadline))
                             .await
-                            .map_err(|e| Box::new(e) as BoxError)?;
+                            .map_err(|e| Failed::Error(Box::new(e)))?;
                         if waited > 0 {
                             waited_connects = waited_connects.saturating_add(waited);
                             mark_resend(&mut request, waited_connects.saturating_add(unwritten));
@@ -518,7 +579,7 @@ impl Subchannel {
                             Some(unsent) if unwritten < MAX_UNWRITTEN_RESENDS => {
                                 ::tracing::debug!(
                                     error = %failed.error(),
-                                    "request not written before its connection closed: sending it on a fresh connection"
+                                    "request not written before its connection closed: sending it again"
                                 );
                                 request = unsent;
                                 unwritten = unwritten.saturating_add(1);
@@ -526,19 +587,44 @@ impl Subchannel {
                                     &mut request,
                                     waited_connects.saturating_add(unwritten),
                                 );
+                                if hand_back {
+                                    return Err(Failed::HandedBack(
+                                        Box::new(request),
+                                        Resends {
+                                            waited_connects,
+                                            unwritten,
+                                        },
+                                    ));
+                                }
                             }
                             Some(_) => {
-                                return Err(Box::new(Unwritten {
+                                return Err(Failed::Error(Box::new(Unwritten {
                                     source: failed.into_error(),
-                                }) as BoxError);
+                                })));
                             }
-                            None => return Err(Box::new(failed.into_error()) as BoxError),
+                            None => return Err(Failed::Error(Box::new(failed.into_error()))),
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The transparent resends a request has had so far (see the module doc).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Resends {
+    waited_connects: u32,
+    unwritten: u32,
+}
+
+/// Why [`Subchannel::send_or_hand_back`] returned no response.
+pub(crate) enum Failed {
+    /// The call fails with this.
+    Error(BoxError),
+    /// Not sent: the request (boxed: rare, and the result stays small),
+    /// for another replica.
+    HandedBack(Box<HttpRequest>, Resends),
 }
 
 /// `grpc-timeout` from the time left now, for a request that waited for a

@@ -9,6 +9,8 @@
 //	open <conn> <ms>       a connection was accepted
 //	ping <conn> <ms>       the client sent a PING (not an ACK)
 //	closed <conn> <ms>     the connection ended
+//	call 0 <ms>            a call arrived
+//	stopping 0 <ms>        SIGTERM: GracefulStop (GOAWAY, calls in flight finish)
 //
 // where <ms> counts from the server's start. A call's behaviour comes from
 // its metadata: x-test-delay-ms (wait before the first response message),
@@ -24,8 +26,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -169,6 +173,7 @@ func message(size int) []byte {
 
 func handle(_ interface{}, stream grpc.ServerStream) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
+	event("call 0 %d", ms())
 	var request []byte
 	if err := stream.RecvMsg(&request); err != nil && err != io.EOF {
 		return err
@@ -213,6 +218,15 @@ func main() {
 		os.Exit(1)
 	}
 	event("listening %s", listener.Addr())
+	// SIGTERM: a graceful stop, as a pod's shutdown does it.
+	terms := make(chan os.Signal, 1)
+	signal.Notify(terms, syscall.SIGTERM)
+	go func() {
+		<-terms
+		event("stopping 0 %d", ms())
+		server.GracefulStop()
+		os.Exit(0)
+	}()
 	// Ends when the test closes stdin (or dies).
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
