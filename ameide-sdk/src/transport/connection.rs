@@ -289,17 +289,7 @@ pub(crate) async fn connect(
         let addrs = tokio::net::lookup_host((dial_host, dial_port))
             .await
             .map_err(|e| fail(format!("cannot resolve the host name {dial_host}: {e}")))?;
-        let mut last = None;
-        let mut stream = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
+        let (stream, last) = happy_eyeballs(addrs.collect()).await;
         let mut stream = match (stream, last, &target.proxy) {
             (Some(stream), _, _) => stream,
             (None, Some(e), Some(proxy)) => {
@@ -391,6 +381,62 @@ pub(crate) async fn connect(
             "no connection within the connect timeout ({:?})",
             target.connect_timeout
         ))),
+    }
+}
+
+/// gRFC A61's and RFC 8305's stagger between two addresses' connects.
+const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+/// TCP to the first of `addrs` that answers, Happy Eyeballs style (RFC 8305,
+/// as grpc-go's dialer): IPv6 and IPv4 in turn, in the resolver's order
+/// otherwise; the next address's connect starts 250 ms after the one before
+/// or at once when it fails; the first to connect wins and the others are
+/// dropped. A black-holed first address costs 250 ms, not the connect
+/// timeout. Returns the stream, or the last error (`None`: no address).
+async fn happy_eyeballs(
+    addrs: Vec<std::net::SocketAddr>,
+) -> (Option<TcpStream>, Option<std::io::Error>) {
+    let (v6, v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6());
+    let first_v6 = !v6.is_empty();
+    let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
+    let mut order = Vec::new();
+    loop {
+        let (a, b) = if first_v6 {
+            (v6.next(), v4.next())
+        } else {
+            (v4.next(), v6.next())
+        };
+        if a.is_none() && b.is_none() {
+            break;
+        }
+        order.extend(a.into_iter().chain(b));
+    }
+    let mut next = order.into_iter();
+    // Dropped on return: the losing connects are aborted.
+    let mut racing = tokio::task::JoinSet::new();
+    let mut last = None;
+    loop {
+        let started = match next.next() {
+            Some(addr) => {
+                racing.spawn(TcpStream::connect(addr));
+                true
+            }
+            None => false,
+        };
+        if racing.is_empty() {
+            return (None, last);
+        }
+        let stagger = tokio::time::sleep(HAPPY_EYEBALLS_DELAY);
+        tokio::pin!(stagger);
+        // One outcome, or the stagger: either starts the next address.
+        tokio::select! {
+            joined = racing.join_next() => match joined {
+                Some(Ok(Ok(stream))) => return (Some(stream), last),
+                Some(Ok(Err(e))) => last = Some(e),
+                Some(Err(_)) | None => {}
+            },
+            () = &mut stagger, if started => {}
+        }
     }
 }
 
@@ -500,6 +546,64 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TCP black hole on loopback: a listener whose accept queue is full
+    /// (backlog 0, one connection pending), so the kernel drops further
+    /// SYNs and a connect to it hangs. `None` when this kernel answers anyway.
+    async fn black_hole() -> Option<(socket2::Socket, Vec<TcpStream>, std::net::SocketAddr)> {
+        use socket2::{Domain, Socket, Type};
+        let hole = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+        hole.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .ok()?;
+        hole.listen(0).ok()?;
+        let addr = hole.local_addr().ok()?.as_socket()?;
+        let mut pending = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => pending.push(stream),
+                _ => return Some((hole, pending, addr)),
+            }
+        }
+        None
+    }
+
+    /// Happy Eyeballs: a black-holed first address costs the 250 ms
+    /// stagger, then the second address's connect wins.
+    #[tokio::test]
+    async fn happy_eyeballs_passes_a_black_holed_first_address() {
+        let Some((_hole, _pending, hole)) = black_hole().await else {
+            eprintln!("SKIPPED: this kernel completes connects to a full accept queue");
+            return;
+        };
+        let good = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let started = tokio::time::Instant::now();
+        let (stream, _) = happy_eyeballs(vec![hole, good_addr]).await;
+        let took = started.elapsed();
+        let stream = stream.expect("the second address connects");
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        assert!(took >= HAPPY_EYEBALLS_DELAY, "staggered: {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "not the connect timeout: {took:?}"
+        );
+        // A refused first address starts the next at once.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let started = tokio::time::Instant::now();
+        let (stream, _) = happy_eyeballs(vec![refused, good_addr]).await;
+        assert!(stream.is_some());
+        assert!(
+            started.elapsed() < HAPPY_EYEBALLS_DELAY,
+            "{:?}",
+            started.elapsed()
+        );
+        let (none, error) = happy_eyeballs(vec![refused]).await;
+        assert!(none.is_none() && error.is_some());
+        assert!(happy_eyeballs(Vec::new()).await.0.is_none());
+    }
 
     #[test]
     fn tls_verdicts_about_certificates_names_and_alpn_stand() {

@@ -176,6 +176,12 @@ impl Shared {
     /// A connection leaves the list: gRFC A8's doubling when the server
     /// said its pings were too many.
     fn retire(&self, state: &mut State, conn: &Conn) {
+        ::tracing::debug!(
+            target_address = %format_args!("{}:{}", self.target.host, self.target.port),
+            connection = conn.id,
+            connections = state.conns.len(),
+            "subchannel: a connection stopped taking streams (GOAWAY or closed)"
+        );
         if !conn.events.too_many_pings() {
             return;
         }
@@ -239,6 +245,12 @@ async fn connect_task(mut mark: ConnectTaskMark) {
         let mut state = shared.lock();
         let stop = match outcome {
             Ok(conn) => {
+                ::tracing::debug!(
+                    target_address = %format_args!("{}:{}", shared.target.host, shared.target.port),
+                    connection = id,
+                    connections = state.conns.len() + 1,
+                    "subchannel READY: connected"
+                );
                 state.conns.push(Arc::new(conn));
                 state.failures = 0;
                 state.retry_at = None;
@@ -254,7 +266,13 @@ async fn connect_task(mut mark: ConnectTaskMark) {
                 );
                 state.retry_at = Some(crate::time::add(Instant::now(), backoff));
                 state.failed_connects = state.failed_connects.saturating_add(1);
-                ::tracing::debug!(error = %error.message, ?backoff, "connect failed");
+                ::tracing::debug!(
+                    target_address = %format_args!("{}:{}", shared.target.host, shared.target.port),
+                    error = %error.message,
+                    ?backoff,
+                    failures = state.failures,
+                    "subchannel TRANSIENT_FAILURE: connect failed; next connect after the backoff"
+                );
                 // A balancer's replica keeps trying even a permanent verdict
                 // (after the backoff): rotated certificates may cure it.
                 let stop = error.permanent && !shared.pacing.keep_connected;
