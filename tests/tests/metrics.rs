@@ -116,6 +116,17 @@ impl Recorder {
                             add(attrs(&mut p.attributes()), point);
                         }
                     }
+                    AggregatedMetrics::I64(MetricData::Sum(sum)) => {
+                        // Up-down counters (open connections): the value as the sum.
+                        for p in sum.data_points() {
+                            let point = Point {
+                                count: u64::try_from(p.value()).unwrap_or(0),
+                                sum: p.value() as f64,
+                                bounds: 0,
+                            };
+                            add(attrs(&mut p.attributes()), point);
+                        }
+                    }
                     other => panic!("unexpected data for {}: {other:?}", metric.name()),
                 }
             }
@@ -793,4 +804,99 @@ async fn failures_found_above_the_transport_are_recorded_with_their_code() {
             "{name}: {series:#?}"
         );
     }
+}
+
+/// gRFC A94's subchannel metrics on a `static:` target of a dead address and
+/// two live replicas: a connect per live replica succeeded and two
+/// connections are open; the dead one's connects failed. Closing the client
+/// ends both connections: `subchannel shutdown` disconnections, none open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subchannel_metrics_count_connects_disconnections_and_open_connections() {
+    let recorder = Recorder::new();
+    let mut live = Vec::new();
+    for octet in [2u8, 3] {
+        let server = MockServer::new();
+        server.fallback(Reply::ok());
+        let addr = ameide_sdk::testkit::serve_tcp_at(
+            server,
+            std::net::SocketAddr::from(([127, 0, 0, octet], 0)),
+        )
+        .await
+        .unwrap();
+        live.push(addr.to_string());
+    }
+    let target = format!(
+        "static:///{},{},{}",
+        ameide_tests::closed_addr(),
+        live[0],
+        live[1]
+    );
+    let client = AmeideClient::builder()
+        .endpoint(&target)
+        .meter_provider(&recorder.provider)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        ameide_tests::calls::read(&client).await.unwrap();
+    }
+    let labels = [
+        ("grpc.target", target.as_str()),
+        ("grpc.security_level", "none"),
+    ];
+    let series = recorder
+        .series_once(|s| {
+            s.get(&(
+                "grpc.subchannel.connection_attempts_failed".to_owned(),
+                attrs(&labels),
+            ))
+            .is_some()
+        })
+        .await;
+    assert_eq!(
+        get(
+            &series,
+            "grpc.subchannel.connection_attempts_succeeded",
+            &labels
+        )
+        .count,
+        2
+    );
+    assert!(
+        get(
+            &series,
+            "grpc.subchannel.connection_attempts_failed",
+            &labels
+        )
+        .count
+            >= 1
+    );
+    assert_eq!(
+        get(&series, "grpc.subchannel.open_connections", &labels).sum,
+        2.0
+    );
+    client.close();
+    drop(client);
+    let shutdown = [
+        ("grpc.target", target.as_str()),
+        ("grpc.security_level", "none"),
+        ("grpc.disconnect_error", "subchannel shutdown"),
+    ];
+    let series = recorder
+        .series_once(|s| {
+            s.get(&(
+                "grpc.subchannel.disconnections".to_owned(),
+                attrs(&shutdown),
+            ))
+            .is_some_and(|p| p.count == 2)
+        })
+        .await;
+    assert_eq!(
+        get(&series, "grpc.subchannel.disconnections", &shutdown).count,
+        2,
+        "{series:#?}"
+    );
+    assert_eq!(
+        get(&series, "grpc.subchannel.open_connections", &labels).sum,
+        0.0
+    );
 }

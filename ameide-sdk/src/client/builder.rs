@@ -247,7 +247,8 @@ impl AmeideClientBuilder {
     }
 
     /// Records gRPC's standard metrics (gRFC A66: `grpc.client.attempt.*`,
-    /// `grpc.client.call.duration`) with `provider` instead of the global
+    /// `grpc.client.call.duration`; gRFC A94: `grpc.subchannel.*`, connects
+    /// and connections per replica) with `provider` instead of the global
     /// `MeterProvider`. Without this, the client records through the global
     /// provider as installed when [`build`](Self::build) runs (OpenTelemetry's
     /// no-op until an application installs one), as it does for spans.
@@ -271,6 +272,8 @@ impl AmeideClientBuilder {
     ///     .flat_map(|rm| rm.scope_metrics()).flat_map(|sm| sm.metrics())
     ///     .map(|m| m.name().to_owned()).collect();
     /// assert!(names.contains(&"grpc.client.call.duration".to_owned()), "{names:?}");
+    /// // Nothing listens on port 1: the connect failed.
+    /// assert!(names.contains(&"grpc.subchannel.connection_attempts_failed".to_owned()), "{names:?}");
     /// # }
     /// ```
     pub fn meter_provider<P: opentelemetry::metrics::MeterProvider + ?Sized>(
@@ -472,7 +475,14 @@ impl AmeideClientBuilder {
             Some(transport) => transport,
             None => {
                 let (options, ca_file) = with_tls_files(self.transport_options, &config.tls)?;
-                http2_transport(&config.endpoint, &options, ca_file.as_deref())?
+                let subchannels =
+                    crate::telemetry::metrics::SubchannelMetrics::new(&meter, &config.endpoint);
+                http2_transport(
+                    &config.endpoint,
+                    &options,
+                    ca_file.as_deref(),
+                    Some(subchannels),
+                )?
             }
         };
         let slot = TransportSlot::new(transport);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use http_body::Frame;
 use pin_project_lite::pin_project;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, UpDownCounter};
 use opentelemetry::{KeyValue, StringValue};
 use tonic::Code;
 
@@ -137,6 +137,94 @@ pub(crate) struct ClientMetrics {
     call_duration: Histogram<f64>,
     rpc_call_duration: Option<Histogram<f64>>,
     target: StringValue,
+}
+
+/// gRFC A94's subchannel metrics, for every subchannel of a client (one
+/// per replica of a `static:` or `dns:` target): connects that succeeded
+/// and failed, connections lost (`grpc.disconnect_error`: `GOAWAY`, `socket
+/// error`, `subchannel shutdown`), and the connections open. Recorded per
+/// connect, never per call. Labels: `grpc.target`, `grpc.security_level`.
+pub(crate) struct SubchannelMetrics {
+    succeeded: Counter<u64>,
+    failed: Counter<u64>,
+    disconnections: Counter<u64>,
+    open: UpDownCounter<i64>,
+    target: StringValue,
+}
+
+impl SubchannelMetrics {
+    pub(crate) fn new(meter: &Meter, target: &str) -> Arc<Self> {
+        let counter = |name: &'static str, unit: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .build()
+        };
+        Arc::new(SubchannelMetrics {
+            succeeded: counter(
+                "grpc.subchannel.connection_attempts_succeeded",
+                "{attempt}",
+                "Number of successful connection attempts.",
+            ),
+            failed: counter(
+                "grpc.subchannel.connection_attempts_failed",
+                "{attempt}",
+                "Number of failed connection attempts.",
+            ),
+            disconnections: counter(
+                "grpc.subchannel.disconnections",
+                "{disconnection}",
+                "Number of times the selected subchannel becomes disconnected.",
+            ),
+            open: meter
+                .i64_up_down_counter("grpc.subchannel.open_connections")
+                .with_unit("{connection}")
+                .with_description("Number of open connections.")
+                .build(),
+            target: StringValue::from(Arc::<str>::from(target)),
+        })
+    }
+
+    fn labels(&self, tls: bool) -> [KeyValue; 2] {
+        [
+            KeyValue::new("grpc.target", self.target.clone()),
+            KeyValue::new(
+                "grpc.security_level",
+                if tls { "privacy_and_integrity" } else { "none" },
+            ),
+        ]
+    }
+
+    /// A connect succeeded: one more connection open.
+    pub(crate) fn connected(&self, tls: bool) {
+        let labels = self.labels(tls);
+        self.succeeded.add(1, &labels);
+        self.open.add(1, &labels);
+    }
+
+    pub(crate) fn connect_failed(&self, tls: bool) {
+        self.failed.add(1, &self.labels(tls));
+    }
+
+    /// A counted connection ended, for `why`.
+    pub(crate) fn disconnected(&self, tls: bool, why: &'static str) {
+        let labels = self.labels(tls);
+        self.open.add(-1, &labels);
+        let [target, level] = labels;
+        self.disconnections.add(
+            1,
+            &[target, level, KeyValue::new("grpc.disconnect_error", why)],
+        );
+    }
+}
+
+impl std::fmt::Debug for SubchannelMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubchannelMetrics")
+            .field("target", &self.target.as_str())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for ClientMetrics {

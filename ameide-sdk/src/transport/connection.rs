@@ -51,6 +51,8 @@ pub(crate) struct Target {
     pub(crate) max_frame_size: u32,
     pub(crate) max_header_list_size: u32,
     pub(crate) user_agent: HeaderValue,
+    /// gRFC A94's subchannel metrics of the client, if it records metrics.
+    pub(crate) metrics: Option<Arc<crate::telemetry::metrics::SubchannelMetrics>>,
 }
 
 /// Why a connection could not be made. The request was never sent.
@@ -530,9 +532,24 @@ where
     // closed or dropped client, a connect that timed out), which is what
     // ends hyper's connection when the server does not.
     let ended = Arc::downgrade(&dispatch);
+    let metrics = target.metrics.clone();
+    let tls = target.tls.is_some();
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        let failed = connection.await.err();
+        if let Some(error) = &failed {
             ::tracing::debug!(%error, "HTTP/2 connection ended");
+        }
+        if let Some(metrics) = metrics
+            && events.end_count()
+        {
+            let why = if events.going_away() {
+                "GOAWAY"
+            } else if failed.is_some() {
+                "socket error"
+            } else {
+                "subchannel shutdown"
+            };
+            metrics.disconnected(tls, why);
         }
         // Before the waiters are woken: none of them may take a sender now.
         if let Some(dispatch) = ended.upgrade() {

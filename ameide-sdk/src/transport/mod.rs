@@ -15,6 +15,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::config::{ConfigError, ConfigErrorKind};
+use crate::telemetry::metrics::SubchannelMetrics;
 use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 pub(crate) mod balancer;
@@ -436,6 +437,7 @@ pub(crate) fn http2_transport(
     endpoint: &str,
     options: &TransportOptions,
     ca_file: Option<&Path>,
+    metrics: Option<Arc<SubchannelMetrics>>,
 ) -> Result<BoxTransport, ConfigError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(ConfigError::new(
@@ -444,7 +446,7 @@ pub(crate) fn http2_transport(
         ));
     }
     if let Some(target) = crate::config::dns_target(endpoint)? {
-        return dns_transport(target, options, ca_file);
+        return dns_transport(target, options, ca_file, metrics);
     }
     let endpoints = crate::config::endpoints_of(endpoint)?;
     if endpoint.starts_with("static:///") {
@@ -469,6 +471,7 @@ pub(crate) fn http2_transport(
                         options,
                         ca_file,
                         Some(wake.clone()),
+                        metrics.clone(),
                     )?,
                 })
             })
@@ -486,7 +489,7 @@ pub(crate) fn http2_transport(
         .next()
         .ok_or_else(|| ConfigError::new(ConfigErrorKind::Endpoint, "no endpoint".to_owned()))?;
     Ok(BoxCloneSyncService::new(subchannel(
-        &endpoint, uri, options, ca_file, None,
+        &endpoint, uri, options, ca_file, None, metrics,
     )?))
 }
 
@@ -496,6 +499,7 @@ fn dns_transport(
     target: crate::config::DnsTarget,
     options: &TransportOptions,
     ca_file: Option<&Path>,
+    metrics: Option<Arc<SubchannelMetrics>>,
 ) -> Result<BoxTransport, ConfigError> {
     let resolver = dns::resolver(&target)?;
     let wake = Arc::new(tap::Wake::new());
@@ -516,6 +520,7 @@ fn dns_transport(
             &per_address,
             ca_file.as_deref(),
             Some(make_wake.clone()),
+            metrics.clone(),
         )
     });
     let task = dns::DnsTask {
@@ -544,6 +549,7 @@ fn subchannel(
     options: &TransportOptions,
     ca_file: Option<&Path>,
     wake: Option<Arc<tap::Wake>>,
+    metrics: Option<Arc<SubchannelMetrics>>,
 ) -> Result<Subchannel, ConfigError> {
     let https = uri.scheme_str() == Some("https");
     let host = uri
@@ -635,6 +641,7 @@ fn subchannel(
             "ameide-sdk-rust/",
             env!("CARGO_PKG_VERSION")
         )),
+        metrics,
     });
     let pacing = Pacing {
         min_connections: options.connections,

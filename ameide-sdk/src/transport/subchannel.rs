@@ -251,6 +251,11 @@ async fn connect_task(mut mark: ConnectTaskMark) {
                     connections = state.conns.len() + 1,
                     "subchannel READY: connected"
                 );
+                if let Some(metrics) = &shared.target.metrics
+                    && conn.events.count_open()
+                {
+                    metrics.connected(shared.target.tls.is_some());
+                }
                 state.conns.push(Arc::new(conn));
                 state.failures = 0;
                 state.retry_at = None;
@@ -266,6 +271,9 @@ async fn connect_task(mut mark: ConnectTaskMark) {
                 );
                 state.retry_at = Some(crate::time::add(Instant::now(), backoff));
                 state.failed_connects = state.failed_connects.saturating_add(1);
+                if let Some(metrics) = &shared.target.metrics {
+                    metrics.connect_failed(shared.target.tls.is_some());
+                }
                 ::tracing::debug!(
                     target_address = %format_args!("{}:{}", shared.target.host, shared.target.port),
                     error = %error.message,

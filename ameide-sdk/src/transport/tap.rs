@@ -60,6 +60,10 @@ impl Wake {
     }
 }
 
+const NOT_COUNTED: u8 = 0;
+const COUNTED: u8 = 1;
+const ENDED: u8 = 2;
+
 /// What the server said about one connection. Written by the [`Tap`] (on
 /// the connection's task), read by the subchannel.
 pub(crate) struct ConnEvents {
@@ -70,6 +74,9 @@ pub(crate) struct ConnEvents {
     /// The server's first bytes were `HTTP/`: it answered in HTTP/1.
     http1: AtomicBool,
     closed: AtomicBool,
+    /// Whether the connection is counted in the open-connections metric:
+    /// [`NOT_COUNTED`], [`COUNTED`], [`ENDED`] (see [`count_open`](Self::count_open)).
+    counted: std::sync::atomic::AtomicU8,
     /// Woken on the first SETTINGS and when the connection ends.
     ready: Notify,
     /// The subchannel's: woken when a connection stops taking streams or
@@ -86,6 +93,7 @@ impl ConnEvents {
             too_many_pings: AtomicBool::new(false),
             http1: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            counted: std::sync::atomic::AtomicU8::new(NOT_COUNTED),
             ready: Notify::new(),
             wake,
         }
@@ -118,6 +126,20 @@ impl ConnEvents {
 
     pub(crate) fn closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The connect succeeded: whether the connection is to be counted open
+    /// now (`false` when it has ended already, so that an end that raced
+    /// the count neither lowers a count never raised nor leaves it raised).
+    pub(crate) fn count_open(&self) -> bool {
+        self.counted
+            .compare_exchange(NOT_COUNTED, COUNTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The connection ended: whether it had been counted open.
+    pub(crate) fn end_count(&self) -> bool {
+        self.counted.swap(ENDED, Ordering::AcqRel) == COUNTED
     }
 
     /// The connection task ended (called by the task itself).
