@@ -167,16 +167,9 @@ impl GoServer {
         let _ = self.child.wait();
     }
 
-    /// Waits (up to `limit`) for the process to exit; whether it did.
-    pub fn wait_exit(&mut self, limit: std::time::Duration) -> bool {
-        let started = std::time::Instant::now();
-        while started.elapsed() < limit {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        false
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Whether connection `conn` has ended.

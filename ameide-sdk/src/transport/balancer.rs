@@ -7,7 +7,7 @@
 //!
 //! | The subchannels | What a call does |
 //! |---|---|
-//! | some READY | takes one by the policy (round-robin: the next in turn; least-loaded: of two at random, the one with fewer streams in flight; pick_first: the first in the list's order); a retry of the call prefers another than its last attempt's |
+//! | some READY | takes one by the policy (round-robin: the next in turn; least-loaded: of two at random, the one with fewer streams in flight; pick_first: the one it selected while READY, else the first READY in the list's order); under round-robin and least-loaded a retry of the call prefers another than its last attempt's |
 //! | none READY, some IDLE or connecting | round-robin and least-loaded start every IDLE one connecting (all are kept connected); pick_first starts the first and the next after 250 ms or its failure (Happy Eyeballs, gRFC A61); the call waits, within its deadline, for the first to become READY (grpc-go's picker blocks the same way) |
 //! | all failing (their last connect failed; they keep reconnecting after each backoff) | fails at once with `UNAVAILABLE` naming a replica's connect error, as grpc-go does when every subconn is in TRANSIENT_FAILURE |
 //! | none yet (DNS has not answered) | waits for the first answer within its deadline; fails `UNAVAILABLE` naming the resolution error when DNS failed and no address was ever known |
@@ -52,8 +52,12 @@ pub enum LoadBalancing {
     /// Every call to the first address, in the list's order, that connects
     /// (grpc-go's default): with Happy Eyeballs (gRFC A61), the next address's
     /// connect starts when the one before has not connected within 250 ms or
-    /// has failed, IPv6 and IPv4 addresses interleaved. For a target whose
-    /// replicas must not be balanced (a leader, a sticky cache).
+    /// has failed, the two address families in turn. The address selected
+    /// keeps every call, retries too, while it is READY; the others are not
+    /// kept connected (a connect that completes after another was selected
+    /// stays open, idle, until its server closes it). A `dns:` target keeps
+    /// the DNS answer's order. For a target whose replicas must not be
+    /// balanced (a leader, a sticky cache).
     PickFirst,
     /// The READY replicas in turn (grpc-go's `round_robin`); every replica
     /// kept connected. The default.
@@ -123,6 +127,8 @@ pub(crate) struct Balancer {
     replicas: ReplicaList,
     policy: LoadBalancing,
     next: Arc<AtomicUsize>,
+    /// pick_first's choice (a subchannel id; 0: none): kept while READY.
+    selected: Arc<AtomicUsize>,
     /// Shared by every subchannel and the resolver: woken by any change.
     wake: Arc<Wake>,
     /// For a resolved target: the resolver's state.
@@ -152,6 +158,7 @@ impl Balancer {
             replicas,
             policy,
             next: Arc::new(AtomicUsize::new(0)),
+            selected: Arc::new(AtomicUsize::new(0)),
             wake,
             resolution,
         }
@@ -197,15 +204,15 @@ impl Balancer {
                 (Some(d), Some(a)) => Some(d.min(a)),
                 (d, a) => d.or(a),
             };
-            let woken = match until {
-                Some(until) => tokio::time::timeout_at(until, notified).await.is_ok(),
-                None => {
-                    notified.await;
-                    true
+            // Woken by a change, or the timer: either way, look again.
+            match until {
+                Some(until) => {
+                    let _ = tokio::time::timeout_at(until, notified).await;
                 }
-            };
+                None => notified.await,
+            }
             let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
-            if !woken && past_deadline {
+            if past_deadline {
                 // The deadline: its send fails the call the way the deadline says.
                 return match fallback {
                     Some(replica) => Ok((replica, false)),
@@ -239,12 +246,14 @@ impl Balancer {
             }
             return Pick::Empty;
         }
+        if self.policy == LoadBalancing::PickFirst {
+            return self.pick_first(&replicas);
+        }
         // At most MAX_STATIC_ENDPOINTS (64) are counted: on the stack.
         let mut ready = [0usize; crate::config::MAX_STATIC_ENDPOINTS];
         let mut count = 0;
         let mut idle = None;
         let mut all_ready = true;
-        let keep_all = self.policy != LoadBalancing::PickFirst;
         for (i, replica) in replicas.iter().enumerate() {
             match replica.subchannel.health() {
                 Health::Ready => {
@@ -255,9 +264,7 @@ impl Balancer {
                 }
                 Health::Idle => {
                     all_ready = false;
-                    if keep_all {
-                        replica.subchannel.request_connection();
-                    }
+                    replica.subchannel.request_connection();
                     idle.get_or_insert(i);
                 }
                 Health::Failing => {
@@ -269,21 +276,13 @@ impl Balancer {
                 }
             }
         }
-        if !all_ready
-            && keep_all
-            && let Some(resolution) = &self.resolution
-        {
+        if !all_ready && let Some(resolution) = &self.resolution {
             // A replica is down or not yet up: DNS may know better.
             resolution.again.notify_one();
         }
         if count > 0 {
             let ready = &ready[..count];
             let chosen = match self.policy {
-                LoadBalancing::PickFirst => ready
-                    .iter()
-                    .copied()
-                    .find(|&i| replicas[i].subchannel.id() != avoid)
-                    .unwrap_or(ready[0]),
                 LoadBalancing::RoundRobin => {
                     // The turn counts over the READY ones only, so that one
                     // that is down does not hand its share to its neighbour.
@@ -295,12 +294,11 @@ impl Balancer {
                         i
                     }
                 }
-                LoadBalancing::LeastLoaded => least_loaded(&replicas, ready, avoid),
+                LoadBalancing::LeastLoaded | LoadBalancing::PickFirst => {
+                    least_loaded(&replicas, ready, avoid)
+                }
             };
             return Pick::Ready(replicas[chosen].clone());
-        }
-        if self.policy == LoadBalancing::PickFirst {
-            return happy_eyeballs(&replicas, &self.resolution);
         }
         match idle {
             Some(i) => Pick::Wait(replicas[i].clone(), None),
@@ -309,6 +307,25 @@ impl Balancer {
                 Pick::Failing(replicas[turn % n].clone())
             }
         }
+    }
+
+    /// pick_first: the selected replica while it is READY (a retry too:
+    /// the replicas are not balanced); else the first READY one in the
+    /// list's order becomes the selected one; else Happy Eyeballs.
+    fn pick_first(&self, replicas: &[Replica]) -> Pick {
+        let selected = self.selected.load(Ordering::Relaxed);
+        if selected != 0
+            && let Some(replica) = replicas.iter().find(|r| r.subchannel.id() == selected)
+            && replica.subchannel.health() == Health::Ready
+        {
+            return Pick::Ready(replica.clone());
+        }
+        let pick = happy_eyeballs(replicas, &self.resolution);
+        if let Pick::Ready(replica) = &pick {
+            self.selected
+                .store(replica.subchannel.id(), Ordering::Relaxed);
+        }
+        pick
     }
 
     /// Sends `request` to `replica`, and again to another replica while the
@@ -321,9 +338,13 @@ impl Balancer {
         mut request: HttpRequest,
         mut replica: Replica,
         mut ready: bool,
+        waited: bool,
     ) -> Result<HttpResponse, BoxError> {
         let deadline = crate::call::deadline_of(&request);
         let mut resends = Resends::default();
+        if waited {
+            resends.waited();
+        }
         let mut repicks = 0u32;
         loop {
             if let Some(state) = request.extensions().get::<CallState>() {
@@ -346,6 +367,7 @@ impl Balancer {
                     repicks += 1;
                     let avoid = replica.subchannel.id();
                     (replica, ready) = self.pick_ready(deadline, avoid).await?;
+                    resends.waited();
                 }
             }
         }
@@ -414,6 +436,11 @@ fn happy_eyeballs(replicas: &[Replica], resolution: &Option<Arc<Resolution>>) ->
         // Every address is connecting: wait for the first to connect.
         Some(replica) => Pick::Wait(replica.clone(), None),
         None => {
+            // Every address failed: each connects again after its backoff
+            // (a no-op while its connect task runs), and DNS may know better.
+            for replica in replicas {
+                replica.subchannel.request_connection();
+            }
             if let Some(resolution) = resolution {
                 resolution.again.notify_one();
             }
@@ -439,12 +466,12 @@ impl Service<HttpRequest> for Balancer {
         let balancer = self.clone();
         // The fast path: a READY replica, no waiting.
         if let Pick::Ready(replica) = self.pick(avoid) {
-            return Box::pin(balancer.send(request, replica, true));
+            return Box::pin(balancer.send(request, replica, true, false));
         }
         let deadline = crate::call::deadline_of(&request);
         Box::pin(async move {
             let (replica, ready) = balancer.pick_ready(deadline, avoid).await?;
-            balancer.send(request, replica, ready).await
+            balancer.send(request, replica, ready, true).await
         })
     }
 }

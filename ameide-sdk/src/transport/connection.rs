@@ -390,16 +390,17 @@ pub(crate) async fn connect(
 const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 
 /// TCP to the first of `addrs` that answers, Happy Eyeballs style (RFC 8305,
-/// as grpc-go's dialer): IPv6 and IPv4 in turn, in the resolver's order
-/// otherwise; the next address's connect starts 250 ms after the one before
+/// as grpc-go's dialer): the two families in turn, starting with the
+/// first address's, each in the resolver's order; the next address's connect starts 250 ms after the one before
 /// or at once when it fails; the first to connect wins and the others are
 /// dropped. A black-holed first address costs 250 ms, not the connect
 /// timeout. Returns the stream, or the last error (`None`: no address).
 async fn happy_eyeballs(
     addrs: Vec<std::net::SocketAddr>,
 ) -> (Option<TcpStream>, Option<std::io::Error>) {
+    // The first address's family leads (RFC 8305 §4).
+    let first_v6 = addrs.first().is_some_and(std::net::SocketAddr::is_ipv6);
     let (v6, v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6());
-    let first_v6 = !v6.is_empty();
     let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
     let mut order = Vec::new();
     loop {

@@ -59,17 +59,21 @@ pub(crate) fn resolver(target: &DnsTarget) -> Result<TokioResolver, ConfigError>
     Ok(builder.build())
 }
 
-/// Orders sorted addresses IPv6 and IPv4 in turn, IPv6 first (RFC 8305's
-/// order, which `pick_first`'s Happy Eyeballs walks; gRFC A61).
+/// Orders the addresses of the two families in turn, starting with the
+/// family of the first (RFC 8305's order, which `pick_first`'s Happy
+/// Eyeballs walks; gRFC A61), each family in the answer's order.
 fn interleave_families(addrs: &mut Vec<SocketAddr>) {
-    let (v6, v4): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs.iter().partition(|a| a.is_ipv6());
-    if v6.is_empty() || v4.is_empty() {
+    let Some(first) = addrs.first() else { return };
+    let first_v6 = first.is_ipv6();
+    let (lead, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.iter().partition(|a| a.is_ipv6() == first_v6);
+    if other.is_empty() {
         return;
     }
     addrs.clear();
-    let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
+    let (mut lead, mut other) = (lead.into_iter(), other.into_iter());
     loop {
-        match (v6.next(), v4.next()) {
+        match (lead.next(), other.next()) {
             (None, None) => break,
             (a, b) => addrs.extend(a.into_iter().chain(b)),
         }
@@ -107,12 +111,16 @@ impl DnsTask {
             };
             let outcome = match answer {
                 Ok(lookup) => {
-                    let mut addrs: Vec<SocketAddr> = lookup
-                        .iter()
-                        .map(|ip| SocketAddr::new(ip, self.target.port))
-                        .collect();
-                    addrs.sort();
-                    addrs.dedup();
+                    // The answer's order (pick_first walks it: a DNS
+                    // server's rotation spreads pick_first clients), each
+                    // address once.
+                    let mut addrs: Vec<SocketAddr> = Vec::new();
+                    for ip in lookup.iter() {
+                        let addr = SocketAddr::new(ip, self.target.port);
+                        if !addrs.contains(&addr) {
+                            addrs.push(addr);
+                        }
+                    }
                     if addrs.len() > crate::config::MAX_STATIC_ENDPOINTS {
                         // Each client keeps its own 64, not everyone the same lowest.
                         fastrand::shuffle(&mut addrs);
@@ -123,7 +131,6 @@ impl DnsTask {
                             "DNS answered more addresses than a client balances over; a random subset is kept"
                         );
                         addrs.truncate(crate::config::MAX_STATIC_ENDPOINTS);
-                        addrs.sort();
                     }
                     interleave_families(&mut addrs);
                     if addrs.is_empty() {
@@ -212,17 +219,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn families_interleave_ipv6_first() {
-        let mut addrs: Vec<SocketAddr> = ["10.0.0.1:1", "10.0.0.2:1", "[::1]:1", "10.0.0.3:1"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        addrs.sort();
+    fn families_interleave_from_the_first_address_family() {
+        let parse = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        let shown = |addrs: &[SocketAddr]| -> Vec<String> {
+            addrs.iter().map(ToString::to_string).collect()
+        };
+        let mut addrs = parse(&["10.0.0.2:1", "10.0.0.1:1", "[::1]:1", "10.0.0.3:1"]);
         interleave_families(&mut addrs);
-        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        assert_eq!(shown, ["[::1]:1", "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"]);
-        let mut one_family: Vec<SocketAddr> = vec!["10.0.0.2:1".parse().unwrap()];
+        assert_eq!(
+            shown(&addrs),
+            ["10.0.0.2:1", "[::1]:1", "10.0.0.1:1", "10.0.0.3:1"]
+        );
+        let mut addrs = parse(&["[::2]:1", "[::1]:1", "10.0.0.1:1"]);
+        interleave_families(&mut addrs);
+        assert_eq!(shown(&addrs), ["[::2]:1", "10.0.0.1:1", "[::1]:1"]);
+        let mut one_family = parse(&["10.0.0.2:1", "10.0.0.1:1"]);
         interleave_families(&mut one_family);
-        assert_eq!(one_family.len(), 1);
+        assert_eq!(shown(&one_family), ["10.0.0.2:1", "10.0.0.1:1"]);
+        interleave_families(&mut Vec::new());
     }
 }

@@ -649,7 +649,8 @@ fn subchannel(
         backoff: options.connect_backoff,
         backoff_max: options.connect_backoff_max,
         keepalive: options.keepalive_interval,
-        keep_connected: wake.is_some(),
+        // pick_first connects the addresses it tries, not all of them.
+        keep_connected: wake.is_some() && options.load_balancing != LoadBalancing::PickFirst,
     };
     Ok(match wake {
         Some(wake) => Subchannel::with_wake(target, pacing, wake),

@@ -52,6 +52,8 @@ const MAX_CONNECTS_WITHOUT_DEADLINE: u32 = 3;
 /// connect itself takes a round trip or more): the caller fails at once with
 /// the connect error instead of meeting its deadline while the connect runs.
 const CONNECT_GRACE: Duration = Duration::from_millis(200);
+/// The next subchannel's id (0 means none, so ids start at 1).
+static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 /// The largest keepalive interval doubling reaches.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 3600);
 
@@ -87,6 +89,8 @@ pub(crate) struct Subchannel {
 }
 
 struct Shared {
+    /// Tells subchannels apart (never reused).
+    id: usize,
     target: Arc<Target>,
     pacing: Pacing,
     wake: Arc<Wake>,
@@ -351,6 +355,7 @@ impl Subchannel {
     pub(crate) fn with_wake(target: Arc<Target>, pacing: Pacing, wake: Arc<Wake>) -> Self {
         Subchannel {
             shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 target,
                 pacing,
                 wake,
@@ -412,7 +417,7 @@ impl Subchannel {
 
     /// Tells one subchannel from another (while both live).
     pub(crate) fn id(&self) -> usize {
-        Arc::as_ptr(&self.shared) as usize
+        self.shared.id
     }
 
     /// Starts a connect unless one runs or a connection is up (a balancer
@@ -548,11 +553,12 @@ impl Subchannel {
             let Resends {
                 mut waited_connects,
                 mut unwritten,
+                waited,
             } = resends;
             loop {
                 let conn = match self.pick_now() {
                     Some(conn) => {
-                        if unwritten > 0 {
+                        if unwritten > 0 || waited {
                             refresh_timeout(&mut request, deadline);
                         }
                         conn
@@ -563,6 +569,7 @@ impl Subchannel {
                             Resends {
                                 waited_connects,
                                 unwritten,
+                                waited,
                             },
                         ));
                     }
@@ -619,6 +626,7 @@ impl Subchannel {
                                         Resends {
                                             waited_connects,
                                             unwritten,
+                                            waited: true,
                                         },
                                     ));
                                 }
@@ -642,6 +650,16 @@ impl Subchannel {
 pub(crate) struct Resends {
     waited_connects: u32,
     unwritten: u32,
+    /// The request waited (for a replica) since its `grpc-timeout` was written.
+    waited: bool,
+}
+
+impl Resends {
+    /// The request waited before it reached this subchannel: its
+    /// `grpc-timeout` is written again from the time left.
+    pub(crate) fn waited(&mut self) {
+        self.waited = true;
+    }
 }
 
 /// Why [`Subchannel::send_or_hand_back`] returned no response.
