@@ -22,13 +22,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::connection::ConnectError;
+use super::connection::{ConnectError, HAPPY_EYEBALLS_DELAY};
 use super::subchannel::{Failed, Health, Resends, Subchannel};
 use super::tap::Wake;
 use crate::call::CallState;
@@ -69,10 +68,6 @@ pub enum LoadBalancing {
     /// ones). Every replica kept connected.
     LeastLoaded,
 }
-
-/// gRFC A61's Happy Eyeballs stagger: the next address's connect starts
-/// when the one before has not connected within this.
-const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 
 /// How often a call that found its replica unable to take it (its
 /// connection lost between pick and send, or its request handed back

@@ -9,6 +9,7 @@
 //! `SendRequest::try_send_request`, which hands an unsent request back.
 //! The subchannel turns that answer into transparent resends.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -386,35 +387,40 @@ pub(crate) async fn connect(
     }
 }
 
-/// gRFC A61's and RFC 8305's stagger between two addresses' connects.
-const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+/// gRFC A61's and RFC 8305's stagger between two addresses' connects (a
+/// plain endpoint's TCP connects, and `pick_first`'s replicas).
+pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+/// Orders the addresses of the two families in turn, starting with the
+/// family of the first (RFC 8305's order, which `pick_first`'s Happy
+/// Eyeballs walks; gRFC A61), each family in the answer's order.
+pub(crate) fn interleave_families(addrs: &mut Vec<SocketAddr>) {
+    let Some(first) = addrs.first() else { return };
+    let first_v6 = first.is_ipv6();
+    let (lead, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.iter().partition(|a| a.is_ipv6() == first_v6);
+    if other.is_empty() {
+        return;
+    }
+    addrs.clear();
+    let (mut lead, mut other) = (lead.into_iter(), other.into_iter());
+    loop {
+        match (lead.next(), other.next()) {
+            (None, None) => break,
+            (a, b) => addrs.extend(a.into_iter().chain(b)),
+        }
+    }
+}
 
 /// TCP to the first of `addrs` that answers, Happy Eyeballs style (RFC 8305,
-/// as grpc-go's dialer): the two families in turn, starting with the
-/// first address's, each in the resolver's order; the next address's connect starts 250 ms after the one before
-/// or at once when it fails; the first to connect wins and the others are
+/// as grpc-go's dialer): in [`interleave_families`]' order; the next
+/// address's connect starts 250 ms after the one before or at once when
+/// it fails; the first to connect wins and the others are
 /// dropped. A black-holed first address costs 250 ms, not the connect
 /// timeout. Returns the stream, or the last error (`None`: no address).
-async fn happy_eyeballs(
-    addrs: Vec<std::net::SocketAddr>,
-) -> (Option<TcpStream>, Option<std::io::Error>) {
-    // The first address's family leads (RFC 8305 §4).
-    let first_v6 = addrs.first().is_some_and(std::net::SocketAddr::is_ipv6);
-    let (v6, v4): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6());
-    let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
-    let mut order = Vec::new();
-    loop {
-        let (a, b) = if first_v6 {
-            (v6.next(), v4.next())
-        } else {
-            (v4.next(), v6.next())
-        };
-        if a.is_none() && b.is_none() {
-            break;
-        }
-        order.extend(a.into_iter().chain(b));
-    }
-    let mut next = order.into_iter();
+async fn happy_eyeballs(mut addrs: Vec<SocketAddr>) -> (Option<TcpStream>, Option<std::io::Error>) {
+    interleave_families(&mut addrs);
+    let mut next = addrs.into_iter();
     // Dropped on return: the losing connects are aborted.
     let mut racing = tokio::task::JoinSet::new();
     let mut last = None;
@@ -564,6 +570,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_interleave_from_the_first_address_family() {
+        let parse = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        let shown = |addrs: &[SocketAddr]| -> Vec<String> {
+            addrs.iter().map(ToString::to_string).collect()
+        };
+        let mut addrs = parse(&["10.0.0.2:1", "10.0.0.1:1", "[::1]:1", "10.0.0.3:1"]);
+        interleave_families(&mut addrs);
+        assert_eq!(
+            shown(&addrs),
+            ["10.0.0.2:1", "[::1]:1", "10.0.0.1:1", "10.0.0.3:1"]
+        );
+        let mut addrs = parse(&["[::2]:1", "[::1]:1", "10.0.0.1:1"]);
+        interleave_families(&mut addrs);
+        assert_eq!(shown(&addrs), ["[::2]:1", "10.0.0.1:1", "[::1]:1"]);
+        let mut one_family = parse(&["10.0.0.2:1", "10.0.0.1:1"]);
+        interleave_families(&mut one_family);
+        assert_eq!(shown(&one_family), ["10.0.0.2:1", "10.0.0.1:1"]);
+        interleave_families(&mut Vec::new());
+    }
 
     /// A TCP black hole on loopback: a listener whose accept queue is full
     /// (backlog 0, one connection pending), so the kernel drops further

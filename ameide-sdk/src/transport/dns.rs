@@ -22,6 +22,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use tokio::time::Instant;
 
 use super::balancer::{PeerAddress, Replica, ReplicaList, Resolution};
+use super::connection::interleave_families;
 use super::subchannel::Subchannel;
 use super::tap::Wake;
 use crate::config::{ConfigError, ConfigErrorKind, DnsTarget};
@@ -57,27 +58,6 @@ pub(crate) fn resolver(target: &DnsTarget) -> Result<TokioResolver, ConfigError>
     options.timeout = Duration::from_secs(5);
     options.attempts = 2;
     Ok(builder.build())
-}
-
-/// Orders the addresses of the two families in turn, starting with the
-/// family of the first (RFC 8305's order, which `pick_first`'s Happy
-/// Eyeballs walks; gRFC A61), each family in the answer's order.
-fn interleave_families(addrs: &mut Vec<SocketAddr>) {
-    let Some(first) = addrs.first() else { return };
-    let first_v6 = first.is_ipv6();
-    let (lead, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
-        addrs.iter().partition(|a| a.is_ipv6() == first_v6);
-    if other.is_empty() {
-        return;
-    }
-    addrs.clear();
-    let (mut lead, mut other) = (lead.into_iter(), other.into_iter());
-    loop {
-        match (lead.next(), other.next()) {
-            (None, None) => break,
-            (a, b) => addrs.extend(a.into_iter().chain(b)),
-        }
-    }
 }
 
 /// Resolves `target` until the client is dropped, keeping `list` to the answer.
@@ -211,33 +191,5 @@ impl DnsTask {
         }
         *list.write().unwrap_or_else(|p| p.into_inner()) = next.into();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn families_interleave_from_the_first_address_family() {
-        let parse = |list: &[&str]| -> Vec<SocketAddr> {
-            list.iter().map(|a| a.parse().unwrap()).collect()
-        };
-        let shown = |addrs: &[SocketAddr]| -> Vec<String> {
-            addrs.iter().map(ToString::to_string).collect()
-        };
-        let mut addrs = parse(&["10.0.0.2:1", "10.0.0.1:1", "[::1]:1", "10.0.0.3:1"]);
-        interleave_families(&mut addrs);
-        assert_eq!(
-            shown(&addrs),
-            ["10.0.0.2:1", "[::1]:1", "10.0.0.1:1", "10.0.0.3:1"]
-        );
-        let mut addrs = parse(&["[::2]:1", "[::1]:1", "10.0.0.1:1"]);
-        interleave_families(&mut addrs);
-        assert_eq!(shown(&addrs), ["[::2]:1", "10.0.0.1:1", "[::1]:1"]);
-        let mut one_family = parse(&["10.0.0.2:1", "10.0.0.1:1"]);
-        interleave_families(&mut one_family);
-        assert_eq!(shown(&one_family), ["10.0.0.2:1", "10.0.0.1:1"]);
-        interleave_families(&mut Vec::new());
     }
 }
