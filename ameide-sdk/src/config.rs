@@ -196,7 +196,7 @@ impl AmeideConfig {
         };
         let mut config = AmeideConfig::default();
         if let Some(url) = read(env::BASE_URL)? {
-            endpoints_of(&url).map_err(|e| env_err(env::BASE_URL, e))?;
+            parse_target(&url).map_err(|e| env_err(env::BASE_URL, e))?;
             config.endpoint = url;
         }
         if let Some(tenant) = read(env::TENANT_ID)? {
@@ -352,6 +352,131 @@ pub(crate) fn dns_target(target: &str) -> Result<Option<DnsTarget>, ConfigError>
     Ok(Some(DnsTarget { server, host, port }))
 }
 
+/// What a target names: grpc-go's target forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TargetSpec {
+    /// `http(s)://host[:port]`, or each entry of a `static:///a:1,b:2` list.
+    Endpoints(Vec<(String, Uri)>),
+    /// `dns:///host:port`: every address of the name, resolved again.
+    Dns(DnsTarget),
+    /// `unix:path` or `unix:///absolute/path`: a Unix domain socket.
+    Unix(std::path::PathBuf),
+    /// `scheme:///name`: the addresses a [`Resolver`](crate::Resolver)
+    /// registered for `scheme` with the builder gives for `name`.
+    Resolver {
+        /// The target's scheme (lower-case).
+        scheme: String,
+        /// What follows `scheme:///`.
+        name: String,
+    },
+}
+
+/// The schemes the SDK itself gives a meaning; a resolver cannot take them.
+pub(crate) const OWN_SCHEMES: [&str; 5] = ["http", "https", "dns", "static", "unix"];
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+impl TargetSpec {
+    /// The server the target names, as spans give it (`server.address`,
+    /// `server.port`): the first endpoint's host and port, the DNS name, the
+    /// socket's path (port 0: none), or the resolver's name.
+    pub(crate) fn server(&self) -> (String, u16) {
+        match self {
+            TargetSpec::Endpoints(endpoints) => endpoints.first().map_or_else(
+                || (String::new(), 0),
+                |(_, uri)| (uri.host().unwrap_or_default().to_owned(), port_of(uri)),
+            ),
+            TargetSpec::Dns(dns) => (dns.host.clone(), dns.port),
+            TargetSpec::Unix(path) => (path.to_string_lossy().into_owned(), 0),
+            TargetSpec::Resolver { name, .. } => match name.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => {
+                    (host.to_owned(), port.parse().unwrap_or(0))
+                }
+                _ => (name.clone(), 0),
+            },
+        }
+    }
+}
+
+/// Parses and validates a target (an endpoint, a `static:`, `dns:` or
+/// `unix:` target, or `scheme:///name` for a resolver); the error names
+/// what is wrong and the forms expected.
+///
+/// ```ignore
+/// assert!(matches!(parse_target("unix:///run/ameide.sock")?, TargetSpec::Unix(_)));
+/// ```
+pub(crate) fn parse_target(target: &str) -> Result<TargetSpec, ConfigError> {
+    if let Some(dns) = dns_target(target)? {
+        return Ok(TargetSpec::Dns(dns));
+    }
+    if let Some(path) = unix_target(target)? {
+        return Ok(TargetSpec::Unix(path));
+    }
+    if let Some((scheme, name)) = target.split_once(":///") {
+        let scheme_ok = scheme.len() <= 32
+            && scheme.starts_with(|c: char| c.is_ascii_lowercase())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        if scheme_ok && !OWN_SCHEMES.contains(&scheme) {
+            if name.is_empty()
+                || name.len() > 1024
+                || name.bytes().any(|b| !(0x21..0x7f).contains(&b))
+            {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Endpoint,
+                    format!(
+                        "invalid target {:?}: a resolver's target is {scheme}:///name, with a name of visible ASCII (1..=1024 bytes)",
+                        crate::peer::bounded(target, 256)
+                    ),
+                ));
+            }
+            return Ok(TargetSpec::Resolver {
+                scheme: scheme.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+    }
+    endpoints_of(target).map(TargetSpec::Endpoints)
+}
+
+/// `Some` for a `unix:` target (grpc-go's forms: `unix:path`, relative or
+/// absolute, and `unix:///absolute/path`), validated; `None` for any other.
+fn unix_target(target: &str) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(rest) = target.strip_prefix("unix:") else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!(
+                "invalid target {:?}: {why}; expected unix:path or unix:///absolute/path",
+                crate::peer::bounded(target, 256)
+            ),
+        )
+    };
+    let path = match rest.strip_prefix("//") {
+        // unix://authority/path has no meaning for a local socket.
+        Some(absolute) if absolute.starts_with('/') => absolute,
+        Some(_) => return Err(bad("a unix: target names no host")),
+        None => rest,
+    };
+    if path.is_empty() {
+        return Err(bad("no socket path"));
+    }
+    if path.len() > MAX_UNIX_PATH {
+        return Err(bad(&format!(
+            "the socket path is {} bytes, more than the {MAX_UNIX_PATH} a Unix socket address holds",
+            path.len()
+        )));
+    }
+    if path.bytes().any(|b| b == 0 || b.is_ascii_control()) {
+        return Err(bad("the socket path has a control character"));
+    }
+    Ok(Some(std::path::PathBuf::from(path)))
+}
+
 /// The most addresses a static target may list.
 pub(crate) const MAX_STATIC_ENDPOINTS: usize = 64;
 
@@ -363,13 +488,7 @@ pub(crate) const MAX_STATIC_ENDPOINTS: usize = 64;
 /// ```ignore
 /// assert_eq!(endpoints_of("static:///10.0.0.1:50051,10.0.0.2:50051")?.len(), 2);
 /// ```
-pub(crate) fn endpoints_of(target: &str) -> Result<Vec<(String, Uri)>, ConfigError> {
-    if let Some(dns) = dns_target(target)? {
-        // Where the replicas are is DNS's answer; the name stands for them.
-        let endpoint = format!("http://{}:{}", dns.host, dns.port);
-        let uri = validate_endpoint(&endpoint)?;
-        return Ok(vec![(endpoint, uri)]);
-    }
+fn endpoints_of(target: &str) -> Result<Vec<(String, Uri)>, ConfigError> {
     let Some(list) = target.strip_prefix("static:///") else {
         return Ok(vec![(target.to_owned(), validate_endpoint(target)?)]);
     };
@@ -529,7 +648,57 @@ pub(crate) fn validate_timeout(what: &str, timeout: Duration) -> Result<(), Conf
 
 #[cfg(test)]
 mod dns_target_tests {
-    use super::{DnsTarget, dns_target};
+    use super::{DnsTarget, TargetSpec, dns_target, parse_target};
+
+    #[test]
+    fn every_target_form_parses_and_bad_ones_name_the_form() {
+        let unix = |s: &str| match parse_target(s).unwrap() {
+            TargetSpec::Unix(path) => path.to_string_lossy().into_owned(),
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(unix("unix:///run/ameide.sock"), "/run/ameide.sock");
+        assert_eq!(unix("unix:/run/ameide.sock"), "/run/ameide.sock");
+        assert_eq!(unix("unix:relative.sock"), "relative.sock");
+        assert_eq!(
+            parse_target("registry:///orders").unwrap(),
+            TargetSpec::Resolver {
+                scheme: "registry".into(),
+                name: "orders".into()
+            }
+        );
+        assert_eq!(
+            parse_target("consul+v2:///orders.prod:50051")
+                .unwrap()
+                .server(),
+            ("orders.prod".to_owned(), 50051)
+        );
+        assert_eq!(
+            parse_target("unix:///run/a.sock").unwrap().server(),
+            ("/run/a.sock".to_owned(), 0)
+        );
+        assert!(matches!(
+            parse_target("static:///127.0.0.1:1,127.0.0.1:2").unwrap(),
+            TargetSpec::Endpoints(list) if list.len() == 2
+        ));
+        assert!(matches!(
+            parse_target("dns:///svc:1").unwrap(),
+            TargetSpec::Dns(_)
+        ));
+        let long = format!("unix:///{}", "a".repeat(200));
+        for (bad, needle) in [
+            ("unix:", "no socket path"),
+            ("unix://host/x.sock", "names no host"),
+            (long.as_str(), "more than the 107"),
+            ("unix:/tmp/a\nb", "control character"),
+            ("registry:///", "visible ASCII"),
+            ("registry:///a b", "visible ASCII"),
+            ("Registry:///x", "expected http://host"),
+            ("ftp://x:1", "not supported"),
+        ] {
+            let err = parse_target(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn dns_targets_parse_as_grpc_go_writes_them() {

@@ -70,14 +70,18 @@ fn build() -> Result<PathBuf, String> {
 
 /// A running server; killed when dropped.
 pub struct GoServer {
+    /// Where it listens over TCP (`0.0.0.0:0` for a Unix socket: see `listening`).
     pub addr: SocketAddr,
+    /// Where it listens, as it printed it (an address or a socket path).
+    pub listening: String,
     child: Child,
     _stdin: ChildStdin,
     events: Arc<Mutex<Vec<Event>>>,
 }
 
 impl GoServer {
-    /// Starts the server with `args` (`-min-time 15s`, `-permit-without-stream`).
+    /// Starts the server with `args` (`-addr 127.0.0.2:0`, `-unix path`,
+    /// `-cert f -key f`, `-min-time 15s`, `-permit-without-stream`).
     pub fn start(binary: &Path, args: &[&str]) -> GoServer {
         let mut child = Command::new(binary)
             .args(args)
@@ -91,11 +95,13 @@ impl GoServer {
             .next()
             .expect("the server says where it listens")
             .expect("a line");
-        let addr = first
+        let listening = first
             .strip_prefix("listening ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        let addr = listening
             .parse()
-            .expect("an address");
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let events = Arc::new(Mutex::new(Vec::new()));
         let record = events.clone();
         std::thread::spawn(move || {
@@ -114,6 +120,7 @@ impl GoServer {
         });
         GoServer {
             addr,
+            listening,
             child,
             _stdin: stdin,
             events,

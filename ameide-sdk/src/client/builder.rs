@@ -18,7 +18,7 @@ use crate::layers::{
     AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, MetricsLayer,
     RequestIdGenerator, RetryLayer, RetryPolicy, SemconvMode, TimeoutLayer, TracingLayer,
 };
-use crate::transport::{BoxTransport, TransportOptions, TransportSlot, http2_transport};
+use crate::transport::{BoxTransport, Resolver, TransportOptions, TransportSlot, http2_transport};
 
 use super::{AmeideChannel, AmeideClient};
 
@@ -64,6 +64,9 @@ pub struct AmeideClientBuilder {
     codec: CodecOptions,
     stream_idle: Option<Duration>,
     meter: Option<opentelemetry::metrics::Meter>,
+    resolvers: Vec<(String, Arc<dyn Resolver>)>,
+    /// A bad list given to [`endpoints`](Self::endpoints), reported by `build`.
+    endpoints_error: Option<ConfigError>,
 }
 
 impl fmt::Debug for AmeideClientBuilder {
@@ -103,6 +106,8 @@ impl AmeideClientBuilder {
             codec: CodecOptions::default(),
             stream_idle: None,
             meter: None,
+            resolvers: Vec::new(),
+            endpoints_error: None,
         }
     }
 
@@ -128,9 +133,89 @@ impl AmeideClientBuilder {
         self
     }
 
-    /// Sets the endpoint: `https://host[:port]` (TLS) or `http://host[:port]` (h2c).
+    /// Sets the target, in one of grpc-go's forms:
+    ///
+    /// | Target | Connects to |
+    /// |---|---|
+    /// | `https://host[:port]`, `http://host[:port]` | one endpoint, TLS or h2c (the host's addresses tried with Happy Eyeballs) |
+    /// | `static:///10.0.0.1:50051,10.0.0.2:50051` | each entry a replica (`https://` per entry for TLS); see [`endpoints`](Self::endpoints) |
+    /// | `dns:///host:port` | every address of the name, resolved again as it changes ([`TransportOptions::tls`] for TLS) |
+    /// | `unix:path`, `unix:///absolute/path` | a Unix domain socket (h2c, `:authority` `localhost`) |
+    /// | `scheme:///name` | the addresses the [`resolver`](Self::resolver) registered for `scheme` gives |
+    ///
+    /// The replicas of the last three are balanced by
+    /// [`TransportOptions::load_balancing`]. Checked by [`build`](Self::build).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::AmeideClient;
+    /// for target in ["dns:///orders.prod.svc.cluster.local:50051", "unix:///run/ameide/orders.sock"] {
+    ///     assert!(AmeideClient::builder().endpoint(target).build().is_ok());
+    /// }
+    /// let err = AmeideClient::builder().endpoint("unix://host/run/x.sock").build().unwrap_err();
+    /// assert!(err.to_string().contains("unix:///absolute/path"));
+    /// # }
+    /// ```
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.explicit.endpoint = Some(endpoint.into());
+        self.endpoints_error = None;
+        self
+    }
+
+    /// Sets the target to a static list of replicas, each
+    /// `host:port` (h2c), `http://host:port` or `https://host:port` (all
+    /// the same scheme), balanced by [`TransportOptions::load_balancing`]:
+    /// the same as `endpoint("static:///a,b")`, which
+    /// [`AmeideClient::endpoint`](crate::AmeideClient::endpoint) then
+    /// returns. At most 64; an empty list, an empty entry or one with a
+    /// `,` is a configuration error at [`build`](Self::build).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::AmeideClient;
+    /// let client = AmeideClient::builder()
+    ///     .endpoints(["10.0.0.7:50051", "10.0.0.8:50051"])
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(client.endpoint(), "static:///10.0.0.7:50051,10.0.0.8:50051");
+    ///
+    /// let err = AmeideClient::builder().endpoints(["10.0.0.7:1,10.0.0.8:1"]).build().unwrap_err();
+    /// assert!(err.to_string().contains("\"10.0.0.7:1,10.0.0.8:1\""));
+    /// # }
+    /// ```
+    pub fn endpoints<I>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let entries: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.as_ref().trim().to_owned())
+            .collect();
+        let bad = |why: String| Some(ConfigError::new(ConfigErrorKind::Endpoint, why));
+        self.endpoints_error = if entries.is_empty() {
+            bad("endpoints() was given no endpoint".to_owned())
+        } else if let Some(entry) = entries.iter().find(|e| e.is_empty() || e.contains(',')) {
+            bad(format!(
+                "endpoints() entry {:?} is not one endpoint: each entry is host:port, http://host:port or https://host:port",
+                crate::peer::bounded(entry, 256)
+            ))
+        } else {
+            None
+        };
+        self.explicit.endpoint = Some(format!("static:///{}", entries.join(",")));
+        self
+    }
+
+    /// Registers `resolver` for targets `scheme:///name` (see
+    /// [`Resolver`]): a service registry's addresses for `name`. The scheme
+    /// is lower-case ASCII (letters, digits, `+`, `-`, `.`), not one of the
+    /// SDK's own (`http`, `https`, `dns`, `static`, `unix`); checked by
+    /// [`build`](Self::build). A second registration for a scheme replaces the first.
+    pub fn resolver(mut self, scheme: impl Into<String>, resolver: impl Resolver) -> Self {
+        let scheme = scheme.into();
+        self.resolvers.retain(|(s, _)| *s != scheme);
+        self.resolvers.push((scheme, Arc::new(resolver)));
         self
     }
 
@@ -398,9 +483,27 @@ impl AmeideClientBuilder {
     /// Validates the configuration and builds the client. Must run inside a
     /// Tokio runtime when the default transport is used.
     pub fn build(self) -> Result<AmeideClient, ConfigError> {
+        if let Some(error) = self.endpoints_error {
+            return Err(error);
+        }
         let config = self.explicit.apply(self.config);
-        // A static list's first entry names the server in spans.
-        let uri = crate::config::endpoints_of(&config.endpoint)?.remove(0).1;
+        let spec = crate::config::parse_target(&config.endpoint)?;
+        for (scheme, _) in &self.resolvers {
+            let registered = format!("{scheme}:///x");
+            if !matches!(
+                crate::config::parse_target(&registered),
+                Ok(crate::config::TargetSpec::Resolver { .. })
+            ) {
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Endpoint,
+                    format!(
+                        "cannot register a resolver for the scheme {:?}: a scheme is lower-case ASCII letters, digits, '+', '-' and '.', starting with a letter, and not one of the SDK's own ({})",
+                        crate::peer::bounded(scheme, 64),
+                        crate::config::OWN_SCHEMES.join(", ")
+                    ),
+                ));
+            }
+        }
         validate_timeout("timeout", config.timeout)?;
         if let Some(idle) = self.stream_idle {
             validate_timeout("stream idle timeout", idle)?;
@@ -458,11 +561,9 @@ impl AmeideClientBuilder {
             retry = retry.safe_retries(safe);
         }
 
-        let port = crate::config::port_of(&uri);
-        let mut tracing = self
-            .tracing
-            .unwrap_or_default()
-            .with_server(uri.host().unwrap_or_default(), port);
+        // A static list's first entry names the server in spans.
+        let (server, port) = spec.server();
+        let mut tracing = self.tracing.unwrap_or_default().with_server(server, port);
         if let Some(mode) = self.semconv {
             tracing = tracing.with_semconv(mode);
         }
@@ -477,11 +578,21 @@ impl AmeideClientBuilder {
                 let (options, ca_file) = with_tls_files(self.transport_options, &config.tls)?;
                 let subchannels =
                     crate::telemetry::metrics::SubchannelMetrics::new(&meter, &config.endpoint);
+                let resolver = match &spec {
+                    crate::config::TargetSpec::Resolver { scheme, .. } => self
+                        .resolvers
+                        .iter()
+                        .find(|(s, _)| s == scheme)
+                        .map(|(_, r)| r.clone()),
+                    _ => None,
+                };
                 http2_transport(
                     &config.endpoint,
+                    spec,
                     &options,
                     ca_file.as_deref(),
                     Some(subchannels),
+                    resolver,
                 )?
             }
         };

@@ -44,6 +44,8 @@ mod server;
 
 pub use h2fault::{H2FaultServer, SeenStream, StreamFault};
 pub use hostile::{RawReply, RawTcpServer};
+#[cfg(unix)]
+pub use server::serve_unix;
 pub use server::{MockServer, RecordedAttempt, Reply, duplex_transport, serve_tcp, serve_tcp_at};
 
 /// A retry layer with `policy` and no randomness: every backoff is exactly

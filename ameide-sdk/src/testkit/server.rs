@@ -108,9 +108,12 @@ impl Reply {
 
 /// One attempt as the server saw it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RecordedAttempt {
     /// `/package.Service/Method`.
     pub path: String,
+    /// The request's `:authority`, if it had one.
+    pub authority: Option<String>,
     /// Every header that arrived.
     pub headers: HeaderMap,
     /// Arrival time on tokio's clock.
@@ -231,6 +234,7 @@ impl MockServer {
             let mut state = self.lock();
             state.attempts.push(RecordedAttempt {
                 path: path.clone(),
+                authority: parts.uri.authority().map(|a| a.as_str().to_owned()),
                 headers: parts.headers,
                 at,
                 messages,
@@ -399,6 +403,43 @@ pub fn duplex_transport(server: MockServer) -> Channel {
 /// returns the address.
 pub async fn serve_tcp(server: MockServer) -> std::io::Result<SocketAddr> {
     serve_tcp_at(server, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Serves `server` on a Unix domain socket at `path` (which must not exist)
+/// until the runtime shuts down: the server of a `unix:` target.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ameide_sdk::testkit::{MockServer, serve_unix};
+/// let dir = std::env::temp_dir().join(format!("ameide-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("api.sock");
+/// let _ = std::fs::remove_file(&path);
+/// let server = MockServer::new();
+/// serve_unix(server.clone(), &path).await.unwrap();
+/// let client = ameide_sdk::AmeideClient::builder()
+///     .endpoint(format!("unix://{}", path.display()))
+///     .build()
+///     .unwrap();
+/// client
+///     .graph()
+///     .list_repositories(ameide_sdk::proto::graph::v1::ListRepositoriesRequest::default())
+///     .await
+///     .unwrap();
+/// let attempts = server.attempts_for("/ameide_core_proto.graph.v1.GraphService/ListRepositories");
+/// assert_eq!(attempts[0].authority.as_deref(), Some("localhost"));
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # }
+/// ```
+#[cfg(unix)]
+pub async fn serve_unix(server: MockServer, path: &std::path::Path) -> std::io::Result<()> {
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            serve_connection(server.clone(), TokioIo::new(stream));
+        }
+    });
+    Ok(())
 }
 
 /// Like [`serve_tcp`], on `addr`: e.g. a port a client is already trying to

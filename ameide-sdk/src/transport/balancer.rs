@@ -2,15 +2,16 @@
 //! address, and a policy ([`LoadBalancing`]) that picks among the READY
 //! ones: `round_robin` (the default) and `pick_first` as grpc-go's, and a
 //! least-loaded policy (power of two choices over the streams in flight).
-//! The addresses are a static list (`static:///a:1,b:2`) or what DNS
-//! answers for a `dns:` target, resolved again as it changes (`dns.rs`).
+//! The addresses are a static list (`static:///a:1,b:2`), what DNS
+//! answers for a `dns:` target, resolved again as it changes (`dns.rs`),
+//! or what a [`Resolver`](super::resolver::Resolver) answers (`resolver.rs`).
 //!
 //! | The subchannels | What a call does |
 //! |---|---|
 //! | some READY | takes one by the policy (round-robin: the next in turn; least-loaded: of two at random, the one with fewer streams in flight; pick_first: the one it selected while READY, else the first READY in the list's order); under round-robin and least-loaded a retry of the call prefers another than its last attempt's |
 //! | none READY, some IDLE or connecting | round-robin and least-loaded start every IDLE one connecting (all are kept connected); pick_first starts the first and the next after 250 ms or its failure (Happy Eyeballs, gRFC A61); the call waits, within its deadline, for the first to become READY (grpc-go's picker blocks the same way) |
 //! | all failing (their last connect failed; they keep reconnecting after each backoff) | fails at once with `UNAVAILABLE` naming a replica's connect error, as grpc-go does when every subconn is in TRANSIENT_FAILURE |
-//! | none yet (DNS has not answered) | waits for the first answer within its deadline; fails `UNAVAILABLE` naming the resolution error when DNS failed and no address was ever known |
+//! | none yet (the resolver has not answered) | waits for the first answer within its deadline; fails `UNAVAILABLE` naming the resolution error when resolution failed and no address was ever known, or a resolver answered an empty list |
 //!
 //! A call never goes to an address whose connect failed while another is
 //! READY. **Draining**: a connection that sent GOAWAY takes no new stream;
@@ -128,6 +129,8 @@ pub(crate) struct Balancer {
     wake: Arc<Wake>,
     /// For a resolved target: the resolver's state.
     resolution: Option<Arc<Resolution>>,
+    /// Dropped with the last clone: ends a resolver's watch task.
+    lifetime: Option<Arc<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// What one look at the subchannels found.
@@ -156,7 +159,15 @@ impl Balancer {
             selected: Arc::new(AtomicUsize::new(0)),
             wake,
             resolution,
+            lifetime: None,
         }
+    }
+
+    /// Keeps `sender` while any clone lives: its receiver learns when the
+    /// client is gone.
+    pub(crate) fn with_lifetime(mut self, sender: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.lifetime = Some(Arc::new(sender));
+        self
     }
 
     /// The replica for a call: a READY one at once, else (none READY,
@@ -212,8 +223,8 @@ impl Balancer {
                 return match fallback {
                     Some(replica) => Ok((replica, false)),
                     None => Err(Box::new(ConnectError {
-                        message: "no address of the target is known yet: DNS has not answered \
-                                  within the call's deadline"
+                        message: "no address of the target is known yet: its resolver has not \
+                                  answered within the call's deadline"
                             .to_owned(),
                         permanent: false,
                     })),

@@ -37,6 +37,8 @@ pub(crate) struct Target {
     pub(crate) authority: http::uri::Authority,
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// A `unix:` target's socket: connected instead of `host:port`.
+    pub(crate) unix: Option<std::path::PathBuf>,
     /// The HTTP CONNECT proxy `https` connections go through, if any.
     pub(crate) proxy: Option<super::proxy::ProxyRoute>,
     pub(crate) tls: Option<(
@@ -272,7 +274,10 @@ pub(crate) async fn connect(
     keepalive: Option<Duration>,
     wake: Arc<Wake>,
 ) -> Result<Conn, ConnectError> {
-    let where_ = format!("{}:{}", target.host, target.port);
+    let where_ = match &target.unix {
+        Some(path) => format!("unix:{}", path.display()),
+        None => format!("{}:{}", target.host, target.port),
+    };
     let fail = |what: String| ConnectError {
         message: format!("cannot connect to {where_}: {what}"),
         permanent: false,
@@ -282,7 +287,38 @@ pub(crate) async fn connect(
         permanent: true,
     };
     let events = Arc::new(ConnEvents::new(wake));
+    // Connected once the server's first SETTINGS frame has come.
+    let settled = async |dispatch: Arc<Dispatch>, events: &ConnEvents| {
+        if !events.settings().await {
+            if events.http1() {
+                // The endpoint speaks HTTP/1: the same answer comes next time.
+                return Err(refuse(
+                    "the server answered in HTTP/1, not HTTP/2: this endpoint does not speak \
+                     gRPC without TLS (h2c); check the port, or use https:// for a TLS endpoint"
+                        .to_owned(),
+                ));
+            }
+            return Err(fail(
+                "the server closed the connection before its HTTP/2 SETTINGS".to_owned(),
+            ));
+        }
+        Ok(dispatch)
+    };
     let work = async {
+        #[cfg(not(unix))]
+        if target.unix.is_some() {
+            return Err(refuse("Unix sockets need a Unix system".to_owned()));
+        }
+        #[cfg(unix)]
+        if let Some(path) = &target.unix {
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| fail(format!("cannot connect to the Unix socket: {e}")))?;
+            let dispatch = handshake(target, keepalive, Tap::new(stream, events.clone()), &events)
+                .await
+                .map_err(fail)?;
+            return settled(dispatch, &events).await;
+        }
         // Through a proxy, the TCP connection is to the proxy, and the
         // tunnel to the target.
         let (dial_host, dial_port) = match &target.proxy {
@@ -356,20 +392,7 @@ pub(crate) async fn connect(
                     .map_err(fail)?
             }
         };
-        if !events.settings().await {
-            if events.http1() {
-                // The endpoint speaks HTTP/1: the same answer comes next time.
-                return Err(refuse(
-                    "the server answered in HTTP/1, not HTTP/2: this endpoint does not speak \
-                     gRPC without TLS (h2c); check the port, or use https:// for a TLS endpoint"
-                        .to_owned(),
-                ));
-            }
-            return Err(fail(
-                "the server closed the connection before its HTTP/2 SETTINGS".to_owned(),
-            ));
-        }
-        Ok(dispatch)
+        settled(dispatch, &events).await
     };
     match tokio::time::timeout(target.connect_timeout, work).await {
         Ok(Ok(dispatch)) => Ok(Conn {

@@ -10,7 +10,6 @@
 //! The task holds the balancer's list only weakly while it sleeps: a
 //! dropped client ends it at its next wake-up.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,15 +20,10 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use tokio::time::Instant;
 
-use super::balancer::{PeerAddress, Replica, ReplicaList, Resolution};
-use super::connection::interleave_families;
-use super::subchannel::Subchannel;
+use super::balancer::{Replica, Resolution};
+use super::resolver::{MakeSubchannel, apply, select_addresses};
 use super::tap::Wake;
 use crate::config::{ConfigError, ConfigErrorKind, DnsTarget};
-
-/// Makes the subchannel of one resolved address.
-pub(crate) type MakeSubchannel =
-    Box<dyn Fn(SocketAddr) -> Result<Subchannel, ConfigError> + Send + Sync>;
 
 /// A resolver for `target`: its own name server, or the system's.
 pub(crate) fn resolver(target: &DnsTarget) -> Result<TokioResolver, ConfigError> {
@@ -92,31 +86,17 @@ impl DnsTask {
             let outcome = match answer {
                 Ok(lookup) => {
                     // The answer's order (pick_first walks it: a DNS
-                    // server's rotation spreads pick_first clients), each
-                    // address once.
-                    let mut addrs: Vec<SocketAddr> = Vec::new();
-                    for ip in lookup.iter() {
-                        let addr = SocketAddr::new(ip, self.target.port);
-                        if !addrs.contains(&addr) {
-                            addrs.push(addr);
-                        }
-                    }
-                    if addrs.len() > crate::config::MAX_STATIC_ENDPOINTS {
-                        // Each client keeps its own 64, not everyone the same lowest.
-                        fastrand::shuffle(&mut addrs);
-                        ::tracing::warn!(
-                            target_name = %self.target.host,
-                            addresses = addrs.len(),
-                            kept = crate::config::MAX_STATIC_ENDPOINTS,
-                            "DNS answered more addresses than a client balances over; a random subset is kept"
-                        );
-                        addrs.truncate(crate::config::MAX_STATIC_ENDPOINTS);
-                    }
-                    interleave_families(&mut addrs);
+                    // server's rotation spreads pick_first clients).
+                    let addrs = select_addresses(
+                        lookup
+                            .iter()
+                            .map(|ip| SocketAddr::new(ip, self.target.port)),
+                        &self.target.host,
+                    );
                     if addrs.is_empty() {
                         Err(format!("DNS has no address for {}", self.target.host))
                     } else {
-                        self.update(&list, &addrs)
+                        apply(&list, &addrs, &self.make, &self.target.host)
                     }
                 }
                 Err(e) => Err(format!("cannot resolve {}: {e}", self.target.host)),
@@ -155,41 +135,5 @@ impl DnsTask {
                 }
             }
         }
-    }
-
-    /// The list for `addrs`: the subchannels of addresses still there kept
-    /// (with their connections), new ones made, the rest dropped (they get
-    /// no new calls; calls in flight on them finish).
-    fn update(&self, list: &ReplicaList, addrs: &[SocketAddr]) -> Result<(), String> {
-        let current = list.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut known: HashMap<&str, &Replica> =
-            current.iter().map(|r| (r.key.as_str(), r)).collect();
-        let mut next = Vec::with_capacity(addrs.len());
-        for addr in addrs.iter().take(crate::config::MAX_STATIC_ENDPOINTS) {
-            let key = addr.to_string();
-            match known.remove(key.as_str()) {
-                Some(replica) => next.push(replica.clone()),
-                None => {
-                    let subchannel = (self.make)(*addr).map_err(|e| e.to_string())?;
-                    next.push(Replica {
-                        key,
-                        peer: PeerAddress {
-                            address: Arc::from(addr.ip().to_string()),
-                            port: addr.port(),
-                        },
-                        subchannel,
-                    });
-                }
-            }
-        }
-        if next.len() != current.len() || !known.is_empty() {
-            ::tracing::info!(
-                target_name = %self.target.host,
-                replicas = next.len(),
-                "the replicas of the target changed"
-            );
-        }
-        *list.write().unwrap_or_else(|p| p.into_inner()) = next.into();
-        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use tonic::Status;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::config::{ConfigError, ConfigErrorKind};
+use crate::config::{ConfigError, ConfigErrorKind, TargetSpec};
 use crate::telemetry::metrics::SubchannelMetrics;
 use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
@@ -23,6 +23,7 @@ pub(crate) mod connection;
 pub(crate) mod dns;
 pub(crate) mod failure;
 pub(crate) mod proxy;
+pub(crate) mod resolver;
 pub(crate) mod subchannel;
 pub(crate) mod tap;
 pub(crate) mod tls;
@@ -30,6 +31,7 @@ pub(crate) mod tls;
 pub use balancer::LoadBalancing;
 use connection::Target;
 pub use proxy::Proxy;
+pub use resolver::{AddressStream, Addresses, Resolver};
 use subchannel::{Pacing, Subchannel};
 pub use tls::{ClientIdentity, TrustRoots};
 
@@ -144,6 +146,15 @@ pub struct TransportOptions {
     /// How the calls of a `static:` or `dns:` target are spread over its
     /// addresses ([`LoadBalancing`]); round-robin by default.
     pub load_balancing: LoadBalancing,
+    /// TLS to each address of a `dns:` or [`Resolver`] target, whose form
+    /// has no scheme to say it: the server's certificate must carry the
+    /// target's name (`dns:///api.ns.svc:443` → `api.ns.svc`), or the
+    /// [`authority`](Self::authority)'s host when set; the trust settings
+    /// above apply. Off by default (h2c, as Kubernetes-internal gRPC
+    /// usually is). An endpoint or a `static:` entry says `https://`
+    /// itself, and setting this for one is a configuration error, as for a
+    /// `unix:` socket (plaintext).
+    pub tls: bool,
 }
 
 impl Default for TransportOptions {
@@ -171,6 +182,7 @@ impl Default for TransportOptions {
             dns_refresh: Duration::from_secs(30),
             dns_min_interval: Duration::from_secs(30),
             load_balancing: LoadBalancing::RoundRobin,
+            tls: false,
         }
     }
 }
@@ -297,6 +309,12 @@ impl TransportOptions {
     /// Sets [`load_balancing`](Self::load_balancing).
     pub fn with_load_balancing(mut self, value: LoadBalancing) -> Self {
         self.load_balancing = value;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn with_tls(mut self, value: bool) -> Self {
+        self.tls = value;
         self
     }
 
@@ -430,14 +448,17 @@ impl TransportOptions {
     }
 }
 
-/// Builds the default transport: lazily made HTTP/2 connections to
-/// `endpoint`, with `options` as `AmeideClientBuilder::build` validated them.
-/// `ca_file` names where the CA came from, for error messages.
+/// Builds the default transport for `target` (parsed: `spec`): lazily made
+/// HTTP/2 connections, with `options` as `AmeideClientBuilder::build`
+/// validated them; `resolver` is the one registered for a resolver
+/// target's scheme. `ca_file` names where the CA came from, for error messages.
 pub(crate) fn http2_transport(
-    endpoint: &str,
+    target: &str,
+    spec: TargetSpec,
     options: &TransportOptions,
     ca_file: Option<&Path>,
     metrics: Option<Arc<SubchannelMetrics>>,
+    resolver: Option<Arc<dyn Resolver>>,
 ) -> Result<BoxTransport, ConfigError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(ConfigError::new(
@@ -445,74 +466,198 @@ pub(crate) fn http2_transport(
             "AmeideClient::build() must be called inside a Tokio runtime (the transport spawns its connection task there)",
         ));
     }
-    if let Some(target) = crate::config::dns_target(endpoint)? {
-        return dns_transport(target, options, ca_file, metrics);
+    let resolved = matches!(spec, TargetSpec::Dns(_) | TargetSpec::Resolver { .. });
+    if options.tls && !resolved {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Transport,
+            format!(
+                "transport option tls applies to dns: and resolver targets, not {:?}: write https:// in the endpoint (or in each static entry); unix: sockets are plaintext",
+                crate::peer::bounded(target, 256)
+            ),
+        ));
     }
-    let endpoints = crate::config::endpoints_of(endpoint)?;
-    if endpoint.starts_with("static:///") {
-        let wake = Arc::new(tap::Wake::new());
-        let replicas = endpoints
-            .iter()
-            .map(|(endpoint, uri)| {
-                Ok(balancer::Replica {
-                    key: endpoint.clone(),
-                    peer: balancer::PeerAddress {
-                        address: Arc::from(
-                            uri.host()
-                                .unwrap_or_default()
-                                .trim_start_matches('[')
-                                .trim_end_matches(']'),
-                        ),
-                        port: crate::config::port_of(uri),
-                    },
-                    subchannel: subchannel(
-                        endpoint,
-                        uri.clone(),
-                        options,
-                        ca_file,
-                        Some(wake.clone()),
-                        metrics.clone(),
-                    )?,
+    if resolved && matches!(options.proxy, Proxy::Url { .. }) {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Transport,
+            format!(
+                "{:?} cannot go through a proxy: the client balances over the addresses it resolves and connects to them directly; use an https:// endpoint for a proxied target",
+                crate::peer::bounded(target, 256)
+            ),
+        ));
+    }
+    match spec {
+        TargetSpec::Dns(dns) => {
+            let authority = format!("{}:{}", dns.host, dns.port);
+            let resolver = dns::resolver(&dns)?;
+            resolved_transport(
+                target,
+                authority,
+                options,
+                ca_file,
+                metrics,
+                move |list, resolution, wake, make| {
+                    tokio::spawn(
+                        dns::DnsTask {
+                            target: dns,
+                            resolver,
+                            list,
+                            resolution,
+                            wake,
+                            make,
+                            refresh: options.dns_refresh,
+                            min_interval: options.dns_min_interval,
+                        }
+                        .run(),
+                    );
+                    None
+                },
+            )
+        }
+        TargetSpec::Resolver { scheme, name } => {
+            let resolver = resolver.ok_or_else(|| {
+                ConfigError::new(
+                    ConfigErrorKind::Endpoint,
+                    format!(
+                        "no resolver is registered for the scheme {scheme:?} of the target {:?}: register one with AmeideClientBuilder::resolver",
+                        crate::peer::bounded(target, 256)
+                    ),
+                )
+            })?;
+            let stream = resolver.watch(&name);
+            let min_interval = options.dns_min_interval;
+            let target_name = target.to_owned();
+            resolved_transport(
+                target,
+                name.clone(),
+                options,
+                ca_file,
+                metrics,
+                move |list, resolution, wake, make| {
+                    let (lifetime, ended) = tokio::sync::oneshot::channel();
+                    tokio::spawn(
+                        resolver::WatchTask {
+                            target: target_name,
+                            name,
+                            resolver,
+                            stream,
+                            list,
+                            resolution,
+                            wake,
+                            make,
+                            min_interval,
+                            ended,
+                        }
+                        .run(),
+                    );
+                    Some(lifetime)
+                },
+            )
+        }
+        TargetSpec::Unix(path) => {
+            let endpoint = "http://localhost";
+            let uri = crate::config::validate_endpoint(endpoint)?;
+            let mut local = options.clone();
+            local.proxy = Proxy::Disabled;
+            Ok(BoxCloneSyncService::new(subchannel(
+                endpoint,
+                uri,
+                &local,
+                None,
+                None,
+                metrics,
+                Some(path),
+            )?))
+        }
+        TargetSpec::Endpoints(endpoints) if target.starts_with("static:///") => {
+            let wake = Arc::new(tap::Wake::new());
+            let replicas = endpoints
+                .iter()
+                .map(|(endpoint, uri)| {
+                    Ok(balancer::Replica {
+                        key: endpoint.clone(),
+                        peer: balancer::PeerAddress {
+                            address: Arc::from(bare_host(uri)),
+                            port: crate::config::port_of(uri),
+                        },
+                        subchannel: subchannel(
+                            endpoint,
+                            uri.clone(),
+                            options,
+                            ca_file,
+                            Some(wake.clone()),
+                            metrics.clone(),
+                            None,
+                        )?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(replicas.into()));
-        return Ok(BoxCloneSyncService::new(balancer::Balancer::new(
-            list,
-            options.load_balancing,
-            wake,
-            None,
-        )));
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(replicas.into()));
+            Ok(BoxCloneSyncService::new(balancer::Balancer::new(
+                list,
+                options.load_balancing,
+                wake,
+                None,
+            )))
+        }
+        TargetSpec::Endpoints(endpoints) => {
+            let (endpoint, uri) = endpoints.into_iter().next().ok_or_else(|| {
+                ConfigError::new(ConfigErrorKind::Endpoint, "no endpoint".to_owned())
+            })?;
+            Ok(BoxCloneSyncService::new(subchannel(
+                &endpoint, uri, options, ca_file, None, metrics, None,
+            )?))
+        }
     }
-    let (endpoint, uri) = endpoints
-        .into_iter()
-        .next()
-        .ok_or_else(|| ConfigError::new(ConfigErrorKind::Endpoint, "no endpoint".to_owned()))?;
-    Ok(BoxCloneSyncService::new(subchannel(
-        &endpoint, uri, options, ca_file, None, metrics,
-    )?))
 }
 
-/// A `dns:` target: a balancer whose replicas the DNS task keeps to the
-/// name's addresses (h2c; `:authority` is the name).
-fn dns_transport(
-    target: crate::config::DnsTarget,
+/// A URI's host without an IPv6 literal's brackets.
+fn bare_host(uri: &http::Uri) -> &str {
+    uri.host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// A resolved target (`dns:` or a resolver's): a balancer over the
+/// addresses its resolver task keeps in the list, each reached over h2c,
+/// or TLS with [`TransportOptions::tls`], with `authority` as `:authority`
+/// and TLS server name unless [`TransportOptions::authority`] is set.
+/// Never through a proxy (checked by the caller for an explicit one).
+fn resolved_transport(
+    target: &str,
+    authority: String,
     options: &TransportOptions,
     ca_file: Option<&Path>,
     metrics: Option<Arc<SubchannelMetrics>>,
+    start: impl FnOnce(
+        std::sync::Weak<RwLock<Arc<[balancer::Replica]>>>,
+        Arc<balancer::Resolution>,
+        Arc<tap::Wake>,
+        resolver::MakeSubchannel,
+    ) -> Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<BoxTransport, ConfigError> {
-    let resolver = dns::resolver(&target)?;
     let wake = Arc::new(tap::Wake::new());
-    let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(Arc::from(Vec::new())));
+    let list: balancer::ReplicaList = Arc::new(RwLock::new(Arc::from(Vec::new())));
     let resolution = Arc::new(balancer::Resolution::default());
     let mut per_address = options.clone();
-    per_address
-        .authority
-        .get_or_insert_with(|| format!("{}:{}", target.host, target.port));
+    per_address.proxy = Proxy::Disabled;
+    if per_address.authority.is_none() {
+        if authority.contains('@') || authority.parse::<http::uri::Authority>().is_err() {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Endpoint,
+                format!(
+                    "the name of the target {:?} is not a host[:port] to send as :authority; set TransportOptions::authority",
+                    crate::peer::bounded(target, 256)
+                ),
+            ));
+        }
+        per_address.authority = Some(authority);
+    }
+    let scheme = if options.tls { "https" } else { "http" };
     let ca_file = ca_file.map(Path::to_owned);
     let make_wake = wake.clone();
-    let make: dns::MakeSubchannel = Box::new(move |addr| {
-        let endpoint = format!("http://{addr}");
+    let make: resolver::MakeSubchannel = Box::new(move |addr| {
+        let endpoint = format!("{scheme}://{addr}");
         let uri = crate::config::validate_endpoint(&endpoint)?;
         subchannel(
             &endpoint,
@@ -521,28 +666,29 @@ fn dns_transport(
             ca_file.as_deref(),
             Some(make_wake.clone()),
             metrics.clone(),
+            None,
         )
     });
-    let task = dns::DnsTask {
-        target,
-        resolver,
-        list: Arc::downgrade(&list),
-        resolution: resolution.clone(),
-        wake: wake.clone(),
+    // The TLS material is checked now, not at the first answer.
+    if options.tls {
+        let probe = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        drop(make(probe)?);
+    }
+    let lifetime = start(
+        Arc::downgrade(&list),
+        resolution.clone(),
+        wake.clone(),
         make,
-        refresh: options.dns_refresh,
-        min_interval: options.dns_min_interval,
-    };
-    tokio::spawn(task.run());
-    Ok(BoxCloneSyncService::new(balancer::Balancer::new(
-        list,
-        options.load_balancing,
-        wake,
-        Some(resolution),
-    )))
+    );
+    let balancer = balancer::Balancer::new(list, options.load_balancing, wake, Some(resolution));
+    Ok(BoxCloneSyncService::new(match lifetime {
+        Some(sender) => balancer.with_lifetime(sender),
+        None => balancer,
+    }))
 }
 
-/// One subchannel: the connections to one endpoint.
+/// One subchannel: the connections to one endpoint (or, with `unix`, to
+/// that socket, `endpoint` giving `:authority`).
 fn subchannel(
     endpoint: &str,
     uri: http::Uri,
@@ -550,14 +696,10 @@ fn subchannel(
     ca_file: Option<&Path>,
     wake: Option<Arc<tap::Wake>>,
     metrics: Option<Arc<SubchannelMetrics>>,
+    unix: Option<PathBuf>,
 ) -> Result<Subchannel, ConfigError> {
     let https = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = bare_host(&uri).to_owned();
     let authority = match &options.authority {
         Some(value) => value.parse::<http::uri::Authority>().map_err(|e| {
             ConfigError::new(
@@ -627,6 +769,7 @@ fn subchannel(
         authority,
         host,
         port,
+        unix,
         proxy,
         tls,
         connect_timeout: options.connect_timeout,

@@ -2,6 +2,9 @@
 // tests: keepalive enforcement (its defaults, or a shortened MinTime), and
 // every method served by one handler that answers raw bytes.
 //
+// Flags: -addr (TCP) or -unix (a socket path); -cert and -key for TLS;
+// -min-time and -permit-without-stream for keepalive enforcement.
+//
 // Built from Debian's golang-google-grpc-dev in GOPATH mode by the tests
 // (tests/src/grpc_go.rs). It prints one line per event on stdout:
 //
@@ -33,6 +36,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -201,6 +205,9 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	minTime := flag.Duration("min-time", 0, "keepalive enforcement MinTime (0: grpc-go's default, 5m)")
 	permit := flag.Bool("permit-without-stream", false, "keepalive enforcement PermitWithoutStream")
+	unixPath := flag.String("unix", "", "listen on this Unix socket instead of -addr")
+	certFile := flag.String("cert", "", "TLS: the server's certificate chain (PEM); with -key")
+	keyFile := flag.String("key", "", "TLS: the server's private key (PEM)")
 	flag.Parse()
 
 	encoding.RegisterCodec(rawCodec{})
@@ -211,8 +218,20 @@ func main() {
 			PermitWithoutStream: *permit,
 		}))
 	}
+	if *certFile != "" {
+		creds, err := credentials.NewServerTLSFromFile(*certFile, *keyFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		options = append(options, grpc.Creds(creds))
+	}
 	server := grpc.NewServer(options...)
-	listener, err := net.Listen("tcp", *addr)
+	network, where := "tcp", *addr
+	if *unixPath != "" {
+		network, where = "unix", *unixPath
+	}
+	listener, err := net.Listen(network, where)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
