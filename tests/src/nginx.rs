@@ -251,6 +251,16 @@ impl Certs {
         certs
     }
 
+    /// Another server certificate signed by the CA, for the DNS name
+    /// `dns_name` only: `{name}.pem`, `{name}.key`.
+    pub fn server_for(&self, name: &str, dns_name: &str) {
+        self.leaf(
+            name,
+            dns_name,
+            &format!("subjectAltName=DNS:{dns_name}\nextendedKeyUsage=serverAuth"),
+        );
+    }
+
     /// Another client certificate signed by the CA: `{name}.pem`, `{name}.key`,
     /// with subject CN `cn`.
     pub fn client(&self, name: &str, cn: &str) {
