@@ -42,7 +42,10 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(100 * 24 * 3600);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmeideConfig {
-    /// Where to connect: `https://…` (TLS with rustls) or `http://…` (plaintext h2c).
+    /// Where to connect: `https://…` (TLS with rustls) or `http://…` (plaintext h2c), or
+    /// a target naming several replicas or a socket (`static:///`, `dns:///`, `unix:`,
+    /// `scheme:///name` for a [`Resolver`](crate::Resolver); see
+    /// [`AmeideClientBuilder::endpoint`](crate::AmeideClientBuilder::endpoint)).
     pub endpoint: String,
     /// Tenant sent as `x-tenant-id`; only for system/bootstrap callers.
     pub tenant_id: Option<String>,
