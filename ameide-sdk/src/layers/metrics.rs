@@ -3,7 +3,7 @@
 //!
 //! | Question | Answer |
 //! |---|---|
-//! | Records? | `grpc.client.attempt.started` as the attempt starts; `grpc.client.attempt.duration` and the sent and received message sizes as it ends (the instruments: [`telemetry::metrics`](crate::telemetry)) |
+//! | Records? | `grpc.client.attempt.started` as the attempt starts; `grpc.client.attempt.duration` and the sent and received message sizes as it ends (the instruments: `telemetry::metrics`) |
 //! | Ends when? | trailers (or a trailers-only response), an error, or the attempt or its response stream dropped unfinished (`DEADLINE_EXCEEDED` when the call's deadline has passed, as the call says; else `CANCELLED`) |
 //! | Sizes? | message bytes as framed by gRPC (compressed if compressed), the 5-byte prefixes left out; a unary or server-streaming request's from its replay buffer's exact length, any other request counted as it is sent |
 //! | Where? | per attempt, beside the tracing layer, under retry: a call with three attempts records three attempts |
