@@ -3,7 +3,7 @@
 //!
 //! | Variable | Field | Valid values |
 //! |---|---|---|
-//! | `AMEIDE_GRPC_BASE_URL` | [`AmeideConfig::endpoint`] | `http://host[:port]` (h2c) or `https://host[:port]` |
+//! | `AMEIDE_GRPC_BASE_URL` | [`AmeideConfig::endpoint`] | `http://host[:port]` (h2c) or `https://host[:port]`, or any target form of [`AmeideClientBuilder::endpoint`](crate::AmeideClientBuilder::endpoint) (`static:///`, `dns:///`, `unix:`; `scheme:///name` is checked at build, where its resolver is known) |
 //! | `AMEIDE_TENANT_ID` | [`AmeideConfig::tenant_id`] | visible ASCII; system/bootstrap callers only |
 //! | `AMEIDE_USER_ID` | [`AmeideConfig::user_id`] | visible ASCII |
 //! | `AMEIDE_TIMEOUT_MS` | [`AmeideConfig::timeout`] | integer milliseconds, 1 ..= 8640000000 (100 days) |
@@ -377,8 +377,24 @@ pub(crate) enum TargetSpec {
 /// The schemes the SDK itself gives a meaning; a resolver cannot take them.
 pub(crate) const OWN_SCHEMES: [&str; 5] = ["http", "https", "dns", "static", "unix"];
 
-/// The longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+/// Whether `scheme` can name a [`Resolver`](crate::Resolver): lower-case
+/// ASCII letters, digits, `+`, `-` and `.`, starting with a letter, at most
+/// 32 bytes, and not one of [`OWN_SCHEMES`].
+pub(crate) fn is_resolver_scheme(scheme: &str) -> bool {
+    scheme.len() <= 32
+        && scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        && !OWN_SCHEMES.contains(&scheme)
+}
+
+/// The longest Unix socket path: `sun_path` holds 108 bytes with its NUL
+/// on Linux, 104 on the BSDs and macOS.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const MAX_UNIX_PATH: usize = 107;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const MAX_UNIX_PATH: usize = 103;
 
 impl TargetSpec {
     /// The server the target names, as spans give it (`server.address`,
@@ -416,30 +432,23 @@ pub(crate) fn parse_target(target: &str) -> Result<TargetSpec, ConfigError> {
     if let Some(path) = unix_target(target)? {
         return Ok(TargetSpec::Unix(path));
     }
-    if let Some((scheme, name)) = target.split_once(":///") {
-        let scheme_ok = scheme.len() <= 32
-            && scheme.starts_with(|c: char| c.is_ascii_lowercase())
-            && scheme
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-        if scheme_ok && !OWN_SCHEMES.contains(&scheme) {
-            if name.is_empty()
-                || name.len() > 1024
-                || name.bytes().any(|b| !(0x21..0x7f).contains(&b))
-            {
-                return Err(ConfigError::new(
-                    ConfigErrorKind::Endpoint,
-                    format!(
-                        "invalid target {:?}: a resolver's target is {scheme}:///name, with a name of visible ASCII (1..=1024 bytes)",
-                        crate::peer::bounded(target, 256)
-                    ),
-                ));
-            }
-            return Ok(TargetSpec::Resolver {
-                scheme: scheme.to_owned(),
-                name: name.to_owned(),
-            });
+    if let Some((scheme, name)) = target.split_once(":///")
+        && is_resolver_scheme(scheme)
+    {
+        if name.is_empty() || name.len() > 1024 || name.bytes().any(|b| !(0x21..0x7f).contains(&b))
+        {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Endpoint,
+                format!(
+                    "invalid target {:?}: a resolver's target is {scheme}:///name, with a name of visible ASCII (1..=1024 bytes)",
+                    crate::peer::bounded(target, 256)
+                ),
+            ));
         }
+        return Ok(TargetSpec::Resolver {
+            scheme: scheme.to_owned(),
+            name: name.to_owned(),
+        });
     }
     endpoints_of(target).map(TargetSpec::Endpoints)
 }

@@ -127,8 +127,8 @@ pub use error::{Error, IntoAmeideResult, canonical_code_name};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub use gate::InFlightLimit;
 pub use transport::{
-    AddressStream, Addresses, BoxTransport, ClientIdentity, DEFAULT_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS, LoadBalancing, Proxy, Resolver, TransportOptions, TrustRoots,
+    AddressStream, BoxTransport, ClientIdentity, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTIONS,
+    LoadBalancing, Proxy, Resolver, ResolverAnswer, TransportOptions, TrustRoots,
 };
 
 /// The generated protobuf types of the Ameide core bundle, re-exported verbatim.

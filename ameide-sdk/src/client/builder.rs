@@ -143,8 +143,8 @@ impl AmeideClientBuilder {
     /// | `unix:path`, `unix:///absolute/path` | a Unix domain socket (h2c, `:authority` `localhost`) |
     /// | `scheme:///name` | the addresses the [`resolver`](Self::resolver) registered for `scheme` gives |
     ///
-    /// The replicas of the last three are balanced by
-    /// [`TransportOptions::load_balancing`]. Checked by [`build`](Self::build).
+    /// The replicas of `static:`, `dns:` and resolver targets are balanced
+    /// by [`TransportOptions::load_balancing`]. Checked by [`build`](Self::build).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -212,6 +212,35 @@ impl AmeideClientBuilder {
     /// is lower-case ASCII (letters, digits, `+`, `-`, `.`), not one of the
     /// SDK's own (`http`, `https`, `dns`, `static`, `unix`); checked by
     /// [`build`](Self::build). A second registration for a scheme replaces the first.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use ameide_sdk::{AddressStream, AmeideClient, Resolver};
+    /// struct Registry;
+    /// impl Resolver for Registry {
+    ///     fn watch(&self, _name: &str) -> AddressStream {
+    ///         Box::pin(tokio_stream::iter([Ok(vec!["10.0.0.7:50051".parse().unwrap()])]))
+    ///     }
+    /// }
+    /// // One registry for every client: an Arc is a Resolver too.
+    /// let registry = Arc::new(Registry);
+    /// for service in ["orders", "billing"] {
+    ///     let client = AmeideClient::builder()
+    ///         .endpoint(format!("registry:///{service}"))
+    ///         .resolver("registry", registry.clone())
+    ///         .build()
+    ///         .unwrap();
+    ///     assert_eq!(client.endpoint(), format!("registry:///{service}"));
+    /// }
+    /// let err = AmeideClient::builder()
+    ///     .endpoint("dns:///orders:50051")
+    ///     .resolver("dns", Registry)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("not one of the SDK's own"));
+    /// # }
+    /// ```
     pub fn resolver(mut self, scheme: impl Into<String>, resolver: impl Resolver) -> Self {
         let scheme = scheme.into();
         self.resolvers.retain(|(s, _)| *s != scheme);
@@ -489,11 +518,7 @@ impl AmeideClientBuilder {
         let config = self.explicit.apply(self.config);
         let spec = crate::config::parse_target(&config.endpoint)?;
         for (scheme, _) in &self.resolvers {
-            let registered = format!("{scheme}:///x");
-            if !matches!(
-                crate::config::parse_target(&registered),
-                Ok(crate::config::TargetSpec::Resolver { .. })
-            ) {
+            if !crate::config::is_resolver_scheme(scheme) {
                 return Err(ConfigError::new(
                     ConfigErrorKind::Endpoint,
                     format!(

@@ -6,7 +6,7 @@
 //! | name | `<package>.<Service>/<Method>` |
 //! | kind | `CLIENT` |
 //! | parent | the caller's current `opentelemetry::Context` |
-//! | attributes (default) | `rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`, `ameide.request_id`; for a `static:` or `dns:` target, the replica the attempt went to: `network.peer.address`, `network.peer.port` |
+//! | attributes (default) | `rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`, `ameide.request_id` (`server.port` left out for a Unix socket); for a `static:`, `dns:` or resolver target, the replica the attempt went to: `network.peer.address`, `network.peer.port` |
 //! | attributes (`OTEL_SEMCONV_STABILITY_OPT_IN=rpc`) | `rpc.system.name = "grpc"`, `rpc.method = "<package>.<Service>/<Method>"`, `rpc.response.status_code = "<CODE>"`, `error.type` on errors, `server.*`, `ameide.request_id` |
 //! | `rpc/dup` | both sets; `rpc.method` takes the stable (full) value, `rpc.service` keeps the short form |
 //! | status | `ERROR` with the status message on any non-OK code |
@@ -216,7 +216,10 @@ impl<S> TracingService<S> {
         });
         if let Some((address, port)) = server {
             attributes.push(KeyValue::new("server.address", Value::String(address)));
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
+            // 0: none (a Unix socket, a resolver's name without a port).
+            if port != 0 {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
         }
         if let Some(state) = request.extensions().get::<crate::call::CallState>() {
             attributes.push(KeyValue::new(

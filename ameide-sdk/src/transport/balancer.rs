@@ -4,7 +4,7 @@
 //! least-loaded policy (power of two choices over the streams in flight).
 //! The addresses are a static list (`static:///a:1,b:2`), what DNS
 //! answers for a `dns:` target, resolved again as it changes (`dns.rs`),
-//! or what a [`Resolver`](super::resolver::Resolver) answers (`resolver.rs`).
+//! or what a registered `Resolver` answers (`resolver.rs`).
 //!
 //! | The subchannels | What a call does |
 //! |---|---|

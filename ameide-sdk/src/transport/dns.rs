@@ -7,8 +7,8 @@
 //! last good list keeps serving and the resolver backs off (the minimum
 //! interval, doubling, at most the refresh interval).
 //!
-//! The task holds the balancer's list only weakly while it sleeps: a
-//! dropped client ends it at its next wake-up.
+//! The task holds the balancer's list only weakly, and ends as soon as the
+//! client is dropped (the balancer's lifetime sender goes with it).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -64,10 +64,12 @@ pub(crate) struct DnsTask {
     pub(crate) make: MakeSubchannel,
     pub(crate) refresh: Duration,
     pub(crate) min_interval: Duration,
+    /// Fires when the last balancer clone (the client) is gone.
+    pub(crate) ended: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl DnsTask {
-    pub(crate) async fn run(self) {
+    pub(crate) async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
             if self.list.strong_count() == 0 {
@@ -79,7 +81,10 @@ impl DnsTask {
                 .host
                 .trim_start_matches('[')
                 .trim_end_matches(']');
-            let answer = self.resolver.lookup_ip(name).await;
+            let answer = tokio::select! {
+                _ = &mut self.ended => return,
+                answer = self.resolver.lookup_ip(name) => answer,
+            };
             let Some(list) = self.list.upgrade() else {
                 return;
             };
@@ -91,6 +96,7 @@ impl DnsTask {
                         lookup
                             .iter()
                             .map(|ip| SocketAddr::new(ip, self.target.port)),
+                        &list,
                         &self.target.host,
                     );
                     if addrs.is_empty() {
@@ -129,9 +135,13 @@ impl DnsTask {
             };
             let earliest = crate::time::add(started, spacing);
             tokio::select! {
+                _ = &mut self.ended => return,
                 () = tokio::time::sleep_until(crate::time::add(started, self.refresh)) => {}
                 () = self.resolution.again.notified() => {
-                    tokio::time::sleep_until(earliest).await;
+                    tokio::select! {
+                        _ = &mut self.ended => return,
+                        () = tokio::time::sleep_until(earliest) => {}
+                    }
                 }
             }
         }

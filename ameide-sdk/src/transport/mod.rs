@@ -31,7 +31,7 @@ pub(crate) mod tls;
 pub use balancer::LoadBalancing;
 use connection::Target;
 pub use proxy::Proxy;
-pub use resolver::{AddressStream, Addresses, Resolver};
+pub use resolver::{AddressStream, Resolver, ResolverAnswer};
 use subchannel::{Pacing, Subchannel};
 pub use tls::{ClientIdentity, TrustRoots};
 
@@ -117,6 +117,9 @@ pub struct TransportOptions {
     /// Whether `https` endpoints go through an HTTP CONNECT proxy: by
     /// default `HTTPS_PROXY`/`NO_PROXY`, read when the client is built, as
     /// grpc-go does ([`Proxy`] says how); [`Proxy::Disabled`] turns it off.
+    /// `dns:` and [`Resolver`] targets never do (the client connects to the
+    /// addresses it resolved): the environment is ignored for them, and an
+    /// explicit [`Proxy::Url`] with [`tls`](Self::tls) is a configuration error.
     pub proxy: Proxy,
     /// Where [`ca_certificate_pem`](Self::ca_certificate_pem) was read from:
     /// read again before each new connection (see
@@ -141,10 +144,11 @@ pub struct TransportOptions {
     /// replica's connection is lost or a call finds one not READY.
     pub dns_refresh: Duration,
     /// For a `dns:` target: the least time between two resolutions, 30 s
-    /// as grpc-go (10 ms ..= `dns_refresh`).
+    /// as grpc-go (10 ms ..= `dns_refresh`); for a [`Resolver`] target, the
+    /// least time between two [`resolve_now`](Resolver::resolve_now) hints.
     pub dns_min_interval: Duration,
-    /// How the calls of a `static:` or `dns:` target are spread over its
-    /// addresses ([`LoadBalancing`]); round-robin by default.
+    /// How the calls of a `static:`, `dns:` or [`Resolver`] target are
+    /// spread over its addresses ([`LoadBalancing`]); round-robin by default.
     pub load_balancing: LoadBalancing,
     /// TLS to each address of a `dns:` or [`Resolver`] target, whose form
     /// has no scheme to say it: the server's certificate must carry the
@@ -313,6 +317,27 @@ impl TransportOptions {
     }
 
     /// Sets [`tls`](Self::tls).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::{AmeideClient, TransportOptions};
+    /// let tls = TransportOptions::default().with_tls(true);
+    /// assert!(tls.tls);
+    /// // Every address of the name over TLS, verified against the name.
+    /// AmeideClient::builder()
+    ///     .endpoint("dns:///api.prod.svc.cluster.local:443")
+    ///     .transport_options(tls.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// // An endpoint says https:// itself.
+    /// let err = AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:50051")
+    ///     .transport_options(tls)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("write https://"));
+    /// # }
+    /// ```
     pub fn with_tls(mut self, value: bool) -> Self {
         self.tls = value;
         self
@@ -476,7 +501,7 @@ pub(crate) fn http2_transport(
             ),
         ));
     }
-    if resolved && matches!(options.proxy, Proxy::Url { .. }) {
+    if resolved && options.tls && matches!(options.proxy, Proxy::Url { .. }) {
         return Err(ConfigError::new(
             ConfigErrorKind::Transport,
             format!(
@@ -496,6 +521,7 @@ pub(crate) fn http2_transport(
                 ca_file,
                 metrics,
                 move |list, resolution, wake, make| {
+                    let (lifetime, ended) = tokio::sync::oneshot::channel();
                     tokio::spawn(
                         dns::DnsTask {
                             target: dns,
@@ -506,10 +532,11 @@ pub(crate) fn http2_transport(
                             make,
                             refresh: options.dns_refresh,
                             min_interval: options.dns_min_interval,
+                            ended,
                         }
                         .run(),
                     );
-                    None
+                    lifetime
                 },
             )
         }
@@ -518,12 +545,11 @@ pub(crate) fn http2_transport(
                 ConfigError::new(
                     ConfigErrorKind::Endpoint,
                     format!(
-                        "no resolver is registered for the scheme {scheme:?} of the target {:?}: register one with AmeideClientBuilder::resolver",
+                        "no resolver is registered for the scheme {scheme:?} of the target {:?}: register one with AmeideClientBuilder::resolver, or check the scheme (set with AmeideClientBuilder::endpoint or AMEIDE_GRPC_BASE_URL)",
                         crate::peer::bounded(target, 256)
                     ),
                 )
             })?;
-            let stream = resolver.watch(&name);
             let min_interval = options.dns_min_interval;
             let target_name = target.to_owned();
             resolved_transport(
@@ -534,6 +560,8 @@ pub(crate) fn http2_transport(
                 metrics,
                 move |list, resolution, wake, make| {
                     let (lifetime, ended) = tokio::sync::oneshot::channel();
+                    // Watched only once the target is known to be good.
+                    let stream = resolver.watch(&name);
                     tokio::spawn(
                         resolver::WatchTask {
                             target: target_name,
@@ -549,7 +577,7 @@ pub(crate) fn http2_transport(
                         }
                         .run(),
                     );
-                    Some(lifetime)
+                    lifetime
                 },
             )
         }
@@ -570,6 +598,13 @@ pub(crate) fn http2_transport(
         }
         TargetSpec::Endpoints(endpoints) if target.starts_with("static:///") => {
             let wake = Arc::new(tap::Wake::new());
+            // One scheme for all: one TLS material for all.
+            let material = match endpoints.first() {
+                Some((_, uri)) if uri.scheme_str() == Some("https") => {
+                    Some(tls_material(options, ca_file)?)
+                }
+                _ => None,
+            };
             let replicas = endpoints
                 .iter()
                 .map(|(endpoint, uri)| {
@@ -583,7 +618,7 @@ pub(crate) fn http2_transport(
                             endpoint,
                             uri.clone(),
                             options,
-                            ca_file,
+                            material.as_ref(),
                             Some(wake.clone()),
                             metrics.clone(),
                             None,
@@ -603,8 +638,18 @@ pub(crate) fn http2_transport(
             let (endpoint, uri) = endpoints.into_iter().next().ok_or_else(|| {
                 ConfigError::new(ConfigErrorKind::Endpoint, "no endpoint".to_owned())
             })?;
+            let material = match uri.scheme_str() {
+                Some("https") => Some(tls_material(options, ca_file)?),
+                _ => None,
+            };
             Ok(BoxCloneSyncService::new(subchannel(
-                &endpoint, uri, options, ca_file, None, metrics, None,
+                &endpoint,
+                uri,
+                options,
+                material.as_ref(),
+                None,
+                metrics,
+                None,
             )?))
         }
     }
@@ -634,7 +679,7 @@ fn resolved_transport(
         Arc<balancer::Resolution>,
         Arc<tap::Wake>,
         resolver::MakeSubchannel,
-    ) -> Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> tokio::sync::oneshot::Sender<()>,
 ) -> Result<BoxTransport, ConfigError> {
     let wake = Arc::new(tap::Wake::new());
     let list: balancer::ReplicaList = Arc::new(RwLock::new(Arc::from(Vec::new())));
@@ -654,7 +699,10 @@ fn resolved_transport(
         per_address.authority = Some(authority);
     }
     let scheme = if options.tls { "https" } else { "http" };
-    let ca_file = ca_file.map(Path::to_owned);
+    let material = match options.tls {
+        true => Some(tls_material(&per_address, ca_file)?),
+        false => None,
+    };
     let make_wake = wake.clone();
     let make: resolver::MakeSubchannel = Box::new(move |addr| {
         let endpoint = format!("{scheme}://{addr}");
@@ -663,13 +711,13 @@ fn resolved_transport(
             &endpoint,
             uri,
             &per_address,
-            ca_file.as_deref(),
+            material.as_ref(),
             Some(make_wake.clone()),
             metrics.clone(),
             None,
         )
     });
-    // The TLS material is checked now, not at the first answer.
+    // The TLS server name is checked now, not at the first answer.
     if options.tls {
         let probe = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         drop(make(probe)?);
@@ -680,11 +728,33 @@ fn resolved_transport(
         wake.clone(),
         make,
     );
-    let balancer = balancer::Balancer::new(list, options.load_balancing, wake, Some(resolution));
-    Ok(BoxCloneSyncService::new(match lifetime {
-        Some(sender) => balancer.with_lifetime(sender),
-        None => balancer,
-    }))
+    Ok(BoxCloneSyncService::new(
+        balancer::Balancer::new(list, options.load_balancing, wake, Some(resolution))
+            .with_lifetime(lifetime),
+    ))
+}
+
+/// The TLS material of `options` (trust roots, CA, client identity; the
+/// files read again before each new connection), built once and shared by
+/// every subchannel of a target: a system trust store is read once.
+/// `ca_file` names where the CA came from when the options do not.
+fn tls_material(
+    options: &TransportOptions,
+    ca_file: Option<&Path>,
+) -> Result<Arc<tls::TlsMaterial>, ConfigError> {
+    Ok(Arc::new(tls::TlsMaterial::new(
+        options.trust_roots,
+        options.ca_certificate_pem.clone(),
+        // The file is read again only while the PEM is still what was
+        // read from it (the public field may have been set since).
+        options
+            .ca_file
+            .as_ref()
+            .filter(|(_, read)| options.ca_certificate_pem.as_ref() == Some(read))
+            .map(|(path, _)| path.clone())
+            .or_else(|| ca_file.map(Path::to_owned)),
+        options.client_identity.clone(),
+    )?))
 }
 
 /// One subchannel: the connections to one endpoint (or, with `unix`, to
@@ -693,7 +763,7 @@ fn subchannel(
     endpoint: &str,
     uri: http::Uri,
     options: &TransportOptions,
-    ca_file: Option<&Path>,
+    material: Option<&Arc<tls::TlsMaterial>>,
     wake: Option<Arc<tap::Wake>>,
     metrics: Option<Arc<SubchannelMetrics>>,
     unix: Option<PathBuf>,
@@ -718,19 +788,10 @@ fn subchannel(
         })?,
     };
     let tls = if https {
-        let material = tls::TlsMaterial::new(
-            options.trust_roots,
-            options.ca_certificate_pem.clone(),
-            // The file is read again only while the PEM is still what was
-            // read from it (the public field may have been set since).
-            options
-                .ca_file
-                .as_ref()
-                .filter(|(_, read)| options.ca_certificate_pem.as_ref() == Some(read))
-                .map(|(path, _)| path.clone())
-                .or_else(|| ca_file.map(Path::to_owned)),
-            options.client_identity.clone(),
-        )?;
+        let material = match material {
+            Some(material) => material.clone(),
+            None => tls_material(options, None)?,
+        };
         // The name the certificate must carry: the authority's host when it
         // is overridden (an IP endpoint with a named certificate), else the endpoint's.
         let tls_host = match &options.authority {
@@ -747,7 +808,7 @@ fn subchannel(
                 format!("{endpoint:?}: {tls_host:?} is not a TLS server name: {e}"),
             )
         })?;
-        Some((Arc::new(material), name))
+        Some((material, name))
     } else {
         None
     };

@@ -10,7 +10,7 @@
 //! (with their connections), new ones made, the rest dropped (no new
 //! calls; calls in flight finish).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -28,10 +28,23 @@ use crate::wire_types::BoxError;
 
 /// One answer of a [`Resolver`]: the addresses of the target's replicas
 /// now, or why they are not known.
-pub type Addresses = Result<Vec<SocketAddr>, BoxError>;
+///
+/// ```
+/// let answer: ameide_sdk::ResolverAnswer = Err("the registry is unreachable".into());
+/// assert_eq!(answer.unwrap_err().to_string(), "the registry is unreachable");
+/// ```
+pub type ResolverAnswer = Result<Vec<SocketAddr>, BoxError>;
 
-/// The answers of a [`Resolver`] for one target, as they change.
-pub type AddressStream = Pin<Box<dyn Stream<Item = Addresses> + Send>>;
+/// The answers of a [`Resolver`] for one target, as they change: any
+/// `Stream` of [`ResolverAnswer`]s, boxed.
+///
+/// ```
+/// use ameide_sdk::AddressStream;
+/// let one_answer: AddressStream =
+///     Box::pin(tokio_stream::iter([Ok(vec!["10.0.0.7:50051".parse().unwrap()])]));
+/// # drop(one_answer);
+/// ```
+pub type AddressStream = Pin<Box<dyn Stream<Item = ResolverAnswer> + Send>>;
 
 /// A source of the addresses behind a target (gRPC's name resolver), for a
 /// service registry the SDK does not know. Registered with
@@ -49,9 +62,15 @@ pub type AddressStream = Pin<Box<dyn Stream<Item = Addresses> + Send>>;
 ///   once with `UNAVAILABLE` naming the target, until an answer lists one.
 /// - `Err(error)`: the resolver cannot tell now. The last good list keeps
 ///   serving; with none, calls fail with `UNAVAILABLE` carrying the error.
-/// - The stream ends: the last answer stands for the client's life.
+/// - The stream ends: the last answer stands for the client's life (a
+///   stream that ends before any answer fails the calls with `UNAVAILABLE`
+///   saying so).
 ///
 /// Before the first answer, calls wait for it within their deadline.
+/// Both methods are called on the client's runtime (`watch` inside
+/// [`build`](crate::AmeideClientBuilder::build)) and must not block: do the
+/// registry's I/O in the stream. One resolver may serve many clients:
+/// register an `Arc` of it with each (`Arc<R>` is a `Resolver`).
 /// `:authority` (and, with [`TransportOptions::tls`](crate::TransportOptions::tls),
 /// the TLS server name) is `name`, unless
 /// [`TransportOptions::authority`](crate::TransportOptions::authority) says
@@ -93,12 +112,37 @@ pub trait Resolver: Send + Sync + 'static {
     /// Tokio runtime); the stream is polled on that runtime.
     fn watch(&self, name: &str) -> AddressStream;
 
-    /// A hint that an answer may be stale: a replica's connection was lost
-    /// or a call found one not READY. At most once per
-    /// [`dns_min_interval`](crate::TransportOptions::dns_min_interval). A
-    /// watch-based resolver can ignore it (the default does nothing).
+    /// A hint that an answer may be stale or is awaited: a replica's
+    /// connection was lost, a call found one not READY, or a call waits for
+    /// the first answer. At most once per
+    /// [`dns_min_interval`](crate::TransportOptions::dns_min_interval) (a
+    /// hint within it is deferred to its end). A watch-based resolver can
+    /// ignore it (the default does nothing).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use ameide_sdk::{AddressStream, Resolver};
+    /// struct Polling { asked: AtomicUsize }
+    /// impl Resolver for Polling {
+    ///     fn watch(&self, _name: &str) -> AddressStream { Box::pin(tokio_stream::empty()) }
+    ///     fn resolve_now(&self, _name: &str) { self.asked.fetch_add(1, Ordering::Relaxed); }
+    /// }
+    /// let polling = Polling { asked: AtomicUsize::new(0) };
+    /// polling.resolve_now("orders");
+    /// assert_eq!(polling.asked.load(Ordering::Relaxed), 1);
+    /// ```
     fn resolve_now(&self, name: &str) {
         let _ = name;
+    }
+}
+
+impl<R: Resolver + ?Sized> Resolver for Arc<R> {
+    fn watch(&self, name: &str) -> AddressStream {
+        (**self).watch(name)
+    }
+
+    fn resolve_now(&self, name: &str) {
+        (**self).resolve_now(name);
     }
 }
 
@@ -112,23 +156,34 @@ pub(crate) type MakeSubchannel =
 /// A61), each in the answer's order.
 pub(crate) fn select_addresses(
     answer: impl IntoIterator<Item = SocketAddr>,
+    list: &ReplicaList,
     target: &str,
 ) -> Vec<SocketAddr> {
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for addr in answer {
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
-        }
-    }
+    let mut seen = HashSet::new();
+    let mut addrs: Vec<SocketAddr> = answer.into_iter().filter(|a| seen.insert(*a)).collect();
     if addrs.len() > MAX_STATIC_ENDPOINTS {
-        fastrand::shuffle(&mut addrs);
+        // The addresses already kept stay (their connections with them);
+        // the rest of the 64 are drawn at random from the new ones.
+        let current: HashSet<String> = list
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|r| r.key.clone())
+            .collect();
+        let (mut kept, mut new): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addrs.iter().partition(|a| current.contains(&a.to_string()));
+        fastrand::shuffle(&mut new);
+        kept.truncate(MAX_STATIC_ENDPOINTS);
+        kept.extend(new.into_iter().take(MAX_STATIC_ENDPOINTS - kept.len()));
         ::tracing::warn!(
             target_name = %target,
             addresses = addrs.len(),
             kept = MAX_STATIC_ENDPOINTS,
-            "the resolver answered more addresses than a client balances over; a random subset is kept"
+            "the resolver answered more addresses than a client balances over; a subset is kept"
         );
-        addrs.truncate(MAX_STATIC_ENDPOINTS);
+        // In the answer's order.
+        let chosen: HashSet<SocketAddr> = kept.into_iter().collect();
+        addrs.retain(|a| chosen.contains(a));
     }
     interleave_families(&mut addrs);
     addrs
@@ -190,22 +245,41 @@ pub(crate) struct WatchTask {
 impl WatchTask {
     pub(crate) async fn run(mut self) {
         let mut hinted: Option<Instant> = None;
+        // A hint that came within the minimum interval: given at its end.
+        let mut deferred: Option<Instant> = None;
+        let mut answered = false;
         loop {
             let next = std::future::poll_fn(|cx| self.stream.as_mut().poll_next(cx));
+            let hint_at = deferred.unwrap_or_else(Instant::now);
             let answer = tokio::select! {
                 _ = &mut self.ended => return,
                 answer = next => answer,
-                () = self.resolution.again.notified() => {
-                    // A hint, at most once per minimum interval.
+                () = self.resolution.again.notified(), if deferred.is_none() => {
                     let now = Instant::now();
-                    if hinted.is_none_or(|at| now >= crate::time::add(at, self.min_interval)) {
-                        hinted = Some(now);
-                        self.resolver.resolve_now(&self.name);
+                    match hinted.map(|at| crate::time::add(at, self.min_interval)) {
+                        Some(earliest) if earliest > now => deferred = Some(earliest),
+                        _ => {
+                            hinted = Some(now);
+                            self.resolver.resolve_now(&self.name);
+                        }
                     }
+                    continue;
+                }
+                () = tokio::time::sleep_until(hint_at), if deferred.is_some() => {
+                    deferred = None;
+                    hinted = Some(Instant::now());
+                    self.resolver.resolve_now(&self.name);
                     continue;
                 }
             };
             let Some(answer) = answer else {
+                if !answered {
+                    self.resolution.set_error(Some(format!(
+                        "the resolver of {} ended its answers without giving one",
+                        self.target
+                    )));
+                    self.wake.changed();
+                }
                 ::tracing::debug!(target_name = %self.target, "the resolver's stream ended; its last answer stands");
                 return;
             };
@@ -214,7 +288,8 @@ impl WatchTask {
             };
             let outcome = match answer {
                 Ok(addrs) => {
-                    let addrs = select_addresses(addrs, &self.target);
+                    answered = true;
+                    let addrs = select_addresses(addrs, &list, &self.target);
                     match apply(&list, &addrs, &self.make, &self.target) {
                         // No replica: calls fail at once, naming why.
                         Ok(()) if addrs.is_empty() => Some(format!(
