@@ -171,6 +171,20 @@ pub mod calls {
 
 /// A loopback address where nothing listens (bound, then released), for
 /// connection-refused cases.
+/// A recording backend answering OK on its own loopback address
+/// (`127.0.0.<last_octet>`, a free port): one replica of a target.
+pub async fn replica(last_octet: u8) -> (MockServer, std::net::SocketAddr) {
+    let server = MockServer::new();
+    server.fallback(ameide_sdk::testkit::Reply::ok());
+    let addr = ameide_sdk::testkit::serve_tcp_at(
+        server.clone(),
+        std::net::SocketAddr::from(([127, 0, 0, last_octet], 0)),
+    )
+    .await
+    .expect("a backend on its own loopback address");
+    (server, addr)
+}
+
 pub fn closed_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.local_addr().expect("local address")

@@ -13,15 +13,7 @@ use ameide_tests::grpc_go::GoServer;
 use ameide_tests::{calls, paths};
 
 async fn backend(last_octet: u8) -> (MockServer, SocketAddr) {
-    let server = MockServer::new();
-    server.fallback(Reply::ok());
-    let addr = serve_tcp_at(
-        server.clone(),
-        SocketAddr::from(([127, 0, 0, last_octet], 0)),
-    )
-    .await
-    .expect("a backend on its own loopback address");
-    (server, addr)
+    ameide_tests::replica(last_octet).await
 }
 
 /// Calls until every server has served one (within 10 s); each server's

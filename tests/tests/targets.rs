@@ -9,22 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ameide_sdk::testkit::{MockServer, Reply, serve_tcp_at, serve_unix};
+use ameide_sdk::testkit::{MockServer, Reply, serve_unix};
 use ameide_sdk::{AddressStream, AmeideClient, Proxy, Resolver, TransportOptions};
 use ameide_tests::grpc_go::GoServer;
 use ameide_tests::{calls, paths};
 use tokio::sync::mpsc;
 
 async fn backend(last_octet: u8) -> (MockServer, SocketAddr) {
-    let server = MockServer::new();
-    server.fallback(Reply::ok());
-    let addr = serve_tcp_at(
-        server.clone(),
-        SocketAddr::from(([127, 0, 0, last_octet], 0)),
-    )
-    .await
-    .expect("a backend on its own loopback address");
-    (server, addr)
+    ameide_tests::replica(last_octet).await
 }
 
 fn served(server: &MockServer) -> usize {
