@@ -158,6 +158,15 @@ impl GoServer {
         self.events().iter().filter(|e| e.what == "call").count()
     }
 
+    /// The calls cancelled (RST_STREAM from the client) while they waited
+    /// to answer (`-delay`, `x-test-delay-ms`).
+    pub fn cancelled(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e.what == "cancelled")
+            .count()
+    }
+
     /// SIGTERM: grpc-go's GracefulStop (GOAWAY; calls in flight finish,
     /// then the process exits).
     pub fn terminate(&self) {

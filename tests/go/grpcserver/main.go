@@ -3,7 +3,8 @@
 // every method served by one handler that answers raw bytes.
 //
 // Flags: -addr (TCP) or -unix (a socket path); -cert and -key for TLS;
-// -min-time and -permit-without-stream for keepalive enforcement.
+// -min-time and -permit-without-stream for keepalive enforcement; -delay
+// (a slow replica: every call waits this long before answering).
 //
 // Built from Debian's golang-google-grpc-dev in GOPATH mode by the tests
 // (tests/src/grpc_go.rs). It prints one line per event on stdout:
@@ -14,6 +15,7 @@
 //	closed <conn> <ms>     the connection ended
 //	call 0 <ms>            a call arrived
 //	stopping 0 <ms>        SIGTERM: GracefulStop (GOAWAY, calls in flight finish)
+//	cancelled 0 <ms>       a call was cancelled (RST_STREAM) while it waited to answer
 //
 // where <ms> counts from the server's start. A call's behaviour comes from
 // its metadata: x-test-delay-ms (wait before the first response message),
@@ -43,9 +45,11 @@ import (
 )
 
 var (
-	start = time.Now()
-	out   = bufio.NewWriter(os.Stdout)
-	outMu sync.Mutex
+	// -delay: added to every call's x-test-delay-ms (a slow replica).
+	serverDelay time.Duration
+	start       = time.Now()
+	out         = bufio.NewWriter(os.Stdout)
+	outMu       sync.Mutex
 )
 
 func event(format string, args ...interface{}) {
@@ -182,11 +186,13 @@ func handle(_ interface{}, stream grpc.ServerStream) error {
 	if err := stream.RecvMsg(&request); err != nil && err != io.EOF {
 		return err
 	}
-	delay := number(md, "x-test-delay-ms", 0)
+	delay := number(md, "x-test-delay-ms", 0) + int(serverDelay.Milliseconds())
 	if delay > 0 {
 		select {
 		case <-time.After(time.Duration(delay) * time.Millisecond):
 		case <-stream.Context().Done():
+			// The client's RST_STREAM (CANCEL) or its deadline.
+			event("cancelled 0 %d", ms())
 			return stream.Context().Err()
 		}
 	}
@@ -208,6 +214,7 @@ func main() {
 	unixPath := flag.String("unix", "", "listen on this Unix socket instead of -addr")
 	certFile := flag.String("cert", "", "TLS: the server's certificate chain (PEM); with -key")
 	keyFile := flag.String("key", "", "TLS: the server's private key (PEM)")
+	flag.DurationVar(&serverDelay, "delay", 0, "wait this long before every call's first response message")
 	flag.Parse()
 
 	encoding.RegisterCodec(rawCodec{})
