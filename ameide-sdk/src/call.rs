@@ -376,10 +376,23 @@ struct CallStateInner {
     failed_above: std::sync::atomic::AtomicI32,
     /// The timeout layer cut the call (its deadline, or its idle timeout).
     cut: AtomicBool,
-    /// The replica (subchannel id) the balancer gave the last attempt; 0
-    /// before any: a retry prefers another.
-    replica: std::sync::atomic::AtomicUsize,
+    /// The replicas (subchannel ids) the balancer gave the last attempts,
+    /// a ring of [`AVOIDED_REPLICAS`]; 0: none. A retry or a hedge prefers
+    /// another.
+    replicas: [std::sync::atomic::AtomicUsize; AVOIDED_REPLICAS],
+    /// How many replicas were recorded (the ring's next slot).
+    replica_turn: AtomicU32,
+    /// The call is hedged (gRFC A6): its attempts after the first are hedges.
+    hedged: AtomicBool,
+    /// Transparent retries (refused streams sent again).
+    transparent_retries: AtomicU32,
+    /// Time with no attempt out, between attempts (gRFC A96's retry delay).
+    retry_delay_nanos: AtomicU64,
 }
+
+/// How many of a call's last replicas a retry or hedge avoids (gRFC A6's
+/// most hedged attempts, less the one being picked, and one to spare).
+pub(crate) const AVOIDED_REPLICAS: usize = 4;
 
 /// `CallStateInner::failed_above` when nothing failed above the layers.
 const NO_FAILURE_ABOVE: i32 = -1;
@@ -416,7 +429,11 @@ impl CallState {
             committed_sent: AtomicU64::new(0),
             failed_above: std::sync::atomic::AtomicI32::new(NO_FAILURE_ABOVE),
             cut: AtomicBool::new(false),
-            replica: std::sync::atomic::AtomicUsize::new(0),
+            replicas: Default::default(),
+            replica_turn: AtomicU32::new(0),
+            hedged: AtomicBool::new(false),
+            transparent_retries: AtomicU32::new(0),
+            retry_delay_nanos: AtomicU64::new(0),
         }))
     }
 
@@ -433,14 +450,52 @@ impl CallState {
         self.0.cut.store(true, Ordering::Relaxed);
     }
 
-    /// The replica the balancer gave the call's last attempt (0: none yet).
-    pub(crate) fn replica(&self) -> usize {
-        self.0.replica.load(Ordering::Relaxed)
+    /// The replicas the balancer gave the call's last attempts (0: none):
+    /// a retry or a hedge prefers another.
+    pub(crate) fn replicas(&self) -> [usize; AVOIDED_REPLICAS] {
+        std::array::from_fn(|i| self.0.replicas[i].load(Ordering::Relaxed))
     }
 
     /// Records the replica an attempt goes to.
     pub(crate) fn set_replica(&self, id: usize) {
-        self.0.replica.store(id, Ordering::Relaxed);
+        let turn = self.0.replica_turn.fetch_add(1, Ordering::Relaxed) as usize;
+        self.0.replicas[turn % AVOIDED_REPLICAS].store(id, Ordering::Relaxed);
+    }
+
+    /// Marks the call hedged (gRFC A6).
+    pub(crate) fn set_hedged(&self) {
+        self.0.hedged.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the call is hedged.
+    pub(crate) fn hedged(&self) -> bool {
+        self.0.hedged.load(Ordering::Relaxed)
+    }
+
+    /// Counts a transparent retry (a refused stream sent again).
+    pub(crate) fn record_transparent_retry(&self) {
+        self.0.transparent_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The transparent retries of the call.
+    pub(crate) fn transparent_retries(&self) -> u32 {
+        self.0.transparent_retries.load(Ordering::Relaxed)
+    }
+
+    /// Adds time spent with no attempt out (a retry's backoff, a pushback).
+    pub(crate) fn add_retry_delay(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .0
+            .retry_delay_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(nanos))
+            });
+    }
+
+    /// The time the call spent with no attempt out.
+    pub(crate) fn retry_delay(&self) -> Duration {
+        Duration::from_nanos(self.0.retry_delay_nanos.load(Ordering::Relaxed))
     }
 
     /// Whether the timeout layer cut the call.

@@ -91,6 +91,16 @@ pub mod calls {
             .map(drop)
     }
 
+    /// `GraphService.CreateElement` (has side effects).
+    pub async fn create(client: &AmeideClient) -> Result<(), Error> {
+        client
+            .graph()
+            .create_element(CreateElementRequest::default())
+            .await
+            .into_ameide()
+            .map(drop)
+    }
+
     /// `GraphService.ListRepositories` with request id `id` (and a per-call
     /// `timeout`, if given): its code and how long it took on tokio's clock.
     pub async fn read_as(

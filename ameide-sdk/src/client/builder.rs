@@ -15,7 +15,7 @@ use crate::codec::CodecOptions;
 use crate::config::{AmeideConfig, ConfigError, ConfigErrorKind, validate_timeout};
 use crate::gate::{Admit, Gate, InFlightLimit};
 use crate::layers::{
-    AuthLayer, BoxError, HttpRequest, HttpResponse, MetadataLayer, MetricsLayer,
+    AuthLayer, BoxError, HedgingPolicy, HttpRequest, HttpResponse, MetadataLayer, MetricsLayer,
     RequestIdGenerator, RetryLayer, RetryPolicy, SemconvMode, TimeoutLayer, TracingLayer,
 };
 use crate::transport::{BoxTransport, Resolver, TransportOptions, TransportSlot, http2_transport};
@@ -65,6 +65,9 @@ pub struct AmeideClientBuilder {
     stream_idle: Option<Duration>,
     meter: Option<opentelemetry::metrics::Meter>,
     resolvers: Vec<(String, Arc<dyn Resolver>)>,
+    hedging: Option<HedgingPolicy>,
+    method_hedging: Vec<(String, HedgingPolicy)>,
+    retry_metrics: bool,
     /// A bad list given to [`endpoints`](Self::endpoints), reported by `build`.
     endpoints_error: Option<ConfigError>,
 }
@@ -107,6 +110,9 @@ impl AmeideClientBuilder {
             stream_idle: None,
             meter: None,
             resolvers: Vec::new(),
+            hedging: None,
+            method_hedging: Vec::new(),
+            retry_metrics: false,
             endpoints_error: None,
         }
     }
@@ -337,6 +343,79 @@ impl AmeideClientBuilder {
         self
     }
 
+    /// Hedges every method the bundle marks `NO_SIDE_EFFECTS` or
+    /// `IDEMPOTENT` (gRFC A6, see [`HedgingPolicy`]): another attempt, to
+    /// another replica, every `hedging_delay` while none has answered; the
+    /// first answer wins and the others are cancelled. Those methods are
+    /// then hedged instead of retried; every other method keeps the retry
+    /// policy. Off by default. Checked by [`build`](Self::build).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use ameide_sdk::{AmeideClient, layers::HedgingPolicy};
+    /// let client = AmeideClient::builder()
+    ///     .endpoint("dns:///orders.prod.svc.cluster.local:50051")
+    ///     .hedging(HedgingPolicy::new(3, Duration::from_millis(20)))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// let err = AmeideClient::builder()
+    ///     .hedging(HedgingPolicy::new(7, Duration::from_millis(20)))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("hedging max_attempts 7"));
+    /// # }
+    /// ```
+    pub fn hedging(mut self, policy: HedgingPolicy) -> Self {
+        self.hedging = Some(policy);
+        self
+    }
+
+    /// Hedges one method (`/package.Service/Method`) by `policy`, over
+    /// [`hedging`](Self::hedging)'s policy if both are set. A method the
+    /// bundle does not mark `NO_SIDE_EFFECTS` or `IDEMPOTENT` is a
+    /// configuration error at [`build`](Self::build) naming it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use ameide_sdk::{AmeideClient, layers::HedgingPolicy};
+    /// let policy = HedgingPolicy::new(2, Duration::from_millis(10));
+    /// let err = AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:50051")
+    ///     .hedging_for("/ameide_core_proto.graph.v1.GraphService/CreateElement", policy)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("cannot hedge \"/ameide_core_proto.graph.v1.GraphService/CreateElement\""));
+    /// # }
+    /// ```
+    pub fn hedging_for(mut self, method: impl Into<String>, policy: HedgingPolicy) -> Self {
+        self.method_hedging.push((method.into(), policy));
+        self
+    }
+
+    /// Records gRFC A96's per-call retry metrics (`grpc.client.call.retries`,
+    /// `grpc.client.call.transparent_retries`, `grpc.client.call.hedges`,
+    /// `grpc.client.call.retry_delay`; each only when not zero, with
+    /// `grpc.method` and `grpc.target`). Off by default: gRPC keeps them
+    /// experimental and off by default.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://127.0.0.1:50051")
+    ///     .retry_metrics(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// # }
+    /// ```
+    pub fn retry_metrics(mut self, on: bool) -> Self {
+        self.retry_metrics = on;
+        self
+    }
+
     /// Replaces the retry layer itself (for an injected sleeper or jitter source).
     pub fn retry_layer(mut self, layer: RetryLayer) -> Self {
         self.retry_layer = Some(layer);
@@ -551,6 +630,7 @@ impl AmeideClientBuilder {
             &meter,
             &config.endpoint,
             self.semconv.unwrap_or_else(SemconvMode::from_env),
+            self.retry_metrics,
         );
         let mut metadata = MetadataLayer::builder()
             .max_decoding_message_size(self.codec.max_decoding_message_size)
@@ -584,6 +664,12 @@ impl AmeideClientBuilder {
         .for_target(&config.endpoint);
         if let Some(safe) = self.safe_retries {
             retry = retry.safe_retries(safe);
+        }
+        if let Some(policy) = self.hedging {
+            retry = retry.with_hedging(policy)?;
+        }
+        for (method, policy) in self.method_hedging {
+            retry = retry.with_method_hedging(&method, policy)?;
         }
 
         // A static list's first entry names the server in spans.

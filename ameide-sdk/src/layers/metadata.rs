@@ -47,6 +47,7 @@ impl CallEnd {
             now.saturating_duration_since(state.start()),
             attempt,
         );
+        self.metrics.call_retries(self.method, state);
     }
 }
 

@@ -84,7 +84,12 @@ impl MetricsLayer {
     /// `target` as `grpc.target`.
     pub fn new(target: impl AsRef<str>) -> Self {
         MetricsLayer {
-            metrics: ClientMetrics::new(&global_meter(), target.as_ref(), SemconvMode::from_env()),
+            metrics: ClientMetrics::new(
+                &global_meter(),
+                target.as_ref(),
+                SemconvMode::from_env(),
+                false,
+            ),
         }
     }
 
@@ -98,6 +103,7 @@ impl MetricsLayer {
                 &provider_meter(provider),
                 target.as_ref(),
                 SemconvMode::from_env(),
+                false,
             ),
         }
     }

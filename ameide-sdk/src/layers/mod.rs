@@ -42,7 +42,9 @@ pub mod tracing;
 pub use auth::{AuthLayer, AuthService};
 pub use metadata::{MetadataLayer, MetadataLayerBuilder, MetadataService, RequestIdGenerator};
 pub use metrics::{MetricsLayer, MetricsService};
-pub use retry::{Jitter, RetryLayer, RetryPolicy, RetryService, Sleeper, Throttle, ThrottleConfig};
+pub use retry::{
+    HedgingPolicy, Jitter, RetryLayer, RetryPolicy, RetryService, Sleeper, Throttle, ThrottleConfig,
+};
 pub use timeout::{TimeoutLayer, TimeoutService};
 pub use tracing::{SemconvMode, TracingLayer, TracingService};
 

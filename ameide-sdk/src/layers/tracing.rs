@@ -6,7 +6,7 @@
 //! | name | `<package>.<Service>/<Method>` |
 //! | kind | `CLIENT` |
 //! | parent | the caller's current `opentelemetry::Context` |
-//! | attributes (default) | `rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`, `ameide.request_id` (`server.port` left out for a Unix socket); for a `static:`, `dns:` or resolver target, the replica the attempt went to: `network.peer.address`, `network.peer.port` |
+//! | attributes (default) | `rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`, `ameide.request_id` (`server.port` left out for a Unix socket); on a hedged call's attempts (gRFC A6), `ameide.attempt` (1, 2, …) and `ameide.hedge` (true after the first); for a `static:`, `dns:` or resolver target, the replica the attempt went to: `network.peer.address`, `network.peer.port` |
 //! | attributes (`OTEL_SEMCONV_STABILITY_OPT_IN=rpc`) | `rpc.system.name = "grpc"`, `rpc.method = "<package>.<Service>/<Method>"`, `rpc.response.status_code = "<CODE>"`, `error.type` on errors, `server.*`, `ameide.request_id` |
 //! | `rpc/dup` | both sets; `rpc.method` takes the stable (full) value, `rpc.service` keeps the short form |
 //! | status | `ERROR` with the status message on any non-OK code |
@@ -232,6 +232,14 @@ impl<S> TracingService<S> {
             .and_then(|v| v.to_str().ok())
         {
             attributes.push(KeyValue::new("ameide.request_id", id.to_owned()));
+        }
+        if let Some(hedge) = request
+            .extensions()
+            .get::<crate::layers::retry::HedgeAttempt>()
+        {
+            // A hedged call's attempt: which one, and whether it is a hedge.
+            attributes.push(KeyValue::new("ameide.attempt", i64::from(hedge.0)));
+            attributes.push(KeyValue::new("ameide.hedge", hedge.0 > 1));
         }
         config
             .tracer

@@ -137,6 +137,52 @@ pub(crate) struct ClientMetrics {
     call_duration: Histogram<f64>,
     rpc_call_duration: Option<Histogram<f64>>,
     target: StringValue,
+    /// gRFC A96's per-call retry instruments, when opted in.
+    retries: Option<RetryInstruments>,
+}
+
+/// gRFC A96's per-call retry instruments (experimental in gRPC, so off by
+/// default: [`AmeideClientBuilder::retry_metrics`](crate::AmeideClientBuilder::retry_metrics)).
+pub(crate) struct RetryInstruments {
+    retries: Histogram<u64>,
+    transparent: Histogram<u64>,
+    hedges: Histogram<u64>,
+    delay: Histogram<f64>,
+}
+
+impl RetryInstruments {
+    pub(crate) fn new(meter: &Meter) -> Self {
+        let count = |name: &'static str, unit: &'static str, description: &'static str| {
+            meter
+                .u64_histogram(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_boundaries(vec![1.0, 2.0, 3.0, 4.0, 5.0])
+                .build()
+        };
+        RetryInstruments {
+            retries: count(
+                "grpc.client.call.retries",
+                "{retry}",
+                "Number of retries during the client call (not transparent retries, not hedges).",
+            ),
+            transparent: count(
+                "grpc.client.call.transparent_retries",
+                "{transparent_retry}",
+                "Number of transparent retries during the client call.",
+            ),
+            hedges: count(
+                "grpc.client.call.hedges",
+                "{hedge}",
+                "Number of hedges during the client call.",
+            ),
+            delay: latency(
+                meter,
+                "grpc.client.call.retry_delay",
+                "Total time of delay while there is no active attempt during the client call.",
+            ),
+        }
+    }
 }
 
 /// gRFC A94's subchannel metrics, for every subchannel of a client (one
@@ -236,7 +282,12 @@ impl std::fmt::Debug for ClientMetrics {
 }
 
 impl ClientMetrics {
-    pub(crate) fn new(meter: &Meter, target: &str, semconv: SemconvMode) -> Arc<Self> {
+    pub(crate) fn new(
+        meter: &Meter,
+        target: &str,
+        semconv: SemconvMode,
+        retry_metrics: bool,
+    ) -> Arc<Self> {
         Arc::new(ClientMetrics {
             attempt_started: meter
                 .u64_counter("grpc.client.attempt.started")
@@ -265,6 +316,7 @@ impl ClientMetrics {
             ),
             rpc_call_duration: rpc_duration(meter, semconv, "rpc.client.call.duration"),
             target: StringValue::from(Arc::<str>::from(target)),
+            retries: retry_metrics.then(|| RetryInstruments::new(meter)),
         })
     }
 
@@ -325,6 +377,34 @@ impl ClientMetrics {
         }
         if let Some(rpc) = &self.rpc_call_duration {
             record_rpc(rpc, method, code, elapsed.as_secs_f64());
+        }
+    }
+
+    /// gRFC A96: the call's retries, transparent retries, hedges and the
+    /// time it had no attempt out, each recorded only when not zero (A96:
+    /// "0 is not reported"); nothing unless opted in.
+    pub(crate) fn call_retries(&self, method: &'static str, state: &crate::call::CallState) {
+        let Some(instruments) = &self.retries else {
+            return;
+        };
+        let transparent = u64::from(state.transparent_retries());
+        // A transparent resend repeats its attempt's number: not counted here.
+        let more = u64::from(state.attempts().max(1)) - 1;
+        let attributes = self.base(method);
+        let (retries, hedges) = if state.hedged() { (0, more) } else { (more, 0) };
+        for (histogram, value) in [
+            (&instruments.retries, retries),
+            (&instruments.transparent, transparent),
+            (&instruments.hedges, hedges),
+        ] {
+            if value > 0 {
+                histogram.record(value, &attributes);
+            }
+        }
+        if retries + hedges > 0 {
+            instruments
+                .delay
+                .record(state.retry_delay().as_secs_f64(), &attributes);
         }
     }
 }

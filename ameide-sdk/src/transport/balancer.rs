@@ -75,6 +75,10 @@ pub enum LoadBalancing {
 /// unwritten) picks another; past it, it waits on the last one.
 const MAX_REPICKS: u32 = 8;
 
+/// The replicas a call's last attempts went to (subchannel ids; 0: none):
+/// a retry or a hedge prefers another.
+type Avoid = [usize; crate::call::AVOIDED_REPLICAS];
+
 /// One replica: its address (as the list names it) and its subchannel.
 #[derive(Clone)]
 pub(crate) struct Replica {
@@ -176,7 +180,7 @@ impl Balancer {
     async fn pick_ready(
         &self,
         deadline: Option<Instant>,
-        avoid: usize,
+        avoid: Avoid,
     ) -> Result<(Replica, bool), BoxError> {
         let wake = self.wake.clone();
         loop {
@@ -237,9 +241,9 @@ impl Balancer {
         self.resolution.as_ref()?.error()
     }
 
-    /// One look (see the module's table). `avoid` is the replica the call's
-    /// last attempt went to: another READY one is preferred.
-    fn pick(&self, avoid: usize) -> Pick {
+    /// One look (see the module's table). `avoid` are the replicas the
+    /// call's last attempts went to: another READY one is preferred.
+    fn pick(&self, avoid: Avoid) -> Pick {
         let replicas = self
             .replicas
             .read()
@@ -293,12 +297,10 @@ impl Balancer {
                     // The turn counts over the READY ones only, so that one
                     // that is down does not hand its share to its neighbour.
                     let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                    let i = ready[turn % count];
-                    if count > 1 && replicas[i].subchannel.id() == avoid {
-                        ready[(turn + 1) % count]
-                    } else {
-                        i
-                    }
+                    (0..count)
+                        .map(|k| ready[(turn + k) % count])
+                        .find(|&i| !avoid.contains(&replicas[i].subchannel.id()))
+                        .unwrap_or(ready[turn % count])
                 }
                 LoadBalancing::LeastLoaded | LoadBalancing::PickFirst => {
                     least_loaded(&replicas, ready, avoid)
@@ -371,7 +373,10 @@ impl Balancer {
                 Err(Failed::HandedBack(unsent, so_far)) => {
                     (request, resends) = (*unsent, so_far);
                     repicks += 1;
-                    let avoid = replica.subchannel.id();
+                    let avoid = request
+                        .extensions()
+                        .get::<CallState>()
+                        .map_or([replica.subchannel.id(), 0, 0, 0], CallState::replicas);
                     (replica, ready) = self.pick_ready(deadline, avoid).await?;
                     resends.waited();
                 }
@@ -382,11 +387,11 @@ impl Balancer {
 
 /// Power of two choices: of two READY replicas picked at random (other
 /// than `avoid` when there are more), the one with fewer streams in flight.
-fn least_loaded(replicas: &[Replica], ready: &[usize], avoid: usize) -> usize {
+fn least_loaded(replicas: &[Replica], ready: &[usize], avoid: Avoid) -> usize {
     let mut candidates = [0usize; crate::config::MAX_STATIC_ENDPOINTS];
     let mut count = 0;
     for &i in ready {
-        if replicas[i].subchannel.id() != avoid {
+        if !avoid.contains(&replicas[i].subchannel.id()) {
             candidates[count] = i;
             count += 1;
         }
@@ -468,7 +473,7 @@ impl Service<HttpRequest> for Balancer {
         let avoid = request
             .extensions()
             .get::<CallState>()
-            .map_or(0, CallState::replica);
+            .map_or([0; crate::call::AVOIDED_REPLICAS], CallState::replicas);
         let balancer = self.clone();
         // The fast path: a READY replica, no waiting.
         if let Pick::Ready(replica) = self.pick(avoid) {

@@ -184,6 +184,10 @@ func handle(_ interface{}, stream grpc.ServerStream) error {
 	event("call 0 %d", ms())
 	var request []byte
 	if err := stream.RecvMsg(&request); err != nil && err != io.EOF {
+		if stream.Context().Err() != nil {
+			// Reset before its request message was read.
+			event("cancelled 0 %d", ms())
+		}
 		return err
 	}
 	delay := number(md, "x-test-delay-ms", 0) + int(serverDelay.Milliseconds())

@@ -188,13 +188,20 @@ where
             let delay = match after_failure(failed, &facts, &mut backoff_step) {
                 Next::Resend => {
                     transparent_used = true;
+                    if let Some(state) = &state {
+                        state.record_transparent_retry();
+                    }
                     delay_before = Duration::ZERO;
                     continue;
                 }
                 Next::Stop(response) => return Ok(response),
                 Next::Wait(delay) => delay,
             };
+            let slept = Instant::now();
             layer.sleeper.sleep(delay).await;
+            if let Some(state) = &state {
+                state.add_retry_delay(slept.elapsed());
+            }
             delay_before = delay;
             attempt = attempt.saturating_add(1);
         }

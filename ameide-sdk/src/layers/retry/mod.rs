@@ -20,6 +20,7 @@
 
 mod attempts;
 mod backoff;
+mod hedging;
 mod hints;
 mod policy;
 mod throttle;
@@ -27,6 +28,8 @@ mod throttle;
 use attempts::retry_loop;
 pub use backoff::{Jitter, Sleeper};
 pub(crate) use backoff::{TokioSleeper, UniformJitter};
+pub(crate) use hedging::HedgeAttempt;
+pub use hedging::{HedgingPolicy, MAX_HEDGED_ATTEMPTS};
 #[cfg(feature = "fuzzing")]
 pub(crate) use hints::parse_pushback;
 pub use policy::{
@@ -88,12 +91,14 @@ pub struct RetryLayer {
     sleeper: Arc<dyn Sleeper>,
     jitter: Arc<dyn Jitter>,
     throttle: Option<Arc<Throttle>>,
+    hedging: Option<Arc<hedging::Hedging>>,
 }
 
 impl fmt::Debug for RetryLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer")
             .field("policy", &self.policy)
+            .field("hedging", &self.hedging)
             .finish_non_exhaustive()
     }
 }
@@ -107,7 +112,65 @@ impl RetryLayer {
             policy: Arc::new(policy),
             sleeper: Arc::new(TokioSleeper),
             jitter: Arc::new(UniformJitter),
+            hedging: None,
         })
+    }
+
+    /// Hedges every method the bundle marks `NO_SIDE_EFFECTS` or
+    /// `IDEMPOTENT` (with one request message) by `policy` (gRFC A6; see
+    /// [`HedgingPolicy`]) instead of retrying it; other methods keep the
+    /// retry policy. A method given its own policy with
+    /// [`with_method_hedging`](Self::with_method_hedging) keeps that one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ameide_sdk::layers::{HedgingPolicy, RetryLayer, RetryPolicy};
+    /// let layer = RetryLayer::new(RetryPolicy::default())?
+    ///     .with_hedging(HedgingPolicy::new(3, Duration::from_millis(20)))?;
+    /// # drop(layer);
+    /// assert!(RetryLayer::new(RetryPolicy::default())?
+    ///     .with_hedging(HedgingPolicy::new(9, Duration::ZERO))
+    ///     .is_err());
+    /// # Ok::<(), ameide_sdk::ConfigError>(())
+    /// ```
+    pub fn with_hedging(mut self, policy: HedgingPolicy) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        let mut hedging = self.hedging.as_deref().cloned().unwrap_or_default();
+        hedging.every_safe_method = Some(policy);
+        self.hedging = Some(Arc::new(hedging));
+        Ok(self)
+    }
+
+    /// Hedges the method `path` (`/package.Service/Method`) by `policy`
+    /// instead of retrying it. A method the bundle does not mark
+    /// `NO_SIDE_EFFECTS` or `IDEMPOTENT`, one that streams its requests, or
+    /// an unknown path is a configuration error naming it: a hedged call
+    /// runs on several replicas.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ameide_sdk::layers::{HedgingPolicy, RetryLayer, RetryPolicy};
+    /// let policy = HedgingPolicy::new(2, Duration::from_millis(10));
+    /// let layer = RetryLayer::new(RetryPolicy::default())?;
+    /// let read = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+    /// assert!(layer.clone().with_method_hedging(read, policy.clone()).is_ok());
+    /// let write = "/ameide_core_proto.graph.v1.GraphService/CreateElement";
+    /// let err = layer.with_method_hedging(write, policy).unwrap_err();
+    /// assert!(err.to_string().contains("NO_SIDE_EFFECTS or IDEMPOTENT"));
+    /// # Ok::<(), ameide_sdk::ConfigError>(())
+    /// ```
+    pub fn with_method_hedging(
+        mut self,
+        path: &str,
+        policy: HedgingPolicy,
+    ) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        let path = hedging::hedgeable_method(path)?;
+        let mut hedging = self.hedging.as_deref().cloned().unwrap_or_default();
+        hedging.per_method.retain(|(p, _)| *p != path);
+        hedging.per_method.push((path, policy));
+        self.hedging = Some(Arc::new(hedging));
+        Ok(self)
     }
 
     /// Shares the throttling bucket with every other layer built for `target`
@@ -185,9 +248,21 @@ where
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let replayable =
-            crate::call::method_of(&request).is_some_and(|m| m.kind.has_single_request());
+        let method = crate::call::method_of(&request);
+        let replayable = method.is_some_and(|m| m.kind.has_single_request());
         let state = request.extensions().get::<CallState>().cloned();
+        if let (Some(hedging), Some(method)) = (&self.layer.hedging, method)
+            && let Some(policy) = hedging.policy_for(method)
+        {
+            let policy = policy.clone();
+            return Box::pin(hedging::hedge_loop(
+                self.inner.clone(),
+                request,
+                self.layer.clone(),
+                policy,
+                state,
+            ));
+        }
         if !replayable {
             if let Some(state) = &state {
                 state.record_attempt(1);
