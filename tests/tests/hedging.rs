@@ -288,3 +288,45 @@ async fn a_method_with_side_effects_is_never_hedged() {
     calls::create(&client).await.expect("a create");
     assert_eq!(server.attempts_for(paths::CREATE_ELEMENT).len(), 1);
 }
+
+/// The spans of a hedged call's attempts say which attempt each is and
+/// whether it is a hedge.
+#[tokio::test]
+async fn hedged_attempts_spans_say_they_are_hedges() {
+    use opentelemetry::Value;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let server = MockServer::new();
+    server.push(
+        paths::LIST_REPOSITORIES,
+        Reply::status(Status::unavailable("down")),
+    );
+    let client = mock_client(&server)
+        .tracer_provider(&provider)
+        .hedging(HedgingPolicy::new(2, Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    calls::read(&client).await.unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 2);
+    let mut seen: Vec<(i64, bool)> = spans
+        .iter()
+        .map(|span| {
+            let get = |key: &str| {
+                span.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == key)
+                    .map(|kv| kv.value.clone())
+            };
+            match (get("ameide.attempt"), get("ameide.hedge")) {
+                (Some(Value::I64(n)), Some(Value::Bool(hedge))) => (n, hedge),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![(1, false), (2, true)]);
+}

@@ -254,6 +254,105 @@ async fn a_retried_call_is_one_call_of_three_attempts() {
     );
 }
 
+/// gRFC A96's per-call retry metrics: off by default; opted in, a call
+/// retried twice records `grpc.client.call.retries` 2 and its delay, a
+/// hedged call whose first attempt failed records `grpc.client.call.hedges`
+/// 1, and a call with neither records nothing (A96: 0 is not reported).
+#[tokio::test]
+async fn retry_metrics_are_opt_in_and_count_retries_and_hedges() {
+    let unavailable = || Reply::status(Status::unavailable("down"));
+    // Off by default.
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(paths::LIST_REPOSITORIES, unavailable());
+    let client = mock_client(&server)
+        .retry_layer(fixed_jitter(0.0))
+        .meter_provider(&recorder.provider)
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap();
+    assert!(
+        !recorder
+            .series()
+            .keys()
+            .any(|(name, _)| name.starts_with("grpc.client.call.r")),
+        "A96's metrics are opt-in"
+    );
+
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(paths::LIST_REPOSITORIES, unavailable());
+    server.push(paths::LIST_REPOSITORIES, unavailable());
+    let client = mock_client(&server)
+        .retry_layer(fixed_jitter(0.5))
+        .meter_provider(&recorder.provider)
+        .retry_metrics(true)
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap();
+    let target = client.endpoint().to_owned();
+    let base = [("grpc.method", LIST), ("grpc.target", target.as_str())];
+    let series = recorder.series();
+    let retries = get(&series, "grpc.client.call.retries", &base);
+    assert_eq!(
+        (retries.count, retries.sum, retries.bounds),
+        (1, 2.0, 5),
+        "one call, two retries"
+    );
+    let delay = get(&series, "grpc.client.call.retry_delay", &base);
+    // Jitter 0.5: 125 ms before the second attempt, 250 ms before the third.
+    assert_eq!(delay.count, 1);
+    assert!(delay.sum >= 0.375 && delay.sum < 1.0, "{}", delay.sum);
+    for absent in [
+        "grpc.client.call.hedges",
+        "grpc.client.call.transparent_retries",
+    ] {
+        assert!(!series.keys().any(|(name, _)| name == absent), "{absent}");
+    }
+
+    let recorder = Recorder::new();
+    let server = MockServer::new();
+    server.push(paths::LIST_REPOSITORIES, unavailable());
+    let client = mock_client(&server)
+        .meter_provider(&recorder.provider)
+        .retry_metrics(true)
+        .hedging(ameide_sdk::layers::HedgingPolicy::new(
+            3,
+            std::time::Duration::from_secs(1),
+        ))
+        .build()
+        .unwrap();
+    client
+        .graph()
+        .list_repositories(list_request())
+        .await
+        .unwrap();
+    let target = client.endpoint().to_owned();
+    let base = [("grpc.method", LIST), ("grpc.target", target.as_str())];
+    let series = recorder.series();
+    let hedges = get(&series, "grpc.client.call.hedges", &base);
+    assert_eq!((hedges.count, hedges.sum), (1, 1.0), "one hedge");
+    assert!(
+        !series
+            .keys()
+            .any(|(name, _)| name == "grpc.client.call.retries")
+    );
+    assert_eq!(get(&series, "grpc.client.attempt.started", &base).count, 2);
+}
+
 #[tokio::test]
 async fn a_failed_call_and_a_stream_carry_their_status() {
     let recorder = Recorder::new();
