@@ -8,7 +8,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::contract;
-use crate::model::ServiceModel;
+use crate::model::{Idempotency, ServiceModel, StreamingKind};
 use crate::roster::Roster;
 
 /// The manifest's schema identifier.
@@ -31,6 +31,14 @@ pub fn render(bundle_digest: &str, roster: &Roster, services: &[ServiceModel]) -
                 "max_backoff_ms": contract::RETRY_MAX_BACKOFF_MS,
                 "jitter": [contract::RETRY_JITTER_MIN, contract::RETRY_JITTER_MAX],
                 "retryable_codes": contract::RETRYABLE_CODES,
+            },
+            // gRFC A6 hedging: off unless configured; only for the methods
+            // marked "hedgeable" below.
+            "hedging": {
+                "enabled": false,
+                "max_attempts_limit": 5,
+                "eligible_idempotency": ["NO_SIDE_EFFECTS", "IDEMPOTENT"],
+                "eligible_kinds": ["unary", "server_streaming"],
             },
         }),
     );
@@ -58,6 +66,11 @@ pub fn render(bundle_digest: &str, roster: &Roster, services: &[ServiceModel]) -
                     "name": m.name,
                     "kind": m.kind.manifest_name(),
                     "idempotency": m.idempotency.manifest_name(),
+                    // gRFC A6: a hedged call runs on several replicas, so
+                    // only a method safe to repeat, with one request
+                    // message to replay, may be hedged.
+                    "hedgeable": m.idempotency != Idempotency::Unknown
+                        && matches!(m.kind, StreamingKind::Unary | StreamingKind::ServerStreaming),
                 });
                 if let (Some(p), Some(object)) = (&m.pagination, method.as_object_mut()) {
                     object.insert(

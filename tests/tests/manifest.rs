@@ -73,6 +73,15 @@ fn generated_roster_and_method_table_match_the_manifest() {
                 ameide_sdk::methods::StreamingKind::BidiStreaming => "bidi_streaming",
             };
             assert_eq!(method["kind"], kind, "{path}");
+            // The manifest's hedging eligibility is what the SDK enforces.
+            let accepted = ameide_sdk::layers::RetryLayer::new(Default::default())
+                .unwrap()
+                .with_method_hedging(
+                    &path,
+                    ameide_sdk::layers::HedgingPolicy::new(2, std::time::Duration::ZERO),
+                )
+                .is_ok();
+            assert_eq!(method["hedgeable"], accepted, "{path}");
         }
     }
     assert_eq!(manifest_methods, METHODS.len());
