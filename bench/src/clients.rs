@@ -202,6 +202,14 @@ pub fn sdk_at(endpoint: &str) -> Result<Typed, BoxError> {
     Ok(sdk(sdk_builder(endpoint).build()?))
 }
 
+/// The `sdk` client for `endpoint`, hedging its reads by `policy` (gRFC A6).
+pub fn sdk_hedged(
+    endpoint: &str,
+    policy: ameide_sdk::layers::HedgingPolicy,
+) -> Result<Typed, BoxError> {
+    Ok(sdk(sdk_builder(endpoint).hedging(policy).build()?))
+}
+
 /// Builds (and connects) the client called `name`.
 pub async fn build(name: &str, port: u16, otel: &Otel, pool: usize) -> Result<Typed, BoxError> {
     let endpoint = format!("http://127.0.0.1:{port}");

@@ -81,6 +81,22 @@ impl Server {
 
     /// [`start`](Self::start) bound to `addr`.
     pub fn start_at(addr: &str) -> Result<Server, ameide_sdk::layers::BoxError> {
+        Server::start_with(addr, None)
+    }
+
+    /// [`start_at`](Self::start_at), delaying every `every`-th unary call by `ms`.
+    pub fn start_slow(
+        addr: &str,
+        every: u64,
+        ms: u64,
+    ) -> Result<Server, ameide_sdk::layers::BoxError> {
+        Server::start_with(addr, Some(format!("{every}:{ms}")))
+    }
+
+    fn start_with(
+        addr: &str,
+        slow: Option<String>,
+    ) -> Result<Server, ameide_sdk::layers::BoxError> {
         let exe = std::env::current_exe()?;
         let mut command = if cores() > 1 && taskset_available() {
             let mut c = Command::new("taskset");
@@ -91,6 +107,7 @@ impl Server {
         };
         let mut child = command
             .args(["server", addr])
+            .args(slow)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -293,7 +310,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("count") => count(&args[1..]),
-        Some("server") => server::serve(args.get(1).map(String::as_str)),
+        Some("server") => server::serve(
+            args.get(1).map(String::as_str),
+            args.get(2).map(String::as_str),
+        ),
         Some("soak") => soak(&args[1..]),
         Some("run") => run::parse(&args[1..])
             .map_err(Into::into)

@@ -27,7 +27,12 @@ pub struct Sample {
     pub bytes_per_item: f64,
     /// Per-call latency (unary) or whole-stream time (streams), µs.
     pub p50_us: f64,
+    pub p90_us: f64,
+    pub p95_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
+    /// Every call (or stream) completed, the warm-up's included.
+    pub completed: u64,
 }
 
 /// CPU time of this whole process (every thread), in ns, from
@@ -61,10 +66,12 @@ pub async fn window(
     let stop = Arc::new(AtomicBool::new(false));
     let recording = Arc::new(AtomicBool::new(false));
     let items = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
         let mut client = client.clone();
         let (stop, recording, items) = (stop.clone(), recording.clone(), items.clone());
+        let completed = completed.clone();
         tasks.push(tokio::task::spawn_local(async move {
             // Reserved up front so that the window counts no growth of it.
             let mut latencies: Vec<u32> = Vec::with_capacity((1 << 20) / concurrency.max(1));
@@ -76,6 +83,7 @@ pub async fn window(
                     Kind::Stream(messages) => client.stream(n, messages).await,
                 };
                 let done = done.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                completed.fetch_add(1, Ordering::Relaxed);
                 if recording.load(Ordering::Relaxed) {
                     items.fetch_add(done, Ordering::Relaxed);
                     if latencies.len() < latencies.capacity() {
@@ -115,7 +123,11 @@ pub async fn window(
         allocs_per_item: per(allocs_after - allocs_before),
         bytes_per_item: per(bytes_after - bytes_before),
         p50_us: percentile(&latencies, 0.50),
+        p90_us: percentile(&latencies, 0.90),
+        p95_us: percentile(&latencies, 0.95),
         p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        completed: completed.load(Ordering::Relaxed),
     })
 }
 
@@ -134,6 +146,10 @@ pub fn median(samples: &[Sample]) -> Sample {
         allocs_per_item: m(|s| s.allocs_per_item),
         bytes_per_item: m(|s| s.bytes_per_item),
         p50_us: m(|s| s.p50_us),
+        p90_us: m(|s| s.p90_us),
+        p95_us: m(|s| s.p95_us),
         p99_us: m(|s| s.p99_us),
+        p999_us: m(|s| s.p999_us),
+        completed: m(|s| s.completed as f64) as u64,
     }
 }

@@ -133,7 +133,11 @@ impl Peer {
                 allocs_per_item: f64::NAN,
                 bytes_per_item: f64::NAN,
                 p50_us: f64::NAN,
+                p90_us: f64::NAN,
+                p95_us: f64::NAN,
                 p99_us: f64::NAN,
+                p999_us: f64::NAN,
+                completed: calls as u64,
             });
         }
         if samples.len() != rounds {

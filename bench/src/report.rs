@@ -348,6 +348,39 @@ pub fn markdown(report: &Value) -> String {
         ));
     }
 
+    let t = &report["tail_latency"];
+    if !t.is_null() {
+        let row = |name: &str, r: &Value| {
+            format!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |\n",
+                thousands(f(&r["calls_per_s"])),
+                f(&r["p50_us"]),
+                f(&r["p95_us"]),
+                f(&r["p99_us"]),
+                f(&r["p999_us"]),
+                f(&r["backend_load"]),
+            )
+        };
+        md.push_str(&format!(
+            "\n#### Tail latency and hedging (issue 27)\n\n`sdk` round-robin over 4 loopback backends, {} callers, {} rounds \
+             (medians); the slow backend delays every {}th of its calls by {} ms (1.25 % of all calls); hedging: \
+             2 attempts, the hedging delay the baseline's p90 of the round (median {:.0} µs). Backend load: attempts the \
+             backends served per call completed.\n\n\
+             | run | calls/s | p50 µs | p95 µs | p99 µs | p99.9 µs | backend load |\n|---|---:|---:|---:|---:|---:|---:|\n{}{}{}\n\
+             p99 with hedging / p99 with no slow backend: **{:.2}x** (goal ≤ 1.5x); backend load: **{:.3}x** (goal ≤ 1.1x).\n",
+            t["callers"],
+            t["rounds"],
+            t["slow_every"],
+            t["slow_ms"],
+            f(&t["hedging_delay_us"]),
+            row("4 backends, none slow", &t["no_slow_backend"]),
+            row("one slow, no hedging", &t["slow_without_hedging"]),
+            row("one slow, hedging", &t["slow_with_hedging"]),
+            f(&t["p99_hedged_over_no_slow"]),
+            f(&t["load_hedged_over_no_slow"]),
+        ));
+    }
+
     let phase = &report["targets_paired"];
     let method = if phase.is_null() {
         "the median of the main rounds' round-by-round ratios".to_owned()

@@ -37,6 +37,8 @@ pub struct Options {
     /// Rounds of the balancing phase (`sdk` over 1 and over 4 backends,
     /// ABBA); 0 skips it.
     pub balancing_rounds: usize,
+    /// Rounds of the tail-latency phase (issue 27); 0 skips it.
+    pub tail_rounds: usize,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -67,6 +69,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         target_rounds: 31,
         target_window: Duration::from_millis(500),
         balancing_rounds: 3,
+        tail_rounds: 3,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -133,6 +136,11 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                 options.balancing_rounds = value()?
                     .parse()
                     .map_err(|_| "--balancing-rounds takes a count (0 skips the phase)")?
+            }
+            "--tail-rounds" => {
+                options.tail_rounds = value()?
+                    .parse()
+                    .map_err(|_| "--tail-rounds takes a count (0 skips the phase)")?
             }
             "--target-rounds" => {
                 options.target_rounds = value()?
@@ -308,6 +316,121 @@ async fn balancing_phase(options: &Options) -> Result<Value, ameide_sdk::layers:
     }))
 }
 
+/// The tail-latency phase (issue 27): the `sdk` client, round-robin over 4
+/// loopback backends, `CALLERS` in flight, three ways in each round: over 4
+/// ordinary backends (the baseline); with one of them replaced by a slow
+/// one (every `SLOW_EVERY`-th of its calls waits `SLOW_MS`: 5 % of its
+/// calls, 1.25 % of all); and the same with hedging (2 attempts, the
+/// hedging delay the baseline's p90 of that round). Latency percentiles
+/// and the backend load (attempts the backends served per call completed).
+async fn tail_phase(options: &Options) -> Result<Value, ameide_sdk::layers::BoxError> {
+    const CALLERS: usize = 8;
+    const SLOW_EVERY: u64 = 20;
+    const SLOW_MS: u64 = 20;
+    if options.tail_rounds == 0 {
+        return Ok(Value::Null);
+    }
+    let mut servers = Vec::new();
+    for octet in 2..=5 {
+        servers.push(crate::Server::start_at(&format!("127.0.0.{octet}:0"))?);
+    }
+    servers.push(crate::Server::start_slow(
+        "127.0.0.6:0",
+        SLOW_EVERY,
+        SLOW_MS,
+    )?);
+    let entry = |i: usize| format!("127.0.0.{}:{}", i + 2, servers[i].port);
+    let even = format!(
+        "static:///{}",
+        (0..4).map(entry).collect::<Vec<_>>().join(",")
+    );
+    let with_slow = format!("static:///{}", [0, 1, 2, 4].map(entry).join(","));
+    let baseline = clients::sdk_at(&even)?;
+    let slow = clients::sdk_at(&with_slow)?;
+    let warm = Duration::from_millis(300);
+    for client in [&baseline, &slow] {
+        measure::window(client, Kind::Unary, CALLERS, warm)
+            .await
+            .map_err(|e| format!("tail warm-up: {e}"))?;
+    }
+    let served = |servers: &mut Vec<crate::Server>| -> Result<u64, ameide_sdk::layers::BoxError> {
+        let mut total = 0;
+        for server in servers.iter_mut() {
+            total += server.calls()?;
+        }
+        Ok(total)
+    };
+    let (mut base_runs, mut slow_runs, mut hedged_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base_load, mut slow_load, mut hedged_load) = (Vec::new(), Vec::new(), Vec::new());
+    let mut delays = Vec::new();
+    for _ in 0..options.tail_rounds {
+        let before = served(&mut servers)?;
+        let sample = measure::window(&baseline, Kind::Unary, CALLERS, options.duration)
+            .await
+            .map_err(|e| format!("tail baseline: {e}"))?;
+        base_load.push((served(&mut servers)? - before) as f64 / sample.completed.max(1) as f64);
+        // The hedging delay: the baseline's p90 of this round (µs), at least 50 µs.
+        let delay = Duration::from_micros((sample.p90_us.max(50.0)) as u64);
+        delays.push(delay.as_micros() as f64);
+        base_runs.push(sample);
+
+        let before = served(&mut servers)?;
+        let sample = measure::window(&slow, Kind::Unary, CALLERS, options.duration)
+            .await
+            .map_err(|e| format!("tail without hedging: {e}"))?;
+        slow_load.push((served(&mut servers)? - before) as f64 / sample.completed.max(1) as f64);
+        slow_runs.push(sample);
+
+        let hedged =
+            clients::sdk_hedged(&with_slow, ameide_sdk::layers::HedgingPolicy::new(2, delay))?;
+        measure::window(&hedged, Kind::Unary, CALLERS, warm)
+            .await
+            .map_err(|e| format!("tail hedged warm-up: {e}"))?;
+        let before = served(&mut servers)?;
+        let sample = measure::window(&hedged, Kind::Unary, CALLERS, options.duration)
+            .await
+            .map_err(|e| format!("tail with hedging: {e}"))?;
+        hedged_load.push((served(&mut servers)? - before) as f64 / sample.completed.max(1) as f64);
+        hedged_runs.push(sample);
+    }
+    let (base, without, with) = (
+        measure::median(&base_runs),
+        measure::median(&slow_runs),
+        measure::median(&hedged_runs),
+    );
+    let load = |v: Vec<f64>| (measure::median_of(v) * 1000.0).round() / 1000.0;
+    let (base_load, slow_load, hedged_load) = (load(base_load), load(slow_load), load(hedged_load));
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let row = |s: &Sample, load: f64| {
+        json!({
+            "calls_per_s": s.rate.round(),
+            "p50_us": r2(s.p50_us),
+            "p95_us": r2(s.p95_us),
+            "p99_us": r2(s.p99_us),
+            "p999_us": r2(s.p999_us),
+            "backend_load": load,
+        })
+    };
+    let p99_ratio = with.p99_us / base.p99_us.max(1.0);
+    let load_ratio = hedged_load / base_load.max(0.001);
+    eprintln!(
+        "tail c={CALLERS}: p99 {:.0} µs (no slow backend), {:.0} µs (slow, no hedging), {:.0} µs (slow, hedging: {p99_ratio:.2}x); load {base_load} / {slow_load} / {hedged_load} ({load_ratio:.3}x)",
+        base.p99_us, without.p99_us, with.p99_us
+    );
+    Ok(json!({
+        "callers": CALLERS,
+        "rounds": options.tail_rounds,
+        "slow_every": SLOW_EVERY,
+        "slow_ms": SLOW_MS,
+        "hedging_delay_us": measure::median_of(delays).round(),
+        "no_slow_backend": row(&base, base_load),
+        "slow_without_hedging": row(&without, slow_load),
+        "slow_with_hedging": row(&with, hedged_load),
+        "p99_hedged_over_no_slow": (p99_ratio * 1000.0).round() / 1000.0,
+        "load_hedged_over_no_slow": (load_ratio * 1000.0).round() / 1000.0,
+    }))
+}
+
 /// The floor the targets are measured against (issue 16).
 pub const FLOOR: &str = "raw+headers";
 
@@ -438,6 +561,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
     let mut spans_expected = 0u64;
     let mut paired_targets = serde_json::Map::new();
     let mut balancing = Value::Null;
+    let mut tail = Value::Null;
     runtime.block_on(tokio::task::LocalSet::new().run_until(async {
         let mut built = Vec::new();
         for name in &options.clients {
@@ -526,6 +650,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         }
         target_phase(&options, &built, &kinds, &mut paired_targets).await?;
         balancing = balancing_phase(&options).await?;
+        tail = tail_phase(&options).await?;
         Ok::<_, ameide_sdk::layers::BoxError>(())
     }))?;
     let (instructions, footprint) = if options.instructions && valgrind_available() {
@@ -571,6 +696,7 @@ pub fn run(options: Options) -> Result<(), ameide_sdk::layers::BoxError> {
         "instructions_per_call": instructions,
         "footprint_at_1": footprint,
         "balancing": balancing,
+        "tail_latency": tail,
         "targets_paired": if paired_targets.is_empty() {
             Value::Null
         } else {

@@ -16,13 +16,23 @@ struct Echo;
 /// line arrives on stdin).
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The tail-latency phase's slow replica: every `SLOW.0`-th unary call
+/// waits `SLOW.1` ms before answering (0: never).
+static SLOW: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
 #[tonic::async_trait]
 impl GraphService for Echo {
     async fn get_repository(
         &self,
         request: Request<GetRepositoryRequest>,
     ) -> Result<Response<GetRepositoryResponse>, Status> {
-        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(&(every, ms)) = SLOW.get()
+            && every > 0
+            && n % every == every - 1
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let id = request.into_inner().repository_id;
         // The soak exercises the error path: every tenth of its ids fails.
         if id.starts_with("soak-") && id.ends_with('0') {
@@ -67,9 +77,17 @@ impl InferenceService for Echo {
 }
 
 /// Binds `addr` (127.0.0.1:0 by default), prints the port on stdout, serves
-/// until killed; prints the unary calls served so far for each line read on stdin.
-pub fn serve(addr: Option<&str>) -> Result<(), ameide_sdk::layers::BoxError> {
+/// until killed; prints the unary calls served so far for each line read on
+/// stdin. `slow` (`EVERY:MS`) delays every EVERY-th unary call by MS ms.
+pub fn serve(addr: Option<&str>, slow: Option<&str>) -> Result<(), ameide_sdk::layers::BoxError> {
     let addr: std::net::SocketAddr = addr.unwrap_or("127.0.0.1:0").parse()?;
+    if let Some(slow) = slow {
+        let (every, ms) = slow
+            .split_once(':')
+            .and_then(|(e, m)| Some((e.parse().ok()?, m.parse().ok()?)))
+            .ok_or("the slow setting is EVERY:MS")?;
+        let _ = SLOW.set((every, ms));
+    }
     std::thread::spawn(|| {
         use std::io::BufRead;
         for _ in std::io::stdin().lock().lines().map_while(Result::ok) {

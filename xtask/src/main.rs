@@ -285,6 +285,8 @@ fn bench(args: &[&str]) -> Result<(), String> {
             "50",
             "--balancing-rounds",
             "1",
+            "--tail-rounds",
+            "1",
         ]);
     }
     command.args(&passed);
