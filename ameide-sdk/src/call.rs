@@ -458,8 +458,13 @@ impl CallState {
 
     /// Records the replica an attempt goes to.
     pub(crate) fn set_replica(&self, id: usize) {
-        let turn = self.0.replica_turn.fetch_add(1, Ordering::Relaxed) as usize;
-        self.0.replicas[turn % AVOIDED_REPLICAS].store(id, Ordering::Relaxed);
+        // A load and a store: two attempts racing may share a slot, which
+        // only forgets one replica of the ring.
+        let turn = self.0.replica_turn.load(Ordering::Relaxed);
+        self.0
+            .replica_turn
+            .store(turn.wrapping_add(1), Ordering::Relaxed);
+        self.0.replicas[turn as usize % AVOIDED_REPLICAS].store(id, Ordering::Relaxed);
     }
 
     /// Marks the call hedged (gRFC A6).

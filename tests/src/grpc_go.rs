@@ -19,6 +19,8 @@ pub struct Event {
     pub what: String,
     pub conn: u64,
     pub at_ms: u64,
+    /// What follows (a call's request id).
+    pub detail: String,
 }
 
 /// The server binary, built once per test process; `None` (the test says
@@ -115,6 +117,7 @@ impl GoServer {
                     what: what.to_owned(),
                     conn: conn.parse().unwrap_or(0),
                     at_ms: at.parse().unwrap_or(0),
+                    detail: parts.next().unwrap_or_default().to_owned(),
                 });
             }
         });
@@ -150,6 +153,15 @@ impl GoServer {
             .into_iter()
             .filter(|e| e.what == "open")
             .map(|e| e.conn)
+            .collect()
+    }
+
+    /// The request ids of the calls that arrived so far.
+    pub fn request_ids(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.what == "call")
+            .map(|e| e.detail)
             .collect()
     }
 

@@ -80,7 +80,10 @@ async fn hedging_answers_at_the_fast_replicas_pace_and_cancels_the_slow_one() {
     took.sort();
     let median = took[took.len() / 2];
     // The slow replica alone answers in 200 ms: no call waited for it.
-    assert!(worst < Duration::from_millis(180), "slowest call {worst:?}");
+    assert!(
+        worst < Duration::from_millis(200),
+        "a call waited for the slow replica: {worst:?}"
+    );
     // The fast replicas' 20 ms plus the hedging delay's 20 ms, and room.
     assert!(median < Duration::from_millis(80), "median {median:?}");
     let slow_calls = servers[2].calls() - slow_before.0;
@@ -89,6 +92,28 @@ async fn hedging_answers_at_the_fast_replicas_pace_and_cancels_the_slow_one() {
         "hedged: median {median:?}, slowest {worst:?}; the slow replica got {slow_calls} attempts, the fast ones {fast_calls} (warm-up included)"
     );
     assert!(slow_calls > 0, "round-robin gave the slow replica attempts");
+    // No replica got two attempts of one call: each hedge went elsewhere.
+    for server in &servers {
+        let mut ids = server.request_ids();
+        let all = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "a replica got two attempts of one call");
+    }
+    let hedged_calls = servers
+        .iter()
+        .flat_map(GoServer::request_ids)
+        .fold(
+            std::collections::HashMap::<String, usize>::new(),
+            |mut m, id| {
+                *m.entry(id).or_default() += 1;
+                m
+            },
+        )
+        .into_values()
+        .filter(|&n| n > 1)
+        .count();
+    assert!(hedged_calls > 0, "some calls were hedged");
     // Each of them lost and was cancelled (RST_STREAM CANCEL).
     assert!(
         eventually(|| servers[2].cancelled() - slow_before.1 == slow_calls).await,
@@ -122,14 +147,23 @@ async fn an_exhausted_throttle_sends_only_the_first_attempt() {
         5,
         "a full bucket lets every hedge go"
     );
-    // One failure the server answered with: 2 tokens → 1, not more than half.
+    // One failure the server answered with: 2 tokens → 1, not more than
+    // half. A client of the same target with a 1 s delay (the bucket is
+    // the target's), so the failure surely comes before any hedge is due.
+    let slow_hedger = mock_client_for(&server, client.endpoint())
+        .retry_layer(
+            RetryLayer::new(RetryPolicy::default().with_throttling(Some(throttling))).unwrap(),
+        )
+        .hedging(HedgingPolicy::new(5, Duration::from_secs(1)))
+        .build()
+        .unwrap();
     server.reset();
     server.push(
         paths::LIST_REPOSITORIES,
         Reply::status(Status::unavailable("overloaded")),
     );
     server.fallback(Reply::ok().after(Duration::from_millis(100)));
-    let err = calls::read(&client)
+    let err = calls::read(&slow_hedger)
         .await
         .expect_err("throttled after its failure");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
@@ -144,6 +178,14 @@ async fn an_exhausted_throttle_sends_only_the_first_attempt() {
         2,
         "no hedge while throttled"
     );
+}
+
+/// A client over `server`'s in-memory transport that names `target` (so
+/// that it shares that target's throttle bucket).
+fn mock_client_for(server: &MockServer, target: &str) -> ameide_sdk::AmeideClientBuilder {
+    AmeideClient::builder()
+        .endpoint(target)
+        .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
 }
 
 fn hedged(server: &MockServer, policy: HedgingPolicy) -> AmeideClient {
@@ -193,25 +235,29 @@ async fn a_non_fatal_code_sends_the_next_hedge_at_once() {
 #[tokio::test]
 async fn a_fatal_code_commits_at_once() {
     let server = MockServer::new();
-    // The first attempt would answer OK after 2 s; the hedge fails at once.
+    // The first attempt would answer OK after 5 s; the hedge fails at once.
     server.push(
         paths::LIST_REPOSITORIES,
-        Reply::ok().after(Duration::from_secs(2)),
+        Reply::ok().after(Duration::from_secs(5)),
     );
     server.push(
         paths::LIST_REPOSITORIES,
         Reply::status(Status::invalid_argument("no such page")),
     );
-    let client = hedged(&server, HedgingPolicy::new(3, Duration::from_millis(50)));
+    // The hedge at 500 ms fails at once; a third would be due at 1 s.
+    let client = hedged(&server, HedgingPolicy::new(3, Duration::from_millis(500)));
     let started = Instant::now();
     let err = calls::read(&client).await.expect_err("a fatal code");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(
-        started.elapsed() < Duration::from_millis(1000),
+        started.elapsed() < Duration::from_millis(990),
         "{:?}",
         started.elapsed()
     );
     assert_eq!(err.attempts(), 2, "{err}");
+    // Both attempts in the history: the first cancelled by the commit.
+    let codes: Vec<Code> = err.history().iter().map(|a| a.code).collect();
+    assert_eq!(codes, vec![Code::InvalidArgument, Code::Cancelled], "{err}");
     assert_eq!(
         server.attempts_for(paths::LIST_REPOSITORIES).len(),
         2,

@@ -44,6 +44,10 @@ fn manifest_sections_come_in_contract_order() {
     );
     assert_eq!(manifest()["schema"], "ameide-client-manifest/v1");
     assert_eq!(
+        manifest()["defaults"]["hedging"]["max_attempts_limit"],
+        ameide_sdk::layers::retry::MAX_HEDGED_ATTEMPTS
+    );
+    assert_eq!(
         manifest()["bundle_digest"],
         ameide_sdk::contract::BUNDLE_DIGEST
     );

@@ -359,7 +359,7 @@ impl AmeideClientBuilder {
     ///     .hedging(HedgingPolicy::new(3, Duration::from_millis(20)))
     ///     .build()
     ///     .unwrap();
-    /// # drop(client);
+    /// assert_eq!(client.endpoint(), "dns:///orders.prod.svc.cluster.local:50051");
     /// let err = AmeideClient::builder()
     ///     .hedging(HedgingPolicy::new(7, Duration::from_millis(20)))
     ///     .build()
@@ -395,11 +395,12 @@ impl AmeideClientBuilder {
         self
     }
 
-    /// Records gRFC A96's per-call retry metrics (`grpc.client.call.retries`,
-    /// `grpc.client.call.transparent_retries`, `grpc.client.call.hedges`,
-    /// `grpc.client.call.retry_delay`; each only when not zero, with
-    /// `grpc.method` and `grpc.target`). Off by default: gRPC keeps them
-    /// experimental and off by default.
+    /// Records gRFC A96's per-call retry metrics, with `grpc.method` and
+    /// `grpc.target`: `grpc.client.call.retries`,
+    /// `grpc.client.call.transparent_retries` and `grpc.client.call.hedges`
+    /// (each only when not zero), and `grpc.client.call.retry_delay` (s,
+    /// for a call that was retried or hedged: the time it had no attempt
+    /// out). Off by default: gRPC keeps them experimental and off by default.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -408,7 +409,7 @@ impl AmeideClientBuilder {
     ///     .retry_metrics(true)
     ///     .build()
     ///     .unwrap();
-    /// # drop(client);
+    /// assert_eq!(client.endpoint(), "http://127.0.0.1:50051");
     /// # }
     /// ```
     pub fn retry_metrics(mut self, on: bool) -> Self {

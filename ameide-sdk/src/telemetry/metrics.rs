@@ -152,12 +152,17 @@ pub(crate) struct RetryInstruments {
 
 impl RetryInstruments {
     pub(crate) fn new(meter: &Meter) -> Self {
+        // A96's recommended boundaries: 1–5, and 10 for transparent retries.
         let count = |name: &'static str, unit: &'static str, description: &'static str| {
+            let mut bounds = vec![1.0, 2.0, 3.0, 4.0, 5.0];
+            if name.ends_with("transparent_retries") {
+                bounds.push(10.0);
+            }
             meter
                 .u64_histogram(name)
                 .with_unit(unit)
                 .with_description(description)
-                .with_boundaries(vec![1.0, 2.0, 3.0, 4.0, 5.0])
+                .with_boundaries(bounds)
                 .build()
         };
         RetryInstruments {
@@ -380,9 +385,10 @@ impl ClientMetrics {
         }
     }
 
-    /// gRFC A96: the call's retries, transparent retries, hedges and the
-    /// time it had no attempt out, each recorded only when not zero (A96:
-    /// "0 is not reported"); nothing unless opted in.
+    /// gRFC A96: the call's retries, transparent retries and hedges, each
+    /// recorded only when not zero (A96: "0 is not reported"), and, for a
+    /// call that was retried or hedged, the time it had no attempt out
+    /// (0 s for most hedged calls); nothing unless opted in.
     pub(crate) fn call_retries(&self, method: &'static str, state: &crate::call::CallState) {
         let Some(instruments) = &self.retries else {
             return;

@@ -13,7 +13,7 @@
 //	open <conn> <ms>       a connection was accepted
 //	ping <conn> <ms>       the client sent a PING (not an ACK)
 //	closed <conn> <ms>     the connection ended
-//	call 0 <ms>            a call arrived
+//	call 0 <ms> <id>       a call arrived (its x-request-id, or -)
 //	stopping 0 <ms>        SIGTERM: GracefulStop (GOAWAY, calls in flight finish)
 //	cancelled 0 <ms>       a call was cancelled (RST_STREAM) while it waited to answer
 //
@@ -181,7 +181,11 @@ func message(size int) []byte {
 
 func handle(_ interface{}, stream grpc.ServerStream) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
-	event("call 0 %d", ms())
+	requestID := "-"
+	if ids := md.Get("x-request-id"); len(ids) > 0 {
+		requestID = ids[0]
+	}
+	event("call 0 %d %s", ms(), requestID)
 	var request []byte
 	if err := stream.RecvMsg(&request); err != nil && err != io.EOF {
 		if stream.Context().Err() != nil {

@@ -148,20 +148,7 @@ where
                     },
                     // Headers without a status (committed), or a trailers-only OK.
                     status => {
-                        if let Some(t) = &layer.throttle {
-                            t.success();
-                        }
-                        if let Some(state) = &state {
-                            state.record_history(AttemptRecord {
-                                code: Code::Ok,
-                                message: String::new(),
-                                delay_before,
-                                refused: false,
-                            });
-                            if status.is_none() {
-                                state.record_stop(StopReason::Committed);
-                            }
-                        }
+                        record_success(&layer, state.as_ref(), delay_before, status.is_none());
                         return Ok(response);
                     }
                 },
@@ -204,6 +191,32 @@ where
             }
             delay_before = delay;
             attempt = attempt.saturating_add(1);
+        }
+    }
+}
+
+/// An attempt that answered (`committed`: response headers without a
+/// status, else a trailers-only OK): the throttle's refill, the history,
+/// and the stop reason.
+#[inline]
+pub(crate) fn record_success(
+    layer: &RetryLayer,
+    state: Option<&CallState>,
+    delay_before: Duration,
+    committed: bool,
+) {
+    if let Some(t) = &layer.throttle {
+        t.success();
+    }
+    if let Some(state) = state {
+        state.record_history(AttemptRecord {
+            code: Code::Ok,
+            message: String::new(),
+            delay_before,
+            refused: false,
+        });
+        if committed {
+            state.record_stop(StopReason::Committed);
         }
     }
 }

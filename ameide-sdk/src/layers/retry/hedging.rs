@@ -11,11 +11,13 @@
 //! | server pushback | `grpc-retry-pushback-ms` ≥ 0 delays the next hedge by exactly that; negative (or malformed) sends no more |
 //! | deadline | one deadline for all the attempts; each carries what is left in `grpc-timeout`; no hedge starts past it |
 //! | on the wire | `grpc-previous-rpc-attempts` on every hedge; one request id for all; the request buffered once and shared |
-//! | replicas | each hedge goes to another replica than the attempts before it, when there is one |
+//! | replicas | each hedge goes to another replica than the call's last attempts, when the target has one (`static:`, `dns:`, a resolver; not under `pick_first`, which keeps every call on its one replica) |
+//! | history | every attempt in the error's history, in the order they ended; attempts cancelled by the commit as `CANCELLED`; `delay_before` the time since the attempt before started |
 //! | all failed | the last failure, with every attempt in the error's history |
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -25,8 +27,9 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
 use super::RetryLayer;
-use super::attempts::attempt_request;
+use super::attempts::{attempt_request, record_success};
 use super::hints::{Pushback, pushback};
+use super::policy::MAX_HINT_WITHOUT_DEADLINE;
 use crate::call::{AttemptRecord, CallState, Deadline, StopReason};
 use crate::config_error::{ConfigError, ConfigErrorKind};
 use crate::layers::replay::*;
@@ -37,6 +40,14 @@ use crate::layers::{
 
 /// gRFC A6's limit on hedged attempts (it clamps larger values; this SDK
 /// refuses them at build, so that a setting is never silently changed).
+///
+/// ```
+/// use std::time::Duration;
+/// use ameide_sdk::layers::{retry::MAX_HEDGED_ATTEMPTS, HedgingPolicy};
+/// assert_eq!(MAX_HEDGED_ATTEMPTS, 5);
+/// assert!(HedgingPolicy::new(MAX_HEDGED_ATTEMPTS, Duration::ZERO).validate().is_ok());
+/// assert!(HedgingPolicy::new(MAX_HEDGED_ATTEMPTS + 1, Duration::ZERO).validate().is_err());
+/// ```
 pub const MAX_HEDGED_ATTEMPTS: u32 = 5;
 
 /// A hedging policy (gRFC A6): how many attempts of a call may be out at
@@ -68,6 +79,15 @@ impl HedgingPolicy {
     /// `hedging_delay` while none has answered (0: all at once); non-fatal
     /// code `UNAVAILABLE` (A6 leaves the list empty by default; a replica
     /// that is down should not fail a call another replica can answer).
+    /// Checked by [`validate`](Self::validate) when a client or layer takes it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ameide_sdk::layers::HedgingPolicy;
+    /// // Every attempt at once: the fastest of two replicas answers.
+    /// let race = HedgingPolicy::new(2, Duration::ZERO);
+    /// assert_eq!((race.max_attempts(), race.hedging_delay()), (2, Duration::ZERO));
+    /// ```
     pub fn new(max_attempts: u32, hedging_delay: Duration) -> Self {
         HedgingPolicy {
             max_attempts,
@@ -94,16 +114,35 @@ impl HedgingPolicy {
     }
 
     /// The most attempts of one call.
+    ///
+    /// ```
+    /// let policy = ameide_sdk::layers::HedgingPolicy::new(4, std::time::Duration::from_millis(5));
+    /// assert_eq!(policy.max_attempts(), 4);
+    /// ```
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
 
-    /// The time between two attempts' starts.
+    /// The time between two attempts' starts (tokio's timers tick in
+    /// milliseconds: a delay under 1 ms fires at the next millisecond).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = ameide_sdk::layers::HedgingPolicy::new(2, Duration::from_millis(15));
+    /// assert_eq!(policy.hedging_delay(), Duration::from_millis(15));
+    /// ```
     pub fn hedging_delay(&self) -> Duration {
         self.hedging_delay
     }
 
     /// The codes after which the next hedge goes at once.
+    ///
+    /// ```
+    /// use ameide_sdk::layers::HedgingPolicy;
+    /// let none = HedgingPolicy::new(2, std::time::Duration::ZERO).with_non_fatal_codes([]);
+    /// // Then any failure commits the call to it (gRFC A6's default).
+    /// assert!(none.non_fatal_codes().is_empty());
+    /// ```
     pub fn non_fatal_codes(&self) -> &[Code] {
         &self.non_fatal_codes
     }
@@ -143,8 +182,8 @@ impl HedgingPolicy {
 /// and per-method ones that take precedence.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Hedging {
-    pub(crate) every_safe_method: Option<HedgingPolicy>,
-    pub(crate) per_method: Vec<(&'static str, HedgingPolicy)>,
+    pub(crate) every_safe_method: Option<Arc<HedgingPolicy>>,
+    pub(crate) per_method: Vec<(&'static str, Arc<HedgingPolicy>)>,
 }
 
 impl Hedging {
@@ -152,7 +191,7 @@ impl Hedging {
     pub(crate) fn policy_for(
         &self,
         method: &'static ameide_proto::MethodInfo,
-    ) -> Option<&HedgingPolicy> {
+    ) -> Option<&Arc<HedgingPolicy>> {
         if let Some((_, policy)) = self.per_method.iter().find(|(p, _)| *p == method.path) {
             return Some(policy);
         }
@@ -192,12 +231,39 @@ pub(crate) fn hedgeable_method(path: &str) -> Result<&'static str, ConfigError> 
     Ok(method.path)
 }
 
-/// Which attempt of a hedged call a request is (on its extensions): the
-/// tracing layer marks the hedges' spans.
+/// Which attempt of a hedged call a request is (on its extensions), for
+/// the tracing layer to mark the hedges' spans.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HedgeAttempt(pub(crate) u32);
 
 type AttemptFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+/// One attempt out: its number, when it started (after the one before,
+/// for the history), and its future.
+struct Out {
+    attempt: u32,
+    delay_before: Duration,
+    future: AttemptFuture,
+}
+
+/// Records the attempts still out as cancelled (another answer committed
+/// the call) and drops them: each is reset on the wire (RST_STREAM CANCEL).
+fn cancel_rest(in_flight: Vec<Out>, state: Option<&CallState>) {
+    if let Some(state) = state {
+        for out in &in_flight {
+            state.record_history(AttemptRecord {
+                code: Code::Cancelled,
+                message: format!(
+                    "hedged attempt {} cancelled: another attempt committed the call",
+                    out.attempt
+                ),
+                delay_before: out.delay_before,
+                refused: false,
+            });
+        }
+    }
+    drop(in_flight);
+}
 
 /// The hedged call: attempts started by the policy's clock, the first
 /// answer committing it (see the module's table).
@@ -205,7 +271,7 @@ pub(crate) fn hedge_loop<S>(
     inner: S,
     request: HttpRequest,
     layer: RetryLayer,
-    policy: HedgingPolicy,
+    policy: Arc<HedgingPolicy>,
     state: Option<CallState>,
 ) -> impl Future<Output = Result<HttpResponse, BoxError>> + Send + 'static
 where
@@ -237,8 +303,9 @@ where
         let replay_headers = ReplayHeaders::capture(&parts.headers);
         let mut first_headers = Some(std::mem::take(&mut parts.headers));
         let max = policy.max_attempts;
-        let mut in_flight: Vec<(u32, AttemptFuture)> = Vec::with_capacity(max as usize);
+        let mut in_flight: Vec<Out> = Vec::with_capacity(max as usize);
         let mut started = 0u32;
+        let mut last_start: Option<Instant> = None;
         // When the next hedge may start; `None`: no more will.
         let mut next_at = Some(Instant::now());
         let mut last_failure: Option<HttpResponse> = None;
@@ -247,6 +314,14 @@ where
         let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            if started == 0 && deadline.is_some_and(|d| d <= now) {
+                if let Some(state) = &state {
+                    state.record_stop(StopReason::Deadline);
+                }
+                return Ok(status_response(Status::deadline_exceeded(
+                    "deadline exceeded before the first attempt",
+                )));
+            }
             // Start the attempts that are due.
             while let Some(at) = next_at
                 && at <= now
@@ -268,22 +343,38 @@ where
                 let future = send(
                     &inner, &parts, &bytes, &known, started, remaining, headers, false,
                 );
-                in_flight.push((started, future));
+                let delay_before =
+                    last_start.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                last_start = Some(now);
+                in_flight.push(Out {
+                    attempt: started,
+                    delay_before,
+                    future,
+                });
                 if let Some(state) = &state {
                     state.record_attempt(started);
                 }
                 next_at = (started < max).then(|| now + policy.hedging_delay);
             }
-            if let (Some(at), Some(d)) = (next_at, deadline)
-                && at >= d
-            {
-                // No hedge starts past the deadline.
-                next_at = None;
+            // No hedge starts past the deadline (nor, without one, after a
+            // peer-chosen wait longer than MAX_HINT_WITHOUT_DEADLINE).
+            if let Some(at) = next_at {
+                let too_late = match deadline {
+                    Some(d) => at >= d,
+                    None => at.saturating_duration_since(now) > MAX_HINT_WITHOUT_DEADLINE,
+                };
+                if too_late {
+                    next_at = None;
+                    stop = StopReason::Deadline;
+                }
             }
             if in_flight.is_empty() {
                 if next_at.is_none() || started >= max {
                     // Every attempt failed and no more will go.
                     if let Some(state) = &state {
+                        // As the retry loop's verdict: the code was worth
+                        // another attempt, unless the server said no.
+                        state.record_retryable(stop != StopReason::PushbackSaidNo);
                         state.record_stop(stop);
                     }
                     return Ok(last_failure.unwrap_or_else(|| {
@@ -294,8 +385,8 @@ where
                 idle_since.get_or_insert(now);
             }
             let first = std::future::poll_fn(|cx| {
-                for (i, (_, future)) in in_flight.iter_mut().enumerate() {
-                    if let Poll::Ready(result) = future.as_mut().poll(cx) {
+                for (i, out) in in_flight.iter_mut().enumerate() {
+                    if let Poll::Ready(result) = out.future.as_mut().poll(cx) {
                         return Poll::Ready((i, result));
                     }
                 }
@@ -308,30 +399,20 @@ where
                 },
                 None => first.await,
             };
-            let (attempt, _) = in_flight.swap_remove(i);
+            let Out {
+                attempt,
+                delay_before,
+                ..
+            } = in_flight.swap_remove(i);
             let failure = match result {
                 Ok(response) => match trailers_only_status(&response) {
                     Some(status) if status.code() != Code::Ok => {
                         (status, Some(response), Delivery::Maybe, false)
                     }
                     committed => {
-                        // The first answer: the others are cancelled as
-                        // they are dropped (RST_STREAM CANCEL).
-                        drop(in_flight);
-                        if let Some(t) = &layer.throttle {
-                            t.success();
-                        }
-                        if let Some(state) = &state {
-                            state.record_history(AttemptRecord {
-                                code: Code::Ok,
-                                message: String::new(),
-                                delay_before: Duration::ZERO,
-                                refused: false,
-                            });
-                            if committed.is_none() {
-                                state.record_stop(StopReason::Committed);
-                            }
-                        }
+                        // The first answer: the others are cancelled.
+                        cancel_rest(in_flight, state.as_ref());
+                        record_success(&layer, state.as_ref(), delay_before, committed.is_none());
                         return Ok(response);
                     }
                 },
@@ -345,7 +426,7 @@ where
                 state.record_history(AttemptRecord {
                     code: status.code(),
                     message: status.message().to_owned(),
-                    delay_before: Duration::ZERO,
+                    delay_before,
                     refused: delivery == Delivery::Refused,
                 });
             }
@@ -366,7 +447,11 @@ where
                     replay_headers.rebuild(),
                     true,
                 );
-                in_flight.push((attempt, future));
+                in_flight.push(Out {
+                    attempt,
+                    delay_before: Duration::ZERO,
+                    future,
+                });
                 continue;
             }
             let hint = response.as_ref().and_then(pushback);
@@ -380,27 +465,28 @@ where
             let response = response.unwrap_or_else(|| status_response(status));
             if !non_fatal {
                 // A fatal failure commits the call to it.
-                drop(in_flight);
+                cancel_rest(in_flight, state.as_ref());
                 if let Some(state) = &state {
                     state.record_retryable(false);
                     state.record_stop(StopReason::NotRetryable);
                 }
                 return Ok(response);
             }
-            if let Some(state) = &state {
-                state.record_retryable(true);
-            }
-            match hint {
-                Some(Pushback::Stop) => {
-                    stop = StopReason::PushbackSaidNo;
-                    next_at = None;
+            // Only while hedging goes on: a stop (pushback, throttle,
+            // deadline) is final.
+            if next_at.is_some() {
+                match hint {
+                    Some(Pushback::Stop) => {
+                        stop = StopReason::PushbackSaidNo;
+                        next_at = None;
+                    }
+                    // The server said exactly when.
+                    Some(Pushback::Wait(exact)) => {
+                        next_at = Some(crate::time::add(Instant::now(), exact))
+                    }
+                    // A non-fatal failure lets the next hedge go at once.
+                    None => next_at = Some(Instant::now()),
                 }
-                Some(Pushback::Wait(exact)) if started < max => {
-                    next_at = Instant::now().checked_add(exact);
-                }
-                // A non-fatal failure lets the next hedge go at once.
-                _ if next_at.is_some() => next_at = Some(Instant::now()),
-                _ => {}
             }
             last_failure = Some(response);
         }

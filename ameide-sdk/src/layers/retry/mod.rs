@@ -136,7 +136,7 @@ impl RetryLayer {
     pub fn with_hedging(mut self, policy: HedgingPolicy) -> Result<Self, ConfigError> {
         policy.validate()?;
         let mut hedging = self.hedging.as_deref().cloned().unwrap_or_default();
-        hedging.every_safe_method = Some(policy);
+        hedging.every_safe_method = Some(Arc::new(policy));
         self.hedging = Some(Arc::new(hedging));
         Ok(self)
     }
@@ -168,7 +168,7 @@ impl RetryLayer {
         let path = hedging::hedgeable_method(path)?;
         let mut hedging = self.hedging.as_deref().cloned().unwrap_or_default();
         hedging.per_method.retain(|(p, _)| *p != path);
-        hedging.per_method.push((path, policy));
+        hedging.per_method.push((path, Arc::new(policy)));
         self.hedging = Some(Arc::new(hedging));
         Ok(self)
     }
