@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct Case {
     /// Unique id, e.g. `retry-unavailable-then-ok`.
     pub id: String,
+    /// The suite it belongs to (`http-errors`, …); `core` when not given.
+    #[serde(default = "core_suite")]
+    pub suite: String,
     /// What the case proves, in a sentence.
     pub description: String,
     /// Client configuration.
@@ -108,6 +111,10 @@ pub struct Call {
     pub traceparent: Option<String>,
 }
 
+fn core_suite() -> String {
+    "core".to_owned()
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
@@ -151,6 +158,22 @@ pub struct AttemptReply {
     /// Extra response headers / trailers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Not a gRPC answer at all: this HTTP response instead (`status`,
+    /// `messages`, `details` and `after_headers` are then ignored).
+    pub http: Option<HttpReply>,
+}
+
+/// A response that is not gRPC's: a proxy's error page, a wrong route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpReply {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `content-type`; none when not given.
+    pub content_type: Option<String>,
+    /// The body, as text; empty when not given.
+    #[serde(default)]
+    pub body: String,
 }
 
 fn ok() -> String {

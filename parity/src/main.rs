@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! ameide-parity run [--cases DIR] [--adapter "CMD ARGS…"] [--run TEXT] [--skip TEXT]
-//!                   [--known-failing FILE] [--report FILE] [--break BEHAVIOUR]…
+//!                   [--known-failing FILE] [--report FILE] [--junit FILE] [--break BEHAVIOUR]…
 //!                   [--case-timeout SECONDS]
 //! ameide-parity server                # the harness server alone, for adapter development
 //! ameide-parity descriptor-set FILE   # the bundle's FileDescriptorSet, for adapters
@@ -40,6 +40,18 @@ fn reply(
     output: &prost_reflect::MessageDescriptor,
     unary: bool,
 ) -> Result<Reply, String> {
+    if let Some(page) = &a.http {
+        let mut r = Reply::http(page.status)
+            .body(page.body.clone())
+            .after(Duration::from_millis(a.delay_ms));
+        if let Some(content_type) = &page.content_type {
+            r = r.header("content-type", content_type);
+        }
+        for (k, v) in &a.headers {
+            r = r.header(k, v);
+        }
+        return Ok(r);
+    }
     let code = code(&a.status)?;
     let mut messages = a
         .messages
@@ -107,6 +119,7 @@ struct Options {
     skip: Vec<String>,
     known_failing: Option<PathBuf>,
     report: Option<PathBuf>,
+    junit: Option<PathBuf>,
     breaks: Vec<String>,
     case_timeout: Duration,
 }
@@ -126,6 +139,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         skip: Vec::new(),
         known_failing: Some(root.join("known-failing.txt")).filter(|p| p.exists()),
         report: None,
+        junit: None,
         breaks: Vec::new(),
         case_timeout: Duration::from_secs(60),
     };
@@ -144,6 +158,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--skip" => o.skip.push(value()?),
             "--known-failing" => o.known_failing = Some(value()?.into()),
             "--report" => o.report = Some(value()?.into()),
+            "--junit" => o.junit = Some(value()?.into()),
             "--break" => o.breaks.push(value()?),
             "--case-timeout" => {
                 let text = value()?;
@@ -346,6 +361,9 @@ async fn run(o: Options) -> Result<bool, String> {
 
     let (mut passed, mut failed, mut xfail) = (0, 0, 0);
     let mut report = Vec::new();
+    // Per suite: cases as expected (passed, or known failing) and cases run.
+    let mut suites: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut junit = Vec::new();
     println!("{:<48} {:<8} notes", "case", "result");
     for case in cases {
         if (!o.run.is_empty() && !o.run.iter().any(|r| case.id.contains(r.as_str())))
@@ -440,7 +458,22 @@ async fn run(o: Options) -> Result<bool, String> {
             problems.join("; ")
         };
         println!("{:<48} {:<8} {}", case.id, result, note);
-        report.push(serde_json::json!({ "id": case.id, "result": result, "problems": problems }));
+        let suite = suites.entry(case.suite.clone()).or_default();
+        suite.0 += usize::from(result == "pass" || result == "xfail");
+        suite.1 += 1;
+        junit.push((
+            case.suite.clone(),
+            case.id.clone(),
+            result,
+            note,
+            runner_elapsed,
+        ));
+        report.push(serde_json::json!({
+            "id": case.id,
+            "suite": case.suite,
+            "result": result,
+            "problems": problems,
+        }));
     }
     let lingering = match adapter {
         Some(a) => a.finish().await,
@@ -453,7 +486,15 @@ async fn run(o: Options) -> Result<bool, String> {
         )
         .map_err(|e| format!("{}: {e}", file.display()))?;
     }
+    if let Some(file) = &o.junit {
+        std::fs::write(file, junit_xml(&junit)).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     println!();
+    let summary: Vec<String> = suites
+        .iter()
+        .map(|(name, (ok, ran))| format!("{name} {ok}/{ran}"))
+        .collect();
+    println!("suites: {}", summary.join(", "));
     if let Some(note) = &lingering {
         println!("note: {note}");
     }
@@ -470,6 +511,63 @@ async fn run(o: Options) -> Result<bool, String> {
     }
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// The results as JUnit XML (one `testsuite` per suite), for the CI of an
+/// SDK's own repository: a known failure is `skipped`, a failure or an
+/// unexpected pass a `failure` with the notes.
+fn junit_xml(results: &[(String, String, &str, String, Duration)]) -> String {
+    let escape = |text: &str| {
+        text.chars()
+            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+            .collect::<String>()
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mut by_suite: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
+    for row in results {
+        by_suite.entry(row.0.as_str()).or_default().push(row);
+    }
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"ameide-parity\">\n",
+    );
+    for (suite, rows) in by_suite {
+        let failures = rows
+            .iter()
+            .filter(|r| r.2 == "FAIL" || r.2 == "XPASS")
+            .count();
+        let skipped = rows.iter().filter(|r| r.2 == "xfail").count();
+        xml.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
+            escape(suite),
+            rows.len()
+        ));
+        for (_, id, result, note, took) in rows {
+            xml.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+                escape(suite),
+                escape(id),
+                took.as_secs_f64()
+            ));
+            match *result {
+                "pass" => xml.push_str("/>\n"),
+                "xfail" => xml.push_str(&format!(
+                    "><skipped message=\"known failing\">{}</skipped></testcase>\n",
+                    escape(note)
+                )),
+                _ => xml.push_str(&format!(
+                    "><failure message=\"{}\">{}</failure></testcase>\n",
+                    escape(result),
+                    escape(note)
+                )),
+            }
+        }
+        xml.push_str("  </testsuite>\n");
+    }
+    xml.push_str("</testsuites>\n");
+    xml
 }
 
 async fn serve(args: &[String]) -> Result<bool, String> {

@@ -148,6 +148,46 @@ fn retrying_non_retryable_codes() {
             "no-retry-not-found",
             "no-retry-permission-denied",
             "no-retry-unauthenticated",
+            // Proxy pages that map to those codes.
+            "http-400-page-is-internal",
+            "http-401-page-is-unauthenticated",
+            "http-403-page-is-permission-denied",
+        ]),
+        &[],
+    );
+}
+
+/// The pages whose HTTP status maps to a code of its own (contract §8).
+const MAPPED_PAGES: &[&str] = &[
+    "http-400-page-is-internal",
+    "http-401-page-is-unauthenticated",
+    "http-403-page-is-permission-denied",
+    "http-404-page-is-unimplemented",
+    "http-429-page-is-unavailable",
+    "http-502-page-is-unavailable",
+    "http-502-page-keeps-the-request-id-on-every-attempt",
+    "http-502-page-without-a-body-is-unavailable",
+    "http-503-page-is-unavailable",
+    "http-503-page-then-ok-succeeds",
+    "http-504-page-is-unavailable",
+];
+
+#[test]
+fn no_http_to_grpc_mapping() {
+    control("no-http-mapping", Must::Exactly(MAPPED_PAGES), &[]);
+}
+
+#[test]
+fn every_other_page_taken_for_an_outage() {
+    control(
+        "http-else-unavailable",
+        Must::Exactly(&[
+            "http-200-html-is-unknown",
+            "http-200-json-is-unknown",
+            "http-418-page-is-unknown",
+            "http-431-page-is-unknown",
+            "http-500-page-is-unknown",
+            "http-505-page-is-unknown",
         ]),
         &[],
     );

@@ -37,9 +37,42 @@ pub struct Reply {
     status: Option<Status>,
     trailers_only: bool,
     headers: HeaderMap,
+    /// A response that is not gRPC's: this HTTP status and body, as written.
+    http: Option<(http::StatusCode, Bytes)>,
 }
 
 impl Reply {
+    /// A response that is not gRPC's, as a proxy or a misconfigured route
+    /// sends it: HTTP `status` (an invalid one is 500), no `content-type`
+    /// unless [`header`](Self::header) adds one, an empty body unless
+    /// [`body`](Self::body) gives one, no trailers. How a client turns it
+    /// into a status is the test's subject (contract §8).
+    ///
+    /// ```
+    /// use ameide_sdk::testkit::Reply;
+    /// let page = Reply::http(502)
+    ///     .header("content-type", "text/html")
+    ///     .body("<html><body><h1>502 Bad Gateway</h1></body></html>");
+    /// # drop(page);
+    /// ```
+    pub fn http(status: u16) -> Self {
+        let status =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        Reply {
+            http: Some((status, Bytes::new())),
+            ..Self::messages(Vec::new())
+        }
+    }
+
+    /// The body of an [`http`](Self::http) reply, sent as given (no gRPC
+    /// framing); ignored by gRPC replies.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        if let Some((_, bytes)) = self.http.as_mut() {
+            *bytes = body.into();
+        }
+        self
+    }
+
     /// Headers, one empty message (a valid response of every method), `OK`.
     pub fn ok() -> Self {
         Self::messages(vec![Bytes::new()])
@@ -59,6 +92,7 @@ impl Reply {
             status: None,
             trailers_only: false,
             headers: HeaderMap::new(),
+            http: None,
         }
     }
 
@@ -71,6 +105,7 @@ impl Reply {
             status: Some(status),
             trailers_only: true,
             headers: HeaderMap::new(),
+            http: None,
         }
     }
 
@@ -283,6 +318,18 @@ fn frame(message: &Bytes) -> Bytes {
 async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    if let Some((status, body)) = reply.http {
+        let mut response =
+            http::Response::new(tonic::body::Body::new(http_body_util::BodyExt::map_err(
+                http_body_util::Full::new(body),
+                |never| match never {},
+            )));
+        *response.status_mut() = status;
+        for (name, value) in &reply.headers {
+            response.headers_mut().insert(name, value.clone());
+        }
+        return response;
     }
     if reply.trailers_only {
         let status = reply.status.unwrap_or_else(|| Status::ok(""));

@@ -13,7 +13,9 @@
 //! - `wrong-response-type`: responses are decoded as the method's request type;
 //! - `no-roster`: the path is guessed from the roster key (`/ameide_core_proto.<key>.v1.<Key>Service/<Method>`) instead of looked up;
 //! - `forward-traceparent`: the caller's `traceparent` is put on the wire as it came (a user layer), no span of the client's own;
-//! - `misreport`: the reported request id and attempt count are not the call's.
+//! - `misreport`: the reported request id and attempt count are not the call's;
+//! - `no-http-mapping`: a response that is not gRPC (a proxy's page) is UNKNOWN whatever its HTTP status;
+//! - `http-else-unavailable`: one the mapping leaves UNKNOWN (a 200 that is not gRPC, a 418, a 500) is UNAVAILABLE.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use ameide_parity::case::{Detail, Token};
 use ameide_parity::protocol::{Outcome, Request};
 use ameide_parity::wire::{self, BytesCodec};
 use ameide_sdk::auth::{AccessToken, TokenError};
-use ameide_sdk::layers::{HttpRequest, RetryPolicy};
+use ameide_sdk::layers::{HttpRequest, HttpResponse, RetryPolicy};
 use ameide_sdk::{AmeideClient, CallInfo, CallOptions, Error};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -33,6 +35,40 @@ use tonic_types::ErrorDetail;
 fn strip_request_id(mut request: HttpRequest) -> HttpRequest {
     request.headers_mut().remove("x-request-id");
     request
+}
+
+/// Under `--break no-http-mapping`: every answer that was not gRPC (the
+/// SDK names it "not a gRPC response") becomes UNKNOWN, as in a client
+/// without gRPC's HTTP-to-gRPC mapping.
+fn unknown_for_pages(mut response: HttpResponse) -> HttpResponse {
+    let page = response
+        .headers()
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().starts_with(b"not%20a%20gRPC%20response"));
+    if page {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("2"));
+    }
+    response
+}
+
+/// Under `--break http-else-unavailable`: a response that is not gRPC and
+/// that the mapping leaves UNKNOWN (a 200 that is not gRPC, a 418, a 500…)
+/// becomes UNAVAILABLE, as in a client that treats any page as a proxy
+/// outage.
+fn unavailable_for_unknown_pages(mut response: HttpResponse) -> HttpResponse {
+    let headers = response.headers();
+    let page = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().starts_with(b"not%20a%20gRPC%20response"))
+        && headers.get("grpc-status").is_some_and(|s| s == "2");
+    if page {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("14"));
+    }
+    response
 }
 
 fn has(breaks: &[String], what: &str) -> bool {
@@ -136,6 +172,16 @@ fn client(request: &Request, breaks: &[String]) -> Result<AmeideClient, String> 
     if has(breaks, "drop-request-id") {
         builder = builder.layer(tower::util::MapRequestLayer::new(
             strip_request_id as fn(HttpRequest) -> HttpRequest,
+        ));
+    }
+    if has(breaks, "http-else-unavailable") {
+        builder = builder.layer(tower::util::MapResponseLayer::new(
+            unavailable_for_unknown_pages as fn(HttpResponse) -> HttpResponse,
+        ));
+    }
+    if has(breaks, "no-http-mapping") {
+        builder = builder.layer(tower::util::MapResponseLayer::new(
+            unknown_for_pages as fn(HttpResponse) -> HttpResponse,
         ));
     }
     if has(breaks, "forward-traceparent")
