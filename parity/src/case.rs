@@ -174,6 +174,11 @@ pub struct HttpReply {
     /// The body, as text; empty when not given.
     #[serde(default)]
     pub body: String,
+    /// The body as hex (gRPC frames written by hand), instead of `body`.
+    pub body_hex: Option<String>,
+    /// Trailers after the body (`grpc-status`, …); none when not given.
+    #[serde(default)]
+    pub trailers: BTreeMap<String, String>,
 }
 
 fn ok() -> String {

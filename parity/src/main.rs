@@ -41,9 +41,23 @@ fn reply(
     unary: bool,
 ) -> Result<Reply, String> {
     if let Some(page) = &a.http {
+        let body = match &page.body_hex {
+            Some(hex) => (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    hex.get(i..i + 2)
+                        .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                        .ok_or_else(|| format!("body_hex {hex:?} is not hex bytes"))
+                })
+                .collect::<Result<Vec<u8>, String>>()?,
+            None => page.body.clone().into_bytes(),
+        };
         let mut r = Reply::http(page.status)
-            .body(page.body.clone())
+            .body(body)
             .after(Duration::from_millis(a.delay_ms));
+        for (k, v) in &page.trailers {
+            r = r.trailer(k, v);
+        }
         if let Some(content_type) = &page.content_type {
             r = r.header("content-type", content_type);
         }

@@ -173,6 +173,25 @@ const MAPPED_PAGES: &[&str] = &[
 ];
 
 #[test]
+fn accepting_malformed_responses() {
+    control(
+        "accept-malformed",
+        Must::Exactly(&[
+            "compressed-flag-without-grpc-encoding-is-internal",
+            "html-body-with-grpc-content-type-is-internal",
+            "message-cut-short-is-internal",
+            "message-past-the-receive-limit-is-resource-exhausted",
+            "message-that-is-not-the-response-type-is-internal",
+            "missing-grpc-status-among-other-trailers-is-unknown",
+            "missing-grpc-status-is-unknown",
+            "no-message-on-a-unary-call-is-internal",
+            "two-messages-on-a-unary-call-is-internal",
+        ]),
+        &[],
+    );
+}
+
+#[test]
 fn no_http_to_grpc_mapping() {
     control("no-http-mapping", Must::Exactly(MAPPED_PAGES), &[]);
 }
@@ -235,7 +254,15 @@ fn ignoring_the_request() {
 fn decoding_responses_as_the_wrong_type() {
     control(
         "wrong-response-type",
-        Must::Exactly(&["default-budget-on-a-stream", "response-message-is-received"]),
+        Must::Exactly(&[
+            "default-budget-on-a-stream",
+            "response-message-is-received",
+            // Stream messages that are not the request type fail to decode.
+            "stream-cut-by-the-deadline",
+            "stream-metadata-same-as-unary",
+            "stream-not-retried-after-a-message",
+            "stream-retried-before-first-message",
+        ]),
         &[],
     );
 }

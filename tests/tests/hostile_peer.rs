@@ -389,6 +389,22 @@ async fn a_response_without_grpc_status_is_unknown_with_the_calls_facts() {
     }
 }
 
+/// A unary call answered with two messages fails INTERNAL (grpc-go's
+/// cardinality violation), not OK with the second dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messages_on_a_unary_call_are_internal_not_silently_dropped() {
+    let err = expect(
+        RawReply::grpc()
+            .message(&[])
+            .message(&[])
+            .trailer("grpc-status", "0"),
+        Code::Internal,
+    )
+    .await;
+    assert!(err.message().contains("2 messages"), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+}
+
 /// A server stream answered trailers-only OK (grpc-go and grpc-java do so
 /// when the handler sends nothing) is an empty stream that ends OK; a unary
 /// call answered so is tonic's "missing response message", not a missing

@@ -617,6 +617,22 @@ impl StampBody {
                                 this.state.record_retryable(false);
                                 return fail(missing_message(), this.failed, this.state);
                             }
+                            if this.frames.messages() > 1
+                                && this
+                                    .state
+                                    .method()
+                                    .is_some_and(|m| m.kind.has_single_response())
+                            {
+                                // tonic would take the first and drop the
+                                // rest silently; grpc-go calls it a
+                                // cardinality violation, INTERNAL.
+                                this.state.record_retryable(false);
+                                let status = Status::internal(format!(
+                                    "the response has {} messages, but the method answers with one: the server broke the method's shape",
+                                    this.frames.messages()
+                                ));
+                                return fail(status, this.failed, this.state);
+                            }
                             // tonic parses OK trailers again: nothing it could panic on.
                             if let Some(why) = crate::peer::sanitize(trailers) {
                                 ::tracing::warn!("{why}");

@@ -39,6 +39,8 @@ pub struct Reply {
     headers: HeaderMap,
     /// A response that is not gRPC's: this HTTP status and body, as written.
     http: Option<(http::StatusCode, Bytes)>,
+    /// Trailers after an [`http`](Self::http) body.
+    http_trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -73,6 +75,32 @@ impl Reply {
         self
     }
 
+    /// A trailer after an [`http`](Self::http) reply's body (none unless
+    /// given): with `content-type: application/grpc` and a body of frames
+    /// written by hand, a gRPC response as malformed as a test needs. An
+    /// invalid name or value is ignored.
+    ///
+    /// ```
+    /// use ameide_sdk::testkit::Reply;
+    /// // A message cut short (2 of its 10 bytes), then OK.
+    /// let cut = Reply::http(200)
+    ///     .header("content-type", "application/grpc")
+    ///     .body(vec![0u8, 0, 0, 0, 10, 1, 2])
+    ///     .trailer("grpc-status", "0");
+    /// # drop(cut);
+    /// ```
+    pub fn trailer(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.http_trailers
+                .get_or_insert_with(HeaderMap::new)
+                .append(name, value);
+        }
+        self
+    }
+
     /// Headers, one empty message (a valid response of every method), `OK`.
     pub fn ok() -> Self {
         Self::messages(vec![Bytes::new()])
@@ -93,6 +121,7 @@ impl Reply {
             trailers_only: false,
             headers: HeaderMap::new(),
             http: None,
+            http_trailers: None,
         }
     }
 
@@ -106,6 +135,7 @@ impl Reply {
             trailers_only: true,
             headers: HeaderMap::new(),
             http: None,
+            http_trailers: None,
         }
     }
 
@@ -320,11 +350,20 @@ async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
         tokio::time::sleep(reply.delay).await;
     }
     if let Some((status, body)) = reply.http {
-        let mut response =
-            http::Response::new(tonic::body::Body::new(http_body_util::BodyExt::map_err(
+        let mut response = match reply.http_trailers {
+            None => http::Response::new(tonic::body::Body::new(http_body_util::BodyExt::map_err(
                 http_body_util::Full::new(body),
                 |never| match never {},
-            )));
+            ))),
+            Some(trailers) => {
+                let (tx, rx) = mpsc::channel(2);
+                if !body.is_empty() {
+                    let _ = tx.try_send(Frame::data(body));
+                }
+                let _ = tx.try_send(Frame::trailers(trailers));
+                http::Response::new(tonic::body::Body::new(ChannelBody { rx }))
+            }
+        };
         *response.status_mut() = status;
         for (name, value) in &reply.headers {
             response.headers_mut().insert(name, value.clone());
