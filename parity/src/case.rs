@@ -176,9 +176,9 @@ pub struct HttpReply {
     pub body: String,
     /// The body as hex (gRPC frames written by hand), instead of `body`.
     pub body_hex: Option<String>,
-    /// Trailers after the body (`grpc-status`, …); none when not given.
-    #[serde(default)]
-    pub trailers: BTreeMap<String, String>,
+    /// Trailers after the body (`grpc-status`, …): none when not given,
+    /// an empty trailers frame for `{}`.
+    pub trailers: Option<BTreeMap<String, String>>,
 }
 
 fn ok() -> String {

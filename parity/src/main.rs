@@ -55,8 +55,13 @@ fn reply(
         let mut r = Reply::http(page.status)
             .body(body)
             .after(Duration::from_millis(a.delay_ms));
-        for (k, v) in &page.trailers {
-            r = r.trailer(k, v);
+        if let Some(trailers) = &page.trailers {
+            r = r.trailers(
+                trailers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
         }
         if let Some(content_type) = &page.content_type {
             r = r.header("content-type", content_type);
@@ -210,9 +215,66 @@ fn load_cases(dir: &std::path::Path) -> Result<Vec<Case>, String> {
         if !ids.insert(case.id.clone()) {
             return Err(format!("{}: duplicate case id {}", file.display(), case.id));
         }
+        validate(&case).map_err(|e| format!("{}: {e}", file.display()))?;
         cases.push(case);
     }
     Ok(cases)
+}
+
+/// The suites a case may name (a typo would start a suite of its own).
+const SUITES: &[&str] = &["core", "http-errors", "malformed-responses"];
+
+/// What the case format cannot say by itself: a known suite, and raw HTTP
+/// replies the server can send as written (checked before any case runs).
+fn validate(case: &Case) -> Result<(), String> {
+    if !SUITES.contains(&case.suite.as_str()) {
+        return Err(format!(
+            "unknown suite {:?} (known: {})",
+            case.suite,
+            SUITES.join(", ")
+        ));
+    }
+    for (n, attempt) in case.server.attempts.iter().enumerate() {
+        let Some(page) = &attempt.http else { continue };
+        let at = format!("server.attempts[{n}].http");
+        if !(200..=599).contains(&page.status) {
+            return Err(format!(
+                "{at}.status {} is not a final HTTP status (200..=599)",
+                page.status
+            ));
+        }
+        if let Some(hex) = &page.body_hex {
+            if !page.body.is_empty() {
+                return Err(format!("{at}: body and body_hex together; give one"));
+            }
+            if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{at}.body_hex is not hex bytes"));
+            }
+        }
+        let fields = [
+            (attempt.status != "OK", "status"),
+            (!attempt.messages.is_empty(), "messages"),
+            (!attempt.details.is_empty(), "details"),
+            (attempt.after_headers, "after_headers"),
+            (attempt.pushback_ms.is_some(), "pushback_ms"),
+            (attempt.message_interval_ms != 0, "message_interval_ms"),
+        ];
+        if let Some((_, name)) = fields.iter().find(|(set, _)| *set) {
+            return Err(format!(
+                "{at}: {name} is gRPC's and means nothing for an http reply"
+            ));
+        }
+        let names = attempt
+            .headers
+            .keys()
+            .chain(page.trailers.iter().flat_map(|t| t.keys()));
+        for name in names {
+            if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                return Err(format!("{at}: {name:?} is not a header name"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A running adapter: its stdin, and its stdout lines through a channel (a
@@ -532,8 +594,12 @@ async fn run(o: Options) -> Result<bool, String> {
 /// unexpected pass a `failure` with the notes.
 fn junit_xml(results: &[(String, String, &str, String, Duration)]) -> String {
     let escape = |text: &str| {
+        // XML 1.0 characters only.
         text.chars()
-            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+            .filter(|c| {
+                (!c.is_control() || *c == '\n' || *c == '\t')
+                    && !matches!(c, '\u{FFFE}' | '\u{FFFF}')
+            })
             .collect::<String>()
             .replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -554,9 +620,10 @@ fn junit_xml(results: &[(String, String, &str, String, Duration)]) -> String {
             .count();
         let skipped = rows.iter().filter(|r| r.2 == "xfail").count();
         xml.push_str(&format!(
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{:.3}\">\n",
             escape(suite),
-            rows.len()
+            rows.len(),
+            rows.iter().map(|r| r.4.as_secs_f64()).sum::<f64>()
         ));
         for (_, id, result, note, took) in rows {
             xml.push_str(&format!(

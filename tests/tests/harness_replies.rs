@@ -100,3 +100,38 @@ async fn a_grpc_reply_is_framed_with_its_status_in_trailers() {
     assert_eq!(body, [0, 0, 0, 0, 0], "one empty message, framed");
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
 }
+
+/// Hand-written frames and their trailers arrive as written, an empty
+/// trailers list as an empty trailers frame (no grpc-status in it).
+#[tokio::test]
+async fn hand_written_frames_and_trailers_arrive_as_written() {
+    let server = MockServer::new();
+    let grpc = || Reply::http(200).header("content-type", "application/grpc");
+    server.push(
+        paths::LIST_REPOSITORIES,
+        grpc()
+            .body(vec![0u8, 0, 0, 0, 10, 1, 2])
+            .trailers([("grpc-status", "0"), ("x-extra", "1")]),
+    );
+    server.push(
+        paths::LIST_REPOSITORIES,
+        grpc().body(vec![0u8; 5]).trailers([]),
+    );
+    let addr = serve_tcp(server).await.unwrap();
+
+    let (status, headers, body, trailers) = raw_call(addr, paths::LIST_REPOSITORIES).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(
+        body,
+        [0, 0, 0, 0, 10, 1, 2],
+        "a frame cut short, as written"
+    );
+    let trailers = trailers.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-extra"], "1");
+
+    let (_, _, body, trailers) = raw_call(addr, paths::LIST_REPOSITORIES).await;
+    assert_eq!(body, [0; 5]);
+    assert_eq!(trailers.expect("an empty trailers frame").len(), 0);
+}

@@ -468,6 +468,13 @@ fn finish(
     }))
 }
 
+/// A single-response call that got a second message.
+fn too_many_messages() -> Status {
+    Status::internal(
+        "the response has 2 messages, but the method answers with one: the server broke the method's shape",
+    )
+}
+
 /// A single-response call that ended OK without its message.
 fn missing_message() -> Status {
     Status::internal("the server ended the call OK without its response message")
@@ -590,6 +597,18 @@ impl StampBody {
                         this.state.record_retryable(false);
                         return fail(status, this.failed, this.state);
                     }
+                    if this.frames.messages() > 1
+                        && this
+                            .state
+                            .method()
+                            .is_some_and(|m| m.kind.has_single_response())
+                    {
+                        // A second message of a method that answers with one:
+                        // tonic would take the first and drop the rest
+                        // silently; grpc-go calls it a cardinality violation.
+                        this.state.record_retryable(false);
+                        return fail(too_many_messages(), this.failed, this.state);
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 if let Some(trailers) = frame.trailers_mut() {
@@ -616,22 +635,6 @@ impl StampBody {
                                 // above the layers; said here, it has the facts.
                                 this.state.record_retryable(false);
                                 return fail(missing_message(), this.failed, this.state);
-                            }
-                            if this.frames.messages() > 1
-                                && this
-                                    .state
-                                    .method()
-                                    .is_some_and(|m| m.kind.has_single_response())
-                            {
-                                // tonic would take the first and drop the
-                                // rest silently; grpc-go calls it a
-                                // cardinality violation, INTERNAL.
-                                this.state.record_retryable(false);
-                                let status = Status::internal(format!(
-                                    "the response has {} messages, but the method answers with one: the server broke the method's shape",
-                                    this.frames.messages()
-                                ));
-                                return fail(status, this.failed, this.state);
                             }
                             // tonic parses OK trailers again: nothing it could panic on.
                             if let Some(why) = crate::peer::sanitize(trailers) {

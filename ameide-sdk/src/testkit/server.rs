@@ -50,12 +50,16 @@ impl Reply {
     /// [`body`](Self::body) gives one, no trailers. How a client turns it
     /// into a status is the test's subject (contract §8).
     ///
+    /// Only the delay ([`after`](Self::after)), headers, body and trailers
+    /// apply to it; messages and statuses are gRPC's.
+    ///
     /// ```
     /// use ameide_sdk::testkit::Reply;
     /// let page = Reply::http(502)
     ///     .header("content-type", "text/html")
     ///     .body("<html><body><h1>502 Bad Gateway</h1></body></html>");
-    /// # drop(page);
+    /// assert!(format!("{page:?}").contains("502"));
+    /// assert!(format!("{:?}", Reply::http(1000)).contains("500"), "an invalid status is 500");
     /// ```
     pub fn http(status: u16) -> Self {
         let status =
@@ -68,6 +72,12 @@ impl Reply {
 
     /// The body of an [`http`](Self::http) reply, sent as given (no gRPC
     /// framing); ignored by gRPC replies.
+    ///
+    /// ```
+    /// use ameide_sdk::testkit::Reply;
+    /// let json = Reply::http(200).header("content-type", "application/json").body("{}");
+    /// assert!(format!("{json:?}").contains("b\"{}\""));
+    /// ```
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         if let Some((_, bytes)) = self.http.as_mut() {
             *bytes = body.into();
@@ -75,10 +85,12 @@ impl Reply {
         self
     }
 
-    /// A trailer after an [`http`](Self::http) reply's body (none unless
-    /// given): with `content-type: application/grpc` and a body of frames
-    /// written by hand, a gRPC response as malformed as a test needs. An
-    /// invalid name or value is ignored.
+    /// A trailers frame after an [`http`](Self::http) reply's body (none
+    /// unless given; an empty list sends an empty one): with
+    /// `content-type: application/grpc` and a body of frames written by
+    /// hand, a gRPC response as malformed as a test needs. Only for
+    /// [`http`](Self::http) replies (a gRPC reply's trailers carry its
+    /// status); an invalid name or value is left out.
     ///
     /// ```
     /// use ameide_sdk::testkit::Reply;
@@ -86,17 +98,18 @@ impl Reply {
     /// let cut = Reply::http(200)
     ///     .header("content-type", "application/grpc")
     ///     .body(vec![0u8, 0, 0, 0, 10, 1, 2])
-    ///     .trailer("grpc-status", "0");
-    /// # drop(cut);
+    ///     .trailers([("grpc-status", "0")]);
+    /// assert!(format!("{cut:?}").contains("grpc-status"));
     /// ```
-    pub fn trailer(mut self, name: &str, value: &str) -> Self {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            self.http_trailers
-                .get_or_insert_with(HeaderMap::new)
-                .append(name, value);
+    pub fn trailers<'a>(mut self, trailers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let map = self.http_trailers.get_or_insert_with(HeaderMap::new);
+        for (name, value) in trailers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                map.append(name, value);
+            }
         }
         self
     }

@@ -265,14 +265,16 @@ fn failed(outcome: &mut Outcome, status: tonic::Status) {
     outcome.code = ameide_sdk::canonical_code_name(err.code()).to_owned();
     outcome.message = err.message().to_owned();
     outcome.details = details(&err);
-    // An error the adapter raised itself (a response that does not decode)
-    // keeps the facts the call's response reported.
-    if let Some(id) = err.request_id() {
-        outcome.request_id = Some(id.to_owned());
-    }
-    if err.attempts() > 0 || outcome.attempts.is_none() {
-        outcome.attempts = Some(u64::from(err.attempts()));
-    }
+    outcome.request_id = err.request_id().map(str::to_owned);
+    outcome.attempts = Some(u64::from(err.attempts()));
+}
+
+/// A response message that does not decode as the method's response type:
+/// INTERNAL, as a typed client's codec says, with the facts the call's
+/// response reported (the SDK's own errors carry theirs: [`failed`]).
+fn decode_failed(outcome: &mut Outcome, status: &tonic::Status) {
+    outcome.code = "INTERNAL".into();
+    outcome.message = status.message().to_owned();
 }
 
 /// The call's path from its roster key and method, as the SDK resolves it
@@ -381,6 +383,8 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         failed(&mut outcome, status);
         return outcome;
     }
+    // A response the SDK handed over that does not decode (the adapter's verdict).
+    let mut undecodable: Option<tonic::Status> = None;
     let result: Result<(), tonic::Status> = if request.kind == "server_streaming" {
         match grpc
             .server_streaming::<Bytes, Bytes, _>(call, path, BytesCodec)
@@ -396,7 +400,10 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
                     match stream.message().await {
                         Ok(Some(bytes)) => match response_json(&bytes, &method, breaks) {
                             Ok(json) => outcome.responses.push(json),
-                            Err(status) => break Err(status),
+                            Err(status) => {
+                                undecodable = Some(status);
+                                break Ok(());
+                            }
                         },
                         Ok(None) => break Ok(()),
                         Err(status) => break Err(status),
@@ -412,16 +419,20 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
                     outcome.request_id = Some(info.request_id.to_string());
                     outcome.attempts = Some(u64::from(info.attempts));
                 }
-                response_json(response.get_ref(), &method, breaks)
-                    .map(|json| outcome.responses.push(json))
+                match response_json(response.get_ref(), &method, breaks) {
+                    Ok(json) => outcome.responses.push(json),
+                    Err(status) => undecodable = Some(status),
+                }
+                Ok(())
             }
             Err(status) => Err(status),
         }
     };
     outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    match result {
-        Ok(()) => outcome.code = "OK".into(),
-        Err(status) => failed(&mut outcome, status),
+    match (result, undecodable) {
+        (Err(status), _) => failed(&mut outcome, status),
+        (Ok(()), Some(status)) => decode_failed(&mut outcome, &status),
+        (Ok(()), None) => outcome.code = "OK".into(),
     }
     if has(breaks, "accept-malformed") && MALFORMED.iter().any(|m| outcome.message.contains(m)) {
         outcome.code = "OK".into();
