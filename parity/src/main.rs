@@ -5,6 +5,12 @@
 //!                   [--known-failing FILE] [--report FILE] [--junit FILE] [--break BEHAVIOUR]…
 //!                   [--case-timeout SECONDS]
 //! ameide-parity server                # the harness server alone, for adapter development
+//! ```
+//!
+//! The cases are `--cases DIR`, else a `cases` directory next to the binary
+//! (a release bundle), else the repository's `parity/cases`.
+//!
+//! ```text
 //! ameide-parity descriptor-set FILE   # the bundle's FileDescriptorSet, for adapters
 //! ```
 //!
@@ -148,11 +154,18 @@ const LINGER: Duration = Duration::from_secs(5);
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let sibling = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .with_file_name("parity-adapter-rust");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let sibling = exe.with_file_name("parity-adapter-rust");
+    // A release bundle keeps the cases next to the binary; a build from
+    // the repository finds them in its source tree.
+    let beside = exe.with_file_name("cases");
+    let cases = if beside.is_dir() {
+        beside
+    } else {
+        root.join("cases")
+    };
     let mut o = Options {
-        cases: root.join("cases"),
+        cases,
         adapter: vec![sibling.display().to_string()],
         run: Vec::new(),
         skip: Vec::new(),

@@ -14,6 +14,7 @@
 //! | `deny` | `cargo deny check bans licenses sources` with `deny.toml` (cargo-deny installed into the tools cache on first use) |
 //! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
 //! | `parity [runner args…]` | the parity cases (`parity/cases`) against the Rust reference adapter (see `docs/parity.md`) |
+//! | `parity-bundle` | `target/parity-bundle/`: the release `ameide-parity` runner and reference adapter with the cases, the Python example and `parity.md`, checked by running it (the release workflow uploads it) |
 //! | `soak [--calls N]` | N (default 200,000) calls through one client in release mode; fails if RSS grows past the bound |
 //! | `keepalive-soak` | the five-minute keepalive run: grpc-go's default ping policy and the SDK's default settings, a stream silent for 5 minutes survives (`tests/tests/keepalive.rs`, ignored in `cargo test`) |
 //! | `fuzz [--seconds N] [TARGET…]` | every cargo-fuzz target in `fuzz/` (or those named) for N seconds each (default 60), from the committed seeds; fails on a crash (cargo-fuzz installed into the tools cache on first use; stable toolchain with `RUSTC_BOOTSTRAP=1`) |
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         ["buf-breaking", "--against", rev] => buf_breaking(rev),
         ["version"] => version().map(|_| ()),
         ["package-smoke"] => package_smoke(),
+        ["parity-bundle"] => parity_bundle(),
         ["parity", rest @ ..] => parity(rest),
         ["soak", rest @ ..] => soak(rest),
         ["keepalive-soak"] => keepalive_soak(),
@@ -160,6 +162,7 @@ fn print_help() {
          fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
+         parity-bundle       the release parity runner, adapter and cases in target/parity-bundle\n\
          soak [args]         200k calls through one client; fails if RSS grows past 10 MiB\n\
          keepalive-soak      a stream silent for 5 minutes against grpc-go's default ping policy\n\
          ci                  everything CI runs"
@@ -1150,6 +1153,53 @@ fn parity(args: &[&str]) -> Result<(), String> {
             .current_dir(&root),
         "ameide-parity run",
     )
+}
+
+/// The parity runner as the other SDKs' CI takes it: `target/parity-bundle/`
+/// with `ameide-parity` and the reference adapter (release builds), the
+/// cases beside them (the runner's default there), the thin Python example
+/// and `parity.md`; checked by running the bundle's own runner on it.
+fn parity_bundle() -> Result<(), String> {
+    let root = workspace_root();
+    run(
+        cargo()
+            .args(["build", "--locked", "--release", "-p", "ameide-parity"])
+            .current_dir(&root),
+        "cargo build --release (parity)",
+    )?;
+    let bundle = root.join("target/parity-bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(bundle.join("examples"))
+        .map_err(|e| format!("{}: {e}", bundle.display()))?;
+    for bin in ["ameide-parity", "parity-adapter-rust"] {
+        std::fs::copy(root.join("target/release").join(bin), bundle.join(bin))
+            .map_err(|e| format!("{bin}: {e}"))?;
+    }
+    std::fs::copy(root.join("docs/parity.md"), bundle.join("parity.md"))
+        .map_err(|e| format!("parity.md: {e}"))?;
+    run(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root.join("parity/cases"))
+            .arg(&bundle),
+        "copy the cases",
+    )?;
+    run(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root.join("parity/examples/python"))
+            .arg(bundle.join("examples")),
+        "copy the Python example",
+    )?;
+    // The bundle runs by itself: its runner finds the cases beside it.
+    run(
+        Command::new(bundle.join("ameide-parity"))
+            .args(["run", "--run", "defaults-unary-ok"])
+            .current_dir(std::env::temp_dir()),
+        "the bundle's own run",
+    )?;
+    println!("parity bundle: {}", bundle.display());
+    Ok(())
 }
 
 /// Builds the bench harness in release mode and runs its soak.
