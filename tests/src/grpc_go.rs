@@ -165,6 +165,22 @@ impl GoServer {
             .collect()
     }
 
+    /// The calls that arrived, once the server's printed events have all
+    /// been read (the count unchanged for 100 ms; at most 2 s): what
+    /// `calls` says right after a call may miss its line still in flight.
+    pub async fn settled_calls(&self) -> usize {
+        let mut last = self.calls();
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = self.calls();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// The calls that arrived so far.
     pub fn calls(&self) -> usize {
         self.events().iter().filter(|e| e.what == "call").count()

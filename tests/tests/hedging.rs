@@ -86,7 +86,7 @@ async fn hedging_answers_at_the_fast_replicas_pace_and_cancels_the_slow_one() {
     );
     // The fast replicas' 20 ms plus the hedging delay's 20 ms, and room.
     assert!(median < Duration::from_millis(80), "median {median:?}");
-    let slow_calls = servers[2].calls() - slow_before.0;
+    let slow_calls = servers[2].settled_calls().await - slow_before.0;
     let fast_calls: usize = servers[..2].iter().map(GoServer::calls).sum();
     eprintln!(
         "hedged: median {median:?}, slowest {worst:?}; the slow replica got {slow_calls} attempts, the fast ones {fast_calls} (warm-up included)"

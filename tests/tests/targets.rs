@@ -45,7 +45,11 @@ async fn a_unix_target_reaches_a_grpc_go_server_on_its_socket() {
     for _ in 0..20 {
         calls::read(&client).await.expect("a call over the socket");
     }
-    assert_eq!(server.calls(), 20, "every call reached grpc-go");
+    assert_eq!(
+        server.settled_calls().await,
+        20,
+        "every call reached grpc-go"
+    );
     assert_eq!(server.connections().len(), 1, "one connection carried them");
 
     let missing = dir.path().join("missing.sock");
@@ -446,15 +450,17 @@ async fn a_dns_target_over_tls_verifies_the_name_on_every_replica() {
         );
         calls::read(&client).await.expect("a call over TLS");
     }
-    let before: Vec<usize> = servers.iter().map(GoServer::calls).collect();
+    let mut before = Vec::new();
+    for server in &servers {
+        before.push(server.settled_calls().await);
+    }
     for _ in 0..40 {
         calls::read(&client).await.expect("a call over TLS");
     }
-    let counts: Vec<usize> = servers
-        .iter()
-        .zip(&before)
-        .map(|(s, b)| s.calls() - b)
-        .collect();
+    let mut counts = Vec::new();
+    for (server, b) in servers.iter().zip(&before) {
+        counts.push(server.settled_calls().await - b);
+    }
     assert_eq!(counts, vec![20, 20], "round-robin over both TLS replicas");
 
     // The same replicas under another name: the certificate does not carry it.
