@@ -259,10 +259,16 @@ impl AmeideConfig {
 
 pub use crate::config_error::{ConfigError, ConfigErrorKind};
 
+/// A host as a name or an address: an IPv6 literal without its brackets
+/// (`[::1]` → `::1`), anything else as it is.
+pub(crate) fn unbracketed(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Whether `host` (a name, an IP address, or a bracketed IPv6 address) is
 /// this machine: `localhost` or a loopback address.
 pub(crate) fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = unbracketed(host);
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()

@@ -395,9 +395,7 @@ fn finish(
     // up with its headers sanitized, because tonic parses them again. Either
     // way the call ends here.
     let trailers_only = grpc_code(response.headers());
-    if trailers_only == Some(tonic::Code::Ok)
-        && state.method().is_some_and(|m| m.kind.has_single_response())
-    {
+    if trailers_only == Some(tonic::Code::Ok) && answers_with_one(&state) {
         // OK with no body at all: the one response message is missing
         // (tonic would say so above the layers, without the facts).
         return Err(own_verdict(missing_message(), &state, call.take()));
@@ -466,6 +464,12 @@ fn finish(
             call,
         })
     }))
+}
+
+/// Whether the call's method answers with one message (unary, client
+/// streaming), as the bundle says.
+fn answers_with_one(state: &CallState) -> bool {
+    state.method().is_some_and(|m| m.kind.has_single_response())
 }
 
 /// A single-response call that got a second message.
@@ -597,12 +601,7 @@ impl StampBody {
                         this.state.record_retryable(false);
                         return fail(status, this.failed, this.state);
                     }
-                    if this.frames.messages() > 1
-                        && this
-                            .state
-                            .method()
-                            .is_some_and(|m| m.kind.has_single_response())
-                    {
+                    if this.frames.messages() > 1 && answers_with_one(this.state) {
                         // A second message of a method that answers with one:
                         // tonic would take the first and drop the rest
                         // silently; grpc-go calls it a cardinality violation.
@@ -625,12 +624,7 @@ impl StampBody {
                             if let Some(status) = this.frames.cut_off() {
                                 return fail(status, this.failed, this.state);
                             }
-                            if this.frames.messages() == 0
-                                && this
-                                    .state
-                                    .method()
-                                    .is_some_and(|m| m.kind.has_single_response())
-                            {
+                            if this.frames.messages() == 0 && answers_with_one(this.state) {
                                 // tonic would say "Missing response message"
                                 // above the layers; said here, it has the facts.
                                 this.state.record_retryable(false);

@@ -76,11 +76,7 @@ impl DnsTask {
                 return;
             }
             let started = Instant::now();
-            let name = self
-                .target
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']');
+            let name = crate::config::unbracketed(&self.target.host);
             let answer = tokio::select! {
                 _ = &mut self.ended => return,
                 answer = self.resolver.lookup_ip(name) => answer,

@@ -657,10 +657,7 @@ pub(crate) fn http2_transport(
 
 /// A URI's host without an IPv6 literal's brackets.
 fn bare_host(uri: &http::Uri) -> &str {
-    uri.host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
+    crate::config::unbracketed(uri.host().unwrap_or_default())
 }
 
 /// A resolved target (`dns:` or a resolver's): a balancer over the
@@ -795,11 +792,7 @@ fn subchannel(
         // The name the certificate must carry: the authority's host when it
         // is overridden (an IP endpoint with a named certificate), else the endpoint's.
         let tls_host = match &options.authority {
-            Some(_) => authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            Some(_) => crate::config::unbracketed(authority.host()).to_owned(),
             None => host.clone(),
         };
         let name = rustls_pki_types::ServerName::try_from(tls_host.clone()).map_err(|e| {

@@ -139,11 +139,7 @@ fn parse(url: &str) -> Result<ProxyRoute, String> {
     let parsed: http::uri::Authority = hostport
         .parse()
         .map_err(|e| format!("not a host[:port]: {e}"))?;
-    let host = parsed
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = crate::config::unbracketed(parsed.host()).to_owned();
     if host.is_empty() {
         return Err("no host".to_owned());
     }

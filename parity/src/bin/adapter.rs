@@ -51,15 +51,19 @@ const MALFORMED: &[&str] = &[
     "without its response message",
 ];
 
+/// Whether the SDK made this response's status from an answer that was not
+/// gRPC (its message says "not a gRPC response", percent-encoded).
+fn is_page(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().starts_with(b"not%20a%20gRPC%20response"))
+}
+
 /// Under `--break no-http-mapping`: every answer that was not gRPC (the
 /// SDK names it "not a gRPC response") becomes UNKNOWN, as in a client
 /// without gRPC's HTTP-to-gRPC mapping.
 fn unknown_for_pages(mut response: HttpResponse) -> HttpResponse {
-    let page = response
-        .headers()
-        .get("grpc-message")
-        .is_some_and(|m| m.as_bytes().starts_with(b"not%20a%20gRPC%20response"));
-    if page {
+    if is_page(response.headers()) {
         response
             .headers_mut()
             .insert("grpc-status", http::HeaderValue::from_static("2"));
@@ -73,11 +77,7 @@ fn unknown_for_pages(mut response: HttpResponse) -> HttpResponse {
 /// outage.
 fn unavailable_for_unknown_pages(mut response: HttpResponse) -> HttpResponse {
     let headers = response.headers();
-    let page = headers
-        .get("grpc-message")
-        .is_some_and(|m| m.as_bytes().starts_with(b"not%20a%20gRPC%20response"))
-        && headers.get("grpc-status").is_some_and(|s| s == "2");
-    if page {
+    if is_page(headers) && headers.get("grpc-status").is_some_and(|s| s == "2") {
         response
             .headers_mut()
             .insert("grpc-status", http::HeaderValue::from_static("14"));

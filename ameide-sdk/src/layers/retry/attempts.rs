@@ -29,6 +29,7 @@ pub(crate) fn attempt_request(
     remaining: Option<Duration>,
     headers: http::HeaderMap,
     extensions: http::Extensions,
+    transparent: bool,
 ) -> HttpRequest {
     // The first attempt keeps the grpc-timeout the timeout layer set a moment
     // ago (one header value less per call); later ones send what is left.
@@ -43,6 +44,13 @@ pub(crate) fn attempt_request(
         request
             .headers_mut()
             .insert(names::PREVIOUS_ATTEMPTS, HeaderValue::from(attempt - 1));
+    }
+    if transparent {
+        // gRFC A6: the server may see how many transparent resends came before.
+        request.headers_mut().insert(
+            crate::transport::connection::TRANSPARENT_ATTEMPTS,
+            HeaderValue::from_static("1"),
+        );
     }
     request
 }
@@ -127,15 +135,15 @@ where
                 .unwrap_or_else(|| replay_headers.rebuild());
             // The request lives in the attempt's future only, not beside it.
             let sent = {
-                let mut request =
-                    attempt_request(&parts, &bytes, attempt, remaining, headers, extensions);
-                if transparent_used {
-                    // gRFC A6: the server may see how many transparent resends came before.
-                    request.headers_mut().insert(
-                        crate::transport::connection::TRANSPARENT_ATTEMPTS,
-                        HeaderValue::from_static("1"),
-                    );
-                }
+                let request = attempt_request(
+                    &parts,
+                    &bytes,
+                    attempt,
+                    remaining,
+                    headers,
+                    extensions,
+                    transparent_used,
+                );
                 (&mut inner).oneshot(request)
             };
             let failed = match sent.await {

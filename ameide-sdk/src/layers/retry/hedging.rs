@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::HeaderValue;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
@@ -517,13 +516,15 @@ where
         None => parts.extensions.clone(),
     };
     extensions.insert(HedgeAttempt(attempt));
-    let mut request = attempt_request(parts, bytes, attempt, remaining, headers, extensions);
-    if transparent {
-        request.headers_mut().insert(
-            crate::transport::connection::TRANSPARENT_ATTEMPTS,
-            HeaderValue::from_static("1"),
-        );
-    }
+    let request = attempt_request(
+        parts,
+        bytes,
+        attempt,
+        remaining,
+        headers,
+        extensions,
+        transparent,
+    );
     let future = inner.clone().oneshot(request);
     Box::pin(async move { future.await.map_err(Into::into) })
 }
