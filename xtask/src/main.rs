@@ -471,6 +471,16 @@ fn ci() -> Result<(), String> {
 
 fn print_report(report: &[(&str, std::time::Duration, bool)]) {
     println!("\n--- xtask ci summary");
+    // CI's disk is shared and small: the build's footprint is part of the report.
+    if let Ok(out) = Command::new("du")
+        .args(["-sh", "target", "fuzz/target"])
+        .current_dir(workspace_root())
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("disk: {line}");
+        }
+    }
     for (name, took, ok) in report {
         println!(
             "{:<18} {:>8.1?}  {}",
