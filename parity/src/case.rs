@@ -16,6 +16,12 @@ pub struct Case {
     pub suite: String,
     /// What the case proves, in a sentence.
     pub description: String,
+    /// Axes the case also runs across: `compression` runs it once more per
+    /// encoding (`<id>@gzip`, `<id>@zstd`), the client sending its requests
+    /// compressed and the server answering compressed, and checks
+    /// `grpc-encoding` on every attempt.
+    #[serde(default)]
+    pub axes: Vec<String>,
     /// Client configuration.
     #[serde(default)]
     pub client: ClientConfig,
@@ -48,6 +54,11 @@ pub struct ClientConfig {
     pub token: Token,
     /// Retry overrides.
     pub retry: Option<RetryOverrides>,
+    /// Compress request messages: `gzip` or `zstd`.
+    pub compression: Option<String>,
+    /// The largest response message the client accepts, bytes (default: the
+    /// contract's 4 MiB).
+    pub max_decoding_bytes: Option<u64>,
 }
 
 /// What the token provider does.
@@ -109,6 +120,13 @@ pub struct Call {
     pub timeout_ms: Option<u64>,
     /// The caller's W3C trace context: the call is made as part of this trace.
     pub traceparent: Option<String>,
+    /// The caller gives up on the call this long after starting it (drops
+    /// it, cancels its context, aborts its signal): the adapter reports
+    /// `CANCELLED`.
+    pub cancel_after_ms: Option<u64>,
+    /// The caller gives up on a stream once it has this many response
+    /// messages: the adapter reports `CANCELLED` with those messages.
+    pub cancel_after_messages: Option<u64>,
 }
 
 fn core_suite() -> String {
@@ -150,6 +168,11 @@ pub struct AttemptReply {
     /// Wait between messages, ms.
     #[serde(default)]
     pub message_interval_ms: u64,
+    /// Wait after the last message before the trailers, ms.
+    #[serde(default)]
+    pub trailers_delay_ms: u64,
+    /// Send the messages compressed: `gzip` or `zstd` (with `grpc-encoding`).
+    pub compress: Option<String>,
     /// When the status is not OK: send headers first (the call is then committed).
     #[serde(default)]
     pub after_headers: bool,
@@ -253,6 +276,15 @@ pub struct Expect {
     pub max_elapsed_ms: Option<u64>,
     /// The call must last at least this long (both clocks, ms).
     pub min_elapsed_ms: Option<u64>,
+    /// Whether the client reset the last attempt's stream (`RST_STREAM`)
+    /// before the server finished its reply: `true` for a cancelled call or
+    /// one whose deadline cut the reply, `false` for a call that let the
+    /// server finish.
+    pub reset_by_client: Option<bool>,
+    /// Wait this long after the outcome before judging what the server saw
+    /// (a cancelled call must send no later attempt), ms.
+    #[serde(default)]
+    pub settle_ms: u64,
 }
 
 /// A check on one header of some attempts.

@@ -95,6 +95,17 @@ pub fn failures(e: &Evidence<'_>) -> Vec<String> {
         out.extend(trace_checks(e));
     }
     out.extend(timeout_checks(e));
+    if let Some(want) = expect.reset_by_client {
+        match attempts.last() {
+            Some(last) if last.cancelled != want => out.push(if want {
+                "the server finished the last attempt (or is still on it): the client never reset its stream (RST_STREAM)".to_owned()
+            } else {
+                "the client reset the last attempt's stream before the server finished".to_owned()
+            }),
+            Some(_) => {}
+            None => out.push("no attempt reached the server".into()),
+        }
+    }
     for delay in &expect.delays {
         let (Some(before), Some(after)) = (
             attempts.get(delay.before_attempt.wrapping_sub(2)),

@@ -39,6 +39,56 @@ fn code(name: &str) -> Result<Code, String> {
         .ok_or_else(|| format!("unknown status code {name:?}"))
 }
 
+/// A compression the harness speaks, by its `grpc-encoding` name.
+fn encoding(name: &str) -> Result<tonic::codec::CompressionEncoding, String> {
+    match name {
+        "gzip" => Ok(tonic::codec::CompressionEncoding::Gzip),
+        "zstd" => Ok(tonic::codec::CompressionEncoding::Zstd),
+        other => Err(format!("unknown compression {other:?} (known: gzip, zstd)")),
+    }
+}
+
+/// The encodings of the `compression` axis.
+const COMPRESSIONS: &[&str] = &["gzip", "zstd"];
+
+/// A case and its variants along its axes (see [`Case::axes`]).
+fn expand(case: Case) -> Result<Vec<Case>, String> {
+    let mut out = vec![case.clone()];
+    for axis in &case.axes {
+        match axis.as_str() {
+            "compression" => {
+                for name in COMPRESSIONS {
+                    let mut variant = case.clone();
+                    variant.id = format!("{}@{name}", case.id);
+                    variant.axes.clear();
+                    variant.description = format!(
+                        "{} (requests and responses compressed with {name})",
+                        case.description
+                    );
+                    variant.client.compression = Some((*name).to_owned());
+                    for attempt in &mut variant.server.attempts {
+                        if attempt.http.is_none() {
+                            attempt.compress = Some((*name).to_owned());
+                        }
+                    }
+                    for check in [
+                        serde_json::json!({"name": "grpc-encoding", "exact": name}),
+                        serde_json::json!({"name": "grpc-accept-encoding", "contains": name}),
+                    ] {
+                        variant
+                            .expect
+                            .headers
+                            .push(serde_json::from_value(check).map_err(|e| e.to_string())?);
+                    }
+                    out.push(variant);
+                }
+            }
+            other => return Err(format!("unknown axis {other:?} (known: compression)")),
+        }
+    }
+    Ok(out)
+}
+
 /// The server's reply for one attempt. An `OK` unary reply without scripted
 /// messages sends one empty message: a valid response of every method.
 fn reply(
@@ -127,7 +177,11 @@ fn reply(
     };
     r = r
         .after(Duration::from_millis(a.delay_ms))
-        .every(Duration::from_millis(a.message_interval_ms));
+        .every(Duration::from_millis(a.message_interval_ms))
+        .trailers_after(Duration::from_millis(a.trailers_delay_ms));
+    if let Some(name) = &a.compress {
+        r = r.compressed(encoding(name)?);
+    }
     for (k, v) in &a.headers {
         r = r.header(k, v);
     }
@@ -229,13 +283,31 @@ fn load_cases(dir: &std::path::Path) -> Result<Vec<Case>, String> {
             return Err(format!("{}: duplicate case id {}", file.display(), case.id));
         }
         validate(&case).map_err(|e| format!("{}: {e}", file.display()))?;
-        cases.push(case);
+        let variants = expand(case).map_err(|e| format!("{}: {e}", file.display()))?;
+        for variant in variants.iter().skip(1) {
+            if !ids.insert(variant.id.clone()) {
+                return Err(format!(
+                    "{}: duplicate case id {}",
+                    file.display(),
+                    variant.id
+                ));
+            }
+        }
+        cases.extend(variants);
     }
     Ok(cases)
 }
 
 /// The suites a case may name (a typo would start a suite of its own).
-const SUITES: &[&str] = &["core", "http-errors", "malformed-responses"];
+const SUITES: &[&str] = &[
+    "core",
+    "http-errors",
+    "malformed-responses",
+    "compression",
+    "message-limits",
+    "cancellation",
+    "timeouts",
+];
 
 /// What the case format cannot say by itself: a known suite, and raw HTTP
 /// replies the server can send as written (checked before any case runs).
@@ -247,7 +319,19 @@ fn validate(case: &Case) -> Result<(), String> {
             SUITES.join(", ")
         ));
     }
+    if let Some(name) = &case.client.compression {
+        encoding(name).map_err(|e| format!("client.compression: {e}"))?;
+    }
+    if case.client.max_decoding_bytes == Some(0) {
+        return Err("client.max_decoding_bytes must be at least 1".into());
+    }
+    if case.call.cancel_after_messages.is_some() && case.call.cancel_after_ms.is_some() {
+        return Err("call: cancel_after_ms and cancel_after_messages together; give one".into());
+    }
     for (n, attempt) in case.server.attempts.iter().enumerate() {
+        if let Some(name) = &attempt.compress {
+            encoding(name).map_err(|e| format!("server.attempts[{n}].compress: {e}"))?;
+        }
         let Some(page) = &attempt.http else { continue };
         let at = format!("server.attempts[{n}].http");
         if !(200..=599).contains(&page.status) {
@@ -271,6 +355,8 @@ fn validate(case: &Case) -> Result<(), String> {
             (attempt.after_headers, "after_headers"),
             (attempt.pushback_ms.is_some(), "pushback_ms"),
             (attempt.message_interval_ms != 0, "message_interval_ms"),
+            (attempt.trailers_delay_ms != 0, "trailers_delay_ms"),
+            (attempt.compress.is_some(), "compress"),
         ];
         if let Some((_, name)) = fields.iter().find(|(set, _)| *set) {
             return Err(format!(
@@ -499,9 +585,9 @@ async fn run(o: Options) -> Result<bool, String> {
         };
         let (outcome, mut problems, runner_elapsed, restart) =
             exchange(running, &request, o.case_timeout).await;
-        // Let late attempts (a retry after the response) and stray extra
-        // lines land before judging.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Let late attempts (a retry after the response), a reset and stray
+        // extra lines land before judging.
+        tokio::time::sleep(Duration::from_millis(20.max(case.expect.settle_ms))).await;
         if restart {
             adapter = None;
         } else if let Some(a) = adapter.as_mut() {

@@ -28,21 +28,48 @@ fn run(breaks: &[&str]) -> (bool, BTreeSet<String>, usize) {
     (output.status.success(), failed, rows.len())
 }
 
-fn all_cases() -> BTreeSet<String> {
+/// Every case file, parsed.
+fn case_files() -> Vec<serde_json::Value> {
     std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/cases"))
         .unwrap()
         .flatten()
-        .filter_map(|e| {
-            e.path()
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+        .collect()
+}
+
+/// A case's id and the ids of its variants along its axes.
+fn ids_of(case: &serde_json::Value) -> Vec<String> {
+    let id = case["id"].as_str().unwrap().to_owned();
+    let mut ids = vec![id.clone()];
+    let axes = case["axes"].as_array().cloned().unwrap_or_default();
+    if axes.iter().any(|a| a == "compression") {
+        ids.extend(["gzip", "zstd"].map(|e| format!("{id}@{e}")));
+    }
+    ids
+}
+
+fn all_cases() -> BTreeSet<String> {
+    case_files().iter().flat_map(ids_of).collect()
+}
+
+/// Cases whose call sends a request other than the empty message.
+fn cases_with_a_request() -> Vec<String> {
+    case_files()
+        .iter()
+        .filter(|c| {
+            c["call"]["request"]
+                .as_object()
+                .is_some_and(|o| !o.is_empty())
         })
+        .flat_map(ids_of)
         .collect()
 }
 
 enum Must<'a> {
     Exactly(&'a [&'a str]),
     AllBut(&'a [&'a str]),
+    These(Vec<String>),
 }
 
 fn control(mode: &str, must: Must<'_>, may: &[&str]) {
@@ -55,6 +82,7 @@ fn control(mode: &str, must: Must<'_>, may: &[&str]) {
             }
             all
         }
+        Must::These(ids) => ids.into_iter().collect(),
     };
     let (ok, failed, ran) = run(&[mode]);
     assert!(ran >= 50, "--break {mode}: only {ran} cases ran");
@@ -85,6 +113,29 @@ const DEADLINE_CASES: &[&str] = &[
     "no-backoff-past-the-deadline",
     "per-call-timeout-overrides",
     "stream-cut-by-the-deadline",
+    "defaults-unary-ok@gzip",
+    "defaults-unary-ok@zstd",
+    "stream-cut-by-the-deadline@gzip",
+    "stream-cut-by-the-deadline@zstd",
+    "deadline-before-the-headers-resets-the-stream",
+];
+
+/// Deadlines that cut a reply halfway: with no deadline at all the call
+/// succeeds late, and a budget cut in half still cuts it.
+const CUT_REPLY_CASES: &[&str] = &[
+    "deadline-before-the-trailers-of-a-stream",
+    "deadline-before-the-trailers-of-a-unary-call",
+    "deadline-between-stream-messages-resets-the-stream",
+];
+
+/// Cases the caller cancels (the adapter then reports no call facts when
+/// the call was cancelled before its response headers).
+const CANCEL_CASES: &[&str] = &[
+    "cancel-a-stream-after-two-messages",
+    "cancel-a-stream-before-its-first-message",
+    "cancel-a-stream-waiting-for-its-trailers",
+    "cancel-during-a-retry-backoff-stops-the-retries",
+    "cancel-while-the-server-is-slow",
 ];
 
 /// Cases that last long enough (slow replies, backoffs) that a shorter
@@ -127,6 +178,11 @@ fn dropping_the_request_id() {
         Must::AllBut(&[
             "auth-provider-error-is-unavailable",
             "auth-provider-refusal-is-unauthenticated",
+            // Cancelled before the response headers: no id is reported.
+            "cancel-a-stream-before-its-first-message",
+            "cancel-a-stream-waiting-for-its-trailers",
+            "cancel-during-a-retry-backoff-stops-the-retries",
+            "cancel-while-the-server-is-slow",
         ]),
         &[],
     );
@@ -148,6 +204,8 @@ fn retrying_non_retryable_codes() {
             "no-retry-not-found",
             "no-retry-permission-denied",
             "no-retry-unauthenticated",
+            "error-details-errorinfo-and-badrequest@gzip",
+            "error-details-errorinfo-and-badrequest@zstd",
             // Proxy pages that map to those codes.
             "http-400-page-is-internal",
             "http-401-page-is-unauthenticated",
@@ -186,6 +244,11 @@ fn accepting_malformed_responses() {
             "missing-grpc-status-among-other-trailers-is-unknown",
             "no-message-on-a-unary-call-is-internal",
             "two-messages-on-a-unary-call-is-internal",
+            // The client's own receive limits.
+            "declared-length-over-4-mib-fails-before-the-body",
+            "message-over-a-configured-limit-is-resource-exhausted",
+            "own-limit-is-not-retried",
+            "stream-message-over-the-limit-after-one-in-bounds",
         ]),
         &[],
     );
@@ -214,7 +277,9 @@ fn every_other_page_taken_for_an_outage() {
 
 #[test]
 fn ignoring_the_deadline() {
-    control("ignore-deadline", Must::Exactly(DEADLINE_CASES), &[]);
+    let mut must: Vec<String> = DEADLINE_CASES.iter().map(|s| s.to_string()).collect();
+    must.extend(CUT_REPLY_CASES.iter().map(|s| s.to_string()));
+    control("ignore-deadline", Must::These(must), &[]);
 }
 
 #[test]
@@ -223,45 +288,151 @@ fn a_scaled_budget() {
 }
 
 #[test]
-fn a_one_second_default_timeout() {
+fn a_deadline_that_only_stops_waiting() {
+    // The deadline passes as it should, but the stream is left open.
     control(
-        "default-timeout-1s",
-        Must::Exactly(&["default-budget-on-a-stream", "defaults-unary-ok"]),
-        LONG_CASES,
+        "abandon-on-deadline",
+        Must::These(
+            CUT_REPLY_CASES
+                .iter()
+                .chain(&["deadline-before-the-headers-resets-the-stream"])
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        &[],
     );
 }
 
 #[test]
-fn ignoring_the_request() {
+fn ignoring_cancellation() {
+    control("ignore-cancel", Must::Exactly(CANCEL_CASES), &[]);
+}
+
+/// The cases of the compression axis.
+fn axis_cases() -> Vec<String> {
+    all_cases()
+        .into_iter()
+        .filter(|id| id.contains('@'))
+        .collect()
+}
+
+#[test]
+fn sending_uncompressed() {
+    let mut must = axis_cases();
+    must.extend(
+        [
+            "compressed-request-kept-on-retry",
+            "gzip-request-when-configured",
+            "zstd-request-when-configured",
+        ]
+        .map(String::from),
+    );
+    control("no-compression", Must::These(must), &[]);
+}
+
+#[test]
+fn accepting_no_compression() {
+    let mut must = axis_cases();
+    must.extend(
+        [
+            "corrupt-gzip-message-is-internal",
+            "gzip-accepted-by-default",
+            "gzip-response-is-decoded",
+            "limit-applies-to-the-decompressed-size",
+            "uncompressed-message-in-a-compressed-response-is-read",
+            "zstd-response-is-decoded",
+        ]
+        .map(String::from),
+    );
+    control("no-accept-compression", Must::These(must), &[]);
+}
+
+#[test]
+fn no_receive_limit() {
     control(
-        "ignore-request",
+        "no-decode-limit",
         Must::Exactly(&[
-            "default-budget-on-a-stream",
-            "platform-key-resolves",
-            "request-payload-is-proto-json",
-            "response-message-is-received",
-            "stream-committed-on-headers",
-            "stream-cut-by-the-deadline",
-            "stream-metadata-same-as-unary",
-            "stream-not-retried-after-a-message",
-            "stream-retried-before-first-message",
+            "declared-length-over-4-mib-fails-before-the-body",
+            "limit-applies-to-the-decompressed-size",
+            "message-over-a-configured-limit-is-resource-exhausted",
+            "message-past-the-receive-limit-is-resource-exhausted",
+            "own-limit-is-not-retried",
+            "stream-message-over-the-limit-after-one-in-bounds",
         ]),
         &[],
     );
 }
 
 #[test]
+fn a_receive_limit_off_by_one() {
+    control(
+        "decode-limit-exclusive",
+        Must::Exactly(&[
+            // Refused at the limit, and the limit named is not the one configured.
+            "declared-length-over-4-mib-fails-before-the-body",
+            "message-at-a-configured-limit-is-read",
+            "message-over-a-configured-limit-is-resource-exhausted",
+            "stream-message-over-the-limit-after-one-in-bounds",
+        ]),
+        &[],
+    );
+}
+
+#[test]
+fn a_one_second_default_timeout() {
+    control(
+        "default-timeout-1s",
+        Must::Exactly(&[
+            "default-budget-on-a-stream",
+            "defaults-unary-ok",
+            "defaults-unary-ok@gzip",
+            "defaults-unary-ok@zstd",
+        ]),
+        LONG_CASES,
+    );
+}
+
+#[test]
+fn ignoring_the_request() {
+    // The server decodes every attempt's request: every case that sends one
+    // other than the empty message fails.
+    control("ignore-request", Must::These(cases_with_a_request()), &[]);
+}
+
+#[test]
 fn decoding_responses_as_the_wrong_type() {
+    // Every case whose responses decode differently as the request type
+    // (a stream's messages, a unary response with fields).
     control(
         "wrong-response-type",
         Must::Exactly(&[
+            "cancel-a-stream-after-two-messages",
+            "cancel-a-stream-waiting-for-its-trailers",
+            "completed-call-is-not-reset",
+            "compressed-request-kept-on-retry",
+            "deadline-before-the-trailers-of-a-stream",
+            "deadline-between-stream-messages-resets-the-stream",
             "default-budget-on-a-stream",
+            "gzip-request-when-configured",
+            "gzip-response-is-decoded",
+            "message-at-a-configured-limit-is-read",
             "response-message-is-received",
-            // Stream messages that are not the request type fail to decode.
+            "response-message-is-received@gzip",
+            "response-message-is-received@zstd",
             "stream-cut-by-the-deadline",
+            "stream-cut-by-the-deadline@gzip",
+            "stream-cut-by-the-deadline@zstd",
+            "stream-message-over-the-limit-after-one-in-bounds",
             "stream-metadata-same-as-unary",
+            "stream-metadata-same-as-unary@gzip",
+            "stream-metadata-same-as-unary@zstd",
             "stream-not-retried-after-a-message",
+            "stream-not-retried-after-a-message@gzip",
+            "stream-not-retried-after-a-message@zstd",
             "stream-retried-before-first-message",
+            "uncompressed-message-in-a-compressed-response-is-read",
+            "zstd-request-when-configured",
+            "zstd-response-is-decoded",
         ]),
         &[],
     );

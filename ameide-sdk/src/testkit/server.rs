@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Status;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// What the server does for one attempt.
@@ -41,6 +43,10 @@ pub struct Reply {
     http: Option<(http::StatusCode, Bytes)>,
     /// Trailers after an [`http`](Self::http) body.
     http_trailers: Option<HeaderMap>,
+    /// Messages sent compressed with this encoding.
+    compression: Option<CompressionEncoding>,
+    /// Wait before the trailers of a message stream.
+    trailers_delay: Duration,
 }
 
 impl Reply {
@@ -135,6 +141,8 @@ impl Reply {
             headers: HeaderMap::new(),
             http: None,
             http_trailers: None,
+            compression: None,
+            trailers_delay: Duration::ZERO,
         }
     }
 
@@ -149,6 +157,8 @@ impl Reply {
             headers: HeaderMap::new(),
             http: None,
             http_trailers: None,
+            compression: None,
+            trailers_delay: Duration::ZERO,
         }
     }
 
@@ -168,6 +178,38 @@ impl Reply {
     /// Waits `interval` before each message after the first.
     pub fn every(mut self, interval: Duration) -> Self {
         self.message_interval = interval;
+        self
+    }
+
+    /// Sends the messages compressed with `encoding` (flag 1, and
+    /// `grpc-encoding` in the response headers), as a server does that
+    /// compresses its responses.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::testkit::{MockServer, Reply, duplex_transport};
+    /// use ameide_sdk::proto::graph::v1::{ListRepositoriesRequest, ListRepositoriesResponse};
+    /// use ameide_sdk::tonic::codec::CompressionEncoding;
+    /// let server = MockServer::new();
+    /// let page = ListRepositoriesResponse { repositories: vec![Default::default(); 40], ..Default::default() };
+    /// server.fallback(Reply::message(&page).compressed(CompressionEncoding::Zstd));
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .transport(duplex_transport(server.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// let got = client.graph().list_repositories(ListRepositoriesRequest::default()).await.unwrap();
+    /// assert_eq!(got.into_inner().repositories.len(), 40);
+    /// # }
+    /// ```
+    pub fn compressed(mut self, encoding: CompressionEncoding) -> Self {
+        self.compression = Some(encoding);
+        self
+    }
+
+    /// Waits `delay` after the last message before sending the trailers (a
+    /// server that answers, then takes long to finish).
+    pub fn trailers_after(mut self, delay: Duration) -> Self {
+        self.trailers_delay = delay;
         self
     }
 
@@ -200,12 +242,48 @@ pub struct RecordedAttempt {
     pub messages: Vec<Bytes>,
     /// Which connection the attempt arrived on (numbered from 1 per server, in accept order).
     pub connection: u64,
+    /// The client reset the stream (`RST_STREAM`: a cancellation, or its
+    /// deadline) before the server had sent its whole reply. Read from
+    /// [`MockServer::attempts`] again to see a reset that came later.
+    pub cancelled: bool,
+    /// Set when the reply is abandoned; read into `cancelled` on each snapshot.
+    reset: Arc<AtomicBool>,
+}
+
+/// Marks an attempt cancelled when dropped before [`finish`](Self::finish):
+/// hyper drops the reply (its future, or its body) when the client resets
+/// the stream.
+#[derive(Debug)]
+struct ResetWatch {
+    reset: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl ResetWatch {
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for ResetWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.reset.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl RecordedAttempt {
     /// A header as text, if present and ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn snapshot(&self) -> Self {
+        RecordedAttempt {
+            cancelled: self.reset.load(Ordering::Relaxed),
+            ..self.clone()
+        }
     }
 }
 
@@ -265,7 +343,11 @@ impl MockServer {
 
     /// Every attempt so far, in arrival order.
     pub fn attempts(&self) -> Vec<RecordedAttempt> {
-        self.lock().attempts.clone()
+        self.lock()
+            .attempts
+            .iter()
+            .map(RecordedAttempt::snapshot)
+            .collect()
     }
 
     /// The attempts on one path.
@@ -274,7 +356,7 @@ impl MockServer {
             .attempts
             .iter()
             .filter(|a| a.path == path)
-            .cloned()
+            .map(RecordedAttempt::snapshot)
             .collect()
     }
 
@@ -301,12 +383,22 @@ impl MockServer {
         let (parts, body) = request.into_parts();
         let connection = parts.extensions.get::<ConnectionId>().map_or(0, |c| c.0);
         let path = parts.uri.path().to_owned();
+        let encoding = parts
+            .headers
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let messages = match body.collect().await {
-            Ok(collected) => unframe(collected.to_bytes()),
+            Ok(collected) => unframe(collected.to_bytes(), encoding.as_deref()),
             Err(e) => {
                 return Status::internal(format!("mock server could not read the request: {e}"))
                     .into_http();
             }
+        };
+        let reset = Arc::new(AtomicBool::new(false));
+        let watch = ResetWatch {
+            reset: reset.clone(),
+            finished: false,
         };
         let reply = {
             let mut state = self.lock();
@@ -317,6 +409,8 @@ impl MockServer {
                 at,
                 messages,
                 connection,
+                cancelled: false,
+                reset: reset.clone(),
             });
             let request_id = state
                 .attempts
@@ -333,36 +427,81 @@ impl MockServer {
                 .or_else(|| state.fallback.clone())
                 .unwrap_or_else(Reply::ok)
         };
-        respond(reply).await
+        respond(reply, watch).await
     }
 }
 
-fn unframe(mut bytes: Bytes) -> Vec<Bytes> {
+/// The request's messages; compressed ones (flag 1) are decompressed by
+/// the request's `grpc-encoding` (kept as they came when it names no
+/// encoding the server knows, or they do not decompress).
+fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> Vec<Bytes> {
     let mut out = Vec::new();
     while bytes.len() >= 5 {
-        let _compressed = bytes.get_u8();
+        let compressed = bytes.get_u8() == 1;
         let len = bytes.get_u32() as usize;
         if bytes.len() < len {
             break;
         }
-        out.push(bytes.split_to(len));
+        let message = bytes.split_to(len);
+        let encoding = match encoding {
+            Some("gzip") => Some(CompressionEncoding::Gzip),
+            Some("zstd") => Some(CompressionEncoding::Zstd),
+            _ => None,
+        };
+        match encoding.filter(|_| compressed) {
+            Some(encoding) => out.push(decompress(encoding, &message).unwrap_or(message)),
+            None => out.push(message),
+        }
     }
     out
 }
 
-fn frame(message: &Bytes) -> Bytes {
-    let mut out = BytesMut::with_capacity(message.len() + 5);
-    out.put_u8(0);
-    out.put_u32(message.len() as u32);
-    out.extend_from_slice(message);
+fn decompress(encoding: CompressionEncoding, message: &[u8]) -> Option<Bytes> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match encoding {
+        CompressionEncoding::Gzip => {
+            flate2::read::GzDecoder::new(message)
+                .read_to_end(&mut out)
+                .ok()?;
+        }
+        _ => {
+            out = zstd::stream::decode_all(message).ok()?;
+        }
+    }
+    Some(out.into())
+}
+
+fn compress(encoding: CompressionEncoding, message: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match encoding {
+        CompressionEncoding::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            // Writing to a Vec cannot fail.
+            let _ = encoder.write_all(message);
+            encoder.finish().unwrap_or_default()
+        }
+        _ => zstd::stream::encode_all(message, 0).unwrap_or_default(),
+    }
+}
+
+fn frame(message: &Bytes, compression: Option<CompressionEncoding>) -> Bytes {
+    let compressed = compression.map(|encoding| compress(encoding, message));
+    let payload = compressed.as_deref().unwrap_or(message);
+    let mut out = BytesMut::with_capacity(payload.len() + 5);
+    out.put_u8(u8::from(compressed.is_some()));
+    out.put_u32(payload.len() as u32);
+    out.extend_from_slice(payload);
     out.freeze()
 }
 
-async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
+async fn respond(reply: Reply, mut watch: ResetWatch) -> http::Response<tonic::body::Body> {
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
     if let Some((status, body)) = reply.http {
+        watch.finish();
         let mut response = match reply.http_trailers {
             None => http::Response::new(tonic::body::Body::new(http_body_util::BodyExt::map_err(
                 http_body_util::Full::new(body),
@@ -374,7 +513,7 @@ async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
                     let _ = tx.try_send(Frame::data(body));
                 }
                 let _ = tx.try_send(Frame::trailers(trailers));
-                http::Response::new(tonic::body::Body::new(ChannelBody { rx }))
+                http::Response::new(tonic::body::Body::new(ChannelBody { rx, watch: None }))
             }
         };
         *response.status_mut() = status;
@@ -384,6 +523,7 @@ async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
         return response;
     }
     if reply.trailers_only {
+        watch.finish();
         let status = reply.status.unwrap_or_else(|| Status::ok(""));
         let mut response = status.into_http::<tonic::body::Body>();
         for (name, value) in &reply.headers {
@@ -397,9 +537,16 @@ async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
             if n > 0 && !reply.message_interval.is_zero() {
                 tokio::time::sleep(reply.message_interval).await;
             }
-            if tx.send(Frame::data(frame(message))).await.is_err() {
+            if tx
+                .send(Frame::data(frame(message, reply.compression)))
+                .await
+                .is_err()
+            {
                 return;
             }
+        }
+        if !reply.trailers_delay.is_zero() {
+            tokio::time::sleep(reply.trailers_delay).await;
         }
         let status = reply.status.unwrap_or_else(|| Status::ok(""));
         let mut trailers = HeaderMap::new();
@@ -407,10 +554,19 @@ async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
             let _ = tx.send(Frame::trailers(trailers)).await;
         }
     });
-    let mut response = http::Response::new(tonic::body::Body::new(ChannelBody { rx }));
+    let mut response = http::Response::new(tonic::body::Body::new(ChannelBody {
+        rx,
+        watch: Some(watch),
+    }));
     response
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/grpc"));
+    if let Some(encoding) = reply.compression {
+        response.headers_mut().insert(
+            "grpc-encoding",
+            HeaderValue::from_static(crate::codec::encoding_name(encoding)),
+        );
+    }
     for (name, value) in &reply.headers {
         response.headers_mut().insert(name, value.clone());
     }
@@ -419,6 +575,8 @@ async fn respond(reply: Reply) -> http::Response<tonic::body::Body> {
 
 struct ChannelBody {
     rx: mpsc::Receiver<Frame<Bytes>>,
+    /// Finished once the last frame has been handed to hyper.
+    watch: Option<ResetWatch>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -429,7 +587,24 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
+        let next = self.rx.poll_recv(cx);
+        match next {
+            Poll::Ready(Some(frame)) => {
+                if frame.is_trailers()
+                    && let Some(watch) = self.watch.as_mut()
+                {
+                    watch.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                if let Some(watch) = self.watch.as_mut() {
+                    watch.finish();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -16,7 +16,14 @@
 //! - `misreport`: the reported request id and attempt count are not the call's;
 //! - `no-http-mapping`: a response that is not gRPC (a proxy's page) is UNKNOWN whatever its HTTP status;
 //! - `http-else-unavailable`: one the mapping leaves UNKNOWN (a 200 that is not gRPC, a 418, a 500) is UNAVAILABLE;
-//! - `accept-malformed`: a response that breaks gRPC's framing or the method's shape is reported OK.
+//! - `accept-malformed`: a response that breaks gRPC's framing or the method's shape is reported OK;
+//! - `no-compression`: `client.compression` is ignored: requests go uncompressed;
+//! - `no-decode-limit`: the client accepts response messages of any size (4 GiB − 1);
+//! - `no-accept-compression`: the client advertises and decodes no compression;
+//! - `decode-limit-exclusive`: the receive limit is one byte lower than configured (off by one);
+//! - `ignore-cancel`: `cancel_after_ms` and `cancel_after_messages` are ignored: the call runs to its end;
+//! - `abandon-on-deadline`: just before the budget ends the adapter reports DEADLINE_EXCEEDED and
+//!   leaves the call on the wire (its stream never reset), as a client whose deadline is only a local timer.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -26,7 +33,8 @@ use ameide_parity::protocol::{Outcome, Request};
 use ameide_parity::wire::{self, BytesCodec};
 use ameide_sdk::auth::{AccessToken, TokenError};
 use ameide_sdk::layers::{HttpRequest, HttpResponse, RetryPolicy};
-use ameide_sdk::{AmeideClient, CallInfo, CallOptions, Error};
+use ameide_sdk::tonic::codec::CompressionEncoding;
+use ameide_sdk::{AmeideClient, CallInfo, CallOptions, CodecOptions, Error};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -183,6 +191,30 @@ fn client(request: &Request, breaks: &[String]) -> Result<AmeideClient, String> 
         ]);
     }
     builder = builder.retry_policy(policy);
+    let mut codec = CodecOptions::default();
+    match c.compression.as_deref() {
+        _ if has(breaks, "no-compression") => {}
+        Some("gzip") => codec = codec.with_send_compressed(CompressionEncoding::Gzip),
+        Some("zstd") => codec = codec.with_send_compressed(CompressionEncoding::Zstd),
+        Some(other) => return Err(format!("unknown compression {other:?}")),
+        None => {}
+    }
+    if let Some(limit) = c.max_decoding_bytes {
+        let limit = usize::try_from(limit).map_err(|e| e.to_string())?;
+        codec = codec.with_max_decoding_message_size(limit);
+    }
+    if has(breaks, "no-accept-compression") {
+        codec = codec.with_accept_compressed(&[]);
+    }
+    if has(breaks, "decode-limit-exclusive") {
+        // Off by one: a message exactly at the limit is refused.
+        let limit = codec.max_decoding_message_size;
+        codec = codec.with_max_decoding_message_size(limit.saturating_sub(1).max(1));
+    }
+    if has(breaks, "no-decode-limit") {
+        codec = codec.with_max_decoding_message_size(ameide_sdk::codec::MAX_MESSAGE_SIZE);
+    }
+    builder = builder.codec(codec);
     if has(breaks, "drop-request-id") {
         builder = builder.layer(tower::util::MapRequestLayer::new(
             strip_request_id as fn(HttpRequest) -> HttpRequest,
@@ -373,7 +405,17 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         None => opentelemetry::Context::new(),
     };
     let _attached = parent.attach();
-    let mut grpc = tonic::client::Grpc::new(client.channel());
+    // Set up like the SDK's typed clients: the client's codec options.
+    let codec = client.codec();
+    let mut grpc = tonic::client::Grpc::new(client.channel())
+        .max_decoding_message_size(codec.max_decoding_message_size)
+        .max_encoding_message_size(codec.max_encoding_message_size);
+    for &encoding in codec.accept_compressed {
+        grpc = grpc.accept_compressed(encoding);
+    }
+    if let Some(encoding) = codec.send_compressed {
+        grpc = grpc.send_compressed(encoding);
+    }
     let started = Instant::now();
     if let Err(status) = grpc
         .ready()
@@ -383,53 +425,110 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         failed(&mut outcome, status);
         return outcome;
     }
-    // A response the SDK handed over that does not decode (the adapter's verdict).
-    let mut undecodable: Option<tonic::Status> = None;
-    let result: Result<(), tonic::Status> = if request.kind == "server_streaming" {
-        match grpc
-            .server_streaming::<Bytes, Bytes, _>(call, path, BytesCodec)
-            .await
-        {
-            Ok(response) => {
-                if let Some(info) = response.extensions().get::<CallInfo>() {
-                    outcome.request_id = Some(info.request_id.to_string());
-                    outcome.attempts = Some(u64::from(info.attempts));
-                }
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(bytes)) => match response_json(&bytes, &method, breaks) {
-                            Ok(json) => outcome.responses.push(json),
-                            Err(status) => {
-                                undecodable = Some(status);
-                                break Ok(());
-                            }
-                        },
-                        Ok(None) => break Ok(()),
-                        Err(status) => break Err(status),
+    let ignore_cancel = has(breaks, "ignore-cancel");
+    let cancel_after_messages = request
+        .call
+        .cancel_after_messages
+        .filter(|_| !ignore_cancel)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let responses = &mut outcome.responses;
+    let making = async {
+        // A response the SDK handed over that does not decode (the adapter's verdict).
+        let mut undecodable: Option<tonic::Status> = None;
+        let mut facts = None;
+        let mut cancelled = false;
+        let result: Result<(), tonic::Status> = if request.kind == "server_streaming" {
+            match grpc
+                .server_streaming::<Bytes, Bytes, _>(call, path, BytesCodec)
+                .await
+            {
+                Ok(response) => {
+                    facts = response.extensions().get::<CallInfo>().cloned();
+                    let mut stream = response.into_inner();
+                    loop {
+                        if cancel_after_messages.is_some_and(|n| responses.len() >= n) {
+                            // The caller stops reading: dropping the stream cancels the call.
+                            cancelled = true;
+                            break Ok(());
+                        }
+                        match stream.message().await {
+                            Ok(Some(bytes)) => match response_json(&bytes, &method, breaks) {
+                                Ok(json) => responses.push(json),
+                                Err(status) => {
+                                    undecodable = Some(status);
+                                    break Ok(());
+                                }
+                            },
+                            Ok(None) => break Ok(()),
+                            Err(status) => break Err(status),
+                        }
                     }
                 }
+                Err(status) => Err(status),
             }
-            Err(status) => Err(status),
-        }
-    } else {
-        match grpc.unary::<Bytes, Bytes, _>(call, path, BytesCodec).await {
-            Ok(response) => {
-                if let Some(info) = response.extensions().get::<CallInfo>() {
-                    outcome.request_id = Some(info.request_id.to_string());
-                    outcome.attempts = Some(u64::from(info.attempts));
+        } else {
+            match grpc.unary::<Bytes, Bytes, _>(call, path, BytesCodec).await {
+                Ok(response) => {
+                    facts = response.extensions().get::<CallInfo>().cloned();
+                    match response_json(response.get_ref(), &method, breaks) {
+                        Ok(json) => responses.push(json),
+                        Err(status) => undecodable = Some(status),
+                    }
+                    Ok(())
                 }
-                match response_json(response.get_ref(), &method, breaks) {
-                    Ok(json) => outcome.responses.push(json),
-                    Err(status) => undecodable = Some(status),
-                }
-                Ok(())
+                Err(status) => Err(status),
             }
-            Err(status) => Err(status),
+        };
+        (result, undecodable, facts, cancelled)
+    };
+    let cancel_after = request
+        .call
+        .cancel_after_ms
+        .filter(|_| !ignore_cancel)
+        .map(Duration::from_millis);
+    let finishing = async {
+        match cancel_after {
+            // The caller gives up: dropping the call's future cancels it.
+            Some(after) => match tokio::time::timeout(after, making).await {
+                Ok(done) => done,
+                Err(_) => (Ok(()), None, None, true),
+            },
+            None => making.await,
         }
     };
+    let (result, undecodable, facts, cancelled) = if has(breaks, "abandon-on-deadline") {
+        let budget = request
+            .call
+            .timeout_ms
+            .or(request.client.timeout_ms)
+            .unwrap_or(ameide_sdk::contract::DEFAULT_TIMEOUT_MS);
+        let local = Duration::from_millis(budget.saturating_sub(30));
+        let mut finishing = Box::pin(finishing);
+        match tokio::time::timeout(local, &mut finishing).await {
+            Ok(done) => done,
+            Err(_) => {
+                // Neither dropped nor polled again: the stream stays open.
+                std::mem::forget(finishing);
+                std::mem::forget(client);
+                outcome.code = "DEADLINE_EXCEEDED".into();
+                outcome.message = "local timer".into();
+                outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                return outcome;
+            }
+        }
+    } else {
+        finishing.await
+    };
+    if let Some(info) = facts {
+        outcome.request_id = Some(info.request_id.to_string());
+        outcome.attempts = Some(u64::from(info.attempts));
+    }
     outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     match (result, undecodable) {
+        _ if cancelled => {
+            outcome.code = "CANCELLED".into();
+            outcome.message = "cancelled by the caller".into();
+        }
         (Err(status), _) => failed(&mut outcome, status),
         (Ok(()), Some(status)) => decode_failed(&mut outcome, &status),
         (Ok(()), None) => outcome.code = "OK".into(),
