@@ -11,10 +11,22 @@ pub(crate) fn status_response(status: Status) -> HttpResponse {
     status.into_http()
 }
 
-/// The status of a trailers-only response (`grpc-status` in the headers), if
-/// it is one; read by [`crate::peer`], so no value a peer sends can panic.
+/// The status of a trailers-only response, if it is one; read by
+/// [`crate::peer`], so no value a peer sends can panic.
 pub(crate) fn trailers_only_status(response: &HttpResponse) -> Option<Status> {
+    if !is_trailers_only(response) {
+        return None;
+    }
     crate::peer::status_from_headers(response.headers()).map(|p| p.status)
+}
+
+/// Whether `response` is Trailers-Only: `grpc-status` in a HEADERS frame
+/// that ends the stream. A `grpc-status` in the leading headers of a
+/// response that goes on (messages, trailers) is not the call's status: the
+/// trailers carry it (gRPC's HTTP/2 protocol; grpc-go reads it the same way).
+pub(crate) fn is_trailers_only(response: &HttpResponse) -> bool {
+    use http_body::Body as _;
+    response.headers().contains_key(names::GRPC_STATUS) && response.body().is_end_stream()
 }
 
 /// Header names the layers look up on every call, parsed once.
@@ -23,6 +35,9 @@ pub(crate) mod names {
     use http::HeaderName;
 
     pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
+        HeaderName::from_static("grpc-status-details-bin");
     pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
     pub(crate) const PREVIOUS_ATTEMPTS: HeaderName =
         HeaderName::from_static("grpc-previous-rpc-attempts");

@@ -66,7 +66,6 @@ use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ameide_proto::pagination::{PagedRequest, PagedResponse};
 use futures_core::Stream;
 use tonic::Status;
 
@@ -75,7 +74,7 @@ use crate::client::AmeideChannel;
 use crate::error::Error;
 use crate::wire_types::BoxFuture;
 
-pub use ameide_proto::pagination::{PAGINATED, PaginatedMethod};
+pub use ameide_proto::pagination::{PAGINATED, PagedRequest, PagedResponse, PaginatedMethod};
 
 type PageFuture<R> = BoxFuture<'static, Result<tonic::Response<R>, Status>>;
 type Fetch<R> =
@@ -173,9 +172,41 @@ impl<R> fmt::Debug for Pages<R> {
 }
 
 impl<R: PagedResponse + Send + 'static> Pages<R> {
-    /// Used by the generated `<method>_pages`: the pages of `request`, each
-    /// asked for with `call(client.clone(), page_request)`.
-    #[doc(hidden)]
+    /// The pages of `request`, each asked for with `call(client.clone(),
+    /// page_request)`: what the generated `<method>_pages` use, open for a
+    /// client of your own (a dynamic one, a wrapper with extra steps) whose
+    /// request and response types implement [`PagedRequest`] and
+    /// [`PagedResponse`]. All the rules of the module table hold.
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "testkit"))] fn main() {}
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use ameide_sdk::pagination::Pages;
+    /// use ameide_sdk::proto::common::v1::PaginationResponse;
+    /// use ameide_sdk::proto::graph::v1::{ListRepositoriesRequest, ListRepositoriesResponse};
+    /// use ameide_sdk::testkit::{MockServer, Reply};
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let server = MockServer::new();
+    /// let path = "/ameide_core_proto.graph.v1.GraphService/ListRepositories";
+    /// server.push(path, Reply::message(&ListRepositoriesResponse {
+    ///     pagination: Some(PaginationResponse { next_page_token: "p2".into(), total_size: 0 }),
+    ///     ..Default::default()
+    /// }));
+    /// server.push(path, Reply::message(&ListRepositoriesResponse::default()));
+    /// let client = ameide_sdk::AmeideClient::builder()
+    ///     .endpoint("http://mock.test:9000")
+    ///     .transport(ameide_sdk::testkit::duplex_transport(server.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// let pages = Pages::new(ListRepositoriesRequest::default(), client, |client, request| async move {
+    ///     client.graph().list_repositories(request).await
+    /// });
+    /// assert_eq!(pages.collect::<Vec<_>>().await.len(), 2);
+    /// assert_eq!(server.attempts().len(), 2);
+    /// # }
+    /// ```
     pub fn new<Req, C, F, Fut>(request: Req, client: C, call: F) -> Self
     where
         Req: PagedRequest + Clone + Send + 'static,

@@ -127,6 +127,11 @@ pub struct Call {
     /// The caller gives up on a stream once it has this many response
     /// messages: the adapter reports `CANCELLED` with those messages.
     pub cancel_after_messages: Option<u64>,
+    /// Collect the items of every page through the SDK's pagination helper
+    /// (a paginated method only): the outcome's `responses` are the items,
+    /// its code the end of the item stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paginate: bool,
 }
 
 fn core_suite() -> String {
@@ -184,6 +189,36 @@ pub struct AttemptReply {
     /// Not a gRPC answer at all: this HTTP response instead (`status`,
     /// `messages`, `details` and `after_headers` are then ignored).
     pub http: Option<HttpReply>,
+    /// An HTTP/2 fault instead of an answer: the case is then served by a
+    /// server on raw HTTP/2, where the other attempts may only use
+    /// `status`, `message`, `messages` and `delay_ms`.
+    pub h2: Option<H2Fault>,
+}
+
+/// What a server on raw HTTP/2 does to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum H2Fault {
+    /// `RST_STREAM REFUSED_STREAM` before reading the request: the server
+    /// did not process it.
+    RefusedStream,
+    /// Reads the request, then `RST_STREAM CANCEL`.
+    RstCancel,
+    /// Reads the request, then `RST_STREAM INTERNAL_ERROR`.
+    RstInternalError,
+    /// Reads the request, then `RST_STREAM ENHANCE_YOUR_CALM` (a server
+    /// shedding load).
+    RstEnhanceYourCalm,
+    /// Reads the request, then `RST_STREAM INADEQUATE_SECURITY`.
+    RstInadequateSecurity,
+    /// Answers OK (one empty message), then `GOAWAY NO_ERROR` on the
+    /// connection: later calls need a new one.
+    GoawayAfterAnswer,
+    /// `GOAWAY INTERNAL_ERROR` and the connection closed, the stream
+    /// (which the server had accepted) unanswered.
+    GoawayAbrupt,
+    /// Reads the request, then closes the TCP connection without a word.
+    DropConnection,
 }
 
 /// A response that is not gRPC's: a proxy's error page, a wrong route.
@@ -285,6 +320,12 @@ pub struct Expect {
     /// (a cancelled call must send no later attempt), ms.
     #[serde(default)]
     pub settle_ms: u64,
+    /// The number of distinct connections the attempts arrived on (a
+    /// retry after a `GOAWAY` or a dropped connection needs a new one).
+    pub connections: Option<usize>,
+    /// The request each attempt must carry, in order (proto-JSON; instead
+    /// of `call.request` on every attempt): the pages of a paginated call.
+    pub requests: Option<Vec<serde_json::Value>>,
 }
 
 /// A check on one header of some attempts.

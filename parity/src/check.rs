@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ameide_sdk::testkit::RecordedAttempt;
+use ameide_sdk::testkit::{RecordedAttempt, SeenStream, StreamFault};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 
 use crate::case::Case;
@@ -16,6 +16,60 @@ use crate::protocol::Outcome;
 /// reading the outcome line.
 pub const RUNNER_SLACK_MS: u64 = 400;
 
+/// One attempt as a server saw it: the recording gRPC server's or the raw
+/// HTTP/2 server's.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Every header that arrived.
+    pub headers: http::HeaderMap,
+    /// Arrival time.
+    pub at: tokio::time::Instant,
+    /// The request messages, when the server read them.
+    pub messages: Option<Vec<bytes::Bytes>>,
+    /// Whether the client reset the stream before the reply was done, when
+    /// the server can tell.
+    pub cancelled: Option<bool>,
+    /// The server refused the stream unprocessed (`REFUSED_STREAM`): a
+    /// transparent retry sends it again without it being an attempt of the
+    /// retry policy.
+    pub refused: bool,
+    /// Which connection carried it.
+    pub connection: u64,
+}
+
+impl Attempt {
+    /// A header as text, if present and ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl From<&RecordedAttempt> for Attempt {
+    fn from(a: &RecordedAttempt) -> Self {
+        Attempt {
+            headers: a.headers.clone(),
+            at: a.at,
+            messages: Some(a.messages.clone()),
+            cancelled: Some(a.cancelled),
+            refused: false,
+            connection: a.connection,
+        }
+    }
+}
+
+impl From<&SeenStream> for Attempt {
+    fn from(s: &SeenStream) -> Self {
+        Attempt {
+            headers: s.headers.clone(),
+            at: s.at,
+            messages: s.messages.clone(),
+            cancelled: None,
+            refused: s.fault == StreamFault::Refuse,
+            connection: s.connection as u64,
+        }
+    }
+}
+
 /// What a case is judged on.
 pub struct Evidence<'a> {
     /// The case.
@@ -23,7 +77,7 @@ pub struct Evidence<'a> {
     /// What the adapter wrote.
     pub outcome: &'a Outcome,
     /// What the server saw, in order.
-    pub attempts: &'a [RecordedAttempt],
+    pub attempts: &'a [Attempt],
     /// From writing the request line to reading the outcome, runner clock.
     pub runner_elapsed: Duration,
     /// The method's request type.
@@ -95,9 +149,21 @@ pub fn failures(e: &Evidence<'_>) -> Vec<String> {
         out.extend(trace_checks(e));
     }
     out.extend(timeout_checks(e));
+    if let Some(n) = expect.connections {
+        let seen: std::collections::BTreeSet<u64> = attempts.iter().map(|a| a.connection).collect();
+        if seen.len() != n {
+            out.push(format!(
+                "the attempts came on {} connection(s), expected {n}",
+                seen.len()
+            ));
+        }
+    }
     if let Some(want) = expect.reset_by_client {
         match attempts.last() {
-            Some(last) if last.cancelled != want => out.push(if want {
+            Some(last) if last.cancelled.is_none() => {
+                out.push("case: this server cannot tell whether the client reset a stream".into())
+            }
+            Some(last) if last.cancelled != Some(want) => out.push(if want {
                 "the server finished the last attempt (or is still on it): the client never reset its stream (RST_STREAM)".to_owned()
             } else {
                 "the client reset the last attempt's stream before the server finished".to_owned()
@@ -132,24 +198,48 @@ pub fn failures(e: &Evidence<'_>) -> Vec<String> {
 /// field, as the server decodes it) to the case's request.
 fn request_checks(e: &Evidence<'_>) -> Vec<String> {
     let mut out = Vec::new();
-    let expected = match DynamicMessage::deserialize(e.input.clone(), &e.case.call.request) {
-        Ok(m) => m,
-        Err(err) => {
-            return vec![format!(
-                "case: call.request is not a {}: {err}",
-                e.input.full_name()
-            )];
-        }
+    let decode = |json: &serde_json::Value, what: &str| {
+        DynamicMessage::deserialize(e.input.clone(), json)
+            .map_err(|err| format!("case: {what} is not a {}: {err}", e.input.full_name()))
     };
-    for (n, attempt) in e.attempts.iter().enumerate() {
+    // One expected request per attempt, or the call's on every attempt.
+    let expected: Vec<DynamicMessage> = match &e.case.expect.requests {
+        Some(list) => {
+            if list.len() != e.attempts.len() {
+                out.push(format!(
+                    "{} requests arrived, the case expects {}",
+                    e.attempts.len(),
+                    list.len()
+                ));
+            }
+            match list
+                .iter()
+                .enumerate()
+                .map(|(n, r)| decode(r, &format!("expect.requests[{n}]")))
+                .collect()
+            {
+                Ok(v) => v,
+                Err(err) => return vec![err],
+            }
+        }
+        None => match decode(&e.case.call.request, "call.request") {
+            Ok(m) => vec![m; e.attempts.len()],
+            Err(err) => return vec![err],
+        },
+    };
+    for (n, (attempt, expected)) in e.attempts.iter().zip(&expected).enumerate() {
         let n = n + 1;
-        match attempt.messages.as_slice() {
+        let Some(messages) = &attempt.messages else {
+            // Refused or dropped unread: nothing to compare.
+            continue;
+        };
+        match messages.as_slice() {
             [one] => match DynamicMessage::decode(e.input.clone(), one.as_ref()) {
-                Ok(got) if same(&got, &expected) => {}
+                Ok(got) if same(&got, expected) => {}
                 Ok(got) => out.push(format!(
                     "attempt {n}: the server decoded request {} but the case's request is {}",
                     json(&got),
-                    json(&expected)
+                    json(expected)
                 )),
                 Err(err) => out.push(format!(
                     "attempt {n}: the request is not a {}: {err}",
@@ -225,10 +315,23 @@ fn fact_checks(e: &Evidence<'_>) -> Vec<String> {
         }
         _ => {}
     }
+    // A stream the server refused unprocessed and that was sent again as
+    // the same attempt (the next stream counts the same previous attempts)
+    // was a transparent resend, not an attempt of the retry policy.
+    let previous = |a: &Attempt| a.header("grpc-previous-rpc-attempts").map(str::to_owned);
+    let resent = attempts
+        .windows(2)
+        .filter(|w| w[0].refused && previous(&w[0]) == previous(&w[1]))
+        .count();
+    let counted = attempts.len() - resent;
     match outcome.attempts {
-        Some(reported) if reported != attempts.len() as u64 => out.push(format!(
-            "reported {reported} attempts, the server saw {}",
-            attempts.len()
+        Some(reported) if reported != counted as u64 => out.push(format!(
+            "reported {reported} attempts, the server saw {counted}{}",
+            if counted == attempts.len() {
+                String::new()
+            } else {
+                format!(" (and {resent} refused unprocessed, resent as the same attempt)")
+            }
         )),
         None if e.case.expect.reports_call_facts => {
             out.push("the client reports no attempt count".into());

@@ -24,10 +24,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use ameide_parity::case::{AttemptReply, Case, Detail};
+use ameide_parity::case::{AttemptReply, Case, Detail, H2Fault};
 use ameide_parity::protocol::{Outcome, Request};
 use ameide_parity::{check, wire};
-use ameide_sdk::testkit::{MockServer, Reply, serve_tcp};
+use ameide_sdk::testkit::{H2FaultServer, MockServer, RawReply, Reply, StreamFault, serve_tcp};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -191,6 +191,54 @@ fn reply(
     Ok(r)
 }
 
+/// Scripts one attempt of a case served on raw HTTP/2 (one with an `h2`
+/// fault): the fault, or a plain gRPC answer written out frame by frame.
+fn script_h2(
+    server: &H2FaultServer,
+    a: &AttemptReply,
+    output: &prost_reflect::MessageDescriptor,
+    unary: bool,
+) -> Result<(), String> {
+    let fault = match a.h2 {
+        Some(H2Fault::RefusedStream) => Some(StreamFault::Refuse),
+        Some(H2Fault::RstCancel) => Some(StreamFault::Reset(0x8)),
+        Some(H2Fault::RstInternalError) => Some(StreamFault::Reset(0x2)),
+        Some(H2Fault::RstEnhanceYourCalm) => Some(StreamFault::Reset(0xb)),
+        Some(H2Fault::RstInadequateSecurity) => Some(StreamFault::Reset(0xc)),
+        Some(H2Fault::GoawayAfterAnswer) => Some(StreamFault::GoAway),
+        Some(H2Fault::GoawayAbrupt) => Some(StreamFault::GoAwayAbrupt),
+        Some(H2Fault::DropConnection) => Some(StreamFault::Drop),
+        None => None,
+    };
+    if let Some(fault) = fault {
+        server.push(fault);
+        return Ok(());
+    }
+    let code = code(&a.status)?;
+    let mut reply = RawReply::grpc().delay(Duration::from_millis(a.delay_ms));
+    if code == Code::Ok {
+        let mut messages = a
+            .messages
+            .iter()
+            .map(|m| wire::encode(output.clone(), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        if unary && messages.is_empty() {
+            messages.push(bytes::Bytes::new());
+        }
+        for m in &messages {
+            reply = reply.message(m);
+        }
+        reply = reply.trailer("grpc-status", "0");
+    } else {
+        reply = reply
+            .header("grpc-status", (code as i32).to_string())
+            .header("grpc-message", &a.message)
+            .trailers_only();
+    }
+    server.push_reply(reply);
+    Ok(())
+}
+
 struct Options {
     cases: PathBuf,
     adapter: Vec<String>,
@@ -202,6 +250,9 @@ struct Options {
     breaks: Vec<String>,
     case_timeout: Duration,
 }
+
+/// How many more times a raw HTTP/2 server repeats a case's last entry.
+const RAW_SPARE_ATTEMPTS: usize = 8;
 
 /// How long an adapter may take to exit once its input has ended.
 const LINGER: Duration = Duration::from_secs(5);
@@ -307,6 +358,8 @@ const SUITES: &[&str] = &[
     "message-limits",
     "cancellation",
     "timeouts",
+    "transport",
+    "pagination",
 ];
 
 /// What the case format cannot say by itself: a known suite, and raw HTTP
@@ -327,6 +380,44 @@ fn validate(case: &Case) -> Result<(), String> {
     }
     if case.call.cancel_after_messages.is_some() && case.call.cancel_after_ms.is_some() {
         return Err("call: cancel_after_ms and cancel_after_messages together; give one".into());
+    }
+    if case.server.attempts.iter().any(|a| a.h2.is_some()) {
+        for (n, a) in case.server.attempts.iter().enumerate() {
+            let at = format!("server.attempts[{n}]");
+            let other = [
+                (a.http.is_some(), "http"),
+                (!a.details.is_empty(), "details"),
+                (a.after_headers, "after_headers"),
+                (a.pushback_ms.is_some(), "pushback_ms"),
+                (!a.headers.is_empty(), "headers"),
+                (a.message_interval_ms != 0, "message_interval_ms"),
+                (a.trailers_delay_ms != 0, "trailers_delay_ms"),
+                (a.compress.is_some(), "compress"),
+                (
+                    a.status != "OK" && !a.messages.is_empty(),
+                    "messages with a failure",
+                ),
+            ];
+            if let Some((_, name)) = other.iter().find(|(set, _)| *set) {
+                return Err(format!(
+                    "{at}: {name} is not served on raw HTTP/2 (a case with an h2 fault)"
+                ));
+            }
+            if !a
+                .message
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'%')
+            {
+                return Err(format!(
+                    "{at}.message: printable ASCII without '%' on raw HTTP/2 (sent as written)"
+                ));
+            }
+            if a.h2.is_some() && (a.status != "OK" || !a.messages.is_empty() || a.delay_ms != 0) {
+                return Err(format!(
+                    "{at}: an h2 fault replaces the answer; give nothing else"
+                ));
+            }
+        }
     }
     for (n, attempt) in case.server.attempts.iter().enumerate() {
         if let Some(name) = &attempt.compress {
@@ -563,18 +654,48 @@ async fn run(o: Options) -> Result<bool, String> {
                 ));
             }
         };
+        if case.call.paginate
+            && !ameide_sdk::pagination::PAGINATED
+                .iter()
+                .any(|m| m.path == path)
+        {
+            return Err(format!(
+                "{}: call.paginate on {path}, which is not a paginated method",
+                case.id
+            ));
+        }
         let method = wire::method(&pool, &path)?;
         let (input, output) = (method.input(), method.output());
         server.reset();
-        for attempt in &case.server.attempts {
-            server.push(&path, reply(attempt, &output, kind == "unary")?);
-        }
-        if let Some(last) = case.server.attempts.last() {
-            server.fallback(reply(last, &output, kind == "unary")?);
-        }
+        // A case with an HTTP/2 fault gets a raw HTTP/2 server of its own.
+        let raw = if case.server.attempts.iter().any(|a| a.h2.is_some()) {
+            let raw = H2FaultServer::start()
+                .await
+                .map_err(|e| format!("cannot serve raw HTTP/2: {e}"))?;
+            for attempt in &case.server.attempts {
+                script_h2(&raw, attempt, &output, kind == "unary")?;
+            }
+            // Attempts past the script get the last entry, as on the other server.
+            if let Some(last) = case.server.attempts.last() {
+                for _ in 0..RAW_SPARE_ATTEMPTS {
+                    script_h2(&raw, last, &output, kind == "unary")?;
+                }
+            }
+            Some(raw)
+        } else {
+            for attempt in &case.server.attempts {
+                server.push(&path, reply(attempt, &output, kind == "unary")?);
+            }
+            if let Some(last) = case.server.attempts.last() {
+                server.fallback(reply(last, &output, kind == "unary")?);
+            }
+            None
+        };
         let request = Request {
             id: case.id.clone(),
-            endpoint: endpoint.clone(),
+            endpoint: raw
+                .as_ref()
+                .map_or_else(|| endpoint.clone(), H2FaultServer::endpoint),
             kind: kind.to_owned(),
             client: case.client.clone(),
             call: case.call.clone(),
@@ -599,13 +720,37 @@ async fn run(o: Options) -> Result<bool, String> {
             }
         }
         if let Some(outcome) = &outcome {
+            let attempts: Vec<check::Attempt> = match &raw {
+                Some(raw) => raw
+                    .seen()
+                    .iter()
+                    .filter(|s| s.path == path)
+                    .map(check::Attempt::from)
+                    .collect(),
+                None => server
+                    .attempts_for(&path)
+                    .iter()
+                    .map(check::Attempt::from)
+                    .collect(),
+            };
+            // A paginated call's responses are the items of its pages.
+            let items = match ameide_sdk::pagination::PAGINATED
+                .iter()
+                .find(|m| case.call.paginate && m.path == path)
+            {
+                Some(m) => match output.get_field_by_name(m.items_field).map(|f| f.kind()) {
+                    Some(prost_reflect::Kind::Message(item)) => Some(item),
+                    _ => return Err(format!("{path}: {} is not a message list", m.items_field)),
+                },
+                None => None,
+            };
             problems.extend(check::failures(&check::Evidence {
                 case: &case,
                 outcome,
-                attempts: &server.attempts_for(&path),
+                attempts: &attempts,
                 runner_elapsed,
                 input: &input,
-                output: &output,
+                output: items.as_ref().unwrap_or(&output),
             }));
         }
         let is_known = known.contains(&case.id);

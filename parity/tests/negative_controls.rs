@@ -183,6 +183,14 @@ fn dropping_the_request_id() {
             "cancel-a-stream-waiting-for-its-trailers",
             "cancel-during-a-retry-backoff-stops-the-retries",
             "cancel-while-the-server-is-slow",
+            // A paginated call is many calls: it reports no facts.
+            "a-failed-page-ends-the-items",
+            "a-page-is-retried-like-any-call",
+            "a-repeated-token-ends-the-items-with-internal",
+            "empty-pages-are-followed",
+            "items-of-every-page-in-order",
+            "one-page-is-one-call",
+            "pages-start-from-the-requests-token",
         ]),
         &[],
     );
@@ -190,7 +198,20 @@ fn dropping_the_request_id() {
 
 #[test]
 fn misreporting_the_request_id_and_attempts() {
-    control("misreport", Must::AllBut(&[]), &[]);
+    // Every case but the paginated ones, which report no facts.
+    control(
+        "misreport",
+        Must::AllBut(&[
+            "a-failed-page-ends-the-items",
+            "a-page-is-retried-like-any-call",
+            "a-repeated-token-ends-the-items-with-internal",
+            "empty-pages-are-followed",
+            "items-of-every-page-in-order",
+            "one-page-is-one-call",
+            "pages-start-from-the-requests-token",
+        ]),
+        &[],
+    );
 }
 
 #[test]
@@ -206,6 +227,10 @@ fn retrying_non_retryable_codes() {
             "no-retry-unauthenticated",
             "error-details-errorinfo-and-badrequest@gzip",
             "error-details-errorinfo-and-badrequest@zstd",
+            "a-failed-page-ends-the-items",
+            // HTTP/2 resets of those codes.
+            "rst-stream-inadequate-security-is-permission-denied",
+            "rst-stream-internal-error-is-internal",
             // Proxy pages that map to those codes.
             "http-400-page-is-internal",
             "http-401-page-is-unauthenticated",
@@ -244,6 +269,7 @@ fn accepting_malformed_responses() {
             "missing-grpc-status-among-other-trailers-is-unknown",
             "no-message-on-a-unary-call-is-internal",
             "two-messages-on-a-unary-call-is-internal",
+            "trailers-only-ok-on-a-unary-call-is-internal",
             // The client's own receive limits.
             "declared-length-over-4-mib-fails-before-the-body",
             "message-over-a-configured-limit-is-resource-exhausted",
@@ -266,9 +292,14 @@ fn every_other_page_taken_for_an_outage() {
         Must::Exactly(&[
             "http-200-html-is-unknown",
             "http-200-json-is-unknown",
+            "http-408-page-is-unknown",
+            "http-409-page-is-unknown",
+            "http-412-page-is-unknown",
+            "http-413-page-is-unknown",
             "http-418-page-is-unknown",
             "http-431-page-is-unknown",
             "http-500-page-is-unknown",
+            "http-501-page-is-unknown",
             "http-505-page-is-unknown",
         ]),
         &[],
@@ -433,6 +464,8 @@ fn decoding_responses_as_the_wrong_type() {
             "uncompressed-message-in-a-compressed-response-is-read",
             "zstd-request-when-configured",
             "zstd-response-is-decoded",
+            "dropped-connection-under-a-stream",
+            "refused-stream-on-a-stream-method",
         ]),
         &[],
     );
@@ -448,6 +481,122 @@ fn forwarding_the_callers_traceparent() {
     control(
         "forward-traceparent",
         Must::Exactly(&["traceparent-continues-the-callers-trace"]),
+        &[],
+    );
+}
+
+#[test]
+fn a_rest_style_http_mapping() {
+    control(
+        "rest-http-mapping",
+        Must::Exactly(&[
+            "http-408-page-is-unknown",
+            "http-409-page-is-unknown",
+            "http-412-page-is-unknown",
+            "http-413-page-is-unknown",
+            "http-501-page-is-unknown",
+        ]),
+        &[],
+    );
+}
+
+#[test]
+fn a_status_taken_from_leading_headers() {
+    control(
+        "status-from-leading-headers",
+        Must::Exactly(&["status-in-the-trailers-wins-over-the-headers"]),
+        &[],
+    );
+}
+
+#[test]
+fn grpc_message_not_decoded() {
+    control(
+        "raw-grpc-message",
+        Must::Exactly(&[
+            "grpc-message-is-percent-decoded",
+            // Failures whose message, sent after headers, needs decoding.
+            "error-details-errorinfo-and-badrequest",
+            "error-details-errorinfo-and-badrequest@gzip",
+            "error-details-errorinfo-and-badrequest@zstd",
+            "exhausted-returns-last-status",
+            "no-backoff-past-the-deadline",
+            "status-message-survives-unicode-and-controls",
+        ]),
+        &[],
+    );
+}
+
+#[test]
+fn grpc_message_decoded_strictly() {
+    control(
+        "strict-grpc-message",
+        Must::Exactly(&["grpc-message-with-a-stray-percent-is-kept"]),
+        &[],
+    );
+}
+
+#[test]
+fn a_grpc_status_that_is_no_code_taken_for_ok() {
+    control(
+        "lenient-grpc-status",
+        Must::Exactly(&[
+            "grpc-status-not-a-number-is-unknown",
+            "grpc-status-out-of-range-is-unknown",
+        ]),
+        &[],
+    );
+}
+
+#[test]
+fn http2_errors_not_read() {
+    control(
+        "no-h2-error-mapping",
+        Must::Exactly(&[
+            "abrupt-goaway-retried-on-a-new-connection",
+            "dropped-connection-retried-on-a-new-connection",
+            "dropped-connection-under-a-stream",
+            "dropped-connection-without-retries-is-unavailable",
+            "refused-stream-on-a-stream-method",
+            "refused-stream-resent-transparently",
+            "refused-stream-spends-no-attempt",
+            "refused-twice-falls-to-the-retry-policy",
+            "refused-twice-without-retries-is-unavailable",
+            "rst-stream-cancel-is-cancelled",
+            "rst-stream-enhance-your-calm-exhausted",
+            "rst-stream-enhance-your-calm-is-resource-exhausted",
+            "rst-stream-inadequate-security-is-permission-denied",
+            "rst-stream-internal-error-is-internal",
+        ]),
+        &[],
+    );
+}
+
+/// The pagination cases of more than one page.
+const MULTI_PAGE_CASES: &[&str] = &[
+    "a-failed-page-ends-the-items",
+    "a-page-is-retried-like-any-call",
+    "a-repeated-token-ends-the-items-with-internal",
+    "empty-pages-are-followed",
+    "items-of-every-page-in-order",
+    "pages-start-from-the-requests-token",
+];
+
+#[test]
+fn the_first_page_only() {
+    control("no-pagination", Must::Exactly(MULTI_PAGE_CASES), &[]);
+}
+
+#[test]
+fn the_page_size_dropped_after_the_first_page() {
+    control("drop-page-size", Must::Exactly(MULTI_PAGE_CASES), &[]);
+}
+
+#[test]
+fn no_guard_against_a_repeated_token() {
+    control(
+        "no-loop-guard",
+        Must::Exactly(&["a-repeated-token-ends-the-items-with-internal"]),
         &[],
     );
 }

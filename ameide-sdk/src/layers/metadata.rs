@@ -394,6 +394,23 @@ fn finish(
     // Trailers-only. A failure becomes the call's error here; an OK is handed
     // up with its headers sanitized, because tonic parses them again. Either
     // way the call ends here.
+    if response.headers().contains_key(names::GRPC_STATUS)
+        && !crate::grpc_headers::is_trailers_only(&response)
+    {
+        // Not the call's status: the trailers will carry it. Dropped, so that
+        // tonic (which reads a grpc-status in the headers as the call's end)
+        // waits for them too.
+        ::tracing::warn!(
+            "the response's leading headers carry a grpc-status, yet the response goes on: the status in its trailers is the call's"
+        );
+        for name in [
+            names::GRPC_STATUS,
+            names::GRPC_MESSAGE,
+            names::GRPC_STATUS_DETAILS,
+        ] {
+            response.headers_mut().remove(name);
+        }
+    }
     let trailers_only = grpc_code(response.headers());
     if trailers_only == Some(tonic::Code::Ok) && answers_with_one(&state) {
         // OK with no body at all: the one response message is missing

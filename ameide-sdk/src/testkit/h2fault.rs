@@ -37,6 +37,9 @@ pub enum StreamFault {
     /// later, so the client has read them) reset the stream with
     /// `INTERNAL_ERROR`.
     CutAfter(usize),
+    /// Read the request, then reset the stream with this HTTP/2 error code
+    /// (`0x8` CANCEL, `0xb` ENHANCE_YOUR_CALM, …) without answering.
+    Reset(u32),
     /// The stream was answered by a scripted [`RawReply`]
     /// ([`H2FaultServer::push_reply`]); only ever seen in [`SeenStream`].
     Raw,
@@ -51,6 +54,7 @@ enum Scripted {
 
 /// One stream the [`H2FaultServer`] saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SeenStream {
     /// The request's `:path`.
     pub path: String,
@@ -60,6 +64,11 @@ pub struct SeenStream {
     pub fault: StreamFault,
     /// The request headers as they arrived (`grpc-timeout`, `x-request-id`, …).
     pub headers: HeaderMap,
+    /// Arrival time on tokio's clock.
+    pub at: tokio::time::Instant,
+    /// The request messages (gRPC framing removed), once the server has
+    /// read the request; `None` for a stream it refused or dropped unread.
+    pub messages: Option<Vec<Bytes>>,
 }
 
 #[derive(Default)]
@@ -190,15 +199,25 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
             Scripted::Fault(fault) => *fault,
             Scripted::Reply(_) => StreamFault::Raw,
         };
-        lock(&shared.seen).push(SeenStream {
-            path: request.uri().path().to_owned(),
-            connection: index,
-            fault,
-            headers: request.headers().clone(),
-        });
+        let number = {
+            let mut seen = lock(&shared.seen);
+            seen.push(SeenStream {
+                path: request.uri().path().to_owned(),
+                connection: index,
+                fault,
+                headers: request.headers().clone(),
+                at: tokio::time::Instant::now(),
+                messages: None,
+            });
+            seen.len() - 1
+        };
+        let recorder = Recorder {
+            shared: shared.clone(),
+            number,
+        };
         if let Scripted::Reply(reply) = scripted {
             tokio::spawn(async move {
-                let _ = read_body(request.into_body()).await;
+                recorder.read(request.into_body()).await;
                 let _ = reply.send(&mut respond).await;
             });
             continue;
@@ -219,7 +238,7 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
                 // connection (a request whose DATA came in a later TCP
                 // segment than its HEADERS used to wait here forever, and
                 // the client's call ran into its deadline).
-                let body = read_body(request.into_body());
+                let body = recorder.read(request.into_body());
                 tokio::pin!(body);
                 loop {
                     tokio::select! {
@@ -233,9 +252,15 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
                 }
                 return; // dropping `connection` closes the socket
             }
+            StreamFault::Reset(code) => {
+                tokio::spawn(async move {
+                    recorder.read(request.into_body()).await;
+                    respond.send_reset(Reason::from(code));
+                });
+            }
             StreamFault::Ok | StreamFault::GoAway | StreamFault::CutAfter(_) | StreamFault::Raw => {
                 tokio::spawn(async move {
-                    let _ = read_body(request.into_body()).await;
+                    recorder.read(request.into_body()).await;
                     let _ = answer(&mut respond, fault).await;
                 });
                 if fault == StreamFault::GoAway {
@@ -246,12 +271,33 @@ async fn serve_connection(tcp: tokio::net::TcpStream, index: usize, shared: Arc<
     }
 }
 
-async fn read_body(mut body: h2::RecvStream) -> Result<(), h2::Error> {
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
+/// Records a stream's request messages once its body has been read.
+struct Recorder {
+    shared: Arc<Shared>,
+    number: usize,
+}
+
+impl Recorder {
+    async fn read(self, mut body: h2::RecvStream) {
+        let mut bytes = Vec::new();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        let mut rest = &bytes[..];
+        let mut messages = Vec::new();
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let Some(message) = rest.get(5..5 + len) else {
+                break;
+            };
+            messages.push(Bytes::copy_from_slice(message));
+            rest = &rest[5 + len..];
+        }
+        if let Some(seen) = lock(&self.shared.seen).get_mut(self.number) {
+            seen.messages = Some(messages);
+        }
     }
-    Ok(())
 }
 
 async fn answer(

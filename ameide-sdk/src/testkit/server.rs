@@ -238,8 +238,12 @@ pub struct RecordedAttempt {
     pub headers: HeaderMap,
     /// Arrival time on tokio's clock.
     pub at: Instant,
-    /// The request messages, without gRPC framing.
+    /// The request messages, without gRPC framing; compressed ones
+    /// decompressed by the request's `grpc-encoding` (gzip, zstd).
     pub messages: Vec<Bytes>,
+    /// Each request message's length on the wire (its frame's length
+    /// prefix: the compressed size of a compressed one).
+    pub wire_lengths: Vec<usize>,
     /// Which connection the attempt arrived on (numbered from 1 per server, in accept order).
     pub connection: u64,
     /// The client reset the stream (`RST_STREAM`: a cancellation, or its
@@ -388,7 +392,7 @@ impl MockServer {
             .get("grpc-encoding")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let messages = match body.collect().await {
+        let (messages, wire_lengths) = match body.collect().await {
             Ok(collected) => unframe(collected.to_bytes(), encoding.as_deref()),
             Err(e) => {
                 return Status::internal(format!("mock server could not read the request: {e}"))
@@ -408,6 +412,7 @@ impl MockServer {
                 headers: parts.headers,
                 at,
                 messages,
+                wire_lengths,
                 connection,
                 cancelled: false,
                 reset: reset.clone(),
@@ -434,8 +439,9 @@ impl MockServer {
 /// The request's messages; compressed ones (flag 1) are decompressed by
 /// the request's `grpc-encoding` (kept as they came when it names no
 /// encoding the server knows, or they do not decompress).
-fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> Vec<Bytes> {
+fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> (Vec<Bytes>, Vec<usize>) {
     let mut out = Vec::new();
+    let mut lengths = Vec::new();
     while bytes.len() >= 5 {
         let compressed = bytes.get_u8() == 1;
         let len = bytes.get_u32() as usize;
@@ -443,6 +449,7 @@ fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> Vec<Bytes> {
             break;
         }
         let message = bytes.split_to(len);
+        lengths.push(len);
         let encoding = match encoding {
             Some("gzip") => Some(CompressionEncoding::Gzip),
             Some("zstd") => Some(CompressionEncoding::Zstd),
@@ -453,7 +460,7 @@ fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> Vec<Bytes> {
             None => out.push(message),
         }
     }
-    out
+    (out, lengths)
 }
 
 fn decompress(encoding: CompressionEncoding, message: &[u8]) -> Option<Bytes> {

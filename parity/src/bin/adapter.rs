@@ -19,11 +19,26 @@
 //! - `accept-malformed`: a response that breaks gRPC's framing or the method's shape is reported OK;
 //! - `no-compression`: `client.compression` is ignored: requests go uncompressed;
 //! - `no-decode-limit`: the client accepts response messages of any size (4 GiB − 1);
+//! - `no-h2-error-mapping`: transport failures lose their HTTP/2 error code and kind (UNKNOWN,
+//!   never resent or retried), as in a client that does not read them;
+//! - `rest-http-mapping`: pages of HTTP 408, 409, 412, 413 and 501 get the codes a REST mapping
+//!   would give them (DEADLINE_EXCEEDED, ABORTED, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNIMPLEMENTED);
+//! - `status-from-leading-headers`: a grpc-status in the leading headers of a response that goes on
+//!   ends the call there;
+//! - `raw-grpc-message`: grpc-message is not percent-decoded;
+//! - `strict-grpc-message`: a grpc-message with broken percent-encoding is dropped;
+//! - `lenient-grpc-status`: a grpc-status that is no gRPC code is taken for OK;
+//! - `no-pagination`: a paginated call returns its first page's items only;
+//! - `drop-page-size`: pages after the first ask for no page size;
+//! - `no-loop-guard`: the tokens are followed by hand, a repeated one too (at most 20 pages);
 //! - `no-accept-compression`: the client advertises and decodes no compression;
 //! - `decode-limit-exclusive`: the receive limit is one byte lower than configured (off by one);
 //! - `ignore-cancel`: `cancel_after_ms` and `cancel_after_messages` are ignored: the call runs to its end;
 //! - `abandon-on-deadline`: just before the budget ends the adapter reports DEADLINE_EXCEEDED and
 //!   leaves the call on the wire (its stream never reset), as a client whose deadline is only a local timer.
+
+#[path = "adapter/pages.rs"]
+mod pages;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -32,7 +47,7 @@ use ameide_parity::case::{Detail, Token};
 use ameide_parity::protocol::{Outcome, Request};
 use ameide_parity::wire::{self, BytesCodec};
 use ameide_sdk::auth::{AccessToken, TokenError};
-use ameide_sdk::layers::{HttpRequest, HttpResponse, RetryPolicy};
+use ameide_sdk::layers::{BoxError, HttpRequest, HttpResponse, RetryPolicy};
 use ameide_sdk::tonic::codec::CompressionEncoding;
 use ameide_sdk::{AmeideClient, CallInfo, CallOptions, CodecOptions, Error};
 use bytes::Bytes;
@@ -91,6 +106,128 @@ fn unavailable_for_unknown_pages(mut response: HttpResponse) -> HttpResponse {
             .insert("grpc-status", http::HeaderValue::from_static("14"));
     }
     response
+}
+
+/// Under `--break no-h2-error-mapping`: a transport failure reduced to its
+/// text, as in a client that does not read HTTP/2 error codes (raw tonic
+/// without its server feature says UNKNOWN for them).
+#[derive(Debug)]
+struct Opaque(String);
+
+impl std::fmt::Display for Opaque {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Opaque {}
+
+fn opaque(error: BoxError) -> BoxError {
+    Box::new(Opaque(error.to_string()))
+}
+
+/// Under `--break rest-http-mapping`: pages of the statuses a REST mapping
+/// reads as gRPC codes (408, 409, 412, 413, 501) get those codes, as in a
+/// client that maps HTTP statuses its own way.
+fn rest_codes_for_pages(mut response: HttpResponse) -> HttpResponse {
+    let headers = response.headers();
+    if !is_page(headers) {
+        return response;
+    }
+    let message = headers
+        .get("grpc-message")
+        .map(|m| m.as_bytes().to_vec())
+        .unwrap_or_default();
+    let code = [
+        (&b"HTTP%20408"[..], "4"),
+        (b"HTTP%20409", "10"),
+        (b"HTTP%20412", "9"),
+        (b"HTTP%20413", "8"),
+        (b"HTTP%20501", "12"),
+    ]
+    .into_iter()
+    .find(|(status, _)| message.windows(status.len()).any(|w| w == *status));
+    if let Some((_, code)) = code {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static(code));
+    }
+    response
+}
+
+/// Under `--break status-from-leading-headers`: a `grpc-status` in the
+/// leading headers of a response that goes on ends the call there (its
+/// body dropped), as in a client that takes any such header for
+/// Trailers-Only.
+fn end_at_leading_status(mut response: HttpResponse) -> HttpResponse {
+    use http_body::Body as _;
+    if response.headers().contains_key("grpc-status") && !response.body().is_end_stream() {
+        *response.body_mut() = tonic::body::Body::empty();
+    }
+    response
+}
+
+/// Rewrites the header `name` wherever the response carries it (its
+/// headers, its trailers): `Some` replaces it, `None` drops it.
+fn map_grpc_header(
+    mut response: HttpResponse,
+    name: &'static str,
+    f: fn(&str) -> Option<String>,
+) -> HttpResponse {
+    let apply = move |headers: &mut http::HeaderMap| {
+        let Some(value) = headers.get(name).and_then(|m| m.to_str().ok()) else {
+            return;
+        };
+        match f(value).and_then(|m| http::HeaderValue::from_str(&m).ok()) {
+            Some(value) => {
+                headers.insert(name, value);
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
+    };
+    apply(response.headers_mut());
+    response.map(|body| {
+        tonic::body::Body::new(http_body_util::BodyExt::map_frame(
+            body,
+            move |mut frame| {
+                if let Some(trailers) = frame.trailers_mut() {
+                    apply(trailers);
+                }
+                frame
+            },
+        ))
+    })
+}
+
+/// Under `--break raw-grpc-message`: the message as it came on the wire,
+/// not percent-decoded (escaped once more, so the SDK's decoding undoes
+/// only that).
+fn undecoded_message(message: &str) -> Option<String> {
+    Some(message.replace('%', "%25"))
+}
+
+/// Under `--break strict-grpc-message`: a message whose percent-encoding
+/// is broken is dropped instead of kept as it came.
+fn strict_message(message: &str) -> Option<String> {
+    let bytes = message.as_bytes();
+    let valid = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    valid.then(|| message.to_owned())
+}
+
+/// Under `--break lenient-grpc-status`: a grpc-status that is no gRPC
+/// code (not a number, or past 16) is taken for OK.
+fn lenient_status(status: &str) -> Option<String> {
+    match status.parse::<u8>() {
+        Ok(code) if code <= 16 => Some(status.to_owned()),
+        _ => Some("0".to_owned()),
+    }
 }
 
 fn has(breaks: &[String], what: &str) -> bool {
@@ -218,6 +355,36 @@ fn client(request: &Request, breaks: &[String]) -> Result<AmeideClient, String> 
     if has(breaks, "drop-request-id") {
         builder = builder.layer(tower::util::MapRequestLayer::new(
             strip_request_id as fn(HttpRequest) -> HttpRequest,
+        ));
+    }
+    if has(breaks, "rest-http-mapping") {
+        builder = builder.layer(tower::util::MapResponseLayer::new(
+            rest_codes_for_pages as fn(HttpResponse) -> HttpResponse,
+        ));
+    }
+    if has(breaks, "status-from-leading-headers") {
+        builder = builder.layer(tower::util::MapResponseLayer::new(
+            end_at_leading_status as fn(HttpResponse) -> HttpResponse,
+        ));
+    }
+    for (mode, name, f) in [
+        (
+            "raw-grpc-message",
+            "grpc-message",
+            undecoded_message as fn(&str) -> Option<String>,
+        ),
+        ("strict-grpc-message", "grpc-message", strict_message),
+        ("lenient-grpc-status", "grpc-status", lenient_status),
+    ] {
+        if has(breaks, mode) {
+            builder = builder.layer(tower::util::MapResponseLayer::new(
+                move |r: HttpResponse| map_grpc_header(r, name, f),
+            ));
+        }
+    }
+    if has(breaks, "no-h2-error-mapping") {
+        builder = builder.layer(tower::util::MapErrLayer::new(
+            opaque as fn(BoxError) -> BoxError,
         ));
     }
     if has(breaks, "http-else-unavailable") {
@@ -377,13 +544,41 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
             options = options.timeout(budget(ms, breaks));
         }
         let call = options.into_request(body).map_err(|e| e.to_string())?;
-        let path = PathAndQuery::from_str(&path).map_err(|e| e.to_string())?;
-        Ok((client, call, path, method))
+        Ok((client, call, path, method, options))
     })();
-    let (client, call, path, method) = match prepared {
+    let (client, call, path, method, options) = match prepared {
         Ok(p) => p,
         Err(e) => {
             outcome.adapter_error = Some(e);
+            return outcome;
+        }
+    };
+    if request.call.paginate {
+        let request_json = if has(breaks, "ignore-request") {
+            serde_json::json!({})
+        } else {
+            request.call.request.clone()
+        };
+        let collected = pages::collect(
+            &mut outcome,
+            client.clone(),
+            &path,
+            method,
+            &request_json,
+            options,
+            breaks,
+        )
+        .await;
+        if let Err(e) = collected {
+            outcome.adapter_error = Some(e);
+        }
+        client.close();
+        return outcome;
+    }
+    let path = match PathAndQuery::from_str(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.adapter_error = Some(e.to_string());
             return outcome;
         }
     };
