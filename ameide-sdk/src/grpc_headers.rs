@@ -53,5 +53,5 @@ pub(crate) mod names {
 pub(crate) fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers
         .get(names::GRPC_STATUS)
-        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+        .map(|v| crate::peer::code_of(v.as_bytes()))
 }

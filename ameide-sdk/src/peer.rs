@@ -42,12 +42,39 @@ pub(crate) struct PeerStatus {
 
 /// The status in `headers` (a trailers-only response, or trailers), if they
 /// carry `grpc-status`. Never panics, whatever the values.
+/// A `grpc-status` value as a number, if it is a decimal 32-bit one.
+fn status_number(value: &[u8]) -> Option<i32> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The code a `grpc-status` value stands for: a number is its code (one
+/// past 16 is UNKNOWN), anything else a malformed status (INTERNAL).
+pub(crate) fn code_of(value: &[u8]) -> Code {
+    status_number(value).map_or(Code::Internal, Code::from_i32)
+}
+
 pub(crate) fn status_from_headers(headers: &HeaderMap) -> Option<PeerStatus> {
-    let code = Code::from_bytes(headers.get(GRPC_STATUS)?.as_bytes());
-    let message = headers
+    let value = headers.get(GRPC_STATUS)?.as_bytes();
+    let mut message = headers
         .get(GRPC_MESSAGE)
         .map(|v| decode_message(v.as_bytes()))
         .unwrap_or_default();
+    // A decimal number is a code (one past 16 is UNKNOWN); anything else is
+    // a malformed status, INTERNAL, as grpc-go and gRPC core read it.
+    let code = match status_number(value) {
+        Some(number) => Code::from_i32(number),
+        None => {
+            let shown = String::from_utf8_lossy(&value[..value.len().min(64)]).into_owned();
+            message = if message.is_empty() {
+                format!("malformed grpc-status {shown:?}: not a status code")
+            } else {
+                format!(
+                    "malformed grpc-status {shown:?}: not a status code (its message: {message})"
+                )
+            };
+            Code::Internal
+        }
+    };
     let (details, details_error) = match headers.get(GRPC_STATUS_DETAILS) {
         None => (Bytes::new(), None),
         Some(value) => match decode_details(value) {

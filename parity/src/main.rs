@@ -249,6 +249,7 @@ struct Options {
     junit: Option<PathBuf>,
     breaks: Vec<String>,
     case_timeout: Duration,
+    jobs: usize,
 }
 
 /// How many more times a raw HTTP/2 server repeats a case's last entry.
@@ -279,6 +280,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         junit: None,
         breaks: Vec::new(),
         case_timeout: Duration::from_secs(60),
+        jobs: 4,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -305,6 +307,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
                     .ok_or_else(|| format!("--case-timeout {text:?}: seconds in (0, 3600]"))?;
                 o.case_timeout = Duration::from_secs_f64(secs);
+            }
+            "--jobs" => {
+                let text = value()?;
+                o.jobs = text
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("--jobs {text:?}: a number of workers in 1..=64"))?;
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -606,9 +616,185 @@ async fn exchange(
     }
 }
 
+/// One worker: a recording server of its own and an adapter of its own, so
+/// that cases on different workers cannot see each other's attempts.
+struct Worker {
+    server: MockServer,
+    endpoint: String,
+    adapter: Option<Adapter>,
+}
+
+impl Worker {
+    async fn start(o: &Options) -> Result<Worker, String> {
+        let server = MockServer::new();
+        let addr = serve_tcp(server.clone())
+            .await
+            .map_err(|e| format!("cannot serve: {e}"))?;
+        Ok(Worker {
+            server,
+            endpoint: format!("http://{addr}"),
+            adapter: Some(Adapter::start(o)?),
+        })
+    }
+}
+
+/// Whether a case's verdict depends on time (bounds, deadlines, delays,
+/// cancellations): such cases run one at a time, after the others.
+fn is_timed(case: &Case) -> bool {
+    let e = &case.expect;
+    e.max_elapsed_ms.is_some()
+        || e.min_elapsed_ms.is_some()
+        || !e.delays.is_empty()
+        || e.grpc_timeout.is_some()
+        || case.client.timeout_ms.is_some()
+        || case.call.timeout_ms.is_some()
+        || case.call.cancel_after_ms.is_some()
+        || case.call.cancel_after_messages.is_some()
+        || case
+            .server
+            .attempts
+            .iter()
+            .any(|a| a.delay_ms > 0 || a.message_interval_ms > 0 || a.trailers_delay_ms > 0)
+}
+
+/// Runs one case on `worker`: its problems and the runner's clock.
+async fn run_case(
+    worker: &mut Worker,
+    case: &Case,
+    o: &Options,
+    pool: &prost_reflect::DescriptorPool,
+) -> Result<(Vec<String>, Duration), String> {
+    let server = &worker.server;
+    let endpoint = &worker.endpoint;
+    let adapter = &mut worker.adapter;
+    let entry = ameide_sdk::methods::ROSTER
+        .iter()
+        .find(|r| r.key == case.call.service)
+        .ok_or_else(|| format!("{}: no roster key {:?}", case.id, case.call.service))?;
+    let path = format!("/{}/{}", entry.service, case.call.method);
+    let info = ameide_sdk::methods::method(&path)
+        .ok_or_else(|| format!("{}: {path} is not in the bundle", case.id))?;
+    let kind = match info.kind {
+        ameide_sdk::methods::StreamingKind::ServerStreaming => "server_streaming",
+        ameide_sdk::methods::StreamingKind::Unary => "unary",
+        other => {
+            return Err(format!(
+                "{}: {other:?} calls are not supported by the harness yet",
+                case.id
+            ));
+        }
+    };
+    if case.call.paginate
+        && !ameide_sdk::pagination::PAGINATED
+            .iter()
+            .any(|m| m.path == path)
+    {
+        return Err(format!(
+            "{}: call.paginate on {path}, which is not a paginated method",
+            case.id
+        ));
+    }
+    let method = wire::method(pool, &path)?;
+    let (input, output) = (method.input(), method.output());
+    server.reset();
+    // A case with an HTTP/2 fault gets a raw HTTP/2 server of its own.
+    let raw = if case.server.attempts.iter().any(|a| a.h2.is_some()) {
+        let raw = H2FaultServer::start()
+            .await
+            .map_err(|e| format!("cannot serve raw HTTP/2: {e}"))?;
+        for attempt in &case.server.attempts {
+            script_h2(&raw, attempt, &output, kind == "unary")?;
+        }
+        // Attempts past the script get the last entry, as on the other server.
+        if let Some(last) = case.server.attempts.last() {
+            for _ in 0..RAW_SPARE_ATTEMPTS {
+                script_h2(&raw, last, &output, kind == "unary")?;
+            }
+        }
+        Some(raw)
+    } else {
+        for attempt in &case.server.attempts {
+            server.push(&path, reply(attempt, &output, kind == "unary")?);
+        }
+        if let Some(last) = case.server.attempts.last() {
+            server.fallback(reply(last, &output, kind == "unary")?);
+        }
+        None
+    };
+    let request = Request {
+        id: case.id.clone(),
+        endpoint: raw
+            .as_ref()
+            .map_or_else(|| endpoint.clone(), H2FaultServer::endpoint),
+        kind: kind.to_owned(),
+        client: case.client.clone(),
+        call: case.call.clone(),
+    };
+    let running = match adapter.as_mut() {
+        Some(a) => a,
+        None => adapter.insert(Adapter::start(o)?),
+    };
+    let (outcome, mut problems, runner_elapsed, restart) =
+        exchange(running, &request, o.case_timeout).await;
+    // Let late attempts (a retry after the response), a reset and stray
+    // extra lines land before judging.
+    tokio::time::sleep(Duration::from_millis(20.max(case.expect.settle_ms))).await;
+    if restart {
+        *adapter = None;
+    } else if let Some(a) = adapter.as_mut() {
+        while let Ok(extra) = a.lines.try_recv() {
+            problems.push(format!(
+                "an extra line after the outcome: {}",
+                shorten(&extra)
+            ));
+        }
+    }
+    if let Some(outcome) = &outcome {
+        let attempts: Vec<check::Attempt> = match &raw {
+            Some(raw) => raw
+                .seen()
+                .iter()
+                .filter(|s| s.path == path)
+                .map(check::Attempt::from)
+                .collect(),
+            None => server
+                .attempts_for(&path)
+                .iter()
+                .map(check::Attempt::from)
+                .collect(),
+        };
+        // A paginated call's responses are the items of its pages.
+        let items = match ameide_sdk::pagination::PAGINATED
+            .iter()
+            .find(|m| case.call.paginate && m.path == path)
+        {
+            Some(m) => match output.get_field_by_name(m.items_field).map(|f| f.kind()) {
+                Some(prost_reflect::Kind::Message(item)) => Some(item),
+                _ => return Err(format!("{path}: {} is not a message list", m.items_field)),
+            },
+            None => None,
+        };
+        problems.extend(check::failures(&check::Evidence {
+            case,
+            outcome,
+            attempts: &attempts,
+            runner_elapsed,
+            input: &input,
+            output: items.as_ref().unwrap_or(&output),
+        }));
+    }
+    Ok((problems, runner_elapsed))
+}
+
 async fn run(o: Options) -> Result<bool, String> {
     let pool = wire::pool()?;
-    let cases = load_cases(&o.cases)?;
+    let cases: Vec<Case> = load_cases(&o.cases)?
+        .into_iter()
+        .filter(|case| {
+            (o.run.is_empty() || o.run.iter().any(|r| case.id.contains(r.as_str())))
+                && !o.skip.iter().any(|s| case.id.contains(s.as_str()))
+        })
+        .collect();
     let known: BTreeSet<String> = match &o.known_failing {
         Some(f) => std::fs::read_to_string(f)
             .map_err(|e| format!("{}: {e}", f.display()))?
@@ -618,12 +804,54 @@ async fn run(o: Options) -> Result<bool, String> {
             .collect(),
         None => BTreeSet::new(),
     };
-    let server = MockServer::new();
-    let addr = serve_tcp(server.clone())
-        .await
-        .map_err(|e| format!("cannot serve: {e}"))?;
-    let endpoint = format!("http://{addr}");
-    let mut adapter = Some(Adapter::start(&o)?);
+    let o = std::sync::Arc::new(o);
+    let cases = std::sync::Arc::new(cases);
+    // Untimed cases first, on `jobs` workers at once; then the timed ones,
+    // one at a time, on the first worker.
+    let (timed, untimed): (Vec<usize>, Vec<usize>) =
+        (0..cases.len()).partition(|&i| is_timed(&cases[i]));
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(
+        untimed
+            .into_iter()
+            .collect::<std::collections::VecDeque<usize>>(),
+    ));
+    let mut results: Vec<Option<(Vec<String>, Duration)>> = vec![None; cases.len()];
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..o.jobs {
+        let (o, cases, queue, pool) = (o.clone(), cases.clone(), queue.clone(), pool.clone());
+        workers.spawn(async move {
+            let mut worker = Worker::start(&o).await?;
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some(i) = next else { break };
+                done.push((i, run_case(&mut worker, &cases[i], &o, &pool).await?));
+            }
+            Ok::<_, String>((worker, done))
+        });
+    }
+    let mut first = None;
+    while let Some(joined) = workers.join_next().await {
+        let (worker, done) = joined.map_err(|e| format!("a worker failed: {e}"))??;
+        for (i, result) in done {
+            results[i] = Some(result);
+        }
+        match first {
+            None => first = Some(worker),
+            Some(_) => {
+                if let Some(adapter) = worker.adapter {
+                    let _ = adapter.finish().await;
+                }
+            }
+        }
+    }
+    let mut worker = match first {
+        Some(w) => w,
+        None => Worker::start(&o).await?,
+    };
+    for i in timed {
+        results[i] = Some(run_case(&mut worker, &cases[i], &o, &pool).await?);
+    }
 
     let (mut passed, mut failed, mut xfail) = (0, 0, 0);
     let mut report = Vec::new();
@@ -631,128 +859,10 @@ async fn run(o: Options) -> Result<bool, String> {
     let mut suites: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     let mut junit = Vec::new();
     println!("{:<48} {:<8} notes", "case", "result");
-    for case in cases {
-        if (!o.run.is_empty() && !o.run.iter().any(|r| case.id.contains(r.as_str())))
-            || o.skip.iter().any(|s| case.id.contains(s.as_str()))
-        {
-            continue;
-        }
-        let entry = ameide_sdk::methods::ROSTER
-            .iter()
-            .find(|r| r.key == case.call.service)
-            .ok_or_else(|| format!("{}: no roster key {:?}", case.id, case.call.service))?;
-        let path = format!("/{}/{}", entry.service, case.call.method);
-        let info = ameide_sdk::methods::method(&path)
-            .ok_or_else(|| format!("{}: {path} is not in the bundle", case.id))?;
-        let kind = match info.kind {
-            ameide_sdk::methods::StreamingKind::ServerStreaming => "server_streaming",
-            ameide_sdk::methods::StreamingKind::Unary => "unary",
-            other => {
-                return Err(format!(
-                    "{}: {other:?} calls are not supported by the harness yet",
-                    case.id
-                ));
-            }
+    for (case, result) in cases.iter().zip(results) {
+        let Some((problems, runner_elapsed)) = result else {
+            return Err(format!("{}: never ran", case.id));
         };
-        if case.call.paginate
-            && !ameide_sdk::pagination::PAGINATED
-                .iter()
-                .any(|m| m.path == path)
-        {
-            return Err(format!(
-                "{}: call.paginate on {path}, which is not a paginated method",
-                case.id
-            ));
-        }
-        let method = wire::method(&pool, &path)?;
-        let (input, output) = (method.input(), method.output());
-        server.reset();
-        // A case with an HTTP/2 fault gets a raw HTTP/2 server of its own.
-        let raw = if case.server.attempts.iter().any(|a| a.h2.is_some()) {
-            let raw = H2FaultServer::start()
-                .await
-                .map_err(|e| format!("cannot serve raw HTTP/2: {e}"))?;
-            for attempt in &case.server.attempts {
-                script_h2(&raw, attempt, &output, kind == "unary")?;
-            }
-            // Attempts past the script get the last entry, as on the other server.
-            if let Some(last) = case.server.attempts.last() {
-                for _ in 0..RAW_SPARE_ATTEMPTS {
-                    script_h2(&raw, last, &output, kind == "unary")?;
-                }
-            }
-            Some(raw)
-        } else {
-            for attempt in &case.server.attempts {
-                server.push(&path, reply(attempt, &output, kind == "unary")?);
-            }
-            if let Some(last) = case.server.attempts.last() {
-                server.fallback(reply(last, &output, kind == "unary")?);
-            }
-            None
-        };
-        let request = Request {
-            id: case.id.clone(),
-            endpoint: raw
-                .as_ref()
-                .map_or_else(|| endpoint.clone(), H2FaultServer::endpoint),
-            kind: kind.to_owned(),
-            client: case.client.clone(),
-            call: case.call.clone(),
-        };
-        let running = match adapter.as_mut() {
-            Some(a) => a,
-            None => adapter.insert(Adapter::start(&o)?),
-        };
-        let (outcome, mut problems, runner_elapsed, restart) =
-            exchange(running, &request, o.case_timeout).await;
-        // Let late attempts (a retry after the response), a reset and stray
-        // extra lines land before judging.
-        tokio::time::sleep(Duration::from_millis(20.max(case.expect.settle_ms))).await;
-        if restart {
-            adapter = None;
-        } else if let Some(a) = adapter.as_mut() {
-            while let Ok(extra) = a.lines.try_recv() {
-                problems.push(format!(
-                    "an extra line after the outcome: {}",
-                    shorten(&extra)
-                ));
-            }
-        }
-        if let Some(outcome) = &outcome {
-            let attempts: Vec<check::Attempt> = match &raw {
-                Some(raw) => raw
-                    .seen()
-                    .iter()
-                    .filter(|s| s.path == path)
-                    .map(check::Attempt::from)
-                    .collect(),
-                None => server
-                    .attempts_for(&path)
-                    .iter()
-                    .map(check::Attempt::from)
-                    .collect(),
-            };
-            // A paginated call's responses are the items of its pages.
-            let items = match ameide_sdk::pagination::PAGINATED
-                .iter()
-                .find(|m| case.call.paginate && m.path == path)
-            {
-                Some(m) => match output.get_field_by_name(m.items_field).map(|f| f.kind()) {
-                    Some(prost_reflect::Kind::Message(item)) => Some(item),
-                    _ => return Err(format!("{path}: {} is not a message list", m.items_field)),
-                },
-                None => None,
-            };
-            problems.extend(check::failures(&check::Evidence {
-                case: &case,
-                outcome,
-                attempts: &attempts,
-                runner_elapsed,
-                input: &input,
-                output: items.as_ref().unwrap_or(&output),
-            }));
-        }
         let is_known = known.contains(&case.id);
         let result = match (problems.is_empty(), is_known) {
             (true, false) => {
@@ -795,7 +905,7 @@ async fn run(o: Options) -> Result<bool, String> {
             "problems": problems,
         }));
     }
-    let lingering = match adapter {
+    let lingering = match worker.adapter {
         Some(a) => a.finish().await,
         None => None,
     };
@@ -825,6 +935,7 @@ async fn run(o: Options) -> Result<bool, String> {
         println!(
             "{xfail} known failing (see {})",
             o.known_failing
+                .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         );

@@ -541,7 +541,7 @@ fn a_grpc_status_that_is_no_code_taken_for_ok() {
     control(
         "lenient-grpc-status",
         Must::Exactly(&[
-            "grpc-status-not-a-number-is-unknown",
+            "grpc-status-not-a-number-is-internal",
             "grpc-status-out-of-range-is-unknown",
         ]),
         &[],

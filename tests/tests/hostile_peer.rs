@@ -108,14 +108,28 @@ async fn expect_any_with(reply: RawReply, options: TransportOptions) -> Error {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_status_values_that_are_not_codes_are_unknown() {
-    for value in ["abc", "99999999999999999999", "-1", "", "17", "1 4", "0x0e"] {
+async fn grpc_status_values_that_are_not_codes_are_unknown_or_malformed() {
+    // Numbers that are no code: UNKNOWN, the peer's message kept.
+    for value in ["-1", "17", "2147483647"] {
         let reply = RawReply::grpc()
             .header("grpc-status", value)
             .header("grpc-message", "odd status")
             .trailers_only();
         let err = expect(reply, Code::Unknown).await;
         assert_eq!(err.message(), "odd status", "{value:?}");
+    }
+    // Not a number (a 32-bit one): a malformed status, INTERNAL, as grpc-go
+    // and gRPC core say; the value and the peer's message both named.
+    for value in ["abc", "99999999999999999999", "", "1 4", "0x0e"] {
+        let reply = RawReply::grpc()
+            .header("grpc-status", value)
+            .header("grpc-message", "odd status")
+            .trailers_only();
+        let err = expect(reply, Code::Internal).await;
+        assert_eq!(
+            err.message(),
+            format!("malformed grpc-status {value:?}: not a status code (its message: odd status)"),
+        );
     }
 }
 
