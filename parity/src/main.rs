@@ -831,6 +831,8 @@ async fn run(o: Options) -> Result<bool, String> {
         });
     }
     let mut first = None;
+    // The adapters of the workers done with, ending (each may linger).
+    let mut ending = tokio::task::JoinSet::new();
     while let Some(joined) = workers.join_next().await {
         let (worker, done) = joined.map_err(|e| format!("a worker failed: {e}"))??;
         for (i, result) in done {
@@ -840,7 +842,7 @@ async fn run(o: Options) -> Result<bool, String> {
             None => first = Some(worker),
             Some(_) => {
                 if let Some(adapter) = worker.adapter {
-                    let _ = adapter.finish().await;
+                    ending.spawn(adapter.finish());
                 }
             }
         }
@@ -905,10 +907,13 @@ async fn run(o: Options) -> Result<bool, String> {
             "problems": problems,
         }));
     }
-    let lingering = match worker.adapter {
-        Some(a) => a.finish().await,
-        None => None,
-    };
+    if let Some(adapter) = worker.adapter {
+        ending.spawn(adapter.finish());
+    }
+    let mut lingering = None;
+    while let Some(note) = ending.join_next().await {
+        lingering = lingering.or(note.ok().flatten());
+    }
     if let Some(file) = &o.report {
         std::fs::write(
             file,
