@@ -74,6 +74,8 @@
 //! cargo-fuzz targets (`cargo xtask fuzz`).
 
 #![deny(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 mod call;
@@ -102,6 +104,7 @@ mod transport;
 mod wire_types;
 
 #[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
 pub use call::{AttemptRecord, CallInfo, CallOptions, StopReason};

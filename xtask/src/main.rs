@@ -13,6 +13,8 @@
 //! | `sync-proto <dir>` | replaces the bundle with a buf module directory, refusing unwired services or lint findings, and regenerates the manifest |
 //! | `deny` | `cargo deny check bans licenses sources` with `deny.toml` (cargo-deny installed into the tools cache on first use) |
 //! | `release --dry-run` | version, stamped copy, packages and a CycloneDX SBOM (cargo-cyclonedx), without publishing |
+//! | `build-cost [default\|lean\|tonic…]` | a hello-world consumer of `ameide-sdk` built cold in release mode, with default features and with none (the client only), beside plain tonic + prost: wall time, crates compiled, binary size (docs/BENCHMARKS.md) |
+//! | `semver [--baseline REV]` | cargo-semver-checks (installed into the tools cache on first use) of the published crates against the last release tag, or the last commit that changed the workspace version; a breaking change without a major (0.x: minor) bump fails naming the items |
 //! | `parity [runner args…]` | the parity cases (`parity/cases`) against the Rust reference adapter (see `docs/parity.md`) |
 //! | `parity-bundle` | `target/parity-bundle/`: the release `ameide-parity` runner and reference adapter with the cases, the Python example and `parity.md`, checked by running it (the release workflow uploads it) |
 //! | `soak [--calls N]` | N (default 200,000) calls through one client in release mode; fails if RSS grows past the bound |
@@ -25,6 +27,9 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use ameide_build::Inputs;
+
+mod build_cost;
+mod semver;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
         ["fuzz", rest @ ..] => fuzz(rest),
         ["release", "--dry-run"] => release_dry_run(),
         ["bench", rest @ ..] => bench(rest),
+        ["semver", rest @ ..] => semver::semver(rest),
+        ["build-cost", rest @ ..] => build_cost::build_cost(rest),
         [] | ["help"] | ["--help"] | ["-h"] => {
             print_help();
             Ok(())
@@ -161,6 +168,9 @@ fn print_help() {
          system-packages     apt-get install nginx, openssl, golang-go, golang-google-grpc-dev, tinyproxy, dnsmasq-base when missing (no service started)\n\
          fuzz [--seconds N] [T…]  run the cargo-fuzz targets (default 60 s each)\n\
          release --dry-run   version, stamped copy, packages, SBOM; publishes nothing\n\
+         build-cost [V…]     cold release builds of a consumer: default features, lean, plain tonic\n\
+         semver [--baseline REV]  cargo-semver-checks of the published crates against the last release tag\n\
+                             (or the last version bump); a breaking change needs a major (0.x: minor) bump\n\
          parity [args]       run the parity cases against the Rust reference adapter\n\
          parity-bundle       the release parity runner, adapter and cases in target/parity-bundle\n\
          soak [args]         200k calls through one client; fails if RSS grows past 10 MiB\n\
@@ -437,6 +447,7 @@ fn ci() -> Result<(), String> {
         ("policy", Box::new(policy)),
         ("buf-breaking", Box::new(|| buf_breaking("HEAD~1"))),
         ("package-smoke", Box::new(package_smoke)),
+        ("semver", Box::new(|| semver::semver(&[]))),
         ("deny", Box::new(deny)),
         ("parity", Box::new(|| parity(&[]))),
         ("fuzz --seconds 10", Box::new(|| fuzz(&["--seconds", "10"]))),
@@ -667,7 +678,30 @@ fn package_smoke() -> Result<(), String> {
             .current_dir(&consumer),
         "the package-smoke consumer",
     )?;
-    println!("package-smoke: the packaged crates build and work for a registry consumer");
+    // The packaged crate's docs as docs.rs builds them: its
+    // `[package.metadata.docs.rs]` features and `--cfg docsrs` (whose
+    // `feature(doc_cfg)` needs nightly, or RUSTC_BOOTSTRAP=1 on stable).
+    run(
+        cargo()
+            .args([
+                "doc",
+                "--offline",
+                "--quiet",
+                "--no-deps",
+                "-p",
+                "ameide-sdk",
+                "--features",
+                "ameide-sdk/oauth2,ameide-sdk/server,ameide-sdk/testkit",
+            ])
+            .env("CARGO_TARGET_DIR", root.join("target"))
+            .env("RUSTDOCFLAGS", "--cfg docsrs -D warnings")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(&consumer),
+        "the packaged ameide-sdk's docs (as docs.rs builds them)",
+    )?;
+    println!(
+        "package-smoke: the packaged crates build and work for a registry consumer, and their docs build"
+    );
     Ok(())
 }
 

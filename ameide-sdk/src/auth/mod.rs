@@ -25,6 +25,7 @@ pub(crate) mod oauth2;
 
 pub use cache::CachingTokenProvider;
 #[cfg(feature = "oauth2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth2")))]
 pub use oauth2::ClientCredentials;
 
 pub use crate::wire_types::BoxFuture;
