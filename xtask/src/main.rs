@@ -688,10 +688,10 @@ fn package_smoke() -> Result<(), String> {
                 "--offline",
                 "--quiet",
                 "--no-deps",
+                // The consumer's dependency turns on what docs.rs does:
+                // the defaults (oauth2, server) and testkit.
                 "-p",
                 "ameide-sdk",
-                "--features",
-                "ameide-sdk/oauth2,ameide-sdk/server,ameide-sdk/testkit",
             ])
             .env("CARGO_TARGET_DIR", root.join("target"))
             .env("RUSTDOCFLAGS", "--cfg docsrs -D warnings")
