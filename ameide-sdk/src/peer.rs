@@ -40,8 +40,6 @@ pub(crate) struct PeerStatus {
     pub(crate) details_error: Option<String>,
 }
 
-/// The status in `headers` (a trailers-only response, or trailers), if they
-/// carry `grpc-status`. Never panics, whatever the values.
 /// A `grpc-status` value as a number, if it is a decimal 32-bit one.
 fn status_number(value: &[u8]) -> Option<i32> {
     std::str::from_utf8(value).ok()?.parse().ok()
@@ -53,6 +51,8 @@ pub(crate) fn code_of(value: &[u8]) -> Code {
     status_number(value).map_or(Code::Internal, Code::from_i32)
 }
 
+/// The status in `headers` (a trailers-only response, or trailers), if they
+/// carry `grpc-status`. Never panics, whatever the values.
 pub(crate) fn status_from_headers(headers: &HeaderMap) -> Option<PeerStatus> {
     let value = headers.get(GRPC_STATUS)?.as_bytes();
     let mut message = headers
@@ -65,13 +65,16 @@ pub(crate) fn status_from_headers(headers: &HeaderMap) -> Option<PeerStatus> {
         Some(number) => Code::from_i32(number),
         None => {
             let shown = String::from_utf8_lossy(&value[..value.len().min(64)]).into_owned();
-            message = if message.is_empty() {
-                format!("malformed grpc-status {shown:?}: not a status code")
-            } else {
-                format!(
-                    "malformed grpc-status {shown:?}: not a status code (its message: {message})"
-                )
-            };
+            message = bounded(
+                &if message.is_empty() {
+                    format!("malformed grpc-status {shown:?}: not a status code")
+                } else {
+                    format!(
+                        "malformed grpc-status {shown:?}: not a status code (its message: {message})"
+                    )
+                },
+                MAX_MESSAGE_BYTES,
+            );
             Code::Internal
         }
     };
@@ -98,9 +101,18 @@ pub(crate) fn status_from_headers(headers: &HeaderMap) -> Option<PeerStatus> {
     })
 }
 
-/// Removes a `grpc-status-details-bin` that tonic's parser would panic on;
-/// returns why it was removed. Cheap when there is none (one lookup).
+/// For an OK status: writes its `grpc-status` as tonic reads it, and
+/// removes a `grpc-status-details-bin` that tonic's parser would panic on
+/// (returning why). Cheap when there is nothing to do (two lookups).
 pub(crate) fn sanitize(headers: &mut HeaderMap) -> Option<String> {
+    // An OK written another way ("00", "+0") is OK to the SDK; tonic,
+    // which parses the status again above the layers, reads only "0" so.
+    if headers
+        .get(GRPC_STATUS)
+        .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+    }
     let value = headers.get(GRPC_STATUS_DETAILS)?;
     let why = decode_details(value).err()?;
     headers.remove(GRPC_STATUS_DETAILS);

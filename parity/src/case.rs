@@ -127,6 +127,10 @@ pub struct Call {
     /// The caller gives up on a stream once it has this many response
     /// messages: the adapter reports `CANCELLED` with those messages.
     pub cancel_after_messages: Option<u64>,
+    /// A long-lived call: no whole-call deadline (no `grpc-timeout`), but it
+    /// ends `DEADLINE_EXCEEDED` when nothing arrives from the server for
+    /// this long, ms.
+    pub idle_timeout_ms: Option<u64>,
     /// Collect the items of every page through the SDK's pagination helper
     /// (a paginated method only): the outcome's `responses` are the items,
     /// its code the end of the item stream.

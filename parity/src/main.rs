@@ -346,6 +346,7 @@ fn load_cases(dir: &std::path::Path) -> Result<Vec<Case>, String> {
         validate(&case).map_err(|e| format!("{}: {e}", file.display()))?;
         let variants = expand(case).map_err(|e| format!("{}: {e}", file.display()))?;
         for variant in variants.iter().skip(1) {
+            validate(variant).map_err(|e| format!("{} ({}): {e}", file.display(), variant.id))?;
             if !ids.insert(variant.id.clone()) {
                 return Err(format!(
                     "{}: duplicate case id {}",
@@ -370,6 +371,7 @@ const SUITES: &[&str] = &[
     "timeouts",
     "transport",
     "pagination",
+    "long-lived-streams",
 ];
 
 /// What the case format cannot say by itself: a known suite, and raw HTTP
@@ -649,6 +651,9 @@ fn is_timed(case: &Case) -> bool {
         || case.client.timeout_ms.is_some()
         || case.call.timeout_ms.is_some()
         || case.call.cancel_after_ms.is_some()
+        || case.call.idle_timeout_ms.is_some()
+        // Waiting to see that nothing more arrives is a measure of time too.
+        || e.settle_ms > 0
         || case.call.cancel_after_messages.is_some()
         || case
             .server

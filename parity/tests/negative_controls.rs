@@ -593,3 +593,17 @@ fn no_guard_against_a_repeated_token() {
         &[],
     );
 }
+
+#[test]
+fn long_lived_calls_kept_on_the_whole_call_deadline() {
+    control(
+        "ignore-idle-timeout",
+        Must::Exactly(&[
+            "a-silent-stream-ends-at-the-idle-timeout",
+            "a-stream-outlives-the-client-budget-while-it-sends",
+            "idle-timeout-sends-no-grpc-timeout",
+            "no-headers-within-the-idle-timeout",
+        ]),
+        &[],
+    );
+}

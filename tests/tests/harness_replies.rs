@@ -296,3 +296,28 @@ async fn wait_for_attempts(server: &MockServer, n: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The raw HTTP/2 server's `Reset` fault: the request is read (and recorded,
+/// messages and all), then the stream is reset with the scripted code.
+#[tokio::test]
+async fn a_scripted_reset_arrives_with_its_code_after_the_request_is_read() {
+    use ameide_sdk::testkit::{H2FaultServer, StreamFault};
+    let server = H2FaultServer::start().await.unwrap();
+    server.push(StreamFault::Reset(0xb));
+    let addr: SocketAddr = server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let (response, mut send) = raw_request(addr, paths::LIST_REPOSITORIES, &[]).await;
+    send.send_data(framed(0, b"hello"), true).unwrap();
+    let err = response.await.unwrap_err();
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err}");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].fault, StreamFault::Reset(0xb));
+    assert_eq!(
+        seen[0].messages.as_deref(),
+        Some(&[Bytes::from_static(b"hello")][..])
+    );
+}

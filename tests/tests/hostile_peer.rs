@@ -446,3 +446,49 @@ async fn a_trailers_only_ok_is_an_empty_stream_not_a_missing_status() {
     assert!(!err.message().contains("grpc-status"), "{err}");
     assert_no_panics();
 }
+
+/// An OK status written another way ("00", "+0") is OK, for the caller as
+/// for the SDK's own records (tonic alone reads only "0" as OK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ok_status_written_another_way_is_ok() {
+    for value in ["00", "+0"] {
+        let server = H2FaultServer::start().await.unwrap();
+        server.push_reply(RawReply::grpc().message(&[]).trailer("grpc-status", value));
+        let client = client_with(
+            &server,
+            RetryPolicy::disabled(),
+            TransportOptions::default(),
+        );
+        let (result, _) = call(&client).await;
+        assert!(result.is_ok(), "{value:?}: {result:?}");
+    }
+}
+
+/// A grpc-status in the leading headers of a response that goes on is not
+/// the call's (the trailers decide); when no trailers come at all, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leading_status_is_the_calls_only_without_trailers() {
+    // Overruled by the trailers.
+    let server = H2FaultServer::start().await.unwrap();
+    server.push_reply(
+        RawReply::grpc()
+            .header("grpc-status", "0")
+            .message(&[])
+            .trailer("grpc-status", "8")
+            .trailer("grpc-message", "quota"),
+    );
+    let client = client_with(
+        &server,
+        RetryPolicy::disabled(),
+        TransportOptions::default(),
+    );
+    let err = call(&client).await.0.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert_eq!(err.message(), "quota");
+    // No trailers: the leading status ends the call.
+    let reply = RawReply::grpc()
+        .header("grpc-status", "14")
+        .header("grpc-message", "busy");
+    let err = expect(reply, Code::Unavailable).await;
+    assert_eq!(err.message(), "busy");
+}

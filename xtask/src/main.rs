@@ -693,7 +693,10 @@ fn package_smoke() -> Result<(), String> {
                 "-p",
                 "ameide-sdk",
             ])
-            .env("CARGO_TARGET_DIR", root.join("target"))
+            // A target directory of its own: RUSTC_BOOTSTRAP changes what
+            // some build scripts (proc-macro2's) detect, which would rebuild
+            // the shared one's proc-macro stack, twice per CI run.
+            .env("CARGO_TARGET_DIR", root.join("target/package-smoke-doc"))
             .env("RUSTDOCFLAGS", "--cfg docsrs -D warnings")
             .env("RUSTC_BOOTSTRAP", "1")
             .current_dir(&consumer),

@@ -41,8 +41,9 @@ pub(crate) fn semver(args: &[&str]) -> Result<(), String> {
     )
 }
 
-/// The latest release tag before `HEAD`; without one, the last commit that
-/// changed the workspace version (the API was promised from there).
+/// The latest release tag before `HEAD` (on a release commit, the release
+/// before it); without one, the last commit that changed the workspace
+/// version (the API was promised from there).
 pub(crate) fn baseline() -> Result<String, String> {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -57,7 +58,7 @@ pub(crate) fn baseline() -> Result<String, String> {
         "--abbrev=0",
         "--match",
         "v[0-9]*.[0-9]*.[0-9]*",
-        "HEAD",
+        "HEAD^",
     ])?;
     if tag.status.success() {
         let tag = String::from_utf8_lossy(&tag.stdout).trim().to_owned();

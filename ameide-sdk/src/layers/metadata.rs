@@ -394,22 +394,27 @@ fn finish(
     // Trailers-only. A failure becomes the call's error here; an OK is handed
     // up with its headers sanitized, because tonic parses them again. Either
     // way the call ends here.
+    let mut leading = None;
     if response.headers().contains_key(names::GRPC_STATUS)
         && !crate::grpc_headers::is_trailers_only(&response)
     {
-        // Not the call's status: the trailers will carry it. Dropped, so that
-        // tonic (which reads a grpc-status in the headers as the call's end)
-        // waits for them too.
+        // Not the call's status: the trailers will carry it. Taken out, so
+        // that tonic (which reads a grpc-status in the headers as the call's
+        // end) waits for them too; kept in case none come.
         ::tracing::warn!(
             "the response's leading headers carry a grpc-status, yet the response goes on: the status in its trailers is the call's"
         );
+        let mut kept = http::HeaderMap::new();
         for name in [
             names::GRPC_STATUS,
             names::GRPC_MESSAGE,
             names::GRPC_STATUS_DETAILS,
         ] {
-            response.headers_mut().remove(name);
+            if let Some(value) = response.headers_mut().remove(&name) {
+                kept.insert(name, value);
+            }
         }
+        leading = Some(kept);
     }
     let trailers_only = grpc_code(response.headers());
     if trailers_only == Some(tonic::Code::Ok) && answers_with_one(&state) {
@@ -479,6 +484,7 @@ fn finish(
             // body is over, and no trailers are to come.
             failed: trailers_only.is_some(),
             call,
+            leading,
         })
     }))
 }
@@ -537,6 +543,11 @@ pin_project! {
         // Recorded with the status the caller gets: the trailers' or the
         // error's, or CANCELLED when the stream is dropped unfinished.
         call: Option<CallEnd>,
+        // A status taken out of the leading headers of a response that went
+        // on: the call's if the response ends without trailers after all
+        // (a server that sends headers then an empty end of stream, or a
+        // body that does not report its end with the headers).
+        leading: Option<http::HeaderMap>,
     }
 
     impl PinnedDrop for StampBody {
@@ -608,7 +619,15 @@ impl StampBody {
             *failed = true;
             Poll::Ready(Some(Err(stamp_status(status, state))))
         };
-        match http_body::Body::poll_frame(this.inner, cx) {
+        let mut next = http_body::Body::poll_frame(this.inner, cx);
+        if let Poll::Ready(None) = next
+            && let Some(leading) = this.leading.take()
+        {
+            // No trailers after all: the status of the leading headers ends
+            // the call, read as trailers would be.
+            next = Poll::Ready(Some(Ok(Frame::trailers(leading))));
+        }
+        match next {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if let Err(status) = this.frames.feed(data) {

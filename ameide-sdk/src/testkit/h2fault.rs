@@ -288,11 +288,14 @@ impl Recorder {
         let mut messages = Vec::new();
         while rest.len() >= 5 {
             let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            let Some(message) = rest.get(5..5 + len) else {
+            let Some(end) = len.checked_add(5) else {
+                break;
+            };
+            let Some(message) = rest.get(5..end) else {
                 break;
             };
             messages.push(Bytes::copy_from_slice(message));
-            rest = &rest[5 + len..];
+            rest = &rest[end..];
         }
         if let Some(seen) = lock(&self.shared.seen).get_mut(self.number) {
             seen.messages = Some(messages);

@@ -20,6 +20,7 @@ use crate::wire_types::{BoxError, BoxFuture, HttpRequest, HttpResponse};
 
 pub(crate) mod balancer;
 pub(crate) mod connection;
+#[cfg(feature = "dns")]
 pub(crate) mod dns;
 pub(crate) mod failure;
 pub(crate) mod proxy;
@@ -511,6 +512,15 @@ pub(crate) fn http2_transport(
         ));
     }
     match spec {
+        #[cfg(not(feature = "dns"))]
+        TargetSpec::Dns(_) => Err(ConfigError::new(
+            ConfigErrorKind::Endpoint,
+            format!(
+                "{:?} is a dns: target, which needs the `dns` feature of ameide-sdk (on by default): turn it on, or give http(s)://host:port endpoints",
+                crate::peer::bounded(target, 256)
+            ),
+        )),
+        #[cfg(feature = "dns")]
         TargetSpec::Dns(dns) => {
             let authority = format!("{}:{}", dns.host, dns.port);
             let resolver = dns::resolver(&dns)?;

@@ -28,6 +28,7 @@
 //! - `raw-grpc-message`: grpc-message is not percent-decoded;
 //! - `strict-grpc-message`: a grpc-message with broken percent-encoding is dropped;
 //! - `lenient-grpc-status`: a grpc-status that is no gRPC code is taken for OK;
+//! - `ignore-idle-timeout`: `call.idle_timeout_ms` is ignored: the call keeps the whole-call deadline;
 //! - `no-pagination`: a paginated call returns its first page's items only;
 //! - `drop-page-size`: pages after the first ask for no page size;
 //! - `no-loop-guard`: the tokens are followed by hand, a repeated one too (at most 20 pages);
@@ -228,6 +229,19 @@ fn lenient_status(status: &str) -> Option<String> {
         Ok(code) if code <= 16 => Some(status.to_owned()),
         _ => Some("0".to_owned()),
     }
+}
+
+/// Clients whose call is over, closed once its outcome line is written:
+/// closing first would close the connection under a call the SDK may have
+/// left open, which the server cannot tell from the stream reset the
+/// cancellation and deadline cases check for.
+static FINISHED: std::sync::Mutex<Vec<AmeideClient>> = std::sync::Mutex::new(Vec::new());
+
+fn close_after_outcome(client: AmeideClient) {
+    FINISHED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(client);
 }
 
 fn has(breaks: &[String], what: &str) -> bool {
@@ -543,6 +557,11 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         {
             options = options.timeout(budget(ms, breaks));
         }
+        if let Some(ms) = request.call.idle_timeout_ms
+            && !has(breaks, "ignore-idle-timeout")
+        {
+            options = options.idle_timeout(Duration::from_millis(ms));
+        }
         let call = options.into_request(body).map_err(|e| e.to_string())?;
         Ok((client, call, path, method, options))
     })();
@@ -572,7 +591,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         if let Err(e) = collected {
             outcome.adapter_error = Some(e);
         }
-        client.close();
+        close_after_outcome(client);
         return outcome;
     }
     let path = match PathAndQuery::from_str(&path) {
@@ -691,29 +710,30 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
             None => making.await,
         }
     };
-    let (result, undecodable, facts, cancelled) = if has(breaks, "abandon-on-deadline") {
-        let budget = request
-            .call
-            .timeout_ms
-            .or(request.client.timeout_ms)
-            .unwrap_or(ameide_sdk::contract::DEFAULT_TIMEOUT_MS);
-        let local = Duration::from_millis(budget.saturating_sub(30));
-        let mut finishing = Box::pin(finishing);
-        match tokio::time::timeout(local, &mut finishing).await {
-            Ok(done) => done,
-            Err(_) => {
-                // Neither dropped nor polled again: the stream stays open.
-                std::mem::forget(finishing);
-                std::mem::forget(client);
-                outcome.code = "DEADLINE_EXCEEDED".into();
-                outcome.message = "local timer".into();
-                outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-                return outcome;
+    let (result, undecodable, facts, cancelled) =
+        if has(breaks, "abandon-on-deadline") && request.call.idle_timeout_ms.is_none() {
+            let budget = request
+                .call
+                .timeout_ms
+                .or(request.client.timeout_ms)
+                .unwrap_or(ameide_sdk::contract::DEFAULT_TIMEOUT_MS);
+            let local = Duration::from_millis(budget.saturating_sub(30));
+            let mut finishing = Box::pin(finishing);
+            match tokio::time::timeout(local, &mut finishing).await {
+                Ok(done) => done,
+                Err(_) => {
+                    // Neither dropped nor polled again: the stream stays open.
+                    std::mem::forget(finishing);
+                    std::mem::forget(client);
+                    outcome.code = "DEADLINE_EXCEEDED".into();
+                    outcome.message = "local timer".into();
+                    outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    return outcome;
+                }
             }
-        }
-    } else {
-        finishing.await
-    };
+        } else {
+            finishing.await
+        };
     if let Some(info) = facts {
         outcome.request_id = Some(info.request_id.to_string());
         outcome.attempts = Some(u64::from(info.attempts));
@@ -736,7 +756,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         outcome.request_id = Some("00000000-0000-4000-8000-000000000000".into());
         outcome.attempts = Some(outcome.attempts.unwrap_or(0) + 1);
     }
-    client.close();
+    close_after_outcome(client);
     outcome
 }
 
@@ -783,6 +803,10 @@ async fn main() {
         text.push('\n');
         if stdout.write_all(text.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
             break;
+        }
+        let finished = std::mem::take(&mut *FINISHED.lock().unwrap_or_else(|p| p.into_inner()));
+        for client in finished {
+            client.close();
         }
     }
 }

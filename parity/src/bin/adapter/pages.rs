@@ -125,7 +125,17 @@ fn fetch(
 ) -> Pin<Box<dyn Future<Output = PageResult> + Send>> {
     Box::pin(async move {
         let request = request.map(|r| Bytes::from(r.message.encode_to_vec()));
-        let mut grpc = tonic::client::Grpc::new(target.client.channel());
+        // Set up like the SDK's typed clients: the client's codec options.
+        let codec = target.client.codec();
+        let mut grpc = tonic::client::Grpc::new(target.client.channel())
+            .max_decoding_message_size(codec.max_decoding_message_size)
+            .max_encoding_message_size(codec.max_encoding_message_size);
+        for &encoding in codec.accept_compressed {
+            grpc = grpc.accept_compressed(encoding);
+        }
+        if let Some(encoding) = codec.send_compressed {
+            grpc = grpc.send_compressed(encoding);
+        }
         grpc.ready()
             .await
             .map_err(|e| Status::unknown(e.to_string()))?;
