@@ -69,7 +69,7 @@ fn variants(sdk: &Path) -> Vec<(Variant, String)> {
         (
             Variant {
                 name: "default",
-                what: "`ameide-sdk`, default features (client, `server`, `oauth2`)",
+                what: "`ameide-sdk`, default features (client, `server`, `oauth2`, `dns`)",
                 main: SDK_MAIN,
             },
             format!("ameide-sdk = {{ path = \"{sdk}\" }}\n{tokio}\n"),
@@ -77,7 +77,7 @@ fn variants(sdk: &Path) -> Vec<(Variant, String)> {
         (
             Variant {
                 name: "lean",
-                what: "`ameide-sdk`, `default-features = false` (the client only)",
+                what: "`ameide-sdk`, `default-features = false` (the client only: no server, no OAuth2, no `dns:` targets)",
                 main: SDK_MAIN,
             },
             format!("ameide-sdk = {{ path = \"{sdk}\", default-features = false }}\n{tokio}\n"),
