@@ -459,6 +459,9 @@ fn decoding_responses_as_the_wrong_type() {
             "zstd-response-is-decoded",
             "dropped-connection-under-a-stream",
             "refused-stream-on-a-stream-method",
+            "a-silent-stream-ends-at-the-idle-timeout",
+            "a-stream-outlives-the-client-budget-while-it-sends",
+            "idle-timeout-sends-no-grpc-timeout",
         ]),
         &[],
     );
