@@ -89,6 +89,25 @@ fn expand(case: Case) -> Result<Vec<Case>, String> {
     Ok(out)
 }
 
+/// An attempt's scripted messages, encoded as the method's response type;
+/// `one_at_least` (an OK unary reply) sends one empty message when none is
+/// scripted: a valid response of every method.
+fn encoded_messages(
+    a: &AttemptReply,
+    output: &prost_reflect::MessageDescriptor,
+    one_at_least: bool,
+) -> Result<Vec<bytes::Bytes>, String> {
+    let mut messages = a
+        .messages
+        .iter()
+        .map(|m| wire::encode(output.clone(), m))
+        .collect::<Result<Vec<_>, _>>()?;
+    if one_at_least && messages.is_empty() {
+        messages.push(bytes::Bytes::new());
+    }
+    Ok(messages)
+}
+
 /// The server's reply for one attempt. An `OK` unary reply without scripted
 /// messages sends one empty message: a valid response of every method.
 fn reply(
@@ -128,14 +147,7 @@ fn reply(
         return Ok(r);
     }
     let code = code(&a.status)?;
-    let mut messages = a
-        .messages
-        .iter()
-        .map(|m| wire::encode(output.clone(), m))
-        .collect::<Result<Vec<_>, _>>()?;
-    if unary && code == Code::Ok && messages.is_empty() {
-        messages.push(bytes::Bytes::new());
-    }
+    let messages = encoded_messages(a, output, unary && code == Code::Ok)?;
     let status = if a.details.is_empty() {
         Status::new(code, a.message.clone())
     } else {
@@ -217,15 +229,7 @@ fn script_h2(
     let code = code(&a.status)?;
     let mut reply = RawReply::grpc().delay(Duration::from_millis(a.delay_ms));
     if code == Code::Ok {
-        let mut messages = a
-            .messages
-            .iter()
-            .map(|m| wire::encode(output.clone(), m))
-            .collect::<Result<Vec<_>, _>>()?;
-        if unary && messages.is_empty() {
-            messages.push(bytes::Bytes::new());
-        }
-        for m in &messages {
+        for m in &encoded_messages(a, output, unary)? {
             reply = reply.message(m);
         }
         reply = reply.trailer("grpc-status", "0");

@@ -442,6 +442,11 @@ impl MockServer {
 fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> (Vec<Bytes>, Vec<usize>) {
     let mut out = Vec::new();
     let mut lengths = Vec::new();
+    let encoding = match encoding {
+        Some("gzip") => Some(CompressionEncoding::Gzip),
+        Some("zstd") => Some(CompressionEncoding::Zstd),
+        _ => None,
+    };
     while bytes.len() >= 5 {
         let compressed = bytes.get_u8() == 1;
         let len = bytes.get_u32() as usize;
@@ -450,11 +455,6 @@ fn unframe(mut bytes: Bytes, encoding: Option<&str>) -> (Vec<Bytes>, Vec<usize>)
         }
         let message = bytes.split_to(len);
         lengths.push(len);
-        let encoding = match encoding {
-            Some("gzip") => Some(CompressionEncoding::Gzip),
-            Some("zstd") => Some(CompressionEncoding::Zstd),
-            _ => None,
-        };
         match encoding.filter(|_| compressed) {
             Some(encoding) => out.push(decompress(encoding, &message).unwrap_or(message)),
             None => out.push(message),

@@ -231,6 +231,22 @@ fn lenient_status(status: &str) -> Option<String> {
     }
 }
 
+/// A raw gRPC client over `client`'s channel, set up as the SDK's typed
+/// clients are: with the client's codec options (limits, compression).
+fn grpc_of(client: &AmeideClient) -> tonic::client::Grpc<ameide_sdk::AmeideChannel> {
+    let codec = client.codec();
+    let mut grpc = tonic::client::Grpc::new(client.channel())
+        .max_decoding_message_size(codec.max_decoding_message_size)
+        .max_encoding_message_size(codec.max_encoding_message_size);
+    for &encoding in codec.accept_compressed {
+        grpc = grpc.accept_compressed(encoding);
+    }
+    if let Some(encoding) = codec.send_compressed {
+        grpc = grpc.send_compressed(encoding);
+    }
+    grpc
+}
+
 /// Clients whose call is over, closed once its outcome line is written:
 /// closing first would close the connection under a call the SDK may have
 /// left open, which the server cannot tell from the stream reset the
@@ -619,17 +635,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         None => opentelemetry::Context::new(),
     };
     let _attached = parent.attach();
-    // Set up like the SDK's typed clients: the client's codec options.
-    let codec = client.codec();
-    let mut grpc = tonic::client::Grpc::new(client.channel())
-        .max_decoding_message_size(codec.max_decoding_message_size)
-        .max_encoding_message_size(codec.max_encoding_message_size);
-    for &encoding in codec.accept_compressed {
-        grpc = grpc.accept_compressed(encoding);
-    }
-    if let Some(encoding) = codec.send_compressed {
-        grpc = grpc.send_compressed(encoding);
-    }
+    let mut grpc = grpc_of(&client);
     let started = Instant::now();
     if let Err(status) = grpc
         .ready()

@@ -71,9 +71,11 @@ impl PagedResponse for DynPage {
     }
 }
 
-fn text(message: &DynamicMessage, outer: &str, inner: &str) -> Option<String> {
-    match message.get_field_by_name(outer)?.as_ref() {
-        Value::Message(m) => m.get_field_by_name(inner)?.as_str().map(str::to_owned),
+/// A field of the message's `pagination` (`PaginationRequest` or
+/// `PaginationResponse`), its default when that is unset.
+fn pagination(message: &DynamicMessage, name: &str) -> Option<Value> {
+    match message.get_field_by_name("pagination")?.as_ref() {
+        Value::Message(p) => p.get_field_by_name(name).map(|v| v.into_owned()),
         _ => None,
     }
 }
@@ -92,16 +94,13 @@ impl DynPage {
                 .collect::<Result<_, _>>()?,
             _ => Vec::new(),
         };
-        let total = match message.get_field_by_name("pagination").as_deref() {
-            Some(Value::Message(p)) => p
-                .get_field_by_name("total_size")
+        Ok(DynPage {
+            next: pagination(&message, "next_page_token")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            total: pagination(&message, "total_size")
                 .and_then(|v| v.as_i64())
                 .unwrap_or(0),
-            _ => 0,
-        };
-        Ok(DynPage {
-            next: text(&message, "pagination", "next_page_token").unwrap_or_default(),
-            total,
             items,
         })
     }
@@ -125,17 +124,7 @@ fn fetch(
 ) -> Pin<Box<dyn Future<Output = PageResult> + Send>> {
     Box::pin(async move {
         let request = request.map(|r| Bytes::from(r.message.encode_to_vec()));
-        // Set up like the SDK's typed clients: the client's codec options.
-        let codec = target.client.codec();
-        let mut grpc = tonic::client::Grpc::new(target.client.channel())
-            .max_decoding_message_size(codec.max_decoding_message_size)
-            .max_encoding_message_size(codec.max_encoding_message_size);
-        for &encoding in codec.accept_compressed {
-            grpc = grpc.accept_compressed(encoding);
-        }
-        if let Some(encoding) = codec.send_compressed {
-            grpc = grpc.send_compressed(encoding);
-        }
+        let mut grpc = super::grpc_of(&target.client);
         grpc.ready()
             .await
             .map_err(|e| Status::unknown(e.to_string()))?;
@@ -168,17 +157,14 @@ pub async fn collect(
         .ok_or_else(|| format!("{path} is not a paginated method"))?;
     let message = DynamicMessage::deserialize(method.input(), request)
         .map_err(|e| format!("call.request: {e}"))?;
-    let size = match message.get_field_by_name("pagination").as_deref() {
-        Some(Value::Message(p)) => p
-            .get_field_by_name("page_size")
+    let first = DynRequest {
+        token: pagination(&message, "page_token")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        size: pagination(&message, "page_size")
             .and_then(|v| v.as_i32())
             .unwrap_or(0),
-        _ => 0,
-    };
-    let first = DynRequest {
-        token: text(&message, "pagination", "page_token").unwrap_or_default(),
         message,
-        size,
         drop_size: super::has(breaks, "drop-page-size"),
     };
     let target = Target {
