@@ -216,6 +216,20 @@ impl GoServer {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Whether connection `conn` ends within 5 s. After writing a closing
+    /// GOAWAY, grpc-go waits up to 1 s for the client to hang up before it
+    /// closes the socket itself, so the client can see the GOAWAY before
+    /// the server reports the connection closed: a positive check waits.
+    pub async fn closes(&self, conn: u64) -> bool {
+        for _ in 0..50 {
+            if self.closed(conn) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.closed(conn)
+    }
+
     /// Whether connection `conn` has ended.
     pub fn closed(&self, conn: u64) -> bool {
         self.events()

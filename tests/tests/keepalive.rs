@@ -82,7 +82,7 @@ async fn too_many_pings_doubles_the_interval_of_the_next_connection() {
         took >= Duration::from_secs(35) && took < Duration::from_secs(50),
         "GOAWAY after the fourth ping: {took:?}"
     );
-    assert!(server.closed(1));
+    assert!(server.closes(1).await);
     let first = server.pings(1);
     assert!(
         gaps(&first).iter().all(|g| (9_000..12_000).contains(g)),
@@ -159,6 +159,6 @@ async fn pings_every_minute_break_the_default_policy_at_four_minutes() {
         took >= Duration::from_secs(230) && took < Duration::from_secs(260),
         "{took:?}"
     );
-    assert!(server.closed(1));
+    assert!(server.closes(1).await);
     assert_eq!(server.pings(1).len(), 4, "{:?}", server.pings(1));
 }
