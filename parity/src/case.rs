@@ -30,8 +30,29 @@ pub struct Case {
     /// The server's per-attempt script.
     #[serde(default)]
     pub server: ServerScript,
+    /// An inbound case: the adapter serves the method with its SDK's
+    /// server side, and the runner calls it (`call.request_id`,
+    /// `call.timeout_ms` and `call.traceparent` are then the runner's
+    /// inbound call's `x-request-id`, `grpc-timeout` and `traceparent`);
+    /// the adapter's handler makes the same call downstream, to the
+    /// harness server, with a client built from `client`.
+    pub inbound: Option<Inbound>,
     /// What must be observed.
     pub expect: Expect,
+}
+
+/// What the runner sends to the adapter's server, beyond `call`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// More headers on the inbound call, as written (`x-tenant-id`,
+    /// `baggage`, a malformed `grpc-timeout`, …).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The handler forwards the caller's tenant and user downstream,
+    /// explicitly, as the SDK offers it (they are never forwarded on their own).
+    #[serde(default)]
+    pub forward_identity: bool,
 }
 
 /// Client configuration; everything optional, defaults are the contract's.
@@ -153,6 +174,24 @@ pub struct ServerScript {
     /// Per-attempt replies.
     #[serde(default)]
     pub attempts: Vec<AttemptReply>,
+    /// Not an HTTP/2 server at all: every connection is answered with
+    /// these bytes, as an HTTP/1.1-only server or proxy answers the
+    /// HTTP/2 connection preface; no gRPC attempt can arrive (`attempts`
+    /// stays empty).
+    pub http1: Option<Http1Answer>,
+}
+
+/// What a server that speaks only HTTP/1.1 answers to every connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http1Answer {
+    /// The bytes, as text (`HTTP/1.1 400 Bad Request\r\n…`), written as
+    /// they are after the client's first bytes arrive.
+    pub answer: String,
+    /// Keep the connection open (and silent) after the answer instead of
+    /// closing it: the client must act on the answer, not on the close.
+    #[serde(default)]
+    pub hold_open: bool,
 }
 
 /// One reply.
@@ -330,6 +369,13 @@ pub struct Expect {
     /// The request each attempt must carry, in order (proto-JSON; instead
     /// of `call.request` on every attempt): the pages of a paginated call.
     pub requests: Option<Vec<serde_json::Value>>,
+    /// Inbound cases: checks on the metadata (headers and trailers) of the
+    /// adapter's server's answer to the runner (`attempts` must be empty).
+    #[serde(default)]
+    pub response_headers: Vec<HeaderCheck>,
+    /// Inbound cases: the only metadata names the adapter's server's answer
+    /// may carry (nothing of the SDK's own crosses a hop).
+    pub response_metadata_only: Option<Vec<String>>,
 }
 
 /// A check on one header of some attempts.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ameide_sdk::testkit::{RecordedAttempt, SeenStream, StreamFault};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 
-use crate::case::Case;
+use crate::case::{Case, HeaderCheck};
 use crate::protocol::Outcome;
 
 /// How much longer the runner's clock may see a call than `max_elapsed_ms`:
@@ -325,6 +325,8 @@ fn fact_checks(e: &Evidence<'_>) -> Vec<String> {
         .count();
     let counted = attempts.len() - resent;
     match outcome.attempts {
+        // No gRPC server to count them: an HTTP/1.1 server answered.
+        Some(_) if e.case.server.http1.is_some() => {}
         Some(reported) if reported != counted as u64 => out.push(format!(
             "reported {reported} attempts, the server saw {counted}{}",
             if counted == attempts.len() {
@@ -333,7 +335,8 @@ fn fact_checks(e: &Evidence<'_>) -> Vec<String> {
                 format!(" (and {resent} refused unprocessed, resent as the same attempt)")
             }
         )),
-        None if e.case.expect.reports_call_facts => {
+        // Inbound: the caller is the runner; only the echoed request id is reported.
+        None if e.case.expect.reports_call_facts && e.case.inbound.is_none() => {
             out.push("the client reports no attempt count".into());
         }
         _ => {}
@@ -405,29 +408,7 @@ fn header_checks(e: &Evidence<'_>) -> Vec<String> {
             };
             let value = attempt.header(&check.name);
             let at = format!("attempt {n}: {}", check.name);
-            if check.absent && value.is_some() {
-                out.push(format!("{at} must be absent, got {value:?}"));
-            }
-            if check.present && value.is_none() {
-                out.push(format!("{at} must be present"));
-            }
-            if let Some(exact) = &check.exact
-                && value != Some(exact.as_str())
-            {
-                out.push(format!("{at} expected {exact:?}, got {value:?}"));
-            }
-            if let Some(needle) = &check.contains
-                && !value.is_some_and(|v| v.contains(needle.as_str()))
-            {
-                out.push(format!("{at} must contain {needle:?}, got {value:?}"));
-            }
-            if let Some(pattern) = &check.pattern {
-                match regex::Regex::new(&format!("^(?:{pattern})$")) {
-                    Ok(re) if value.is_some_and(|v| re.is_match(v)) => {}
-                    Ok(_) => out.push(format!("{at} must match /{pattern}/, got {value:?}")),
-                    Err(err) => out.push(format!("{at}: bad pattern {pattern:?}: {err}")),
-                }
-            }
+            value_checks(check, value, &at, &mut out);
             if check.same_as_previous && n > 1 {
                 let previous = attempts.get(n - 2).and_then(|a| a.header(&check.name));
                 if value != previous || value.is_none() {
@@ -437,6 +418,61 @@ fn header_checks(e: &Evidence<'_>) -> Vec<String> {
                     ));
                 }
             }
+        }
+    }
+    out
+}
+
+/// One header check's verdicts on one value.
+fn value_checks(check: &HeaderCheck, value: Option<&str>, at: &str, out: &mut Vec<String>) {
+    if check.absent && value.is_some() {
+        out.push(format!("{at} must be absent, got {value:?}"));
+    }
+    if check.present && value.is_none() {
+        out.push(format!("{at} must be present"));
+    }
+    if let Some(exact) = &check.exact
+        && value != Some(exact.as_str())
+    {
+        out.push(format!("{at} expected {exact:?}, got {value:?}"));
+    }
+    if let Some(needle) = &check.contains
+        && !value.is_some_and(|v| v.contains(needle.as_str()))
+    {
+        out.push(format!("{at} must contain {needle:?}, got {value:?}"));
+    }
+    if let Some(pattern) = &check.pattern {
+        match regex::Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(re) if value.is_some_and(|v| re.is_match(v)) => {}
+            Ok(_) => out.push(format!("{at} must match /{pattern}/, got {value:?}")),
+            Err(err) => out.push(format!("{at}: bad pattern {pattern:?}: {err}")),
+        }
+    }
+}
+
+/// Inbound cases: the checks on the metadata (headers, then trailers) of
+/// the adapter's server's answer, as the runner received it.
+pub fn response_failures(case: &Case, metadata: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for check in &case.expect.response_headers {
+        let value = metadata
+            .iter()
+            .find(|(name, _)| *name == check.name)
+            .map(|(_, v)| v.as_str());
+        let at = format!("the server's answer: {}", check.name);
+        value_checks(check, value, &at, &mut out);
+    }
+    if let Some(only) = &case.expect.response_metadata_only {
+        let mut extra: Vec<&str> = metadata
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !only.iter().any(|o| o == name))
+            .collect();
+        extra.dedup();
+        if !extra.is_empty() {
+            out.push(format!(
+                "the server's answer carries metadata beyond gRPC's and the request id: {extra:?}"
+            ));
         }
     }
     out

@@ -5,9 +5,11 @@
 //! - [`wire`]: proto-JSON ↔ bytes through the bundle's descriptor set, and a
 //!   bytes codec, so one adapter can call any method of the bundle;
 //! - [`check`]: compares an adapter's outcome and the server's attempt log
-//!   with a case's expectations.
+//!   with a case's expectations;
+//! - [`inbound`]: the runner's call to an adapter's server in an inbound case.
 
 pub mod case;
 pub mod check;
+pub mod inbound;
 pub mod protocol;
 pub mod wire;

@@ -25,9 +25,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ameide_parity::case::{AttemptReply, Case, Detail, H2Fault};
-use ameide_parity::protocol::{Outcome, Request};
-use ameide_parity::{check, wire};
-use ameide_sdk::testkit::{H2FaultServer, MockServer, RawReply, Reply, StreamFault, serve_tcp};
+use ameide_parity::protocol::{Outcome, Request, Serve};
+use ameide_parity::{check, inbound, wire};
+use ameide_sdk::testkit::{
+    H2FaultServer, MockServer, RawReply, RawTcpServer, Reply, StreamFault, serve_tcp,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -254,6 +256,8 @@ struct Options {
     breaks: Vec<String>,
     case_timeout: Duration,
     jobs: usize,
+    /// A case the adapter skips fails (an SDK with a server side).
+    no_skip: bool,
 }
 
 /// How many more times a raw HTTP/2 server repeats a case's last entry.
@@ -285,6 +289,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         breaks: Vec::new(),
         case_timeout: Duration::from_secs(60),
         jobs: 4,
+        no_skip: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -302,6 +307,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--known-failing" => o.known_failing = Some(value()?.into()),
             "--report" => o.report = Some(value()?.into()),
             "--junit" => o.junit = Some(value()?.into()),
+            "--no-skip" => o.no_skip = true,
             "--break" => o.breaks.push(value()?),
             "--case-timeout" => {
                 let text = value()?;
@@ -376,6 +382,7 @@ const SUITES: &[&str] = &[
     "transport",
     "pagination",
     "long-lived-streams",
+    "inbound",
 ];
 
 /// What the case format cannot say by itself: a known suite, and raw HTTP
@@ -390,6 +397,56 @@ fn validate(case: &Case) -> Result<(), String> {
     }
     if let Some(name) = &case.client.compression {
         encoding(name).map_err(|e| format!("client.compression: {e}"))?;
+    }
+    if (case.suite == "inbound") != case.inbound.is_some() {
+        return Err("the inbound suite's cases, and only they, have an `inbound` section".into());
+    }
+    if case.inbound.is_none()
+        && (!case.expect.response_headers.is_empty()
+            || case.expect.response_metadata_only.is_some())
+    {
+        return Err(
+            "expect.response_headers and response_metadata_only are for inbound cases".into(),
+        );
+    }
+    if let Some(inbound) = &case.inbound {
+        let c = &case.call;
+        if c.cancel_after_ms.is_some()
+            || c.cancel_after_messages.is_some()
+            || c.idle_timeout_ms.is_some()
+            || c.paginate
+            || case.server.http1.is_some()
+            || case.server.attempts.iter().any(|a| a.h2.is_some())
+        {
+            return Err(
+                "an inbound case calls the adapter's server once: no cancel, idle timeout, pagination, http1 or h2"
+                    .into(),
+            );
+        }
+        if case
+            .expect
+            .response_headers
+            .iter()
+            .any(|h| !h.attempts.is_empty() || h.same_as_previous)
+        {
+            return Err(
+                "expect.response_headers: one answer, no attempts or same_as_previous".into(),
+            );
+        }
+        inbound::headers(c, &inbound.headers)?;
+    }
+    if let Some(http1) = &case.server.http1 {
+        if !case.server.attempts.is_empty() {
+            return Err(
+                "server.http1 and server.attempts together: an HTTP/1.1 server serves no gRPC attempt"
+                    .into(),
+            );
+        }
+        if !http1.answer.starts_with("HTTP/1.") {
+            return Err(
+                "server.http1.answer must start with an HTTP/1 status line (HTTP/1.x …)".into(),
+            );
+        }
     }
     if case.client.max_decoding_bytes == Some(0) {
         return Err("client.max_decoding_bytes must be at least 1".into());
@@ -666,13 +723,17 @@ fn is_timed(case: &Case) -> bool {
             .any(|a| a.delay_ms > 0 || a.message_interval_ms > 0 || a.trailers_delay_ms > 0)
 }
 
-/// Runs one case on `worker`: its problems and the runner's clock.
+/// What running a case gave: its problems, the runner's clock, and why
+/// the adapter skipped it (if it did).
+type Ran = (Vec<String>, Duration, Option<String>);
+
+/// Runs one case on `worker`.
 async fn run_case(
     worker: &mut Worker,
     case: &Case,
     o: &Options,
     pool: &prost_reflect::DescriptorPool,
-) -> Result<(Vec<String>, Duration), String> {
+) -> Result<Ran, String> {
     let server = &worker.server;
     let endpoint = &worker.endpoint;
     let adapter = &mut worker.adapter;
@@ -706,7 +767,20 @@ async fn run_case(
     let method = wire::method(pool, &path)?;
     let (input, output) = (method.input(), method.output());
     server.reset();
-    // A case with an HTTP/2 fault gets a raw HTTP/2 server of its own.
+    // A case with an HTTP/2 fault gets a raw HTTP/2 server of its own, an
+    // HTTP/1.1 answer a raw TCP server.
+    let http1 = match &case.server.http1 {
+        Some(h) => {
+            let bytes = h.answer.clone().into_bytes();
+            let served = if h.hold_open {
+                RawTcpServer::hold_open(bytes).await
+            } else {
+                RawTcpServer::start(bytes).await
+            };
+            Some(served.map_err(|e| format!("cannot serve HTTP/1.1: {e}"))?)
+        }
+        None => None,
+    };
     let raw = if case.server.attempts.iter().any(|a| a.h2.is_some()) {
         let raw = H2FaultServer::start()
             .await
@@ -730,14 +804,24 @@ async fn run_case(
         }
         None
     };
+    let mut call = case.call.clone();
+    if case.inbound.is_some() {
+        // The inbound call's own settings go on the wire, never to the adapter.
+        (call.request_id, call.timeout_ms, call.traceparent) = (None, None, None);
+    }
     let request = Request {
         id: case.id.clone(),
-        endpoint: raw
-            .as_ref()
-            .map_or_else(|| endpoint.clone(), H2FaultServer::endpoint),
+        endpoint: match (&raw, &http1) {
+            (Some(raw), _) => raw.endpoint(),
+            (None, Some(http1)) => http1.endpoint(),
+            (None, None) => endpoint.clone(),
+        },
         kind: kind.to_owned(),
         client: case.client.clone(),
-        call: case.call.clone(),
+        call,
+        serve: case.inbound.as_ref().map(|i| Serve {
+            forward_identity: i.forward_identity,
+        }),
     };
     let running = match adapter.as_mut() {
         Some(a) => a,
@@ -745,6 +829,54 @@ async fn run_case(
     };
     let (outcome, mut problems, runner_elapsed, restart) =
         exchange(running, &request, o.case_timeout).await;
+    let mut skipped = None;
+    let (outcome, runner_elapsed) = match (&case.inbound, outcome) {
+        (_, Some(outcome)) if outcome.skipped.is_some() => {
+            if case.inbound.is_none() {
+                problems.push(format!(
+                    "the adapter skipped a client case: {}",
+                    outcome.skipped.as_deref().unwrap_or_default()
+                ));
+            }
+            skipped = outcome.skipped;
+            (None, runner_elapsed)
+        }
+        // The adapter serves; the runner is the caller.
+        (Some(inbound), Some(outcome)) if outcome.adapter_error.is_none() => {
+            match &outcome.serve_endpoint {
+                Some(at) => {
+                    let answer = inbound::call(
+                        at,
+                        &path,
+                        kind == "unary",
+                        wire::encode(input.clone(), &case.call.request)?,
+                        &case.call,
+                        inbound::headers(&case.call, &inbound.headers)?,
+                        &output,
+                    )
+                    .await;
+                    match answer {
+                        Ok(answer) => {
+                            problems.extend(check::response_failures(case, &answer.metadata));
+                            (Some(answer.outcome), answer.elapsed)
+                        }
+                        Err(e) => {
+                            problems.push(e);
+                            (None, runner_elapsed)
+                        }
+                    }
+                }
+                None => {
+                    problems.push(
+                        "no serve_endpoint in the outcome: an inbound case needs the adapter's server"
+                            .into(),
+                    );
+                    (None, runner_elapsed)
+                }
+            }
+        }
+        (_, outcome) => (outcome, runner_elapsed),
+    };
     // Let late attempts (a retry after the response), a reset and stray
     // extra lines land before judging.
     tokio::time::sleep(Duration::from_millis(20.max(case.expect.settle_ms))).await;
@@ -760,6 +892,8 @@ async fn run_case(
     }
     if let Some(outcome) = &outcome {
         let attempts: Vec<check::Attempt> = match &raw {
+            // An HTTP/1.1 server serves no gRPC attempt.
+            None if http1.is_some() => Vec::new(),
             Some(raw) => raw
                 .seen()
                 .iter()
@@ -792,7 +926,7 @@ async fn run_case(
             output: items.as_ref().unwrap_or(&output),
         }));
     }
-    Ok((problems, runner_elapsed))
+    Ok((problems, runner_elapsed, skipped))
 }
 
 async fn run(o: Options) -> Result<bool, String> {
@@ -824,7 +958,7 @@ async fn run(o: Options) -> Result<bool, String> {
             .into_iter()
             .collect::<std::collections::VecDeque<usize>>(),
     ));
-    let mut results: Vec<Option<(Vec<String>, Duration)>> = vec![None; cases.len()];
+    let mut results: Vec<Option<Ran>> = vec![None; cases.len()];
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..o.jobs {
         let (o, cases, queue, pool) = (o.clone(), cases.clone(), queue.clone(), pool.clone());
@@ -864,18 +998,25 @@ async fn run(o: Options) -> Result<bool, String> {
         results[i] = Some(run_case(&mut worker, &cases[i], &o, &pool).await?);
     }
 
-    let (mut passed, mut failed, mut xfail) = (0, 0, 0);
+    let (mut passed, mut failed, mut xfail, mut skips) = (0, 0, 0, 0);
     let mut report = Vec::new();
     // Per suite: cases as expected (passed, or known failing) and cases run.
-    let mut suites: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut suites: std::collections::BTreeMap<String, (usize, usize, usize)> = Default::default();
     let mut junit = Vec::new();
     println!("{:<48} {:<8} notes", "case", "result");
     for (case, result) in cases.iter().zip(results) {
-        let Some((problems, runner_elapsed)) = result else {
+        let Some((mut problems, runner_elapsed, skipped)) = result else {
             return Err(format!("{}: never ran", case.id));
         };
+        if let (Some(why), true) = (&skipped, o.no_skip) {
+            problems.push(format!("skipped by the adapter ({why}), and --no-skip"));
+        }
         let is_known = known.contains(&case.id);
         let result = match (problems.is_empty(), is_known) {
+            (true, _) if skipped.is_some() => {
+                skips += 1;
+                "skip"
+            }
             (true, false) => {
                 passed += 1;
                 "pass"
@@ -893,15 +1034,18 @@ async fn run(o: Options) -> Result<bool, String> {
                 "FAIL"
             }
         };
-        let note = if result == "XPASS" {
-            "listed as known-failing but passes: remove it from the list".to_owned()
-        } else {
-            problems.join("; ")
+        let note = match (result, &skipped) {
+            ("XPASS", _) => {
+                "listed as known-failing but passes: remove it from the list".to_owned()
+            }
+            ("skip", Some(why)) => format!("skipped by the adapter: {why}"),
+            _ => problems.join("; "),
         };
         println!("{:<48} {:<8} {}", case.id, result, note);
         let suite = suites.entry(case.suite.clone()).or_default();
         suite.0 += usize::from(result == "pass" || result == "xfail");
-        suite.1 += 1;
+        suite.1 += usize::from(result != "skip");
+        suite.2 += usize::from(result == "skip");
         junit.push((
             case.suite.clone(),
             case.id.clone(),
@@ -936,13 +1080,16 @@ async fn run(o: Options) -> Result<bool, String> {
     println!();
     let summary: Vec<String> = suites
         .iter()
-        .map(|(name, (ok, ran))| format!("{name} {ok}/{ran}"))
+        .map(|(name, (ok, ran, skipped))| match skipped {
+            0 => format!("{name} {ok}/{ran}"),
+            n => format!("{name} {ok}/{ran} ({n} skipped)"),
+        })
         .collect();
     println!("suites: {}", summary.join(", "));
     if let Some(note) = &lingering {
         println!("note: {note}");
     }
-    if passed + failed + xfail == 0 {
+    if passed + failed + xfail + skips == 0 {
         return Err("no case ran: check --cases, --run and --skip".into());
     }
     if xfail > 0 {
@@ -953,6 +1100,9 @@ async fn run(o: Options) -> Result<bool, String> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         );
+    }
+    if skips > 0 {
+        println!("{skips} skipped by the adapter (--no-skip makes a skip a failure)");
     }
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
@@ -987,7 +1137,10 @@ fn junit_xml(results: &[(String, String, &str, String, Duration)]) -> String {
             .iter()
             .filter(|r| r.2 == "FAIL" || r.2 == "XPASS")
             .count();
-        let skipped = rows.iter().filter(|r| r.2 == "xfail").count();
+        let skipped = rows
+            .iter()
+            .filter(|r| r.2 == "xfail" || r.2 == "skip")
+            .count();
         xml.push_str(&format!(
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{:.3}\">\n",
             escape(suite),
@@ -1005,6 +1158,10 @@ fn junit_xml(results: &[(String, String, &str, String, Duration)]) -> String {
                 "pass" => xml.push_str("/>\n"),
                 "xfail" => xml.push_str(&format!(
                     "><skipped message=\"known failing\">{}</skipped></testcase>\n",
+                    escape(note)
+                )),
+                "skip" => xml.push_str(&format!(
+                    "><skipped message=\"skipped by the adapter\">{}</skipped></testcase>\n",
                     escape(note)
                 )),
                 _ => xml.push_str(&format!(

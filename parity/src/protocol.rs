@@ -23,6 +23,22 @@ pub struct Request {
     pub client: ClientConfig,
     /// The call: roster key (`service`), method, request (proto-JSON), per-call settings.
     pub call: Call,
+    /// Present in inbound cases only: serve `call`'s method with the SDK's
+    /// server side instead of calling it, and answer with `serve_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<Serve>,
+}
+
+/// How the adapter's server handles each call: it makes the same call
+/// (method, request message) to `endpoint` with a client built from
+/// `client`, inside the request's context, and answers with the response
+/// (or hands on the failure).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serve {
+    /// Forward the caller's tenant and user on the downstream call, the
+    /// SDK's explicit way.
+    pub forward_identity: bool,
 }
 
 /// Adapter → runner. Only `id` is required; an outcome with `adapter_error`
@@ -56,6 +72,14 @@ pub struct Outcome {
     /// Set when the adapter could not run the case at all (bad case, bad config).
     #[serde(default)]
     pub adapter_error: Option<String>,
+    /// Inbound cases: where the adapter's server listens
+    /// (`http://127.0.0.1:<port>`, plaintext HTTP/2), until the next line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve_endpoint: Option<String>,
+    /// Inbound cases: why the adapter does not run them (an SDK without a
+    /// server side); the runner reports the case `skip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// Any JSON number (or `null`) as a non-negative float.

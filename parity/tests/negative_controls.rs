@@ -53,14 +53,16 @@ fn all_cases() -> BTreeSet<String> {
     case_files().iter().flat_map(ids_of).collect()
 }
 
-/// Cases whose call sends a request other than the empty message.
+/// Cases whose call sends a request other than the empty message (the
+/// adapter's; an inbound case's request is the runner's, handed on).
 fn cases_with_a_request() -> Vec<String> {
     case_files()
         .iter()
         .filter(|c| {
-            c["call"]["request"]
-                .as_object()
-                .is_some_and(|o| !o.is_empty())
+            c["suite"] != "inbound"
+                && c["call"]["request"]
+                    .as_object()
+                    .is_some_and(|o| !o.is_empty())
         })
         .flat_map(ids_of)
         .collect()
@@ -139,6 +141,30 @@ const PAGINATION_CASES: &[&str] = &[
     "pages-start-from-the-requests-token",
 ];
 
+/// Cases served by an HTTP/1.1 server: no gRPC attempt arrives, so the
+/// reported request id and attempts have nothing on the wire to match.
+const HTTP1_CASES: &[&str] = &[
+    "http1-answer-held-open-is-unavailable-before-the-deadline",
+    "http1-answer-to-a-stream-is-unavailable",
+    "http1-answer-to-the-http2-preface-is-unavailable",
+];
+
+/// The inbound cases: the adapter serves, the runner calls it.
+fn inbound_cases() -> Vec<String> {
+    case_files()
+        .iter()
+        .filter(|c| c["suite"] == "inbound")
+        .flat_map(ids_of)
+        .collect()
+}
+
+/// Inbound cases where the downstream client's own timeout decides the
+/// downstream budget (the caller's deadline is longer, or unreadable).
+const INBOUND_CLIENT_BUDGET_CASES: &[&str] = &[
+    "inbound-client-timeout-shorter-than-the-inbound-deadline-wins",
+    "inbound-malformed-trace-and-deadline-headers-are-ignored",
+];
+
 /// Cases the caller cancels (the adapter then reports no call facts when
 /// the call was cancelled before its response headers).
 const CANCEL_CASES: &[&str] = &[
@@ -195,6 +221,7 @@ fn dropping_the_request_id() {
             "cancel-while-the-server-is-slow",
         ][..],
         PAGINATION_CASES,
+        HTTP1_CASES,
     ]
     .concat();
     control("drop-request-id", Must::AllBut(&not_failing), &[]);
@@ -202,8 +229,20 @@ fn dropping_the_request_id() {
 
 #[test]
 fn misreporting_the_request_id_and_attempts() {
-    // Every case but the paginated ones, which report no facts.
-    control("misreport", Must::AllBut(PAGINATION_CASES), &[]);
+    // Every case but the paginated ones, which report no facts, those no
+    // gRPC server answers, and the inbound ones (the caller is the runner).
+    let inbound = inbound_cases();
+    let inbound: Vec<&str> = inbound.iter().map(String::as_str).collect();
+    control(
+        "misreport",
+        Must::AllBut(&[PAGINATION_CASES, HTTP1_CASES, &inbound].concat()),
+        &[],
+    );
+}
+
+#[test]
+fn an_http1_answer_taken_for_a_silent_server() {
+    control("http1-hangs", Must::Exactly(HTTP1_CASES), &[]);
 }
 
 #[test]
@@ -302,12 +341,17 @@ fn every_other_page_taken_for_an_outage() {
 fn ignoring_the_deadline() {
     let mut must: Vec<String> = DEADLINE_CASES.iter().map(|s| s.to_string()).collect();
     must.extend(CUT_REPLY_CASES.iter().map(|s| s.to_string()));
+    must.extend(INBOUND_CLIENT_BUDGET_CASES.iter().map(|s| s.to_string()));
     control("ignore-deadline", Must::These(must), &[]);
 }
 
 #[test]
 fn a_scaled_budget() {
-    control("scaled-budget", Must::Exactly(DEADLINE_CASES), LONG_CASES);
+    control(
+        "scaled-budget",
+        Must::Exactly(&[DEADLINE_CASES, INBOUND_CLIENT_BUDGET_CASES].concat()),
+        LONG_CASES,
+    );
 }
 
 #[test]
@@ -403,6 +447,10 @@ fn a_one_second_default_timeout() {
             "defaults-unary-ok",
             "defaults-unary-ok@gzip",
             "defaults-unary-ok@zstd",
+            // The downstream client's default against a 1.5 s inbound
+            // deadline, and against none.
+            "inbound-deadline-is-carried-downstream",
+            "inbound-malformed-trace-and-deadline-headers-are-ignored",
         ]),
         LONG_CASES,
     );
@@ -510,6 +558,8 @@ fn grpc_message_not_decoded() {
             "exhausted-returns-last-status",
             "no-backoff-past-the-deadline",
             "status-message-survives-unicode-and-controls",
+            // A downstream failure handed on with its message as it came.
+            "inbound-handed-on-failure-carries-no-sdk-facts",
         ]),
         &[],
     );
@@ -555,6 +605,10 @@ fn http2_errors_not_read() {
             "rst-stream-enhance-your-calm-is-resource-exhausted",
             "rst-stream-inadequate-security-is-permission-denied",
             "rst-stream-internal-error-is-internal",
+            // An HTTP/1 answer is a transport failure too.
+            "http1-answer-held-open-is-unavailable-before-the-deadline",
+            "http1-answer-to-a-stream-is-unavailable",
+            "http1-answer-to-the-http2-preface-is-unavailable",
         ]),
         &[],
     );
@@ -598,6 +652,49 @@ fn long_lived_calls_kept_on_the_whole_call_deadline() {
             "idle-timeout-sends-no-grpc-timeout",
             "no-headers-within-the-idle-timeout",
         ]),
+        &[],
+    );
+}
+
+#[test]
+fn a_server_without_the_inbound_layer() {
+    // Everything the layer does fails; only the case decided by the
+    // downstream client's own timeout passes.
+    control(
+        "inbound-no-layer",
+        Must::These(
+            inbound_cases()
+                .into_iter()
+                .filter(|id| id != "inbound-client-timeout-shorter-than-the-inbound-deadline-wins")
+                .collect(),
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn identity_forwarded_on_its_own() {
+    control(
+        "inbound-forward-identity",
+        Must::Exactly(&["inbound-identity-is-not-forwarded"]),
+        &[],
+    );
+}
+
+#[test]
+fn the_sdks_facts_handed_on() {
+    control(
+        "inbound-hand-on-facts",
+        Must::Exactly(&["inbound-handed-on-failure-carries-no-sdk-facts"]),
+        &[],
+    );
+}
+
+#[test]
+fn malformed_inbound_headers_refused() {
+    control(
+        "inbound-strict",
+        Must::Exactly(&["inbound-malformed-trace-and-deadline-headers-are-ignored"]),
         &[],
     );
 }

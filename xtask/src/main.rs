@@ -1193,13 +1193,13 @@ fn parity(args: &[&str]) -> Result<(), String> {
             .current_dir(&root),
         "cargo build (parity)",
     )?;
-    run(
-        Command::new(root.join("target/debug/ameide-parity"))
-            .arg("run")
-            .args(args)
-            .current_dir(&root),
-        "ameide-parity run",
-    )
+    let mut runner = Command::new(root.join("target/debug/ameide-parity"));
+    runner.arg("run").args(args).current_dir(&root);
+    // The reference adapter has a server side: it may skip nothing.
+    if !args.contains(&"--adapter") {
+        runner.arg("--no-skip");
+    }
+    run(&mut runner, "ameide-parity run")
 }
 
 /// The parity runner as the other SDKs' CI takes it: `target/parity-bundle/`

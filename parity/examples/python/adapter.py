@@ -85,6 +85,9 @@ def details_of(error):
 
 
 def run(request, pool):
+    if request.get("serve") is not None:
+        # An inbound case: plain grpcio offers no server side of the SDK's.
+        return {"id": request["id"], "skipped": "client-only: no inbound layer in plain grpcio"}
     client, call = request["client"], request["call"]
     outcome = {"id": request["id"], "code": "", "message": "", "responses": [], "details": [],
                "request_id": None, "attempts": None, "elapsed_ms": None, "adapter_error": None}

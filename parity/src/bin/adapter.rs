@@ -36,10 +36,21 @@
 //! - `decode-limit-exclusive`: the receive limit is one byte lower than configured (off by one);
 //! - `ignore-cancel`: `cancel_after_ms` and `cancel_after_messages` are ignored: the call runs to its end;
 //! - `abandon-on-deadline`: just before the budget ends the adapter reports DEADLINE_EXCEEDED and
-//!   leaves the call on the wire (its stream never reset), as a client whose deadline is only a local timer.
+//!   leaves the call on the wire (its stream never reset), as a client whose deadline is only a local timer;
+//! - `http1-hangs`: a server that answers in HTTP/1 is taken for a silent one: the call waits out its
+//!   budget and ends DEADLINE_EXCEEDED.
+//!
+//! Inbound cases (the adapter serves, `serve.rs`):
+//! - `inbound-no-layer`: the server has no `InboundLayer` (a service that never installed it);
+//! - `inbound-forward-identity`: the caller's tenant and user are copied onto every downstream call;
+//! - `inbound-hand-on-facts`: a handed-on downstream failure carries the SDK's attempt count as
+//!   metadata (`x-ameide-attempts`);
+//! - `inbound-strict`: a malformed `traceparent` or `grpc-timeout` fails the call INVALID_ARGUMENT.
 
 #[path = "adapter/pages.rs"]
 mod pages;
+#[path = "adapter/serve.rs"]
+mod serve;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -498,6 +509,28 @@ fn failed(outcome: &mut Outcome, status: tonic::Status) {
     outcome.attempts = Some(u64::from(err.attempts()));
 }
 
+/// Under `--break http1-hangs`: a call failed by a server that answered in
+/// HTTP/1 waits out its budget instead and ends DEADLINE_EXCEEDED.
+async fn hang_on_http1(
+    outcome: &mut Outcome,
+    request: &Request,
+    started: Instant,
+    breaks: &[String],
+) {
+    if !has(breaks, "http1-hangs") || !outcome.message.contains("answered in HTTP/1") {
+        return;
+    }
+    let budget = request
+        .call
+        .timeout_ms
+        .or(request.client.timeout_ms)
+        .unwrap_or(ameide_sdk::contract::DEFAULT_TIMEOUT_MS);
+    tokio::time::sleep_until((started + Duration::from_millis(budget)).into()).await;
+    outcome.code = "DEADLINE_EXCEEDED".into();
+    outcome.message = "no HTTP/2 SETTINGS before the deadline".into();
+    outcome.elapsed_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+}
+
 /// A response message that does not decode as the method's response type:
 /// INTERNAL, as a typed client's codec says, with the facts the call's
 /// response reported (the SDK's own errors carry theirs: [`failed`]).
@@ -643,6 +676,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         .map_err(|e| tonic::Status::unknown(e.to_string()))
     {
         failed(&mut outcome, status);
+        hang_on_http1(&mut outcome, &request, started, breaks).await;
         return outcome;
     }
     let ignore_cancel = has(breaks, "ignore-cancel");
@@ -754,6 +788,7 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
         (Ok(()), Some(status)) => decode_failed(&mut outcome, &status),
         (Ok(()), None) => outcome.code = "OK".into(),
     }
+    hang_on_http1(&mut outcome, &request, started, breaks).await;
     if has(breaks, "accept-malformed") && MALFORMED.iter().any(|m| outcome.message.contains(m)) {
         outcome.code = "OK".into();
         outcome.message.clear();
@@ -764,6 +799,30 @@ async fn run(request: Request, pool: &prost_reflect::DescriptorPool, breaks: &[S
     }
     close_after_outcome(client);
     outcome
+}
+
+/// An inbound case: serve the method with the SDK's server side (the
+/// downstream client built from the case's `client`), answer where.
+async fn serve_case(request: Request, breaks: &[String]) -> (Outcome, Option<serve::Serving>) {
+    let mut outcome = Outcome {
+        id: request.id.clone(),
+        ..Default::default()
+    };
+    let forward_identity = request.serve.as_ref().is_some_and(|s| s.forward_identity);
+    let started = match client(&request, breaks) {
+        Ok(client) => serve::start(client, forward_identity, breaks).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok((at, serving)) => {
+            outcome.serve_endpoint = Some(at);
+            (outcome, Some(serving))
+        }
+        Err(e) => {
+            outcome.adapter_error = Some(e);
+            (outcome, None)
+        }
+    }
 }
 
 #[tokio::main]
@@ -797,8 +856,16 @@ async fn main() {
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
+    // The server of the last inbound case, stopped when the next line comes.
+    let mut serving = None;
     while let Ok(Some(line)) = lines.next_line().await {
+        drop(serving.take());
         let outcome = match serde_json::from_str::<Request>(&line) {
+            Ok(request) if request.serve.is_some() => {
+                let (outcome, server) = serve_case(request, &breaks).await;
+                serving = server;
+                outcome
+            }
             Ok(request) => run(request, &pool, &breaks).await,
             Err(e) => Outcome {
                 adapter_error: Some(format!("unreadable request: {e}")),
