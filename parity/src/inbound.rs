@@ -69,16 +69,65 @@ fn decoded(bytes: &Bytes, output: &MessageDescriptor) -> serde_json::Value {
     }
 }
 
-/// Calls `path` on `endpoint` once, with `metadata` and `call.timeout_ms`.
-pub async fn call(
-    endpoint: &str,
-    path: &str,
-    unary: bool,
-    request: Bytes,
-    call: &Call,
-    metadata: MetadataMap,
-    output: &MessageDescriptor,
-) -> Result<Answer, String> {
+/// The adapter's server must listen on loopback: the runner calls nothing else.
+fn loopback(endpoint: &str) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("serve_endpoint {endpoint:?}: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let is_loopback = host == "localhost"
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if uri.scheme_str() != Some("http") || !is_loopback {
+        return Err(format!(
+            "serve_endpoint {endpoint:?}: the adapter's server must be http:// on loopback"
+        ));
+    }
+    Ok(())
+}
+
+/// The inbound call to make.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    /// The adapter's `serve_endpoint`.
+    pub endpoint: &'a str,
+    /// `/package.Service/Method`.
+    pub path: &'a str,
+    /// A unary method (else server-streaming).
+    pub unary: bool,
+    /// The encoded request message.
+    pub request: Bytes,
+    /// The case's call: `timeout_ms` becomes the deadline.
+    pub call: &'a Call,
+    /// The inbound headers ([`headers`]).
+    pub metadata: MetadataMap,
+    /// The method's response type, to decode the answer.
+    pub output: &'a MessageDescriptor,
+}
+
+/// Makes the inbound call once; gives up after `limit` (the case timeout),
+/// whatever the server does.
+pub async fn call(inbound: Inbound<'_>, limit: Duration) -> Result<Answer, String> {
+    loopback(inbound.endpoint)?;
+    tokio::time::timeout(limit, make(inbound))
+        .await
+        .map_err(|_| {
+            format!("the adapter's server did not answer within {limit:?} (--case-timeout)")
+        })?
+}
+
+async fn make(inbound: Inbound<'_>) -> Result<Answer, String> {
+    let Inbound {
+        endpoint,
+        path,
+        unary,
+        request,
+        call,
+        metadata,
+        output,
+    } = inbound;
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| format!("serve_endpoint {endpoint:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))

@@ -3,7 +3,7 @@
 //! ```text
 //! ameide-parity run [--cases DIR] [--adapter "CMD ARGS…"] [--run TEXT] [--skip TEXT]
 //!                   [--known-failing FILE] [--report FILE] [--junit FILE] [--break BEHAVIOUR]…
-//!                   [--case-timeout SECONDS]
+//!                   [--case-timeout SECONDS] [--jobs N] [--no-skip]
 //! ameide-parity server                # the harness server alone, for adapter development
 //! ```
 //!
@@ -845,16 +845,16 @@ async fn run_case(
         (Some(inbound), Some(outcome)) if outcome.adapter_error.is_none() => {
             match &outcome.serve_endpoint {
                 Some(at) => {
-                    let answer = inbound::call(
-                        at,
-                        &path,
-                        kind == "unary",
-                        wire::encode(input.clone(), &case.call.request)?,
-                        &case.call,
-                        inbound::headers(&case.call, &inbound.headers)?,
-                        &output,
-                    )
-                    .await;
+                    let call = inbound::Inbound {
+                        endpoint: at,
+                        path: &path,
+                        unary: kind == "unary",
+                        request: wire::encode(input.clone(), &case.call.request)?,
+                        call: &case.call,
+                        metadata: inbound::headers(&case.call, &inbound.headers)?,
+                        output: &output,
+                    };
+                    let answer = inbound::call(call, o.case_timeout).await;
                     match answer {
                         Ok(answer) => {
                             problems.extend(check::response_failures(case, &answer.metadata));

@@ -22,15 +22,22 @@ struct Run {
 }
 
 fn run(mode: &str) -> Run {
-    let report = common::report_path(&format!("runner-{mode}"));
+    run_with(mode, &CASES, TARGET, &[])
+}
+
+/// Runs `cases` (not their axis variants) with the adapter misbehaving as
+/// `mode` on `target`; `extra` goes to the runner.
+fn run_with(mode: &str, cases: &[&str], target: &str, extra: &[&str]) -> Run {
+    let report = common::report_path(&format!("runner-{mode}-{}", extra.len()));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/adapters/misbehaving.py");
     let adapter = format!(
-        "python3 {script} {mode} {TARGET} {}",
+        "python3 {script} {mode} {target} {}",
         env!("CARGO_BIN_EXE_parity-adapter-rust")
     );
     let mut command = common::runner(&report);
     command.args(["--adapter", &adapter, "--case-timeout", "3"]);
-    for id in CASES {
+    command.args(extra);
+    for id in cases {
         command.args(["--run", id]);
     }
     // Not their compression-axis variants (`<id>@gzip`, `<id>@zstd`).
@@ -122,5 +129,61 @@ fn a_lingering_adapter_is_stopped_after_a_bounded_wait() {
         "the note says so: {}",
         r.stdout
     );
+    assert!(r.took < Duration::from_secs(20), "took {:?}", r.took);
+}
+
+/// Inbound cases, the first one the target.
+const INBOUND: [&str; 3] = [
+    "inbound-request-id-is-echoed-and-carried-downstream",
+    "inbound-identity-is-not-forwarded",
+    "defaults-unary-ok",
+];
+
+fn verdict<'a>(r: &'a Run, id: &str) -> &'a (String, String, String) {
+    r.verdicts
+        .iter()
+        .find(|v| v.0 == id)
+        .unwrap_or_else(|| panic!("{id} did not run: {}", r.stdout))
+}
+
+#[test]
+fn an_inbound_case_the_adapter_skips_is_a_skip_unless_no_skip() {
+    let r = run_with("skip", &INBOUND, INBOUND[0], &[]);
+    assert!(r.ok, "a skip is not a failure: {}", r.stdout);
+    assert_eq!(verdict(&r, INBOUND[0]).1, "skip", "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 skipped by the adapter"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("inbound 1/1 (1 skipped)"), "{}", r.stdout);
+    assert!(r.stdout.contains("2 passed, 0 failed"), "{}", r.stdout);
+
+    let r = run_with("skip", &INBOUND, INBOUND[0], &["--no-skip"]);
+    assert!(!r.ok, "{}", r.stdout);
+    let (_, result, problems) = verdict(&r, INBOUND[0]);
+    assert_eq!(result, "FAIL");
+    assert!(problems.contains("--no-skip"), "{problems}");
+    assert!(r.stdout.contains("2 passed, 1 failed"), "{}", r.stdout);
+}
+
+#[test]
+fn a_serve_endpoint_off_loopback_is_not_called() {
+    let r = run_with("elsewhere", &INBOUND, INBOUND[0], &[]);
+    assert!(!r.ok, "{}", r.stdout);
+    let (_, result, problems) = verdict(&r, INBOUND[0]);
+    assert_eq!(result, "FAIL");
+    assert!(problems.contains("on loopback"), "{problems}");
+    assert!(r.stdout.contains("2 passed, 1 failed"), "{}", r.stdout);
+}
+
+#[test]
+fn a_silent_adapter_server_fails_at_the_case_timeout() {
+    let r = run_with("silent", &INBOUND, INBOUND[0], &[]);
+    assert!(!r.ok, "{}", r.stdout);
+    let (_, result, problems) = verdict(&r, INBOUND[0]);
+    assert_eq!(result, "FAIL");
+    assert!(problems.contains("did not answer within 3s"), "{problems}");
+    assert!(r.stdout.contains("2 passed, 1 failed"), "{}", r.stdout);
     assert!(r.took < Duration::from_secs(20), "took {:?}", r.took);
 }

@@ -321,3 +321,35 @@ async fn a_scripted_reset_arrives_with_its_code_after_the_request_is_read() {
         Some(&[Bytes::from_static(b"hello")][..])
     );
 }
+
+/// The HTTP/1.1 server of a parity case (`server.http1`): the HTTP/2
+/// preface gets the case's answer byte for byte, then the connection closes,
+/// or stays open and silent with `hold_open`.
+#[tokio::test]
+async fn an_http1_answer_arrives_as_written() {
+    use ameide_sdk::testkit::RawTcpServer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad";
+    for hold in [false, true] {
+        let server = if hold {
+            RawTcpServer::hold_open(answer.to_vec()).await.unwrap()
+        } else {
+            RawTcpServer::start(answer.to_vec()).await.unwrap()
+        };
+        let addr = server.endpoint().trim_start_matches("http://").to_owned();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; answer.len()];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, answer);
+        let mut more = [0u8; 1];
+        let after = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut more)).await;
+        match (hold, after) {
+            (false, Ok(Ok(0))) => {}
+            (true, Err(_)) => {}
+            (hold, after) => panic!("hold_open {hold}: after the answer {after:?}"),
+        }
+    }
+}

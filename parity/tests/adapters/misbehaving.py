@@ -10,15 +10,23 @@ except that for CASE_ID it misbehaves as MODE says:
   slow      answers after 30 s
   float     every outcome with attempts and elapsed_ms as floats (all cases)
   linger    answers normally, but keeps running 60 s after its input ends
+  skip      (an inbound case) answers "skipped" instead of serving
+  elsewhere (an inbound case) names a serve_endpoint off loopback
+  silent    (an inbound case) names a serve_endpoint that accepts and never answers
 """
 
 import json
+import socket
 import subprocess
 import sys
 import time
 
 mode, target, reference = sys.argv[1], sys.argv[2], sys.argv[3]
 child = subprocess.Popen([reference], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+# Listens (the kernel completes the handshakes) and never reads or answers.
+mute = socket.socket()
+mute.bind(("127.0.0.1", 0))
+mute.listen(16)
 
 
 def emit(line):
@@ -42,6 +50,13 @@ for line in sys.stdin:
     if ours and mode == "wrong-id":
         o = json.loads(outcome)
         o["id"] = "some-other-case"
+        outcome = json.dumps(o)
+    if ours and mode == "skip":
+        outcome = json.dumps({"id": request["id"], "skipped": "no server side"})
+    if ours and mode in ("elsewhere", "silent"):
+        o = json.loads(outcome)
+        port = mute.getsockname()[1]
+        o["serve_endpoint"] = "http://192.0.2.1:80" if mode == "elsewhere" else f"http://127.0.0.1:{port}"
         outcome = json.dumps(o)
     if ours and mode == "exit":
         sys.exit(3)

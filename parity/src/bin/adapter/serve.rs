@@ -208,8 +208,26 @@ impl Handler {
         status
     }
 
-    fn path(&self) -> Result<PathAndQuery, Status> {
-        PathAndQuery::from_str(&self.path).map_err(|e| Status::internal(e.to_string()))
+    /// The downstream client, ready, with the request and path of the call.
+    async fn ready(
+        &self,
+        message: Bytes,
+    ) -> Result<
+        (
+            tonic::client::Grpc<ameide_sdk::AmeideChannel>,
+            tonic::Request<Bytes>,
+            PathAndQuery,
+        ),
+        Status,
+    > {
+        let downstream = self.downstream(message)?;
+        let path =
+            PathAndQuery::from_str(&self.path).map_err(|e| Status::internal(e.to_string()))?;
+        let mut grpc = grpc_of(&self.forward.client);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok((grpc, downstream, path))
     }
 }
 
@@ -220,13 +238,9 @@ impl tonic::server::UnaryService<Bytes> for Handler {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let downstream = this.downstream(request.into_inner())?;
-            let mut grpc = grpc_of(&this.forward.client);
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let (mut grpc, downstream, path) = this.ready(request.into_inner()).await?;
             match grpc
-                .unary::<Bytes, Bytes, _>(downstream, this.path()?, BytesCodec)
+                .unary::<Bytes, Bytes, _>(downstream, path, BytesCodec)
                 .await
             {
                 Ok(response) => Ok(tonic::Response::new(response.into_inner())),
@@ -244,13 +258,9 @@ impl tonic::server::ServerStreamingService<Bytes> for Handler {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let downstream = this.downstream(request.into_inner())?;
-            let mut grpc = grpc_of(&this.forward.client);
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let (mut grpc, downstream, path) = this.ready(request.into_inner()).await?;
             match grpc
-                .server_streaming::<Bytes, Bytes, _>(downstream, this.path()?, BytesCodec)
+                .server_streaming::<Bytes, Bytes, _>(downstream, path, BytesCodec)
                 .await
             {
                 Ok(response) => {
