@@ -116,6 +116,9 @@ pub fn failures(e: &Evidence<'_>) -> Vec<String> {
             outcome.message
         ));
     }
+    if e.case.inbound.is_some() && attempts.is_empty() {
+        out.push("the handler's downstream call never reached the harness server".into());
+    }
     if let Some(n) = expect.attempts
         && attempts.len() != n
     {
@@ -310,6 +313,10 @@ fn fact_checks(e: &Evidence<'_>) -> Vec<String> {
                 ));
             }
         }
+        // An inbound answer always echoes the request id (contract §6).
+        (None, _) if e.case.inbound.is_some() => {
+            out.push("the server's answer echoes no x-request-id".into());
+        }
         (None, _) if e.case.expect.reports_call_facts => {
             out.push("the client reports no request id".into());
         }
@@ -396,6 +403,13 @@ fn header_checks(e: &Evidence<'_>) -> Vec<String> {
     let attempts = e.attempts;
     let mut out = Vec::new();
     for check in &e.case.expect.headers {
+        if check.attempts.is_empty() && attempts.is_empty() {
+            out.push(format!(
+                "header {}: no attempt arrived to carry it",
+                check.name
+            ));
+            continue;
+        }
         let which: Vec<usize> = if check.attempts.is_empty() {
             (1..=attempts.len()).collect()
         } else {
@@ -529,8 +543,11 @@ fn trace_checks(e: &Evidence<'_>) -> Vec<String> {
 
 /// `grpc-timeout` within the budget left, from below and from above.
 fn timeout_checks(e: &Evidence<'_>) -> Vec<String> {
-    let (Some(t), Some(first)) = (&e.case.expect.grpc_timeout, e.attempts.first()) else {
+    let Some(t) = &e.case.expect.grpc_timeout else {
         return Vec::new();
+    };
+    let Some(first) = e.attempts.first() else {
+        return vec!["grpc-timeout: no attempt arrived to carry it".into()];
     };
     let mut out = Vec::new();
     let budget = Duration::from_millis(t.budget_ms);

@@ -16,6 +16,9 @@ use crate::case::Call;
 use crate::protocol::Outcome;
 use crate::wire::BytesCodec;
 
+/// The most stream messages the runner keeps from one answer.
+const MAX_MESSAGES: usize = 10_000;
+
 /// What came back from the adapter's server.
 #[derive(Debug)]
 pub struct Answer {
@@ -163,6 +166,11 @@ async fn make(inbound: Inbound<'_>) -> Result<Answer, String> {
                 entries(response.metadata(), &mut seen);
                 let mut stream = response.into_inner();
                 loop {
+                    if outcome.responses.len() >= MAX_MESSAGES {
+                        break Err(tonic::Status::resource_exhausted(format!(
+                            "the runner read {MAX_MESSAGES} messages and stopped"
+                        )));
+                    }
                     match stream.message().await {
                         Ok(Some(bytes)) => outcome.responses.push(decoded(&bytes, output)),
                         Ok(None) => {

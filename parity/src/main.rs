@@ -433,6 +433,53 @@ fn validate(case: &Case) -> Result<(), String> {
                 "expect.response_headers: one answer, no attempts or same_as_previous".into(),
             );
         }
+        let names = case
+            .expect
+            .response_headers
+            .iter()
+            .map(|h| &h.name)
+            .chain(case.expect.response_metadata_only.iter().flatten())
+            .chain(inbound.headers.keys());
+        for name in names {
+            if name.to_ascii_lowercase() != *name {
+                return Err(format!(
+                    "{name:?}: metadata names are lower case on the wire"
+                ));
+            }
+        }
+        for (name, set_by) in [
+            (
+                "x-request-id",
+                c.request_id.is_some().then_some("call.request_id"),
+            ),
+            (
+                "traceparent",
+                c.traceparent.is_some().then_some("call.traceparent"),
+            ),
+            (
+                "grpc-timeout",
+                c.timeout_ms.is_some().then_some("call.timeout_ms"),
+            ),
+            ("te", Some("the transport")),
+            ("content-type", Some("the transport")),
+            ("user-agent", Some("the transport")),
+            ("grpc-status", Some("the transport")),
+            ("grpc-message", Some("the transport")),
+            ("grpc-message-type", Some("the transport")),
+        ] {
+            if let Some(by) = set_by
+                && inbound.headers.contains_key(name)
+            {
+                return Err(format!(
+                    "inbound.headers.{name}: already written by {by}; it would not go as written"
+                ));
+            }
+        }
+        if !case.expect.details.is_empty() {
+            return Err(
+                "expect.details: the runner does not decode an inbound answer's details".into(),
+            );
+        }
         inbound::headers(c, &inbound.headers)?;
     }
     if let Some(http1) = &case.server.http1 {
@@ -844,6 +891,12 @@ async fn run_case(
         // The adapter serves; the runner is the caller.
         (Some(inbound), Some(outcome)) if outcome.adapter_error.is_none() => {
             match &outcome.serve_endpoint {
+                Some(at) if *at == request.endpoint => {
+                    problems.push(format!(
+                        "serve_endpoint {at} is the harness server, not the adapter's own"
+                    ));
+                    (None, runner_elapsed)
+                }
                 Some(at) => {
                     let call = inbound::Inbound {
                         endpoint: at,
@@ -1058,6 +1111,7 @@ async fn run(o: Options) -> Result<bool, String> {
             "suite": case.suite,
             "result": result,
             "problems": problems,
+            "skipped": skipped,
         }));
     }
     if let Some(adapter) = worker.adapter {

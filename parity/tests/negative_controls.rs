@@ -164,7 +164,7 @@ fn inbound_cases() -> Vec<String> {
 /// downstream budget (the caller's deadline is longer, or unreadable).
 const INBOUND_CLIENT_BUDGET_CASES: &[&str] = &[
     "inbound-client-timeout-shorter-than-the-inbound-deadline-wins",
-    "inbound-malformed-trace-and-deadline-headers-are-ignored",
+    "inbound-malformed-trace-headers-are-ignored",
 ];
 
 /// Cases the caller cancels (the adapter then reports no call facts when
@@ -452,7 +452,7 @@ fn a_one_second_default_timeout() {
             // The downstream client's default against a 1.5 s inbound
             // deadline, and against none.
             "inbound-deadline-is-carried-downstream",
-            "inbound-malformed-trace-and-deadline-headers-are-ignored",
+            "inbound-malformed-trace-headers-are-ignored",
         ]),
         LONG_CASES,
     );
@@ -660,18 +660,8 @@ fn long_lived_calls_kept_on_the_whole_call_deadline() {
 
 #[test]
 fn a_server_without_the_inbound_layer() {
-    // Everything the layer does fails; only the case decided by the
-    // downstream client's own timeout passes.
-    control(
-        "inbound-no-layer",
-        Must::These(
-            inbound_cases()
-                .into_iter()
-                .filter(|id| id != "inbound-client-timeout-shorter-than-the-inbound-deadline-wins")
-                .collect(),
-        ),
-        &[],
-    );
+    // Everything the layer does fails, the request id's echo first.
+    control("inbound-no-layer", Must::These(inbound_cases()), &[]);
 }
 
 #[test]
@@ -696,7 +686,7 @@ fn the_sdks_facts_handed_on() {
 fn malformed_inbound_headers_refused() {
     control(
         "inbound-strict",
-        Must::Exactly(&["inbound-malformed-trace-and-deadline-headers-are-ignored"]),
+        Must::Exactly(&["inbound-malformed-trace-headers-are-ignored"]),
         &[],
     );
 }

@@ -45,7 +45,7 @@
 //! - `inbound-forward-identity`: the caller's tenant and user are copied onto every downstream call;
 //! - `inbound-hand-on-facts`: a handed-on downstream failure carries the SDK's attempt count as
 //!   metadata (`x-ameide-attempts`);
-//! - `inbound-strict`: a malformed `traceparent` or `grpc-timeout` fails the call INVALID_ARGUMENT.
+//! - `inbound-strict`: a malformed `traceparent` fails the call INVALID_ARGUMENT.
 
 #[path = "adapter/pages.rs"]
 mod pages;

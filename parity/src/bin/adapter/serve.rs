@@ -38,7 +38,7 @@ struct Quirks {
     forward_identity: bool,
     /// `inbound-hand-on-facts`: a handed-on failure carries the SDK's facts as metadata.
     hand_on_facts: bool,
-    /// `inbound-strict`: a malformed `traceparent` or `grpc-timeout` fails the call.
+    /// `inbound-strict`: a malformed `traceparent` fails the call.
     strict: bool,
 }
 
@@ -136,32 +136,18 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
     }
 }
 
-/// `inbound-strict`: what a server that trusts nothing malformed answers.
+/// `inbound-strict`: what a server that trusts no malformed trace context
+/// answers.
 fn strict(headers: &http::HeaderMap) -> Option<Status> {
-    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
-    if let Some(tp) = text("traceparent") {
-        let parts: Vec<&str> = tp.split('-').collect();
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !(parts.len() == 4
-            && hex(parts[0], 2)
-            && hex(parts[1], 32)
-            && hex(parts[2], 16)
-            && hex(parts[3], 2))
-        {
-            return Some(Status::invalid_argument("malformed traceparent"));
-        }
-    }
-    if let Some(timeout) = text("grpc-timeout") {
-        let (digits, unit) = timeout.split_at(timeout.len().saturating_sub(1));
-        if digits.is_empty()
-            || digits.len() > 8
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-            || !matches!(unit, "H" | "M" | "S" | "m" | "u" | "n")
-        {
-            return Some(Status::invalid_argument("malformed grpc-timeout"));
-        }
-    }
-    None
+    let tp = headers.get("traceparent")?.to_str().unwrap_or_default();
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2);
+    (!valid).then(|| Status::invalid_argument("malformed traceparent"))
 }
 
 #[derive(Clone)]
