@@ -690,3 +690,8 @@ fn malformed_inbound_headers_refused() {
         &[],
     );
 }
+
+#[test]
+fn a_handler_that_never_calls_downstream() {
+    control("inbound-no-downstream", Must::These(inbound_cases()), &[]);
+}

@@ -46,6 +46,7 @@
 //! - `inbound-hand-on-facts`: a handed-on downstream failure carries the SDK's attempt count as
 //!   metadata (`x-ameide-attempts`);
 //! - `inbound-strict`: a malformed `traceparent` fails the call INVALID_ARGUMENT.
+//! - `inbound-no-downstream`: the handler answers OK with an empty message without calling downstream.
 
 #[path = "adapter/pages.rs"]
 mod pages;

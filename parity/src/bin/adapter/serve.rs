@@ -40,6 +40,8 @@ struct Quirks {
     hand_on_facts: bool,
     /// `inbound-strict`: a malformed `traceparent` fails the call.
     strict: bool,
+    /// `inbound-no-downstream`: the handler answers an empty message itself.
+    no_downstream: bool,
 }
 
 /// Serves on `127.0.0.1:<any port>`; returns `http://127.0.0.1:<port>`.
@@ -59,6 +61,7 @@ pub async fn start(
             forward_identity: has(breaks, "inbound-forward-identity"),
             hand_on_facts: has(breaks, "inbound-hand-on-facts"),
             strict: has(breaks, "inbound-strict"),
+            no_downstream: has(breaks, "inbound-no-downstream"),
         },
     };
     // Any method of the bundle: the router's fallback takes every path.
@@ -121,6 +124,12 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
                     Status::unimplemented(format!("{path} is not in the bundle")).into_http(),
                 );
             };
+            if this.quirks.no_downstream {
+                // An answer made up on the spot: OK, one empty message.
+                return Ok(tonic::server::Grpc::new(BytesCodec)
+                    .unary(Canned, request)
+                    .await);
+            }
             let handler = Handler {
                 forward: this,
                 path,
@@ -148,6 +157,19 @@ fn strict(headers: &http::HeaderMap) -> Option<Status> {
         && hex(parts[2], 16)
         && hex(parts[3], 2);
     (!valid).then(|| Status::invalid_argument("malformed traceparent"))
+}
+
+/// `inbound-no-downstream`'s handler.
+#[derive(Clone, Copy)]
+struct Canned;
+
+impl tonic::server::UnaryService<Bytes> for Canned {
+    type Response = Bytes;
+    type Future = std::future::Ready<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, _: tonic::Request<Bytes>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(Bytes::new())))
+    }
 }
 
 #[derive(Clone)]
