@@ -541,7 +541,14 @@ fn trace_checks(e: &Evidence<'_>) -> Vec<String> {
     out
 }
 
-/// `grpc-timeout` within the budget left, from below and from above.
+/// How much shorter than the budget left a `grpc-timeout` may be beyond
+/// the case's tolerance: the client's budget starts before its connect
+/// (a fresh client per case: TCP and the HTTP/2 handshake across two
+/// processes), the server's measure at the first attempt's arrival.
+pub const CONNECT_ALLOWANCE_MS: u64 = 200;
+
+/// `grpc-timeout` within the budget left: at most `tolerance_ms` more, at
+/// most `tolerance_ms` + [`CONNECT_ALLOWANCE_MS`] less.
 fn timeout_checks(e: &Evidence<'_>) -> Vec<String> {
     let Some(t) = &e.case.expect.grpc_timeout else {
         return Vec::new();
@@ -552,6 +559,7 @@ fn timeout_checks(e: &Evidence<'_>) -> Vec<String> {
     let mut out = Vec::new();
     let budget = Duration::from_millis(t.budget_ms);
     let tolerance = Duration::from_millis(t.tolerance_ms);
+    let below = tolerance + Duration::from_millis(CONNECT_ALLOWANCE_MS);
     for (n, attempt) in e.attempts.iter().enumerate() {
         let left = budget.saturating_sub(attempt.at - first.at);
         match attempt
@@ -562,8 +570,8 @@ fn timeout_checks(e: &Evidence<'_>) -> Vec<String> {
                 "attempt {}: grpc-timeout {sent:?} exceeds the budget left ({left:?} + {tolerance:?})",
                 n + 1
             )),
-            Some(sent) if sent + tolerance < left => out.push(format!(
-                "attempt {}: grpc-timeout {sent:?} is short of the budget left ({left:?} − {tolerance:?})",
+            Some(sent) if sent + below < left => out.push(format!(
+                "attempt {}: grpc-timeout {sent:?} is short of the budget left ({left:?} − {below:?})",
                 n + 1
             )),
             Some(_) => {}

@@ -933,6 +933,20 @@ async fn run_case(
     // Let late attempts (a retry after the response), a reset and stray
     // extra lines land before judging.
     tokio::time::sleep(Duration::from_millis(20.max(case.expect.settle_ms))).await;
+    // A reset the case expects may land a little after the outcome (the
+    // adapter's connection task sends it): wait for it, up to 1 s.
+    if case.expect.reset_by_client == Some(true) && raw.is_none() && http1.is_none() {
+        for _ in 0..50 {
+            if server
+                .attempts_for(&path)
+                .last()
+                .is_none_or(|a| a.cancelled)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     if restart {
         *adapter = None;
     } else if let Some(a) = adapter.as_mut() {

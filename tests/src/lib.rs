@@ -301,14 +301,30 @@ pub mod interop {
             Self::start(command, log)
         }
 
-        /// Every call the peer recorded, in order, for `method`.
+        /// Every call the peer recorded, in order, for `method` (a line
+        /// the peer is still writing is not read yet).
         pub fn calls(&self, method: &str) -> Vec<serde_json::Value> {
-            std::fs::read_to_string(self.log.path())
-                .expect("read the peer log")
+            let text = std::fs::read_to_string(self.log.path()).expect("read the peer log");
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            complete
                 .lines()
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
                 .filter(|e| e["method"] == method)
                 .collect()
+        }
+
+        /// The calls for `method` once at least `n` are recorded (the peer
+        /// logs in its handler, which may run after the client gave up),
+        /// waiting up to 3 s; fewer if they never come.
+        pub async fn calls_at_least(&self, method: &str, n: usize) -> Vec<serde_json::Value> {
+            for _ in 0..60 {
+                let calls = self.calls(method);
+                if calls.len() >= n {
+                    return calls;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            self.calls(method)
         }
 
         /// `http://127.0.0.1:<port>`.

@@ -605,6 +605,12 @@ async fn scale_down_with_goaway_fails_no_call() {
     let client = dns_client(&dns, port, Duration::from_millis(300));
     let callers = Callers::start(&client, 32);
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    for _ in 0..90 {
+        if servers.iter().all(|s| s.calls() > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         servers.iter().all(|s| s.calls() > 0),
         "every replica serves"
@@ -616,12 +622,22 @@ async fn scale_down_with_goaway_fails_no_call() {
     assert!(exits(&mut servers[3]).await, "GracefulStop ends");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // 127.0.0.4 stops while DNS still names it: its GOAWAY alone drains it.
-    let before = servers[2].calls();
     servers[2].terminate();
     assert!(exits(&mut servers[2]).await, "GracefulStop ends");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (failures, retried, done) = callers.finish().await;
-    let after_sigterm = servers[2].calls() - before;
+    // Calls that arrived after the server began its graceful stop, by the
+    // server's own clock (not read against a log still in flight).
+    let events = servers[2].events();
+    let stopping = events
+        .iter()
+        .find(|e| e.what == "stopping")
+        .map(|e| e.at_ms)
+        .expect("the server logged its stop");
+    let after_sigterm = events
+        .iter()
+        .filter(|e| e.what == "call" && e.at_ms > stopping)
+        .count();
     eprintln!(
         "{done} calls, {retried} retried; 127.0.0.4 served {after_sigterm} after its SIGTERM"
     );

@@ -244,8 +244,10 @@ async fn trailers_wait_their_delay() {
     assert!(body.data().await.is_none());
     let trailers = body.trailers().await.unwrap().unwrap();
     assert_eq!(trailers["grpc-status"], "0");
+    // The server's 300 ms run from its write; the message may reach the
+    // client a little later on a loaded machine.
     assert!(
-        message_at.elapsed() >= Duration::from_millis(290),
+        message_at.elapsed() >= Duration::from_millis(250),
         "trailers {:?} after the message",
         message_at.elapsed()
     );

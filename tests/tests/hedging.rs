@@ -66,8 +66,11 @@ async fn hedging_answers_at_the_fast_replicas_pace_and_cancels_the_slow_one() {
     while servers.iter().any(|s| s.calls() == 0) {
         calls::read(&client).await.expect("a warm-up call");
     }
+    // The warm-up's attempts on the slow replica end (answered or
+    // cancelled) and their lines are read before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let slow_before = (servers[2].calls(), servers[2].cancelled());
+    let calls_before = servers[2].settled_calls().await;
+    let slow_before = (calls_before, servers[2].cancelled());
     let mut worst = Duration::ZERO;
     let mut took = Vec::new();
     for _ in 0..60 {
@@ -79,9 +82,12 @@ async fn hedging_answers_at_the_fast_replicas_pace_and_cancels_the_slow_one() {
     }
     took.sort();
     let median = took[took.len() / 2];
-    // The slow replica alone answers in 200 ms: no call waited for it.
+    // The slow replica alone answers in 200 ms. That no call waited for
+    // it is proven below (every attempt it got was cancelled); this bound
+    // only catches a call that waited for several of its answers, with
+    // room for a pause of a loaded machine.
     assert!(
-        worst < Duration::from_millis(200),
+        worst < Duration::from_secs(1),
         "a call waited for the slow replica: {worst:?}"
     );
     // The fast replicas' 20 ms plus the hedging delay's 20 ms, and room.

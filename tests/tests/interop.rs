@@ -134,7 +134,7 @@ async fn a_sleeping_grpcio_server_ends_in_deadline_exceeded_on_time() {
         took >= Duration::from_millis(450) && took < Duration::from_millis(800),
         "took {took:?}"
     );
-    let left = peer.calls("GetElement")[0]["time_remaining"]
+    let left = peer.calls_at_least("GetElement", 1).await[0]["time_remaining"]
         .as_f64()
         .unwrap();
     assert!(left <= 0.5, "grpcio saw {left} s left of a 500 ms budget");
@@ -345,6 +345,6 @@ async fn gzip_compression_interoperates_with_grpcio_both_ways() {
     );
     let element = response.into_inner().element.expect("echoed element");
     assert_eq!(element.description, description);
-    let calls = peer.calls("CreateElement");
+    let calls = peer.calls_at_least("CreateElement", 1).await;
     assert_eq!(calls.len(), 1);
 }

@@ -55,7 +55,8 @@ impl Recorder {
     /// client has read it.
     async fn series_once(&self, ready: impl Fn(&Series) -> bool) -> Series {
         let mut series = self.series();
-        for _ in 0..100 {
+        // Up to 5 s: a loaded machine records late.
+        for _ in 0..500 {
             if ready(&series) {
                 break;
             }
@@ -950,11 +951,12 @@ async fn subchannel_metrics_count_connects_disconnections_and_open_connections()
     ];
     let series = recorder
         .series_once(|s| {
-            s.get(&(
-                "grpc.subchannel.connection_attempts_failed".to_owned(),
-                attrs(&labels),
-            ))
-            .is_some()
+            let at = |name: &str| s.get(&(name.to_owned(), attrs(&labels)));
+            // The failed connect, and both replicas connected (the second
+            // may still be connecting when the calls are done).
+            at("grpc.subchannel.connection_attempts_failed").is_some()
+                && at("grpc.subchannel.connection_attempts_succeeded").is_some_and(|p| p.count == 2)
+                && at("grpc.subchannel.open_connections").is_some_and(|p| p.sum == 2.0)
         })
         .await;
     assert_eq!(
