@@ -449,7 +449,7 @@ fn a_one_second_default_timeout() {
             "defaults-unary-ok",
             "defaults-unary-ok@gzip",
             "defaults-unary-ok@zstd",
-            // The downstream client's default against a 1.5 s inbound
+            // The downstream client's default against a 2.5 s inbound
             // deadline, and against none.
             "inbound-deadline-is-carried-downstream",
             "inbound-malformed-trace-headers-are-ignored",
