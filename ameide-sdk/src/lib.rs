@@ -131,7 +131,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub use gate::InFlightLimit;
 pub use transport::{
     AddressStream, BoxTransport, ClientIdentity, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTIONS,
-    LoadBalancing, Proxy, Resolver, ResolverAnswer, TransportOptions, TrustRoots,
+    LoadBalancing, OutlierEjection, Proxy, Resolver, ResolverAnswer, TransportOptions, TrustRoots,
 };
 
 /// The generated protobuf types of the Ameide core bundle, re-exported verbatim.

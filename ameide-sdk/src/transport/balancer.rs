@@ -18,7 +18,9 @@
 //! a request its replica cannot take after the pick (the connection was
 //! lost meanwhile) or hands back unwritten goes to another replica
 //! (transparent, no attempt spent). A replica that leaves the list gets no
-//! new calls; its calls in flight finish.
+//! new calls; its calls in flight finish. **Outlier ejection** (opt-in,
+//! `outlier.rs`): a READY replica that fails most of its calls is skipped
+//! while another READY one is not ejected.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -264,8 +266,13 @@ impl Balancer {
         let mut count = 0;
         let mut idle = None;
         let mut all_ready = true;
+        // Outlier ejection: READY but out of the picks while another is in.
+        let mut ejected = None;
         for (i, replica) in replicas.iter().enumerate() {
             match replica.subchannel.health() {
+                Health::Ready if replica.subchannel.is_ejected() => {
+                    ejected.get_or_insert(i);
+                }
                 Health::Ready => {
                     if count < ready.len() {
                         ready[count] = i;
@@ -289,6 +296,13 @@ impl Balancer {
         if !all_ready && let Some(resolution) = &self.resolution {
             // A replica is down or not yet up: DNS may know better.
             resolution.again.notify_one();
+        }
+        if count == 0
+            && let Some(i) = ejected
+        {
+            // Every READY replica is ejected: better one of them than none.
+            ready[0] = i;
+            count = 1;
         }
         if count > 0 {
             let ready = &ready[..count];

@@ -227,14 +227,22 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: hyper::body::Incoming,
         guard: Option<StreamGuard>,
+        // Where the call's outcome goes when the trailers (or the end)
+        // come: outlier ejection's count; dropped unread, nothing counts.
+        tally: Option<Arc<super::outlier::Tally>>,
     }
 }
 
 impl CountedBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, guard: StreamGuard) -> Self {
+    pub(crate) fn new(
+        inner: hyper::body::Incoming,
+        guard: StreamGuard,
+        tally: Option<Arc<super::outlier::Tally>>,
+    ) -> Self {
         CountedBody {
             inner,
             guard: Some(guard),
+            tally,
         }
     }
 }
@@ -249,6 +257,20 @@ impl http_body::Body for CountedBody {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
+        if let Some(tally) = this.tally.as_ref() {
+            let outcome = match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    frame.trailers_ref().map(super::outlier::status_is_ok)
+                }
+                // Lost, or ended without a status.
+                Poll::Ready(Some(Err(_)) | None) => Some(false),
+                Poll::Pending => None,
+            };
+            if let Some(ok) = outcome {
+                tally.record(ok);
+                this.tally.take();
+            }
+        }
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             this.guard.take();
         }

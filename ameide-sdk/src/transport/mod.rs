@@ -23,6 +23,7 @@ pub(crate) mod connection;
 #[cfg(feature = "dns")]
 pub(crate) mod dns;
 pub(crate) mod failure;
+pub(crate) mod outlier;
 pub(crate) mod proxy;
 pub(crate) mod resolver;
 pub(crate) mod subchannel;
@@ -31,6 +32,7 @@ pub(crate) mod tls;
 
 pub use balancer::LoadBalancing;
 use connection::Target;
+pub use outlier::OutlierEjection;
 pub use proxy::Proxy;
 pub use resolver::{AddressStream, Resolver, ResolverAnswer};
 use subchannel::{Pacing, Subchannel};
@@ -160,6 +162,10 @@ pub struct TransportOptions {
     /// itself, and setting this for one is a configuration error, as for a
     /// `unix:` socket (plaintext).
     pub tls: bool,
+    /// For a `static:`, `dns:` or [`Resolver`] target: take a replica that
+    /// fails most of its calls out of the picks for a while
+    /// ([`OutlierEjection`], gRFC A50). Off (`None`) by default.
+    pub outlier_ejection: Option<OutlierEjection>,
 }
 
 impl Default for TransportOptions {
@@ -188,6 +194,7 @@ impl Default for TransportOptions {
             dns_min_interval: Duration::from_secs(30),
             load_balancing: LoadBalancing::RoundRobin,
             tls: false,
+            outlier_ejection: None,
         }
     }
 }
@@ -317,6 +324,12 @@ impl TransportOptions {
         self
     }
 
+    /// Sets [`outlier_ejection`](Self::outlier_ejection).
+    pub fn with_outlier_ejection(mut self, value: impl Into<Option<OutlierEjection>>) -> Self {
+        self.outlier_ejection = value.into();
+        self
+    }
+
     /// Sets [`tls`](Self::tls).
     ///
     /// ```
@@ -385,6 +398,13 @@ impl TransportOptions {
             }
             Ok(())
         };
+        if let Some(problem) = self
+            .outlier_ejection
+            .as_ref()
+            .and_then(OutlierEjection::problem)
+        {
+            return fail(format!("transport option {problem}"));
+        }
         check(
             "dns_refresh",
             self.dns_refresh,
@@ -637,6 +657,7 @@ pub(crate) fn http2_transport(
                 })
                 .collect::<Result<Vec<_>, ConfigError>>()?;
             let list: balancer::ReplicaList = Arc::new(std::sync::RwLock::new(replicas.into()));
+            eject_outliers(options, &list);
             Ok(BoxCloneSyncService::new(balancer::Balancer::new(
                 list,
                 options.load_balancing,
@@ -729,6 +750,7 @@ fn resolved_transport(
         let probe = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         drop(make(probe)?);
     }
+    eject_outliers(options, &list);
     let lifetime = start(
         Arc::downgrade(&list),
         resolution.clone(),
@@ -739,6 +761,25 @@ fn resolved_transport(
         balancer::Balancer::new(list, options.load_balancing, wake, Some(resolution))
             .with_lifetime(lifetime),
     ))
+}
+
+/// Outlier ejection for a balanced target, when configured: a task that
+/// judges its replicas' tallies while the client lives.
+fn eject_outliers(options: &TransportOptions, list: &balancer::ReplicaList) {
+    let Some(config) = options.outlier_ejection else {
+        return;
+    };
+    let list = Arc::downgrade(list);
+    outlier::start(config, move || {
+        let list = list.upgrade()?;
+        let replicas = list.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(
+            replicas
+                .iter()
+                .filter_map(|r| Some((r.key.clone(), r.subchannel.tally()?.clone())))
+                .collect(),
+        )
+    });
 }
 
 /// The TLS material of `options` (trust roots, CA, client identity; the
@@ -858,6 +899,8 @@ fn subchannel(
         keepalive: options.keepalive_interval,
         // pick_first connects the addresses it tries, not all of them.
         keep_connected: wake.is_some() && options.load_balancing != LoadBalancing::PickFirst,
+        // A balanced replica's calls are counted for outlier ejection.
+        count_outcomes: wake.is_some() && options.outlier_ejection.is_some(),
     };
     Ok(match wake {
         Some(wake) => Subchannel::with_wake(target, pacing, wake),

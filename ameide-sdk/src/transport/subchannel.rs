@@ -42,6 +42,7 @@ use super::connection::{
     self, Conn, ConnectError, CountedBody, MAX_UNWRITTEN_RESENDS, StreamGuard,
     TRANSPARENT_ATTEMPTS, Target, Unwritten,
 };
+use super::outlier::{Tally, outcome_of_head};
 use super::tap::Wake;
 use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
 
@@ -80,6 +81,8 @@ pub(crate) struct Pacing {
     /// connection is up, whether or not a call waits (grpc-go's subconns
     /// reconnect on their own; a replica that comes back gets calls again).
     pub(crate) keep_connected: bool,
+    /// Count each call's outcome ([`Tally`], for outlier ejection).
+    pub(crate) count_outcomes: bool,
 }
 
 /// Every connection to one target; cloned into every call.
@@ -95,6 +98,8 @@ struct Shared {
     pacing: Pacing,
     wake: Arc<Wake>,
     state: Mutex<State>,
+    /// The calls' outcomes, when the target ejects outliers.
+    tally: Option<Arc<Tally>>,
 }
 
 struct State {
@@ -371,6 +376,7 @@ impl Subchannel {
                     failed_connects: 0,
                     keepalive: pacing.keepalive,
                 }),
+                tally: pacing.count_outcomes.then(Arc::default),
             }),
         }
     }
@@ -416,6 +422,19 @@ impl Subchannel {
     }
 
     /// Tells one subchannel from another (while both live).
+    /// The calls' outcomes, when the target ejects outliers.
+    pub(crate) fn tally(&self) -> Option<&Arc<Tally>> {
+        self.shared.tally.as_ref()
+    }
+
+    /// Ejected from the picks now (outlier ejection).
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.shared
+            .tally
+            .as_ref()
+            .is_some_and(|t| t.is_ejected(Instant::now()))
+    }
+
     pub(crate) fn id(&self) -> usize {
         self.shared.id
     }
@@ -600,8 +619,24 @@ impl Subchannel {
                 drop(sender);
                 match sent.await {
                     Ok(response) => {
-                        return Ok(response
-                            .map(|body| tonic::body::Body::new(CountedBody::new(body, guard))));
+                        let (parts, body) = response.into_parts();
+                        // Outlier ejection: the head may decide the outcome,
+                        // else the body's trailers will.
+                        let tally = self.shared.tally.clone().and_then(|tally| {
+                            use http_body::Body as _;
+                            match outcome_of_head(&parts, body.is_end_stream()) {
+                                Some(ok) => {
+                                    tally.record(ok);
+                                    None
+                                }
+                                None => Some(tally),
+                            }
+                        });
+                        let body = CountedBody::new(body, guard, tally);
+                        return Ok(http::Response::from_parts(
+                            parts,
+                            tonic::body::Body::new(body),
+                        ));
                     }
                     Err(mut failed) => {
                         let handed_back = failed.take_message();
@@ -636,7 +671,13 @@ impl Subchannel {
                                     source: failed.into_error(),
                                 })));
                             }
-                            None => return Err(Failed::Error(Box::new(failed.into_error()))),
+                            None => {
+                                // Written, then lost (a reset, the connection).
+                                if let Some(tally) = &self.shared.tally {
+                                    tally.record(false);
+                                }
+                                return Err(Failed::Error(Box::new(failed.into_error())));
+                            }
                         }
                     }
                 }
