@@ -267,11 +267,15 @@ impl Balancer {
         let mut idle = None;
         let mut all_ready = true;
         // Outlier ejection: READY but out of the picks while another is in.
-        let mut ejected = None;
+        let mut ejected = [0usize; crate::config::MAX_STATIC_ENDPOINTS];
+        let mut ejected_count = 0;
         for (i, replica) in replicas.iter().enumerate() {
             match replica.subchannel.health() {
                 Health::Ready if replica.subchannel.is_ejected() => {
-                    ejected.get_or_insert(i);
+                    if ejected_count < ejected.len() {
+                        ejected[ejected_count] = i;
+                        ejected_count += 1;
+                    }
                 }
                 Health::Ready => {
                     if count < ready.len() {
@@ -297,12 +301,10 @@ impl Balancer {
             // A replica is down or not yet up: DNS may know better.
             resolution.again.notify_one();
         }
-        if count == 0
-            && let Some(i) = ejected
-        {
-            // Every READY replica is ejected: better one of them than none.
-            ready[0] = i;
-            count = 1;
+        if count == 0 && ejected_count > 0 {
+            // Every READY replica is ejected: better them than none.
+            ready = ejected;
+            count = ejected_count;
         }
         if count > 0 {
             let ready = &ready[..count];

@@ -228,8 +228,9 @@ pin_project_lite::pin_project! {
         inner: hyper::body::Incoming,
         guard: Option<StreamGuard>,
         // Where the call's outcome goes when the trailers (or the end)
-        // come: outlier ejection's count; dropped unread, nothing counts.
-        tally: Option<Arc<super::outlier::Tally>>,
+        // come: outlier ejection's count (dropped unread before its
+        // deadline, nothing counts; at or past it, a failure).
+        outcome: super::outlier::Pending,
     }
 }
 
@@ -237,12 +238,12 @@ impl CountedBody {
     pub(crate) fn new(
         inner: hyper::body::Incoming,
         guard: StreamGuard,
-        tally: Option<Arc<super::outlier::Tally>>,
+        outcome: super::outlier::Pending,
     ) -> Self {
         CountedBody {
             inner,
             guard: Some(guard),
-            tally,
+            outcome,
         }
     }
 }
@@ -257,7 +258,7 @@ impl http_body::Body for CountedBody {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Some(tally) = this.tally.as_ref() {
+        if this.outcome.is_open() {
             let outcome = match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     frame.trailers_ref().map(super::outlier::status_is_ok)
@@ -267,8 +268,7 @@ impl http_body::Body for CountedBody {
                 Poll::Pending => None,
             };
             if let Some(ok) = outcome {
-                tally.record(ok);
-                this.tally.take();
+                this.outcome.record(ok);
             }
         }
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {

@@ -162,9 +162,11 @@ pub struct TransportOptions {
     /// itself, and setting this for one is a configuration error, as for a
     /// `unix:` socket (plaintext).
     pub tls: bool,
-    /// For a `static:`, `dns:` or [`Resolver`] target: take a replica that
-    /// fails most of its calls out of the picks for a while
-    /// ([`OutlierEjection`], gRFC A50). Off (`None`) by default.
+    /// For a `static:`, `dns:` or [`Resolver`] target balanced round-robin
+    /// or least-loaded: take a replica that fails most of its calls out of
+    /// the picks for a while ([`OutlierEjection`], gRFC A50). Off (`None`)
+    /// by default; a plain endpoint and `pick_first` have nothing to
+    /// eject from and ignore it.
     pub outlier_ejection: Option<OutlierEjection>,
 }
 
@@ -766,7 +768,10 @@ fn resolved_transport(
 /// Outlier ejection for a balanced target, when configured: a task that
 /// judges its replicas' tallies while the client lives.
 fn eject_outliers(options: &TransportOptions, list: &balancer::ReplicaList) {
-    let Some(config) = options.outlier_ejection else {
+    let Some(config) = options
+        .outlier_ejection
+        .filter(|_| options.load_balancing != LoadBalancing::PickFirst)
+    else {
         return;
     };
     let list = Arc::downgrade(list);
@@ -899,8 +904,11 @@ fn subchannel(
         keepalive: options.keepalive_interval,
         // pick_first connects the addresses it tries, not all of them.
         keep_connected: wake.is_some() && options.load_balancing != LoadBalancing::PickFirst,
-        // A balanced replica's calls are counted for outlier ejection.
-        count_outcomes: wake.is_some() && options.outlier_ejection.is_some(),
+        // A balanced replica's calls are counted for outlier ejection
+        // (pick_first does not balance: it has nothing to eject from).
+        count_outcomes: wake.is_some()
+            && options.outlier_ejection.is_some()
+            && options.load_balancing != LoadBalancing::PickFirst,
     };
     Ok(match wake {
         Some(wake) => Subchannel::with_wake(target, pacing, wake),

@@ -5,8 +5,8 @@
 //!
 //! | Step | What happens |
 //! |---|---|
-//! | every call on a balanced replica | counted on its subchannel when it ends: OK (`grpc-status: 0`) a success; any other status, a non-gRPC answer, a stream or connection lost a failure; a call the client gave up (cancelled, a hedge that lost) and a request never written are not counted |
-//! | every [`interval`](OutlierEjection::interval) | the counts are taken and reset; when at least [`minimum_hosts`](OutlierEjection::minimum_hosts) replicas made [`request_volume`](OutlierEjection::request_volume) calls, each of those whose failures are at least [`failure_percentage_threshold`](OutlierEjection::failure_percentage_threshold) % of its calls is ejected, while the ejected stay under [`max_ejection_percent`](OutlierEjection::max_ejection_percent) % of the replicas (one always may be) |
+//! | every call on a balanced replica (round-robin, least-loaded) | counted on its subchannel when it ends: OK (`grpc-status: 0`) a success; any other status, a non-gRPC answer, a stream or connection lost, a call whose deadline passed while it waited on the replica a failure; a call the client gave up before its deadline (cancelled, a hedge that lost) and a request never written are not counted |
+//! | every [`interval`](OutlierEjection::interval) | the counts are taken and reset; when at least [`minimum_hosts`](OutlierEjection::minimum_hosts) replicas made [`request_volume`](OutlierEjection::request_volume) calls, each of those whose failures are more than [`failure_percentage_threshold`](OutlierEjection::failure_percentage_threshold) % of its calls is ejected, while the ejected stay under [`max_ejection_percent`](OutlierEjection::max_ejection_percent) % of the replicas (above 0 %, one always may be) |
 //! | ejected | no new call picks it while another READY replica is not ejected (if every READY one is, they are used all the same); its calls in flight finish; it stays connected |
 //! | back | after [`base_ejection_time`](OutlierEjection::base_ejection_time) × the times it was ejected (at most [`max_ejection_time`](OutlierEjection::max_ejection_time)); each interval it is not ejected lowers that count by one |
 //!
@@ -44,10 +44,10 @@ pub struct OutlierEjection {
     pub base_ejection_time: Duration,
     /// The longest an ejection lasts (300 s, or `base_ejection_time` if longer).
     pub max_ejection_time: Duration,
-    /// The most replicas ejected at once, as a percentage of them (10; one
-    /// replica may always be ejected).
+    /// The most replicas ejected at once, as a percentage of them (10;
+    /// above 0, one replica may always be ejected; 0 ejects none).
     pub max_ejection_percent: u8,
-    /// The failure percentage that ejects a replica (85).
+    /// The failure percentage above which a replica is ejected (85).
     pub failure_percentage_threshold: u8,
     /// How many replicas must have made `request_volume` calls in an
     /// interval for any to be judged (5).
@@ -155,6 +155,41 @@ impl OutlierEjection {
     }
 }
 
+/// A call's outcome not yet known: counted as a failure if it is dropped
+/// at or past its deadline (a replica that never answers is the outlier
+/// A50 is for), not at all if dropped before (the caller gave up).
+pub(crate) struct Pending {
+    tally: Option<Arc<Tally>>,
+    deadline: Option<Instant>,
+}
+
+impl Pending {
+    pub(crate) fn new(tally: Option<Arc<Tally>>, deadline: Option<Instant>) -> Self {
+        Pending { tally, deadline }
+    }
+
+    /// Records `ok` once; later calls and the drop do nothing.
+    pub(crate) fn record(&mut self, ok: bool) {
+        if let Some(tally) = self.tally.take() {
+            tally.record(ok);
+        }
+    }
+
+    /// Whether the outcome is still to be counted.
+    pub(crate) fn is_open(&self) -> bool {
+        self.tally.is_some()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // No tally (ejection off): nothing to count, no clock read.
+        if self.tally.is_some() && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.record(false);
+        }
+    }
+}
+
 /// One replica's calls in the current interval, and its ejection.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -224,14 +259,14 @@ fn sweep(config: &OutlierEjection, tallies: &[(&str, &Tally)], now: Instant) {
             if volume < config.request_volume || tally.is_ejected(now) {
                 continue;
             }
-            // Under the cap before each ejection (so one always may go).
+            // Under the cap before each ejection (so that, above 0 %, one
+            // always may go; 0 % ejects nobody), as grpc-go checks it.
             let total = tallies.len() as u64;
-            if (ejected as u64) * 100 >= u64::from(config.max_ejection_percent) * total
-                && ejected > 0
-            {
+            if (ejected as u64) * 100 >= u64::from(config.max_ejection_percent) * total {
                 break;
             }
-            if failed * 100 >= u64::from(config.failure_percentage_threshold) * volume {
+            // More than the threshold (A50, grpc-go): 85 % exactly stays.
+            if failed * 100 > u64::from(config.failure_percentage_threshold) * volume {
                 let times = tally
                     .multiplier
                     .fetch_add(1, Ordering::Relaxed)
@@ -371,6 +406,41 @@ mod tests {
         let now = Instant::now();
         sweep(&config, &named(&ts), now);
         assert_eq!(ts.iter().filter(|t| t.is_ejected(now)).count(), 1);
+    }
+
+    #[test]
+    fn exactly_the_threshold_stays_and_zero_percent_ejects_nobody() {
+        let config = OutlierEjection::default()
+            .with_request_volume(10)
+            .with_minimum_hosts(2);
+        let ts = tallies(2);
+        feed(&ts[0], 20, 0);
+        feed(&ts[1], 3, 17); // 85 % exactly
+        let now = Instant::now();
+        sweep(&config, &named(&ts), now);
+        assert!(!ts[1].is_ejected(now));
+        let none = config.with_max_ejection_percent(0);
+        feed(&ts[0], 20, 0);
+        feed(&ts[1], 0, 20);
+        sweep(&none, &named(&ts), now);
+        assert!(!ts[1].is_ejected(now));
+    }
+
+    #[test]
+    fn a_call_dropped_at_its_deadline_is_a_failure_before_it_nothing() {
+        let tally = Arc::new(Tally::default());
+        let now = Instant::now();
+        drop(Pending::new(Some(tally.clone()), Some(now)));
+        drop(Pending::new(
+            Some(tally.clone()),
+            Some(now + Duration::from_secs(60)),
+        ));
+        drop(Pending::new(Some(tally.clone()), None));
+        let mut done = Pending::new(Some(tally.clone()), Some(now));
+        done.record(true);
+        drop(done);
+        assert_eq!(tally.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(tally.ok.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use super::connection::{
     self, Conn, ConnectError, CountedBody, MAX_UNWRITTEN_RESENDS, StreamGuard,
     TRANSPARENT_ATTEMPTS, Target, Unwritten,
 };
-use super::outlier::{Tally, outcome_of_head};
+use super::outlier::{Pending, Tally, outcome_of_head};
 use super::tap::Wake;
 use crate::wire_types::{BoxError, HttpRequest, HttpResponse};
 
@@ -421,7 +421,6 @@ impl Subchannel {
         state.connect_started
     }
 
-    /// Tells one subchannel from another (while both live).
     /// The calls' outcomes, when the target ejects outliers.
     pub(crate) fn tally(&self) -> Option<&Arc<Tally>> {
         self.shared.tally.as_ref()
@@ -435,6 +434,7 @@ impl Subchannel {
             .is_some_and(|t| t.is_ejected(Instant::now()))
     }
 
+    /// Tells one subchannel from another (while both live).
     pub(crate) fn id(&self) -> usize {
         self.shared.id
     }
@@ -617,22 +617,20 @@ impl Subchannel {
                 // `connection::Dispatch`): the future holds no sender.
                 let sent = sender.try_send_request(request);
                 drop(sender);
+                // Outlier ejection: the outcome, once known; a call its
+                // deadline drops while it waits here counts as a failure.
+                let mut outcome = Pending::new(self.shared.tally.clone(), deadline);
                 match sent.await {
                     Ok(response) => {
                         let (parts, body) = response.into_parts();
-                        // Outlier ejection: the head may decide the outcome,
-                        // else the body's trailers will.
-                        let tally = self.shared.tally.clone().and_then(|tally| {
+                        // The head may decide the outcome, else the trailers will.
+                        if outcome.is_open() {
                             use http_body::Body as _;
-                            match outcome_of_head(&parts, body.is_end_stream()) {
-                                Some(ok) => {
-                                    tally.record(ok);
-                                    None
-                                }
-                                None => Some(tally),
+                            if let Some(ok) = outcome_of_head(&parts, body.is_end_stream()) {
+                                outcome.record(ok);
                             }
-                        });
-                        let body = CountedBody::new(body, guard, tally);
+                        }
+                        let body = CountedBody::new(body, guard, outcome);
                         return Ok(http::Response::from_parts(
                             parts,
                             tonic::body::Body::new(body),
@@ -673,9 +671,7 @@ impl Subchannel {
                             }
                             None => {
                                 // Written, then lost (a reset, the connection).
-                                if let Some(tally) = &self.shared.tally {
-                                    tally.record(false);
-                                }
+                                outcome.record(false);
                                 return Err(Failed::Error(Box::new(failed.into_error())));
                             }
                         }
