@@ -768,10 +768,7 @@ fn resolved_transport(
 /// Outlier ejection for a balanced target, when configured: a task that
 /// judges its replicas' tallies while the client lives.
 fn eject_outliers(options: &TransportOptions, list: &balancer::ReplicaList) {
-    let Some(config) = options
-        .outlier_ejection
-        .filter(|_| options.load_balancing != LoadBalancing::PickFirst)
-    else {
+    let Some(config) = outlier_ejection(options) else {
         return;
     };
     let list = Arc::downgrade(list);
@@ -785,6 +782,14 @@ fn eject_outliers(options: &TransportOptions, list: &balancer::ReplicaList) {
                 .collect(),
         )
     });
+}
+
+/// The outlier ejection a balanced target runs: none for pick_first, which
+/// does not balance and so has nothing to eject from.
+fn outlier_ejection(options: &TransportOptions) -> Option<OutlierEjection> {
+    options
+        .outlier_ejection
+        .filter(|_| options.load_balancing != LoadBalancing::PickFirst)
 }
 
 /// The TLS material of `options` (trust roots, CA, client identity; the
@@ -904,11 +909,8 @@ fn subchannel(
         keepalive: options.keepalive_interval,
         // pick_first connects the addresses it tries, not all of them.
         keep_connected: wake.is_some() && options.load_balancing != LoadBalancing::PickFirst,
-        // A balanced replica's calls are counted for outlier ejection
-        // (pick_first does not balance: it has nothing to eject from).
-        count_outcomes: wake.is_some()
-            && options.outlier_ejection.is_some()
-            && options.load_balancing != LoadBalancing::PickFirst,
+        // A balanced replica's calls are counted for outlier ejection.
+        count_outcomes: wake.is_some() && outlier_ejection(options).is_some(),
     };
     Ok(match wake {
         Some(wake) => Subchannel::with_wake(target, pacing, wake),

@@ -228,12 +228,10 @@ pub(crate) fn outcome_of_head(parts: &http::response::Parts, ends_stream: bool) 
     ends_stream.then(|| status_is_ok(&parts.headers))
 }
 
-/// Whether `grpc-status` in these trailers (or Trailers-Only headers) is OK.
+/// Whether `grpc-status` in these trailers (or Trailers-Only headers) is
+/// OK, read as the call's status is ([`crate::grpc_headers::grpc_code`]).
 pub(crate) fn status_is_ok(headers: &http::HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|v| {
-        let v = v.as_bytes();
-        !v.is_empty() && v.iter().all(|b| *b == b'0')
-    })
+    crate::grpc_headers::grpc_code(headers) == Some(tonic::Code::Ok)
 }
 
 /// One interval's judgement over the replicas' tallies (A50's
@@ -485,5 +483,9 @@ mod tests {
         assert_eq!(outcome_of_head(&head(200, Some("14")), true), Some(false));
         assert_eq!(outcome_of_head(&head(200, Some("0")), true), Some(true));
         assert_eq!(outcome_of_head(&head(200, None), true), Some(false));
+        // As the caller reads it: "00" and "+0" are OK, "ok" is not.
+        assert_eq!(outcome_of_head(&head(200, Some("+0")), true), Some(true));
+        assert_eq!(outcome_of_head(&head(200, Some("00")), true), Some(true));
+        assert_eq!(outcome_of_head(&head(200, Some("ok")), true), Some(false));
     }
 }

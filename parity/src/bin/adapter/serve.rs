@@ -146,17 +146,12 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
 }
 
 /// `inbound-strict`: what a server that trusts no malformed trace context
-/// answers.
+/// answers (the traceparent read as the client side reads the caller's).
 fn strict(headers: &http::HeaderMap) -> Option<Status> {
     let tp = headers.get("traceparent")?.to_str().unwrap_or_default();
-    let parts: Vec<&str> = tp.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let valid = parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2);
-    (!valid).then(|| Status::invalid_argument("malformed traceparent"))
+    super::remote_parent(tp)
+        .is_none()
+        .then(|| Status::invalid_argument("malformed traceparent"))
 }
 
 /// `inbound-no-downstream`'s handler.
